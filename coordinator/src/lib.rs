@@ -1,0 +1,1 @@
+//! lth coordinator (being written).

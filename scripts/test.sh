@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: fetches libtorch (PyPI wheel) if missing, makes sure PostgreSQL answers,
+# then runs every crate's tests with cargo-nextest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/fetch-libtorch.sh
+
+# Contract and integration tests use a real PostgreSQL; each test creates its own database in it.
+export LTH_TEST_DATABASE_URL="${LTH_TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}"
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+  fi
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+cargo nextest run --workspace --no-fail-fast "$@"

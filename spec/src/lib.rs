@@ -1,0 +1,11 @@
+//! The typed sweep specification shared by every lth component.
+//!
+//! One hyper-parameter set (as in open_lth) is the sweep file's TOML schema, the protocol's
+//! `SweepSpec`, the engine's training recipe and the input of each job's content hash. This crate
+//! has no tch dependency so that the control plane can validate and expand sweeps without libtorch.
+
+mod length;
+mod types;
+
+pub use length::TrainLength;
+pub use types::*;

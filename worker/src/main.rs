@@ -1,0 +1,1 @@
+fn main() { println!("{}", lth_worker::version()); }
