@@ -23,7 +23,8 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 
-cache="${LTH_WHEEL_CACHE:-$root/third_party/wheels}"
+# Wheels are cached outside the checkout so fresh clones (CI) reuse the 530 MB download.
+cache="${LTH_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lth/wheels}"
 mkdir -p "$cache"
 py="$(command -v python3 || command -v python)" || { echo "fetch-libtorch: python3 with pip is required" >&2; exit 1; }
 
