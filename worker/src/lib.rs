@@ -1,1 +1,5 @@
-pub fn version() -> String { format!("{:?}", tch::Tensor::from_slice(&[1f32,2.]).sum(tch::Kind::Float)) }
+//! lth worker library: the training engine ([`engine`]) that runs one lottery-ticket chain step,
+//! usable without the daemon, and the local chain runner behind `lth-worker run-local`.
+
+pub mod engine;
+pub mod local;

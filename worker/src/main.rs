@@ -1,1 +1,159 @@
-fn main() { println!("{}", lth_worker::version()); }
+//! `lth-worker`: runs lottery-ticket chains locally (`run-local`), benchmarks the engine
+//! (`bench`), and (added by the daemon) pulls jobs from a coordinator.
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lth_spec::{ImportanceMetric, ModelKind, Precision};
+use lth_worker::engine;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "lth-worker", version, about = "lth worker: lottery-ticket training engine and job daemon")]
+struct Cli {
+    /// libtorch intra-op threads (default: all cores). A fixed count keeps CPU runs bit-reproducible.
+    #[arg(long, global = true, env = "LTH_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one chain (level 0..N) of a sweep file for one (metric, rate, seed), no coordinator.
+    RunLocal {
+        /// The sweep file (TOML, the same schema `lthctl submit` takes).
+        sweep: PathBuf,
+        /// Importance metric (default: the sweep's first).
+        #[arg(long, value_parser = ImportanceMetric::parse)]
+        metric: Option<ImportanceMetric>,
+        /// Pruning rate per level (default: the sweep's first).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seed (default: the sweep's first).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Pruning levels after level 0 (default: the sweep's `levels` or `target_sparsity`).
+        #[arg(long)]
+        levels: Option<u32>,
+        /// Output folder (level-N subfolders, chain.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu", env = "LTH_DEVICE")]
+        device: DeviceArg,
+        /// Folder holding libtorch_cuda.so (default: the one of python3's torch).
+        #[arg(long, env = "LTH_TORCH_LIB_DIR")]
+        torch_lib_dir: Option<PathBuf>,
+    },
+    /// Training throughput (step with mask multiply) and end-to-end epoch time, per configuration.
+    Bench {
+        /// Comma-separated models.
+        #[arg(long, value_delimiter = ',', default_value = "resnet18")]
+        models: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "32")]
+        batches: Vec<u32>,
+        /// Comma-separated: fp32, bf16, fp16 (reduced precision applies on CUDA only).
+        #[arg(long, value_delimiter = ',', default_value = "fp32")]
+        precisions: Vec<String>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        #[arg(long, default_value_t = 3)]
+        warmup: u32,
+        #[arg(long, default_value_t = 10)]
+        steps: u32,
+        /// Training images in the end-to-end epoch (0: skip it).
+        #[arg(long, default_value_t = 0)]
+        epoch_images: u32,
+        /// Test images evaluated at the end of that epoch.
+        #[arg(long, default_value_t = 0)]
+        test_images: u32,
+        #[arg(long, env = "LTH_TORCH_LIB_DIR")]
+        torch_lib_dir: Option<PathBuf>,
+        /// Print one JSON object per configuration instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn device_for(arg: DeviceArg, torch_lib_dir: Option<&std::path::Path>) -> Result<tch::Device> {
+    match arg {
+        DeviceArg::Cpu => Ok(tch::Device::Cpu),
+        DeviceArg::Cuda => {
+            let d = engine::init_device(torch_lib_dir, Some(0))?;
+            if !d.is_cuda() {
+                bail!("--device cuda: no CUDA device usable (is libtorch_cuda.so in --torch-lib-dir and a GPU visible?); use --device cpu");
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn parse_model(s: &str) -> Result<ModelKind> {
+    let v = serde_json::Value::String(s.trim().to_string());
+    serde_json::from_value(v).map_err(|_| anyhow::anyhow!("unknown model {s:?}; models: resnet18, resnet18_imagenet, resnet20, vgg16, lenet300100"))
+}
+
+fn parse_precision(s: &str) -> Result<Precision> {
+    match s.trim() {
+        "fp32" => Ok(Precision::Fp32),
+        "bf16" => Ok(Precision::Bf16),
+        "fp16" => Ok(Precision::Fp16),
+        _ => bail!("unknown precision {s:?}; use fp32, bf16 or fp16"),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::RunLocal { sweep, metric, rate, seed, levels, out, device, torch_lib_dir } => {
+            let device = device_for(device, torch_lib_dir.as_deref())?;
+            engine::configure_threads(cli.threads);
+            let args = lth_worker::local::LocalChain { sweep_file: sweep, metric, rate, seed, levels, out };
+            lth_worker::local::run(&args, device)?;
+        }
+        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json } => {
+            let device = device_for(device, torch_lib_dir.as_deref())?;
+            engine::configure_threads(cli.threads);
+            if !json {
+                println!(
+                    "{:<18} {:>5} {:>5} {:>8} {:>3} {:>10} {:>9} {:>10} {:>10} {:>8}",
+                    "model", "batch", "prec", "device", "CL", "img/s", "ms/step", "epoch s", "steps s", "ratio"
+                );
+            }
+            for m in &models {
+                let model = parse_model(m)?;
+                for &batch in &batches {
+                    for p in &precisions {
+                        let precision = parse_precision(p)?;
+                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images };
+                        let r = engine::bench::run(&cfg)?;
+                        if json {
+                            println!("{}", serde_json::to_string(&r)?);
+                        } else {
+                            let f = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
+                            println!(
+                                "{:<18} {:>5} {:>5} {:>8} {:>3} {:>10.1} {:>9.2} {:>10} {:>10} {:>8}",
+                                r.model,
+                                r.batch,
+                                r.precision,
+                                r.device,
+                                if r.channels_last { "y" } else { "n" },
+                                r.step_images_per_second,
+                                r.step_ms,
+                                f(r.epoch_seconds, 2),
+                                f(r.epoch_step_seconds, 2),
+                                f(r.epoch_overhead, 3)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The training engine: one lottery-ticket chain step (dense level 0, or prune → rewind → retrain
+//! at level L ≥ 1) as a library call, with resumable checkpoints and safetensors artifacts.
+//!
+//! This is the contract of `notes/engine_api.md`: the daemon serialises a [`StepSpec`] as job.json,
+//! downloads the [`StepInputs`], runs [`run_step`] in a child process, and uploads the artifacts.
+
+pub mod artifacts;
+pub mod bench;
+pub mod cuda;
+pub mod data;
+pub mod models;
+pub mod prune;
+pub mod rng;
+pub mod train;
+
+use anyhow::{bail, Context, Result};
+use lth_spec::{DatasetSpec, ImportanceMetric, ModelKind, PrunePolicy, Recipe};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub use cuda::init_device;
+pub use models::{InputShape, Network};
+pub use prune::LayerMask;
+
+/// Everything that determines one chain step's result (serde, so it can travel as job.json).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StepSpec {
+    pub model: ModelKind,
+    pub dataset: DatasetSpec,
+    pub recipe: Recipe,
+    pub pruning: PrunePolicy,
+    pub seed: u64,
+    /// None for the dense level 0.
+    pub metric: Option<ImportanceMetric>,
+    /// 0 for level 0.
+    pub rate: f64,
+    /// 0 = dense: init θ0, train to θk (rewind point), train to the end.
+    pub level: u32,
+}
+
+/// Artifacts of earlier steps (safetensors files on local disk).
+#[derive(Clone, Debug, Default)]
+pub struct StepInputs {
+    /// θk, produced by the seed's level-0 step (artifact "rewind"); needed for level ≥ 1.
+    pub rewind: Option<PathBuf>,
+    /// Weights + mask of level L-1 (artifact "weights"); needed for level ≥ 1.
+    pub parent: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepEvent {
+    /// At least once per epoch.
+    Progress { iteration: u64, total_iterations: u64, epoch: f64, train_loss: f64, test_accuracy: Option<f64>, images_per_second: f64 },
+    /// A resumable checkpoint was just written (atomically).
+    Checkpoint { path: PathBuf },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LayerReport {
+    pub name: String,
+    pub kept: u64,
+    pub total: u64,
+    /// Row-major, MSB-first in each byte.
+    pub mask_bits: Vec<u8>,
+    /// kept == 0: no signal passes this layer.
+    pub collapsed: bool,
+    /// L2 norm of the layer's trained (masked) weights.
+    pub weight_norm: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LevelReport {
+    pub level: u32,
+    /// Fraction of prunable weights that are pruned.
+    pub sparsity: f64,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    /// Mean training loss over the last epoch.
+    pub train_loss: f64,
+    /// Epochs trained by this step (from the rewind point for level ≥ 1).
+    pub epochs: f64,
+    /// Wall time of the process that finished the step.
+    pub wall_seconds: f64,
+    /// Optimizer steps of this step (from the rewind point for level ≥ 1).
+    pub iterations: u64,
+    pub layers: Vec<LayerReport>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct StepOutput {
+    pub report: LevelReport,
+    /// "weights" always (trained weights + the mask); "rewind" for level 0.
+    pub artifacts: Vec<(String, PathBuf)>,
+}
+
+/// In the workdir; if present at start, run_step resumes from it.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+pub const REWIND_FILE: &str = "rewind.safetensors";
+pub const REPORT_FILE: &str = "report.json";
+
+/// Sets libtorch's intra-op thread count (default: every available core). A fixed count also
+/// keeps CPU reductions, hence whole runs, bit-reproducible.
+pub fn configure_threads(threads: Option<usize>) -> usize {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    tch::set_num_threads(n as i32);
+    n
+}
+
+impl StepSpec {
+    /// Checks what can be checked before loading data, with errors that say what to change.
+    pub fn validate(&self, inputs: &StepInputs) -> Result<()> {
+        if self.level == 0 {
+            if self.metric.is_some() || self.rate != 0.0 {
+                bail!("level 0 is the dense run: it takes no metric and rate 0 (got {:?}, {})", self.metric, self.rate);
+            }
+        } else {
+            if self.metric.is_none() {
+                bail!("level {} prunes, so it needs an importance metric", self.level);
+            }
+            if !(self.rate > 0.0 && self.rate < 1.0) {
+                bail!("rate {} must be in (0, 1): the fraction of remaining weights pruned per level", self.rate);
+            }
+            if inputs.rewind.is_none() || inputs.parent.is_none() {
+                bail!("level {} needs the seed's level-0 \"rewind\" artifact and level {}'s \"weights\" artifact", self.level, self.level - 1);
+            }
+        }
+        if !(0.0..=1.0).contains(&self.pruning.min_keep_fraction) {
+            bail!("pruning.min_keep_fraction {} must be in [0, 1]", self.pruning.min_keep_fraction);
+        }
+        Ok(())
+    }
+}
+
+/// The prunable layers of `net` under `policy`, (name, weight), in name order.
+pub fn prunable_layers(net: &Network, policy: &PrunePolicy) -> Vec<(String, Tensor)> {
+    net.named_parameters().into_iter().filter(|(n, t)| models::is_prunable(n, &t.size(), policy)).collect()
+}
+
+fn f64s(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().flatten(0, -1))?)
+}
+
+/// Computes the level's masks from the parent's weights and masks.
+fn prune_from_parent(spec: &StepSpec, net: &Network, parent: &HashMap<String, Tensor>) -> Result<Vec<LayerMask>> {
+    let metric = spec.metric.context("pruning needs a metric")?;
+    let layers = prunable_layers(net, &spec.pruning);
+    if layers.is_empty() {
+        bail!("the pruning policy leaves no prunable layer in {}; enable prune_convs/prune_linears or shorten exclude_layers", spec.model.as_str());
+    }
+    let mut weights = Vec::new();
+    let mut masks = Vec::new();
+    for (name, t) in &layers {
+        let w = parent.get(name).with_context(|| format!("parent weights lack {name}: produced by another model?"))?;
+        if w.size() != t.size() {
+            bail!("parent weight {name} has shape {:?}, the model {:?}", w.size(), t.size());
+        }
+        let m = match parent.get(&format!("{}{name}", artifacts::MASK_PREFIX)) {
+            Some(m) => LayerMask::from_bools(name, &t.size(), &artifacts::bytes_of(m)?.iter().map(|&b| b != 0).collect::<Vec<_>>()),
+            None => LayerMask::ones(name, &t.size()),
+        };
+        weights.push(f64s(w)?);
+        masks.push(m);
+    }
+    let views: Vec<prune::LayerWeights> =
+        layers.iter().zip(&weights).zip(&masks).map(|(((n, _), w), m)| prune::LayerWeights { name: n, weights: w, mask: m }).collect();
+    prune::prune(&views, metric, spec.rate, spec.pruning.min_keep_fraction, spec.seed, spec.level)
+}
+
+/// Level ≥ 1 set-up: prunes the parent's weights into new masks, then loads θk into `net`
+/// (every variable, BN statistics included). The caller installs the masks, which zeroes the
+/// pruned weights, so survivors start exactly at θk.
+pub fn prune_and_rewind(spec: &StepSpec, inputs: &StepInputs, net: &Network) -> Result<Vec<LayerMask>> {
+    spec.validate(inputs)?;
+    let parent = artifacts::read(inputs.parent.as_deref().context("level ≥ 1 needs the parent's weights")?)?;
+    let masks = prune_from_parent(spec, net, &parent)?;
+    let rewind = artifacts::read(inputs.rewind.as_deref().context("level ≥ 1 needs the rewind artifact")?)?;
+    artifacts::load_variables(&net.named_variables(), &rewind, "", "rewind artifact")?;
+    Ok(masks)
+}
+
+fn spec_bytes(spec: &StepSpec) -> Vec<u8> {
+    serde_json::to_vec(spec).expect("StepSpec serialises")
+}
+
+fn write_checkpoint(path: &Path, spec: &StepSpec, tr: &train::Trainer, progress: &train::Progress) -> Result<()> {
+    let mut t: Vec<(String, Tensor)> = Vec::new();
+    for (n, v) in tr.net.named_variables() {
+        t.push((format!("model.{n}"), v));
+    }
+    for ((n, _), b) in tr.params.iter().zip(&tr.momentum) {
+        t.push((format!("momentum.{n}"), b.shallow_clone()));
+    }
+    for m in &tr.masks {
+        t.push((format!("{}{}", artifacts::MASK_PREFIX, m.name), m.mask.to_kind(Kind::Uint8)));
+    }
+    t.push(("state.iteration".into(), artifacts::scalar_i64(progress.iteration as i64)));
+    t.push(("state.loss_sum".into(), progress.loss_sum.reshape([1])));
+    t.push(("state.loss_steps".into(), artifacts::scalar_i64(progress.loss_steps as i64)));
+    t.push(("state.spec".into(), Tensor::from_slice(&spec_bytes(spec))));
+    artifacts::write_atomic(path, &t)
+}
+
+fn masks_of(tr: &train::Trainer) -> Result<Vec<(String, Vec<u8>)>> {
+    tr.masks.iter().map(|m| Ok((m.name.clone(), artifacts::bytes_of(&m.mask.contiguous())?))).collect()
+}
+
+/// Runs one chain step in `workdir` (created if missing), resuming from its checkpoint if present.
+pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: Device, on_event: &mut dyn FnMut(StepEvent)) -> Result<StepOutput> {
+    let started = std::time::Instant::now();
+    spec.validate(inputs)?;
+    std::fs::create_dir_all(workdir).with_context(|| format!("creating workdir {}", workdir.display()))?;
+    let data = data::load(&spec.dataset, device).with_context(|| format!("loading dataset {}", spec.dataset.name.as_str()))?;
+    let net = Network::new(spec.model, data.shape, data.classes, device, spec.seed)?;
+    let mut tr = train::Trainer::new(&net, &data, &spec.recipe, spec.seed, device)?;
+    let ipe = tr.iterations_per_epoch;
+    let total = tr.total_iterations;
+    let rewind_it = spec.recipe.rewind.iterations(ipe);
+    if rewind_it >= total {
+        bail!("rewind point {} ({rewind_it} iterations) must come before the end of training ({} = {total} iterations)", spec.recipe.rewind, spec.recipe.length);
+    }
+    let prunable = prunable_layers(&net, &spec.pruning);
+    let rewind_path = workdir.join(REWIND_FILE);
+    let ckpt_path = workdir.join(CHECKPOINT_FILE);
+    let start_it = if spec.level == 0 { 0 } else { rewind_it };
+
+    // Initial state: θ0 (level 0) or parent → prune → rewind (level ≥ 1).
+    if spec.level == 0 {
+        let ones: Vec<(String, Vec<u8>)> = prunable.iter().map(|(n, t)| (n.clone(), vec![1u8; t.numel()])).collect();
+        tr.set_masks(&ones)?;
+    } else {
+        let masks = prune_and_rewind(spec, inputs, &net)?;
+        tr.set_masks(&masks.iter().map(|m| (m.name.clone(), m.to_bytes())).collect::<Vec<_>>())?;
+    }
+    let mut progress = tr.fresh_progress(start_it);
+
+    if ckpt_path.exists() {
+        let ck = artifacts::read(&ckpt_path)?;
+        let saved = ck.get("state.spec").map(artifacts::bytes_of).transpose()?.unwrap_or_default();
+        if saved != spec_bytes(spec) {
+            bail!("{} was written for a different step spec; delete it (or use another workdir) to start this step afresh", ckpt_path.display());
+        }
+        artifacts::load_variables(&net.named_variables(), &ck, "model.", "checkpoint")?;
+        let names: Vec<(String, Tensor)> = tr.params.iter().map(|(n, _)| n.clone()).zip(tr.momentum.iter().map(|b| b.shallow_clone())).collect();
+        artifacts::load_variables(&names, &ck, "momentum.", "checkpoint")?;
+        let mut masks = Vec::new();
+        for (n, _) in &prunable {
+            let m = ck.get(&format!("{}{n}", artifacts::MASK_PREFIX)).with_context(|| format!("checkpoint lacks the mask of {n}"))?;
+            masks.push((n.clone(), artifacts::bytes_of(m)?));
+        }
+        tr.set_masks(&masks)?;
+        progress.iteration = artifacts::get_i64(&ck, "state.iteration")? as u64;
+        progress.loss_steps = artifacts::get_i64(&ck, "state.loss_steps")? as u64;
+        progress.loss_sum = ck.get("state.loss_sum").context("checkpoint lacks state.loss_sum")?.reshape([]).to_kind(Kind::Float).to_device(device);
+    }
+
+    if spec.level == 0 && rewind_it == 0 && progress.iteration == 0 {
+        artifacts::write_atomic(&rewind_path, &net.named_variables())?;
+    }
+    let every = spec.recipe.checkpoint_every.iterations(ipe);
+    let mut last = (f64::NAN, f64::NAN, f64::NAN);
+    let level = spec.level;
+    let mut hook = |tr: &train::Trainer, h: train::StepHook| -> Result<()> {
+        match h {
+            train::StepHook::Stepped(p) => {
+                if level == 0 && p.iteration == rewind_it {
+                    artifacts::write_atomic(&rewind_path, &tr.net.named_variables())?;
+                }
+                if every > 0 && p.iteration % every == 0 && p.iteration < total {
+                    write_checkpoint(&ckpt_path, spec, tr, p)?;
+                    on_event(StepEvent::Checkpoint { path: ckpt_path.clone() });
+                }
+            }
+            train::StepHook::EpochEnd { progress: p, train_loss, test_accuracy, test_loss, images_per_second } => {
+                last = (train_loss, test_accuracy, test_loss);
+                on_event(StepEvent::Progress {
+                    iteration: p.iteration,
+                    total_iterations: total,
+                    epoch: p.iteration as f64 / ipe as f64,
+                    train_loss,
+                    test_accuracy: Some(test_accuracy),
+                    images_per_second,
+                });
+            }
+        }
+        Ok(())
+    };
+    tr.run(&mut progress, total, &mut hook)?;
+
+    // The final numbers: evaluate once more unless the last step closed an epoch.
+    let (train_loss, test_accuracy, test_loss) = if last.1.is_nan() || total % ipe != 0 {
+        let tl = if progress.loss_steps > 0 { progress.loss_sum.double_value(&[]) / progress.loss_steps as f64 } else { last.0 };
+        let (a, l) = tr.evaluate()?;
+        (tl, a, l)
+    } else {
+        last
+    };
+
+    let masks = masks_of(&tr)?;
+    let mut out: Vec<(String, Tensor)> = net.named_variables();
+    let vars = net.vs.variables();
+    let mut layers = Vec::new();
+    for (name, bytes) in &masks {
+        let w = &vars[name];
+        out.push((format!("{}{name}", artifacts::MASK_PREFIX), Tensor::from_slice(bytes).reshape(w.size())));
+        let m = LayerMask::from_bools(name, &w.size(), &bytes.iter().map(|&b| b != 0).collect::<Vec<_>>());
+        layers.push(LayerReport {
+            name: name.clone(),
+            kept: m.kept,
+            total: m.total,
+            collapsed: m.kept == 0,
+            mask_bits: m.bits,
+            weight_norm: w.to_kind(Kind::Double).norm().double_value(&[]),
+        });
+    }
+    let weights_path = workdir.join(WEIGHTS_FILE);
+    artifacts::write_atomic(&weights_path, &out)?;
+    let kept: u64 = layers.iter().map(|l| l.kept).sum();
+    let all: u64 = layers.iter().map(|l| l.total).sum();
+    let report = LevelReport {
+        level: spec.level,
+        sparsity: if all > 0 { 1.0 - kept as f64 / all as f64 } else { 0.0 },
+        test_accuracy,
+        test_loss,
+        train_loss,
+        epochs: (total - start_it) as f64 / ipe as f64,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        iterations: total - start_it,
+        layers,
+    };
+    std::fs::write(workdir.join(REPORT_FILE), serde_json::to_vec_pretty(&report)?)?;
+    let _ = std::fs::remove_file(&ckpt_path);
+    let mut artifacts_out = vec![("weights".to_string(), weights_path)];
+    if spec.level == 0 {
+        artifacts_out.push(("rewind".to_string(), rewind_path));
+    }
+    Ok(StepOutput { report, artifacts: artifacts_out })
+}
