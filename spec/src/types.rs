@@ -7,7 +7,7 @@ use std::fmt;
 /// How important a weight is, computed per layer over its unpruned weights (Vandersmissen &
 /// Oramas 2023). All scores are pooled across layers and cut with one global threshold, except
 /// `UniformMagnitude`, which prunes every layer at the same rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportanceMetric {
     /// |w| (the classic global-magnitude baseline).
@@ -19,14 +19,12 @@ pub enum ImportanceMetric {
     /// exp|w| / Σexp|w|.
     Softmax,
     /// (|w| − min) / (max − min).
-    #[serde(alias = "minmax")]
     MinMax,
     /// Uniformly random scores: the control.
     Random,
     /// LAMP (Lee et al. 2021): w_u² / Σ_{|w_v| ≥ |w_u|} w_v².
     Lamp,
     /// Prune each layer by the same rate, by |w|.
-    #[serde(alias = "uniform")]
     UniformMagnitude,
 }
 
@@ -74,6 +72,15 @@ impl ImportanceMetric {
                 Self::ALL.map(|m| m.as_str()).join(", ")
             )),
         }
+    }
+}
+
+/// Parsed with [`ImportanceMetric::parse`] (not derived) so that a typo in a sweep file names the
+/// known metrics in its error, and the aliases (`minmax`, `uniform`, dashes) work in files too.
+impl<'de> Deserialize<'de> for ImportanceMetric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ImportanceMetric::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,0 +1,140 @@
+//! Grid expansion and content hashes.
+//!
+//! A sweep becomes one trial per (metric, rate, seed) and a job per (trial, level); level 0 is one
+//! dense job per seed, shared by that seed's trials. Each job has a content hash over everything
+//! that determines its result, so that an identical job already done (in any sweep) is reused.
+
+use crate::validate::levels_to_reach;
+use crate::{DatasetSpec, ImportanceMetric, ModelKind, PrunePolicy, Recipe, SweepSpec};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Version tag mixed into every hash: bump it when a job's meaning changes, so old results are not
+/// reused for new semantics.
+const HASH_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct DenseKey<'a> {
+    v: u32,
+    kind: &'static str,
+    model: ModelKind,
+    dataset: &'a DatasetSpec,
+    recipe: &'a Recipe,
+    seed: u64,
+}
+
+#[derive(Serialize)]
+struct LevelKey<'a> {
+    v: u32,
+    kind: &'static str,
+    parent: &'a str,
+    metric: ImportanceMetric,
+    rate: f64,
+    pruning: &'a PrunePolicy,
+    level: u32,
+}
+
+fn sha256_json<T: Serialize>(key: &T) -> String {
+    // serde_json writes struct fields in declaration order and floats in shortest round-trip form,
+    // so the text (and the digest) is canonical for a given value.
+    let text = serde_json::to_vec(key).expect("hash keys serialise to JSON");
+    hex::encode(Sha256::digest(&text))
+}
+
+/// The hash of a seed's dense job (level 0 and the rewind point θk).
+pub fn dense_hash(model: ModelKind, dataset: &DatasetSpec, recipe: &Recipe, seed: u64) -> String {
+    sha256_json(&DenseKey { v: HASH_VERSION, kind: "dense", model, dataset, recipe, seed })
+}
+
+/// The hash of a pruning level: its parent's hash plus how this level prunes.
+pub fn level_hash(parent_hash: &str, metric: ImportanceMetric, rate: f64, pruning: &PrunePolicy, level: u32) -> String {
+    sha256_json(&LevelKey { v: HASH_VERSION, kind: "level", parent: parent_hash, metric, rate, pruning, level })
+}
+
+/// A seed's shared level-0 job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DensePlan {
+    pub seed: u64,
+    pub content_hash: String,
+}
+
+/// One pruning level of one trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelPlan {
+    pub level: u32,
+    pub content_hash: String,
+    /// The dense job's hash for level 1, else the previous level's.
+    pub parent_hash: String,
+}
+
+/// One (metric, rate, seed) chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialPlan {
+    pub metric: ImportanceMetric,
+    pub rate: f64,
+    pub seed: u64,
+    pub dense_hash: String,
+    /// Levels 1..=L in order.
+    pub levels: Vec<LevelPlan>,
+}
+
+/// The expanded grid of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
+    pub dense: Vec<DensePlan>,
+    pub trials: Vec<TrialPlan>,
+}
+
+impl SweepPlan {
+    pub fn level_jobs(&self) -> usize {
+        self.trials.iter().map(|t| t.levels.len()).sum()
+    }
+    pub fn total_jobs(&self) -> usize {
+        self.dense.len() + self.level_jobs()
+    }
+}
+
+impl SweepSpec {
+    /// Pruning levels (after level 0) run at `rate`: `levels`, or enough to reach `target_sparsity`.
+    pub fn levels_for_rate(&self, rate: f64) -> u32 {
+        match (self.levels, self.target_sparsity) {
+            (Some(l), _) => l,
+            (None, Some(t)) => levels_to_reach(t, rate) as u32,
+            (None, None) => 0,
+        }
+    }
+
+    /// Sparsity after `level` levels at `rate` (the fraction of prunable weights removed), before
+    /// any minimum-keep guard.
+    pub fn nominal_sparsity(rate: f64, level: u32) -> f64 {
+        1.0 - (1.0 - rate).powi(level as i32)
+    }
+
+    /// The content hash of `seed`'s dense job.
+    pub fn dense_hash(&self, seed: u64) -> String {
+        dense_hash(self.model, &self.dataset, &self.recipe, seed)
+    }
+
+    /// Expands the grid (call on a validated spec). Trials are ordered by metric, rate, then seed.
+    pub fn expand(&self) -> SweepPlan {
+        let dense: Vec<DensePlan> =
+            self.seeds.iter().map(|&seed| DensePlan { seed, content_hash: self.dense_hash(seed) }).collect();
+        let mut trials = Vec::with_capacity(self.metrics.len() * self.rates.len() * self.seeds.len());
+        for &metric in &self.metrics {
+            for &rate in &self.rates {
+                for d in &dense {
+                    let mut parent = d.content_hash.clone();
+                    let n = self.levels_for_rate(rate);
+                    let mut levels = Vec::with_capacity(n as usize);
+                    for level in 1..=n {
+                        let h = level_hash(&parent, metric, rate, &self.pruning, level);
+                        levels.push(LevelPlan { level, content_hash: h.clone(), parent_hash: parent });
+                        parent = h;
+                    }
+                    trials.push(TrialPlan { metric, rate, seed: d.seed, dense_hash: d.content_hash.clone(), levels });
+                }
+            }
+        }
+        SweepPlan { dense, trials }
+    }
+}
