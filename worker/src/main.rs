@@ -78,6 +78,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a coordinator with this machine's job slots (GPUs or CPU).
+    Daemon(lth_worker::daemon::DaemonArgs),
+    /// Run one job from its job.json (the daemon starts this in a child process).
+    ExecJob(lth_worker::daemon::ExecJobArgs),
 }
 
 fn device_for(arg: DeviceArg, torch_lib_dir: Option<&std::path::Path>) -> Result<tch::Device> {
@@ -110,6 +114,8 @@ fn parse_precision(s: &str) -> Result<Precision> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Daemon(args) => lth_worker::daemon::run_daemon(args)?,
+        Command::ExecJob(args) => std::process::exit(lth_worker::daemon::run_exec_job(args)),
         Command::RunLocal { sweep, metric, rate, seed, levels, out, device, torch_lib_dir } => {
             let device = device_for(device, torch_lib_dir.as_deref())?;
             engine::configure_threads(cli.threads);

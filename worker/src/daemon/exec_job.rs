@@ -1,0 +1,107 @@
+//! `lth-worker exec-job --job FILE`: the child process that runs one job's chain step.
+//!
+//! It reads job.json, initialises the device, calls `engine::run_step` and reports through JSON
+//! lines on stdout (see `events`). It never talks to the coordinator: the daemon owns the lease.
+//!
+//! SIGTERM (the daemon shutting down, or aborting the job): the default action ends the process.
+//! Checkpoints are written atomically (tmp + rename), so dying at any moment leaves the last
+//! complete checkpoint in the workdir, which the daemon uploads as the resume point.
+
+use super::events::ChildEvent;
+use super::jobfile::JobFile;
+use crate::engine::{self, StepEvent, StepInputs};
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::path::Path;
+
+/// Exit codes: 0 done, 1 the step failed, 2 the job file is unusable.
+pub fn run(job_path: &Path) -> i32 {
+    let mut events = take_over_stdout();
+    let mut emit = |e: ChildEvent| {
+        // If the daemon is gone the write fails; PDEATHSIG ends us shortly anyway.
+        let _ = events.write_all(e.to_line().as_bytes());
+        let _ = events.flush();
+    };
+    let job = match JobFile::read(job_path) {
+        Ok(j) => j,
+        Err(e) => {
+            emit(ChildEvent::Failed { error: format!("{e:#}"), retryable: false });
+            return 2;
+        }
+    };
+    eprintln!(
+        "exec-job: job {} attempt {} level {} seed {} metric {:?} in {}",
+        job.job_id,
+        job.attempt,
+        job.step.level,
+        job.step.seed,
+        job.step.metric,
+        job.workdir.display()
+    );
+    let device = match engine::init_device(job.torch_lib_dir.as_deref(), job.cuda_device) {
+        Ok(d) => d,
+        Err(e) => {
+            // A device problem belongs to this machine, not the job: another worker may run it.
+            emit(ChildEvent::Failed { error: format!("device initialisation failed: {e:#}"), retryable: true });
+            return 1;
+        }
+    };
+    // A fixed thread count keeps CPU runs bit-reproducible (same result as run-local --threads N).
+    engine::configure_threads(job.threads.filter(|t| *t > 0).map(|t| t as usize));
+    let resumed = job.workdir.join(engine::CHECKPOINT_FILE).exists();
+    emit(ChildEvent::Started { device: format!("{device:?}"), resumed });
+    let inputs = StepInputs { rewind: job.rewind.clone(), parent: job.parent.clone() };
+    let mut on_event = |e: StepEvent| match e {
+        StepEvent::Progress { iteration, total_iterations, epoch, train_loss, test_accuracy, images_per_second } => {
+            emit(ChildEvent::Progress { iteration, total_iterations, epoch, train_loss, test_accuracy, images_per_second })
+        }
+        StepEvent::Checkpoint { path } => emit(ChildEvent::Checkpoint { path }),
+        #[allow(unreachable_patterns)]
+        _ => {}
+    };
+    let result = engine::run_step(&job.step, &inputs, &job.workdir, device, &mut on_event);
+    match result {
+        Ok(output) => {
+            emit(ChildEvent::Finished { output });
+            0
+        }
+        Err(e) => {
+            let retryable = is_retryable(&e);
+            emit(ChildEvent::Failed { error: format!("{e:#}"), retryable });
+            1
+        }
+    }
+}
+
+/// A failure is deterministic (not worth retrying elsewhere) when the spec or the data is
+/// invalid: missing or malformed dataset files, or an invalid step spec. Anything else (a libtorch
+/// error, a device problem) may pass on another attempt.
+fn is_retryable(e: &anyhow::Error) -> bool {
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData) {
+                return false;
+            }
+        }
+        if cause.downcast_ref::<serde_json::Error>().is_some() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Keeps the real stdout for events and points fd 1 at stderr, so that anything else printing to
+/// stdout (libtorch warnings, a stray println!) cannot corrupt the event stream.
+fn take_over_stdout() -> std::fs::File {
+    // SAFETY: dup/dup2 on the process's own standard descriptors; the returned fd is owned by the
+    // File from here on.
+    unsafe {
+        let fd = libc::dup(1);
+        if fd < 0 {
+            panic!("exec-job: cannot duplicate stdout: {}", std::io::Error::last_os_error());
+        }
+        libc::dup2(2, 1);
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        std::fs::File::from_raw_fd(fd)
+    }
+}

@@ -1,0 +1,587 @@
+//! One claimed job, from its inputs to CompleteJob or FailJob.
+//!
+//! Phases: prepare (working directory, input artifacts from the cache, the resume checkpoint,
+//! job.json) → run (the child process; its events become progress reports and checkpoint uploads)
+//! → finish (upload outputs, CompleteJob) or fail (FailJob). At any point the job can be stopped:
+//! an abort (cancel, pause, lost lease) kills the process group and drops the job without another
+//! write; a shutdown lets the child finish or checkpoint, uploads the checkpoint, and hands the job
+//! back.
+
+use super::artifacts::{self, ArtifactCache, TransferError};
+use super::child;
+use super::convert;
+use super::events::ChildEvent;
+use super::host::Slot;
+use super::jobfile::JobFile;
+use super::rpc::{self, Client, Failure};
+use crate::engine::{self, StepOutput};
+use lth_proto::v1 as pb;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Settings and handles shared by every job of a daemon.
+pub struct JobContext {
+    pub client: Client,
+    pub cache: ArtifactCache,
+    /// Working directories live here, one per (job, attempt).
+    pub jobs_dir: PathBuf,
+    /// The `lth-worker` binary that runs `exec-job`.
+    pub exe: PathBuf,
+    pub torch_lib_dir: Option<PathBuf>,
+    pub threads: Option<i32>,
+    pub progress_interval: Duration,
+    pub kill_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub keep_workdirs: bool,
+}
+
+/// Why a job must stop before it ends by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The coordinator said so (heartbeat reply): the lease is gone, nothing more is written.
+    Abort(pb::AbortReason),
+    /// The daemon is shutting down: finish or checkpoint, then give the job back.
+    Shutdown,
+}
+
+/// How a job ended, from this worker's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Failed { retryable: bool },
+    /// Killed and forgotten: cancelled, paused or the lease was lost.
+    Dropped(String),
+    /// Handed back on shutdown (with its latest checkpoint uploaded, if any).
+    Released,
+}
+
+enum Prepared {
+    Ready { job_file: PathBuf },
+    /// A deterministic problem with the job itself.
+    Invalid(String),
+    /// A problem getting the inputs; another attempt may succeed.
+    Unavailable(String),
+    LeaseLost,
+}
+
+pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut stop: watch::Receiver<Option<Stop>>) -> Outcome {
+    let lease = pb::JobLease { job_id: job.job_id, attempt: job.attempt };
+    let workdir = ctx.jobs_dir.join(format!("job-{}-a{}", job.job_id, job.attempt));
+    tracing::info!(job = job.job_id, attempt = job.attempt, level = job.level, seed = job.seed, slot = slot.id, gpu = ?slot.gpu, "job claimed");
+    remove_earlier_attempts(&ctx.jobs_dir, job.job_id, &workdir);
+
+    // Prepare, unless stopped meanwhile.
+    let prepared = tokio::select! {
+        p = prepare(&ctx, &job, &workdir, slot) => p,
+        s = next_stop(&mut stop) => {
+            let outcome = match s {
+                Stop::Abort(reason) => Outcome::Dropped(format!("aborted before start ({})", reason.as_str_name())),
+                Stop::Shutdown => {
+                    release(&ctx, lease, "the worker shut down before the job started").await;
+                    Outcome::Released
+                }
+            };
+            cleanup(&ctx, &workdir, &outcome);
+            return outcome;
+        }
+    };
+    let job_file = match prepared {
+        Prepared::Ready { job_file } => job_file,
+        Prepared::LeaseLost => return finish_dropped(&ctx, &workdir, "lease lost while fetching inputs"),
+        Prepared::Invalid(msg) => return fail(&ctx, lease, &workdir, format!("invalid job: {msg}"), false).await,
+        Prepared::Unavailable(msg) => return fail(&ctx, lease, &workdir, format!("cannot fetch inputs: {msg}"), true).await,
+    };
+
+    let log_path = workdir.join("exec-job.log");
+    let (mut child, stdout) = match child::spawn(&ctx.exe, &job_file, &log_path, slot.gpu) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(&ctx, lease, &workdir, format!("cannot start {} exec-job: {e}", ctx.exe.display()), true).await;
+        }
+    };
+    tracing::debug!(job = job.job_id, pid = child.pid(), "job process started");
+
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let (progress_tx, progress_rx) = watch::channel(None::<pb::ReportProgressRequest>);
+    let (checkpoint_tx, checkpoint_rx) = watch::channel(None::<PathBuf>);
+    let reporter = tokio::spawn(report_progress(ctx.client.clone(), progress_rx, ctx.progress_interval, lost_tx.clone()));
+    let uploader = tokio::spawn(upload_checkpoints(ctx.client.clone(), lease, checkpoint_rx, lost_tx.clone()));
+
+    let mut lines = BufReader::new(stdout).lines();
+    let mut finished: Option<StepOutput> = None;
+    let mut failed: Option<(String, bool)> = None;
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut snapshots = 0u64;
+    let mut stop_open = true;
+    let mut eof = false;
+    let status = loop {
+        tokio::select! {
+            line = lines.next_line(), if !eof => match line {
+                Ok(Some(line)) => match ChildEvent::parse(&line) {
+                    Some(ChildEvent::Started { device, resumed }) => {
+                        tracing::info!(job = job.job_id, %device, resumed, "training started");
+                    }
+                    Some(ChildEvent::Progress { iteration, total_iterations, epoch, train_loss, test_accuracy, images_per_second }) => {
+                        let _ = progress_tx.send(Some(pb::ReportProgressRequest {
+                            lease: Some(lease),
+                            iteration,
+                            total_iterations,
+                            epoch,
+                            train_loss,
+                            test_accuracy: test_accuracy.unwrap_or(f64::NAN),
+                            images_per_second,
+                        }));
+                    }
+                    Some(ChildEvent::Checkpoint { path }) => {
+                        // Hard-link the checkpoint so the child can replace it while we upload.
+                        snapshots += 1;
+                        match snapshot(&path, &workdir, snapshots) {
+                            Ok(snap) => { let _ = checkpoint_tx.send(Some(snap)); }
+                            Err(e) => tracing::warn!(job = job.job_id, error = %e, "cannot snapshot checkpoint for upload"),
+                        }
+                    }
+                    Some(ChildEvent::Finished { output }) => finished = Some(output),
+                    Some(ChildEvent::Failed { error, retryable }) => failed = Some((error, retryable)),
+                    None => tracing::debug!(job = job.job_id, line = %line, "ignoring non-event output of the job"),
+                },
+                Ok(None) | Err(_) => eof = true,
+            },
+            status = child.wait(), if eof => break status,
+            changed = stop.changed(), if stop_open => {
+                if changed.is_err() { stop_open = false; continue; }
+                let s = *stop.borrow_and_update();
+                match s {
+                    Some(Stop::Abort(reason)) => {
+                        reporter.abort();
+                        uploader.abort();
+                        let _ = child.terminate(ctx.kill_grace).await;
+                        return finish_dropped(&ctx, &workdir, &format!("aborted by the coordinator ({})", reason.as_str_name()));
+                    }
+                    Some(Stop::Shutdown) if shutdown_deadline.is_none() => {
+                        tracing::info!(job = job.job_id, "shutting down: asking the job to finish or checkpoint");
+                        child.signal_group(libc::SIGTERM);
+                        shutdown_deadline = Some(Instant::now() + ctx.shutdown_grace);
+                    }
+                    _ => {}
+                }
+            }
+            _ = lost_rx.changed() => {
+                reporter.abort();
+                uploader.abort();
+                let _ = child.terminate(ctx.kill_grace).await;
+                return finish_dropped(&ctx, &workdir, "lease lost (the coordinator rejected a write)");
+            }
+            _ = tokio::time::sleep_until(shutdown_deadline.unwrap_or_else(Instant::now)), if shutdown_deadline.is_some() => {
+                tracing::warn!(job = job.job_id, "job did not stop within the shutdown grace period; killing it");
+                child.signal_group(libc::SIGKILL);
+                shutdown_deadline = None;
+            }
+        }
+    };
+    // Whatever else of the group is still around goes now.
+    child.signal_group(libc::SIGKILL);
+    reporter.abort();
+    drop(progress_tx);
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            uploader.abort();
+            return fail(&ctx, lease, &workdir, format!("lost track of the job process: {e}"), true).await;
+        }
+    };
+
+    if let (Some(output), true) = (finished, status.success()) {
+        uploader.abort();
+        return complete(&ctx, lease, &workdir, output, &mut stop).await;
+    }
+
+    if shutdown_deadline.is_some() || matches!(*stop.borrow(), Some(Stop::Shutdown)) {
+        // Stopped for shutdown: hand the job back with its latest checkpoint.
+        drop(checkpoint_tx);
+        let last_uploaded = uploader.await.ok().flatten();
+        let note = match upload_final_checkpoint(&ctx, lease, &workdir, last_uploaded.as_deref()).await {
+            Ok(Some(r)) => format!("checkpoint uploaded ({} bytes); the next attempt resumes from it", r.bytes),
+            Ok(None) => "no checkpoint was written yet".to_string(),
+            Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => {
+                return finish_dropped(&ctx, &workdir, "lease lost while uploading the checkpoint");
+            }
+            Err(e) => format!("checkpoint upload failed: {e}"),
+        };
+        release(&ctx, lease, &format!("the worker shut down mid-job; {note}")).await;
+        let outcome = Outcome::Released;
+        cleanup(&ctx, &workdir, &outcome);
+        return outcome;
+    }
+    uploader.abort();
+
+    let (error, retryable) = failed.unwrap_or_else(|| {
+        (format!("the job process ended with {} without reporting a result", child::describe_exit(&status)), true)
+    });
+    let tail = log_tail(&log_path, 2000);
+    let error = if tail.is_empty() { error } else { format!("{error}\n--- end of the job's log ---\n{tail}") };
+    fail(&ctx, lease, &workdir, error, retryable).await
+}
+
+/// Waits for the next stop request (never returns if the sender is gone).
+async fn next_stop(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    loop {
+        if let Some(s) = *stop.borrow_and_update() {
+            return s;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot: Slot) -> Prepared {
+    let step = match convert::step_spec(job) {
+        Ok(s) => s,
+        Err(e) => return Prepared::Invalid(format!("{e:#}")),
+    };
+    if let Err(e) = tokio::fs::create_dir_all(workdir).await {
+        return Prepared::Unavailable(format!("cannot create {}: {e}", workdir.display()));
+    }
+    let client = ctx.client.clone();
+    let mut rewind = None;
+    let mut parent = None;
+    for input in &job.inputs {
+        let path = match retry_transfer("download input", || {
+            let mut c = client.clone();
+            let cache = ctx.cache.clone();
+            let input = input.clone();
+            async move { cache.fetch(&mut c, &input).await }
+        })
+        .await
+        {
+            Ok(p) => p,
+            Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => return Prepared::LeaseLost,
+            Err(e) => return Prepared::Unavailable(format!("artifact {:?} of job {}: {e}", input.name, input.job_id)),
+        };
+        match input.name.as_str() {
+            "rewind" => rewind = Some(path),
+            "weights" => parent = Some(path),
+            other => tracing::warn!(job = job.job_id, name = other, "ignoring an input artifact with an unknown name"),
+        }
+    }
+    if step.level >= 1 && (rewind.is_none() || parent.is_none()) {
+        return Prepared::Invalid(format!(
+            "level {} needs the \"rewind\" and \"weights\" artifacts of earlier jobs, the assignment lists {:?}",
+            step.level,
+            job.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>()
+        ));
+    }
+    if let Some(ckpt) = job.resume_checkpoint.as_ref().filter(|c| !c.name.is_empty()) {
+        let dest = workdir.join(engine::CHECKPOINT_FILE);
+        let tmp = workdir.join("resume.partial");
+        let expected = (!ckpt.sha256.is_empty()).then(|| ckpt.sha256.to_ascii_lowercase());
+        let got = retry_transfer("download checkpoint", || {
+            let mut c = client.clone();
+            let (tmp, expected, job_id, name) = (tmp.clone(), expected.clone(), ckpt.job_id, ckpt.name.clone());
+            async move { artifacts::download_to(&mut c, job_id, &name, expected.as_deref(), &tmp).await }
+        })
+        .await;
+        match got {
+            Ok(_) => {
+                if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
+                    return Prepared::Unavailable(format!("cannot place the resume checkpoint: {e}"));
+                }
+                tracing::info!(job = job.job_id, bytes = ckpt.bytes, "resuming from the checkpoint of an earlier attempt");
+            }
+            Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => return Prepared::LeaseLost,
+            // Without the checkpoint the job restarts from scratch, which yields the same result.
+            Err(e) => tracing::warn!(job = job.job_id, error = %e, "cannot fetch the resume checkpoint; starting over"),
+        }
+    }
+    let file = JobFile {
+        job_id: job.job_id,
+        attempt: job.attempt,
+        step,
+        rewind,
+        parent,
+        workdir: workdir.to_path_buf(),
+        torch_lib_dir: ctx.torch_lib_dir.clone(),
+        cuda_device: slot.gpu.map(|_| 0),
+        threads: ctx.threads,
+    };
+    let path = workdir.join("job.json");
+    match file.write(&path) {
+        Ok(()) => Prepared::Ready { job_file: path },
+        Err(e) => Prepared::Unavailable(format!("{e:#}")),
+    }
+}
+
+/// Retries a transfer while the coordinator is unreachable.
+async fn retry_transfer<T, F, Fut>(what: &str, mut call: F) -> Result<T, TransferError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TransferError>>,
+{
+    let mut backoff = rpc::Backoff::coordinator();
+    let mut failures = 0u32;
+    loop {
+        match call().await {
+            Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::Transient => {
+                if failures % 10 == 0 {
+                    tracing::warn!(what, error = %s.message(), "transfer failed; retrying with backoff");
+                }
+                failures += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(TransferError::Local(e)) if failures < 3 => {
+                // A corrupt or cut download: try again a few times before giving up.
+                tracing::warn!(what, error = %e, "transfer failed; retrying");
+                failures += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn snapshot(path: &Path, workdir: &Path, n: u64) -> std::io::Result<PathBuf> {
+    let dir = workdir.join("upload");
+    std::fs::create_dir_all(&dir)?;
+    let snap = dir.join(format!("checkpoint-{n}.safetensors"));
+    if std::fs::hard_link(path, &snap).is_err() {
+        std::fs::copy(path, &snap)?;
+    }
+    Ok(snap)
+}
+
+/// Sends the latest progress at most once per `interval`. Progress is best effort: a failed
+/// report is skipped, except that a fenced one (lease lost) stops the job.
+async fn report_progress(
+    mut client: Client,
+    mut rx: watch::Receiver<Option<pb::ReportProgressRequest>>,
+    interval: Duration,
+    lost: watch::Sender<bool>,
+) {
+    while rx.changed().await.is_ok() {
+        let Some(req) = rx.borrow_and_update().clone() else { continue };
+        match tokio::time::timeout(Duration::from_secs(10), client.report_progress(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) if rpc::classify(&s) == Failure::LeaseLost => {
+                let _ = lost.send(true);
+                return;
+            }
+            Ok(Err(s)) => tracing::debug!(error = %s.message(), "progress report failed (skipped)"),
+            Err(_) => tracing::debug!("progress report timed out (skipped)"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Uploads each new checkpoint snapshot (only the latest when several queue up). Returns the
+/// sha256 of the last one uploaded.
+async fn upload_checkpoints(
+    client: Client,
+    lease: pb::JobLease,
+    mut rx: watch::Receiver<Option<PathBuf>>,
+    lost: watch::Sender<bool>,
+) -> Option<String> {
+    let mut last: Option<String> = None;
+    while rx.changed().await.is_ok() {
+        let Some(path) = rx.borrow_and_update().clone() else { continue };
+        let result = retry_transfer("upload checkpoint", || {
+            let mut c = client.clone();
+            let p = path.clone();
+            async move { artifacts::upload(&mut c, lease, "checkpoint", &p).await }
+        })
+        .await;
+        match result {
+            Ok(r) => {
+                tracing::debug!(job = lease.job_id, bytes = r.bytes, "checkpoint uploaded");
+                last = Some(r.sha256.to_ascii_lowercase());
+            }
+            Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => {
+                let _ = lost.send(true);
+                return last;
+            }
+            Err(e) => tracing::warn!(job = lease.job_id, error = %e, "checkpoint upload failed; the next one will be tried"),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    last
+}
+
+/// On shutdown: uploads the workdir's checkpoint unless it is the one already uploaded.
+async fn upload_final_checkpoint(
+    ctx: &JobContext,
+    lease: pb::JobLease,
+    workdir: &Path,
+    last_uploaded: Option<&str>,
+) -> Result<Option<pb::ArtifactRef>, TransferError> {
+    let path = workdir.join(engine::CHECKPOINT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let (sha, bytes) = artifacts::sha256_file(&path).map_err(|e| TransferError::Local(e.into()))?;
+    if last_uploaded == Some(sha.as_str()) {
+        return Ok(Some(pb::ArtifactRef { job_id: lease.job_id, name: "checkpoint".into(), sha256: sha, bytes }));
+    }
+    let deadline = ctx.shutdown_grace.max(Duration::from_secs(10));
+    match tokio::time::timeout(
+        deadline,
+        retry_transfer("upload checkpoint", || {
+            let mut c = ctx.client.clone();
+            let p = path.clone();
+            async move { artifacts::upload(&mut c, lease, "checkpoint", &p).await }
+        }),
+    )
+    .await
+    {
+        Ok(r) => r.map(Some),
+        Err(_) => Err(TransferError::Local(anyhow::anyhow!("timed out after {deadline:?}"))),
+    }
+}
+
+/// Uploads the step's outputs and reports the result. An abort meanwhile drops the job; a
+/// shutdown does not interrupt (the work is done, only the report remains).
+async fn complete(
+    ctx: &JobContext,
+    lease: pb::JobLease,
+    workdir: &Path,
+    output: StepOutput,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Outcome {
+    let work = async {
+        let mut refs = Vec::new();
+        for (name, path) in &output.artifacts {
+            let r = retry_transfer("upload output", || {
+                let mut c = ctx.client.clone();
+                let (name, path) = (name.clone(), path.clone());
+                async move { artifacts::upload(&mut c, lease, &name, &path).await }
+            })
+            .await?;
+            refs.push(r);
+        }
+        let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(convert::level_result(&output.report)), artifacts: refs };
+        rpc::retry_transient("CompleteJob", || {
+            let mut c = ctx.client.clone();
+            let req = req.clone();
+            async move { c.complete_job(req).await }
+        })
+        .await
+        .map_err(TransferError::Rpc)?;
+        Ok::<(), TransferError>(())
+    };
+    let aborted = async {
+        loop {
+            if let Stop::Abort(reason) = next_stop(stop).await {
+                return reason;
+            }
+            // A shutdown while completing: keep going; wait for a later abort.
+            if stop.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        reason = aborted => return finish_dropped(ctx, workdir, &format!("aborted while reporting the result ({})", reason.as_str_name())),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(
+                job = lease.job_id,
+                attempt = lease.attempt,
+                accuracy = output.report.test_accuracy,
+                sparsity = output.report.sparsity,
+                "job completed"
+            );
+            let outcome = Outcome::Completed;
+            cleanup(ctx, workdir, &outcome);
+            outcome
+        }
+        Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => {
+            finish_dropped(ctx, workdir, "lease lost while reporting the result")
+        }
+        Err(e) => fail(ctx, lease, workdir, format!("the step finished but its result could not be stored: {e}"), true).await,
+    }
+}
+
+async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: String, retryable: bool) -> Outcome {
+    tracing::warn!(job = lease.job_id, attempt = lease.attempt, retryable, error = %first_line(&error), "job failed");
+    let req = pb::FailJobRequest { lease: Some(lease), error, retryable };
+    let sent = rpc::retry_transient("FailJob", || {
+        let mut c = ctx.client.clone();
+        let req = req.clone();
+        async move { c.fail_job(req).await }
+    })
+    .await;
+    if let Err(s) = sent {
+        tracing::warn!(job = lease.job_id, code = ?s.code(), error = %s.message(), "FailJob was not accepted");
+    }
+    let outcome = Outcome::Failed { retryable };
+    cleanup(ctx, workdir, &outcome);
+    outcome
+}
+
+/// Hands a job back on shutdown: a retryable failure whose message says why, so that the
+/// coordinator re-queues it at once instead of waiting for the lease to expire.
+async fn release(ctx: &JobContext, lease: pb::JobLease, why: &str) {
+    tracing::info!(job = lease.job_id, attempt = lease.attempt, "handing the job back: {why}");
+    let req = pb::FailJobRequest { lease: Some(lease), error: format!("released: {why}"), retryable: true };
+    let sent = tokio::time::timeout(Duration::from_secs(15), async {
+        rpc::retry_transient("FailJob(release)", || {
+            let mut c = ctx.client.clone();
+            let req = req.clone();
+            async move { c.fail_job(req).await }
+        })
+        .await
+    })
+    .await;
+    match sent {
+        Ok(Ok(_)) => {}
+        Ok(Err(s)) => tracing::warn!(job = lease.job_id, error = %s.message(), "the coordinator did not take the job back"),
+        Err(_) => tracing::warn!(job = lease.job_id, "coordinator unreachable; the job is re-queued when its lease expires"),
+    }
+}
+
+fn finish_dropped(ctx: &JobContext, workdir: &Path, why: &str) -> Outcome {
+    tracing::info!(workdir = %workdir.display(), "job dropped: {why}");
+    let outcome = Outcome::Dropped(why.to_string());
+    cleanup(ctx, workdir, &outcome);
+    outcome
+}
+
+fn cleanup(ctx: &JobContext, workdir: &Path, outcome: &Outcome) {
+    if ctx.keep_workdirs || matches!(outcome, Outcome::Failed { .. }) {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(workdir);
+}
+
+/// Working directories of earlier attempts of the same job on this worker are stale.
+fn remove_earlier_attempts(jobs_dir: &Path, job_id: i64, keep: &Path) {
+    let prefix = format!("job-{job_id}-a");
+    if let Ok(entries) = std::fs::read_dir(jobs_dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p != keep && e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+}
+
+fn log_tail(path: &Path, max: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else { return String::new() };
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[allow(dead_code)]
+fn _assert_send(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(run(ctx, job, slot, stop));
+}

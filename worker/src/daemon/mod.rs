@@ -1,0 +1,121 @@
+//! The worker daemon: the process that turns a machine's GPUs (or CPU) into job slots for the
+//! coordinator.
+//!
+//! Why it is shaped this way (DESIGN.md): workers talk only to the coordinator, never to the
+//! database; every job runs in a child process (`lth-worker exec-job`) in its own process group, so
+//! a CUDA out-of-memory or a libtorch abort kills one job and not the daemon, and aborting a job
+//! (cancel, pause, lost lease) is a signal to that group rather than a flag the training loop must
+//! remember to check.
+//!
+//! Modules:
+//! - [`host`]: what this machine has (GPUs via nvidia-smi, CPUs, libtorch/CUDA versions) and the
+//!   slots made from it.
+//! - [`rpc`]: the gRPC connection, retry/backoff and the classification of errors (transient,
+//!   lease lost, permanent).
+//! - [`artifacts`]: chunked, sha256-checked uploads and downloads, and the local content-addressed
+//!   cache of input artifacts.
+//! - [`convert`]: wire types (proto) to the engine's types and back.
+//! - [`jobfile`] / [`events`]: the two files of the daemon ↔ child contract: `job.json` in, JSON
+//!   lines out.
+//! - [`child`]: spawning and signalling a job's process group.
+//! - [`job`]: one claimed job from download to CompleteJob/FailJob.
+//! - [`supervisor`]: registration, the claim loop, heartbeats and shutdown.
+//! - [`exec_job`]: the child side (`lth-worker exec-job`).
+
+pub mod artifacts;
+pub mod child;
+pub mod convert;
+pub mod events;
+pub mod exec_job;
+pub mod host;
+pub mod job;
+pub mod jobfile;
+pub mod rpc;
+pub mod supervisor;
+
+use std::path::PathBuf;
+
+/// `lth-worker daemon`: serve a coordinator with this machine's job slots.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// The coordinator's gRPC address.
+    #[arg(long, env = "LTH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// Which GPUs to use: `all` (every GPU nvidia-smi lists), `none` (CPU only), or indices `0,1`.
+    #[arg(long, env = "LTH_GPUS", default_value = "all")]
+    pub gpus: String,
+    /// Concurrent jobs per GPU. Small models are launch-bound: two ResNet-20 trainings on one H200
+    /// ran at 2× the throughput of one (DESIGN.md).
+    #[arg(long, env = "LTH_SLOTS_PER_GPU", default_value_t = 1)]
+    pub slots_per_gpu: u32,
+    /// CPU job slots. Default: 1 when no GPU slot is used, else 0.
+    #[arg(long, env = "LTH_CPU_SLOTS")]
+    pub cpu_slots: Option<u32>,
+    /// Where input artifacts are cached (by sha256) and jobs get their working directories.
+    /// Default: $XDG_CACHE_HOME/lth-worker or ~/.cache/lth-worker.
+    #[arg(long, env = "LTH_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Folder holding libtorch_cuda.so (a torch install's `torch/lib`), dlopened by each job on a
+    /// GPU node. Default: found through `python3 -c 'import torch'`.
+    #[arg(long, env = "LTH_TORCH_LIB_DIR")]
+    pub torch_lib_dir: Option<PathBuf>,
+    /// Stable name of this worker. Default: `<host>-cpu` or `<host>-gpu<indices>`.
+    #[arg(long, env = "LTH_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Torch intra-op threads per CPU job. Default: the CPU count divided by the CPU slots.
+    #[arg(long, env = "LTH_JOB_THREADS")]
+    pub job_threads: Option<i32>,
+    /// How often to ask for work while slots are free and the queue was empty.
+    #[arg(long, env = "LTH_POLL_SECONDS", default_value_t = 1.0)]
+    pub poll_seconds: f64,
+    /// Progress reports per running job are sent at most this often.
+    #[arg(long, env = "LTH_PROGRESS_SECONDS", default_value_t = 2.0)]
+    pub progress_seconds: f64,
+    /// After SIGTERM to an aborted job's process group, wait this long before SIGKILL.
+    #[arg(long, env = "LTH_KILL_GRACE_SECONDS", default_value_t = 3.0)]
+    pub kill_grace_seconds: f64,
+    /// On daemon shutdown, how long a job may take to finish or checkpoint after SIGTERM.
+    #[arg(long, env = "LTH_SHUTDOWN_GRACE_SECONDS", default_value_t = 60.0)]
+    pub shutdown_grace_seconds: f64,
+    /// Keep the working directory of every job (by default only failed jobs' are kept).
+    #[arg(long, env = "LTH_KEEP_WORKDIRS")]
+    pub keep_workdirs: bool,
+    /// Log format on stderr.
+    #[arg(long, env = "LTH_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub log_format: String,
+}
+
+/// `lth-worker exec-job`: run one job described by a job.json (started by the daemon).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecJobArgs {
+    /// The job file the daemon wrote.
+    #[arg(long)]
+    pub job: PathBuf,
+}
+
+/// Entry point of `lth-worker daemon`.
+pub fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("lth-daemon")
+        .build()?;
+    runtime.block_on(supervisor::run(args))
+}
+
+/// Entry point of `lth-worker exec-job`; returns the process exit code.
+pub fn run_exec_job(args: ExecJobArgs) -> i32 {
+    exec_job::run(&args.job)
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LTH_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    // A second init (tests calling run_daemon twice in one process) keeps the first subscriber.
+    let _ = result;
+}

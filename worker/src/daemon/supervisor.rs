@@ -1,0 +1,321 @@
+//! The daemon's main loop: register, claim jobs for free slots, heartbeat the running leases,
+//! relay aborts, and shut down without losing work.
+//!
+//! The coordinator being away is normal (restarts, network): registration and claims back off
+//! and retry, heartbeats keep trying on their interval, and running jobs are never stopped
+//! because the coordinator is unreachable; only the coordinator's own word (an abort in a heartbeat
+//! reply, FAILED_PRECONDITION on a write) ends a job early.
+
+use super::artifacts::ArtifactCache;
+use super::host::{self, GpuSelection, Slot};
+use super::job::{self, JobContext, Outcome, Stop};
+use super::rpc::{self, Backoff, Client, Failure};
+use super::DaemonArgs;
+use anyhow::Context;
+use lth_proto::v1 as pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+struct Running {
+    attempt: u32,
+    stop: watch::Sender<Option<Stop>>,
+}
+
+struct Shared {
+    worker_id: String,
+    registration: pb::RegisterWorkerRequest,
+    running: Mutex<HashMap<i64, Running>>,
+    free_slots: Mutex<Vec<Slot>>,
+    slot_freed: Notify,
+}
+
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let inventory = host::detect();
+    let selection: GpuSelection = args.gpus.parse()?;
+    let slots = host::plan_slots(&inventory.gpus, &selection, args.slots_per_gpu, args.cpu_slots)?;
+    let worker_id = args.worker_id.clone().unwrap_or_else(|| host::default_worker_id(&inventory.host, &slots));
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(host::default_cache_dir);
+    let cache = ArtifactCache::new(cache_dir.join("artifacts"))
+        .with_context(|| format!("cannot create the artifact cache in {} (pass --cache-dir)", cache_dir.display()))?;
+    let jobs_dir = cache_dir.join("jobs").join(sanitize(&worker_id));
+    std::fs::create_dir_all(&jobs_dir).with_context(|| format!("cannot create {}", jobs_dir.display()))?;
+    let threads = args.job_threads.or_else(|| Some((inventory.cpus as usize / slots.len()).max(1) as i32));
+    let client = rpc::connect(&args.coordinator)?;
+    let exe = std::env::current_exe().context("cannot locate the lth-worker binary for exec-job")?;
+
+    let registration = pb::RegisterWorkerRequest {
+        worker_id: worker_id.clone(),
+        host: inventory.host.clone(),
+        gpus: inventory.gpus.clone(),
+        cpus: inventory.cpus,
+        slots: slots.len() as u32,
+        libtorch_version: inventory.libtorch_version.clone(),
+        cuda_version: inventory.cuda_version.clone(),
+    };
+    tracing::info!(
+        worker = %worker_id,
+        coordinator = %args.coordinator,
+        slots = slots.len(),
+        gpus = inventory.gpus.len(),
+        cpus = inventory.cpus,
+        libtorch = %inventory.libtorch_version,
+        cache = %cache_dir.display(),
+        "lth-worker daemon starting"
+    );
+
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    spawn_signal_handler(shutdown_tx.clone());
+
+    let reply = tokio::select! {
+        r = register(&client, &registration) => r?,
+        _ = shutdown_rx.wait_for(|s| *s) => {
+            tracing::info!("shut down before registering");
+            return Ok(());
+        }
+    };
+    let heartbeat = Duration::from_secs(u64::from(reply.heartbeat_seconds.max(1)));
+    tracing::info!(worker = %worker_id, lease_seconds = reply.lease_seconds, heartbeat_seconds = heartbeat.as_secs(), "registered");
+
+    let shared = Arc::new(Shared {
+        worker_id: worker_id.clone(),
+        registration,
+        running: Mutex::new(HashMap::new()),
+        free_slots: Mutex::new(slots.iter().rev().copied().collect()),
+        slot_freed: Notify::new(),
+    });
+    let ctx = Arc::new(JobContext {
+        client: client.clone(),
+        cache,
+        jobs_dir,
+        exe,
+        torch_lib_dir: args.torch_lib_dir.clone(),
+        threads,
+        progress_interval: Duration::from_secs_f64(args.progress_seconds.max(0.1)),
+        kill_grace: Duration::from_secs_f64(args.kill_grace_seconds.max(0.0)),
+        shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
+        keep_workdirs: args.keep_workdirs,
+    });
+
+    let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
+    let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), shared.clone(), heartbeat, heartbeat_stop_rx));
+
+    let mut jobs: JoinSet<()> = JoinSet::new();
+    let poll = Duration::from_secs_f64(args.poll_seconds.max(0.05));
+    let mut backoff = Backoff::coordinator();
+    loop {
+        if *shutdown_rx.borrow() {
+            break;
+        }
+        // Reap finished job tasks (their slots were returned by the tasks themselves).
+        while jobs.try_join_next().is_some() {}
+        let free = shared.free_slots.lock().unwrap().len();
+        if free == 0 {
+            tokio::select! {
+                _ = shared.slot_freed.notified() => {}
+                _ = shutdown_rx.changed() => {}
+            }
+            continue;
+        }
+        let claim = pb::ClaimJobsRequest { worker_id: worker_id.clone(), free_slots: free as u32 };
+        let mut claim_client = client.clone();
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(30), claim_client.claim_jobs(claim)) => r,
+            _ = shutdown_rx.changed() => continue,
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(tonic::Status::deadline_exceeded("ClaimJobs timed out after 30 s")),
+        };
+        match result {
+            Ok(reply) => {
+                backoff.reset();
+                let assignments = reply.into_inner().jobs;
+                if assignments.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = shutdown_rx.changed() => {}
+                    }
+                    continue;
+                }
+                for assignment in assignments {
+                    start_job(&mut jobs, &ctx, &shared, assignment);
+                }
+            }
+            Err(status) => {
+                match rpc::classify(&status) {
+                    Failure::UnknownWorker => {
+                        tracing::warn!(error = %status.message(), "the coordinator does not know this worker; registering again");
+                        if let Err(e) = register(&client, &shared.registration).await {
+                            tracing::error!(error = %e, "registration failed");
+                        }
+                    }
+                    Failure::Transient => tracing::debug!(error = %status.message(), "ClaimJobs failed; backing off"),
+                    _ => tracing::error!(code = ?status.code(), error = %status.message(), "ClaimJobs rejected; backing off"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown_rx.changed() => {}
+                }
+            }
+        }
+    }
+
+    // Shutdown: no more claims; every running job finishes or checkpoints and is handed back.
+    let running = shared.running.lock().unwrap().len();
+    tracing::info!(running, "shutting down: no more claims; stopping running jobs");
+    for r in shared.running.lock().unwrap().values() {
+        let _ = r.stop.send(Some(Stop::Shutdown));
+    }
+    // A second signal means "now": abort everything.
+    let mut second = shutdown_signal_count();
+    loop {
+        tokio::select! {
+            next = jobs.join_next() => if next.is_none() { break },
+            _ = second.changed() => {
+                tracing::warn!("second signal: killing running jobs without waiting");
+                for r in shared.running.lock().unwrap().values() {
+                    let _ = r.stop.send(Some(Stop::Abort(pb::AbortReason::Unspecified)));
+                }
+            }
+        }
+    }
+    let _ = heartbeat_stop_tx.send(true);
+    let _ = heartbeats.await;
+    tracing::info!("lth-worker daemon stopped");
+    Ok(())
+}
+
+fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>, assignment: pb::JobAssignment) {
+    let Some(slot) = shared.free_slots.lock().unwrap().pop() else {
+        // More jobs than free slots: the coordinator should never do this. Hand the extra back.
+        tracing::error!(job = assignment.job_id, "claimed more jobs than free slots; handing one back");
+        let mut client = ctx.client.clone();
+        let lease = pb::JobLease { job_id: assignment.job_id, attempt: assignment.attempt };
+        jobs.spawn(async move {
+            let _ = client
+                .fail_job(pb::FailJobRequest { lease: Some(lease), error: "released: worker had no free slot".into(), retryable: true })
+                .await;
+        });
+        return;
+    };
+    let (stop_tx, stop_rx) = watch::channel(None);
+    shared.running.lock().unwrap().insert(assignment.job_id, Running { attempt: assignment.attempt, stop: stop_tx });
+    let (ctx, shared) = (ctx.clone(), shared.clone());
+    let job_id = assignment.job_id;
+    jobs.spawn(async move {
+        let outcome = job::run(ctx, assignment, slot, stop_rx).await;
+        tracing::debug!(job = job_id, ?outcome, "job finished on this worker");
+        if let Outcome::Dropped(why) = &outcome {
+            tracing::info!(job = job_id, "job stopped: {why}");
+        }
+        shared.running.lock().unwrap().remove(&job_id);
+        shared.free_slots.lock().unwrap().push(slot);
+        shared.slot_freed.notify_one();
+    });
+}
+
+/// Registers, retrying while the coordinator is unreachable.
+async fn register(client: &Client, req: &pb::RegisterWorkerRequest) -> anyhow::Result<pb::RegisterWorkerResponse> {
+    let reply = rpc::retry_transient("RegisterWorker", || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { tokio::time::timeout(Duration::from_secs(30), c.register_worker(req)).await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("RegisterWorker timed out"))) }
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("the coordinator refused registration ({:?}): {}", s.code(), s.message()))?;
+    Ok(reply.into_inner())
+}
+
+async fn heartbeat_loop(client: Client, shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let running: Vec<pb::JobLease> = shared
+            .running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, r)| pb::JobLease { job_id: *id, attempt: r.attempt })
+            .collect();
+        let req = pb::HeartbeatRequest { worker_id: shared.worker_id.clone(), running };
+        let reply = tokio::time::timeout(every.max(Duration::from_secs(2)) * 2, client.clone().heartbeat(req)).await;
+        match reply {
+            Ok(Ok(reply)) => {
+                if failures > 0 {
+                    tracing::info!(failures, "heartbeats reach the coordinator again");
+                }
+                failures = 0;
+                for abort in reply.into_inner().abort {
+                    let Some(lease) = abort.lease else { continue };
+                    let reason = pb::AbortReason::try_from(abort.reason).unwrap_or(pb::AbortReason::Unspecified);
+                    let running = shared.running.lock().unwrap();
+                    if let Some(r) = running.get(&lease.job_id).filter(|r| r.attempt == lease.attempt) {
+                        tracing::info!(job = lease.job_id, attempt = lease.attempt, reason = reason.as_str_name(), "coordinator aborts the job");
+                        let _ = r.stop.send(Some(Stop::Abort(reason)));
+                    }
+                }
+            }
+            Ok(Err(status)) => {
+                failures += 1;
+                match rpc::classify(&status) {
+                    Failure::UnknownWorker => {
+                        tracing::warn!(error = %status.message(), "the coordinator does not know this worker; registering again");
+                        let _ = tokio::time::timeout(every * 2, register(&client, &shared.registration)).await;
+                    }
+                    _ if failures == 1 || failures % 10 == 0 => {
+                        tracing::warn!(code = ?status.code(), error = %status.message(), failures, "heartbeat failed; running jobs continue");
+                    }
+                    _ => {}
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(failures, "heartbeat timed out; running jobs continue");
+                }
+            }
+        }
+    }
+}
+
+static SIGNALS: std::sync::OnceLock<watch::Sender<u32>> = std::sync::OnceLock::new();
+
+fn shutdown_signal_count() -> watch::Receiver<u32> {
+    let tx = SIGNALS.get_or_init(|| watch::channel(0).0);
+    let mut rx = tx.subscribe();
+    rx.mark_unchanged();
+    rx
+}
+
+/// SIGTERM / SIGINT: the first starts a graceful shutdown, later ones are counted (see above).
+fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
+    let counter = SIGNALS.get_or_init(|| watch::channel(0).0).clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "signal received");
+            let _ = shutdown.send(true);
+            counter.send_modify(|n| *n += 1);
+        }
+    });
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+}
