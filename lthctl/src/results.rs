@@ -1,0 +1,365 @@
+//! Accuracy vs sparsity per metric: the numbers a Lottery-Ticket study reports.
+//!
+//! `GetResults` returns one row per (metric, rate, seed, level). Papers report the mean ± standard
+//! deviation over seeds at each level, so this module groups rows by (metric, rate, level) and
+//! aggregates over seeds, then renders the result as a table, CSV or JSON. The per-layer kept
+//! fractions (for the heatmap) are aggregated here too.
+//!
+//! The dense level 0 is shared by every trial of a seed. A coordinator may report it once per seed
+//! with no metric; such rows are copied into every (metric, rate) series so each curve starts at
+//! 100% of weights remaining. A level-0 row that names its metric takes precedence.
+
+use crate::convert::{metric_from_proto, metric_name};
+use anyhow::{Context, Result};
+use lth_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One point of an accuracy-vs-sparsity curve: a (metric, rate, level) over its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultPoint {
+    pub metric: String,
+    pub rate: f64,
+    pub level: u32,
+    /// Fraction of prunable weights removed (mean over seeds; equal across seeds unless a layer
+    /// guard kicked in differently).
+    pub sparsity: f64,
+    /// 100 × (1 − sparsity): the x axis of LTH plots.
+    pub weights_remaining_percent: f64,
+    /// Top-1 test accuracy in [0, 1], mean over seeds.
+    pub accuracy_mean: f64,
+    /// Sample standard deviation over seeds (n − 1 in the denominator; 0 for one seed).
+    pub accuracy_std: f64,
+    pub accuracy_min: f64,
+    pub accuracy_max: f64,
+    pub seeds: u32,
+}
+
+/// Kept fraction of one layer at one (metric, rate, level), mean over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerPoint {
+    pub metric: String,
+    pub rate: f64,
+    pub level: u32,
+    pub layer: String,
+    pub kept_fraction: f64,
+    pub collapsed_in_seeds: u32,
+    pub seeds: u32,
+}
+
+/// Mean and sample standard deviation (n − 1); std is 0 for fewer than two values.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// Sort key for a metric name: the order metrics are declared in (paper metrics first).
+fn metric_order(name: &str) -> (usize, String) {
+    let idx = lth_spec::ImportanceMetric::ALL
+        .iter()
+        .position(|m| m.as_str() == name)
+        .unwrap_or(usize::MAX);
+    (idx, name.to_string())
+}
+
+/// (metric, rate as ordered bits, level) → seed → row. Keyed by seed so that a seed never counts
+/// twice however the coordinator reports level 0.
+type Grouped<'a> = BTreeMap<((usize, String), u64, u32), BTreeMap<u64, &'a pb::ResultRow>>;
+
+fn group_rows(rows: &[pb::ResultRow]) -> Grouped<'_> {
+    let mut groups: Grouped<'_> = BTreeMap::new();
+    let rate_key = |r: f64| r.to_bits();
+    // Rows that name a metric first, so they win over shared dense rows.
+    for row in rows.iter().filter(|r| metric_from_proto(r.metric).is_some() && r.result.is_some()) {
+        let key = (metric_order(&metric_name(row.metric)), rate_key(row.rate), row.level);
+        groups.entry(key).or_default().insert(row.seed, row);
+    }
+    let series: Vec<((usize, String), u64)> = {
+        let mut s: Vec<_> = groups.keys().map(|(m, r, _)| (m.clone(), *r)).collect();
+        s.dedup();
+        s
+    };
+    for dense in rows.iter().filter(|r| metric_from_proto(r.metric).is_none() && r.level == 0 && r.result.is_some()) {
+        for (metric, rate) in &series {
+            groups.entry((metric.clone(), *rate, 0)).or_default().entry(dense.seed).or_insert(dense);
+        }
+    }
+    groups
+}
+
+/// Mean ± std over seeds for every (metric, rate, level), ordered by metric, rate, level.
+pub fn aggregate(rows: &[pb::ResultRow]) -> Vec<ResultPoint> {
+    group_rows(rows)
+        .into_iter()
+        .map(|((metric, rate_bits, level), by_seed)| {
+            let results: Vec<&pb::LevelResult> = by_seed.values().filter_map(|r| r.result.as_ref()).collect();
+            let acc: Vec<f64> = results.iter().map(|r| r.test_accuracy).collect();
+            let (sparsity, _) = mean_std(&results.iter().map(|r| r.sparsity).collect::<Vec<_>>());
+            let (accuracy_mean, accuracy_std) = mean_std(&acc);
+            ResultPoint {
+                metric: metric.1,
+                rate: f64::from_bits(rate_bits),
+                level,
+                sparsity,
+                weights_remaining_percent: 100.0 * (1.0 - sparsity),
+                accuracy_mean,
+                accuracy_std,
+                accuracy_min: acc.iter().copied().fold(f64::INFINITY, f64::min),
+                accuracy_max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                seeds: acc.len() as u32,
+            }
+        })
+        .collect()
+}
+
+/// Per-layer kept fraction, mean over seeds, for every (metric, rate, level, layer). Layers keep the
+/// order the engine reports them in (network order).
+pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
+    let mut out = Vec::new();
+    for ((metric, rate_bits, level), by_seed) in group_rows(rows) {
+        let mut layer_order: Vec<String> = Vec::new();
+        let mut per_layer: BTreeMap<String, (Vec<f64>, u32)> = BTreeMap::new();
+        for row in by_seed.values() {
+            for l in row.result.iter().flat_map(|r| r.layers.iter()) {
+                if !per_layer.contains_key(&l.layer) {
+                    layer_order.push(l.layer.clone());
+                }
+                let entry = per_layer.entry(l.layer.clone()).or_default();
+                let frac = if l.total == 0 { 0.0 } else { l.kept as f64 / l.total as f64 };
+                entry.0.push(frac);
+                entry.1 += u32::from(l.collapsed);
+            }
+        }
+        for layer in layer_order {
+            let (fracs, collapsed) = &per_layer[&layer];
+            out.push(LayerPoint {
+                metric: metric.1.clone(),
+                rate: f64::from_bits(rate_bits),
+                level,
+                layer,
+                kept_fraction: mean_std(fracs).0,
+                collapsed_in_seeds: *collapsed,
+                seeds: fracs.len() as u32,
+            });
+        }
+    }
+    out
+}
+
+/// Output formats of `lthctl results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+pub fn render(points: &[ResultPoint], format: Format) -> Result<String> {
+    match format {
+        Format::Table => Ok(render_table(points)),
+        Format::Csv => render_csv(points),
+        Format::Json => Ok(serde_json::to_string_pretty(points)? + "\n"),
+    }
+}
+
+/// A table for people: accuracy in percent as mean ± std.
+pub fn render_table(points: &[ResultPoint]) -> String {
+    if points.is_empty() {
+        return "no results yet: jobs report a row when they finish (`lthctl status ID` shows progress)\n".to_string();
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_header(vec![
+        "metric",
+        "rate",
+        "level",
+        "remaining %",
+        "sparsity %",
+        "accuracy % (mean ± std)",
+        "min %",
+        "max %",
+        "seeds",
+    ]);
+    for p in points {
+        table.add_row(vec![
+            p.metric.clone(),
+            format!("{}", p.rate),
+            p.level.to_string(),
+            format!("{:.2}", p.weights_remaining_percent),
+            format!("{:.2}", 100.0 * p.sparsity),
+            format!("{:.2} ± {:.2}", 100.0 * p.accuracy_mean, 100.0 * p.accuracy_std),
+            format!("{:.2}", 100.0 * p.accuracy_min),
+            format!("{:.2}", 100.0 * p.accuracy_max),
+            p.seeds.to_string(),
+        ]);
+    }
+    for i in [1, 2, 3, 4, 5, 6, 7, 8] {
+        if let Some(c) = table.column_mut(i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    let mut s = table.to_string();
+    // comfy-table's NOTHING preset leaves a leading space on every line.
+    s = s.lines().map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end()).collect::<Vec<_>>().join("\n");
+    s.push('\n');
+    s
+}
+
+/// CSV with a header; accuracies as fractions in [0, 1] (as on the wire), full precision.
+pub fn render_csv(points: &[ResultPoint]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    if points.is_empty() {
+        // Still write the header, so scripts see the columns.
+        w.write_record(["metric", "rate", "level", "sparsity", "weights_remaining_percent", "accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "seeds"])?;
+    }
+    for p in points {
+        w.serialize(p)?;
+    }
+    let bytes = w.into_inner().context("finishing the CSV")?;
+    Ok(String::from_utf8(bytes)?)
+}
+
+/// Reads what `render_csv` wrote.
+pub fn parse_csv(text: &str) -> Result<Vec<ResultPoint>> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    r.deserialize().map(|p| p.context("reading a results CSV row")).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn row(metric: pb::ImportanceMetric, rate: f64, seed: u64, level: u32, acc: f64) -> pb::ResultRow {
+        let sparsity = 1.0 - (1.0 - rate).powi(level as i32);
+        let kept_fc1 = ((1.0 - sparsity) * 1000.0).round() as u64;
+        pb::ResultRow {
+            metric: metric as i32,
+            rate,
+            seed,
+            level,
+            job_id: 0,
+            result: Some(pb::LevelResult {
+                sparsity,
+                test_accuracy: acc,
+                layers: vec![
+                    pb::LayerStats { layer: "fc1.weight".into(), kept: kept_fc1, total: 1000, ..Default::default() },
+                    pb::LayerStats { layer: "fc2.weight".into(), kept: 100 - level as u64 * 10, total: 100, ..Default::default() },
+                ],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn mean_and_sample_std_of_known_numbers() {
+        let (m, s) = mean_std(&[0.90, 0.92, 0.94]);
+        assert!((m - 0.92).abs() < 1e-12);
+        assert!((s - 0.02).abs() < 1e-12, "{s}");
+        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
+        // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, sample variance 32/7
+        let (m, s) = mean_std(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(m, 5.0);
+        assert!((s - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn aggregates_over_seeds_and_shares_the_dense_level() {
+        use pb::ImportanceMetric::{Magnitude, L1};
+        let mut rows = vec![];
+        for (seed, base) in [(1u64, 0.90), (2, 0.94)] {
+            // The dense level reported once per seed, without a metric.
+            rows.push(row(pb::ImportanceMetric::Unspecified, 0.0, seed, 0, base));
+            rows.push(row(Magnitude, 0.2, seed, 1, base - 0.01));
+            rows.push(row(L1, 0.2, seed, 1, base - 0.03));
+        }
+        let pts = aggregate(&rows);
+        let names: Vec<(String, u32)> = pts.iter().map(|p| (p.metric.clone(), p.level)).collect();
+        assert_eq!(names, vec![("magnitude".into(), 0), ("magnitude".into(), 1), ("l1".into(), 0), ("l1".into(), 1)]);
+        let l1_1 = &pts[3];
+        assert!((l1_1.accuracy_mean - 0.89).abs() < 1e-12);
+        assert!((l1_1.accuracy_std - 0.02 * 2f64.sqrt()).abs() < 1e-12, "{}", l1_1.accuracy_std);
+        assert!((l1_1.sparsity - 0.2).abs() < 1e-12);
+        assert!((l1_1.weights_remaining_percent - 80.0).abs() < 1e-9);
+        assert!((l1_1.accuracy_min - 0.87).abs() < 1e-12 && (l1_1.accuracy_max - 0.91).abs() < 1e-12);
+        assert_eq!(l1_1.seeds, 2);
+        // The dense point of each metric holds both seeds, at rate 0.2 (the series' rate).
+        assert_eq!(pts[0].seeds, 2);
+        assert_eq!(pts[0].rate, 0.2);
+        assert!((pts[0].accuracy_mean - 0.92).abs() < 1e-12);
+    }
+
+    #[test]
+    fn metric_tagged_dense_rows_are_not_counted_twice() {
+        let rows = vec![
+            row(pb::ImportanceMetric::Magnitude, 0.2, 1, 0, 0.5),
+            row(pb::ImportanceMetric::Unspecified, 0.0, 1, 0, 0.7),
+            row(pb::ImportanceMetric::Magnitude, 0.2, 1, 1, 0.6),
+        ];
+        let pts = aggregate(&rows);
+        assert_eq!(pts.len(), 2);
+        assert_eq!((pts[0].seeds, pts[0].accuracy_mean), (1, 0.5));
+    }
+
+    #[test]
+    fn layer_kept_fractions_are_averaged_in_network_order() {
+        let rows = vec![row(pb::ImportanceMetric::L2, 0.2, 1, 2, 0.9), row(pb::ImportanceMetric::L2, 0.2, 2, 2, 0.8)];
+        let layers = aggregate_layers(&rows);
+        assert_eq!(layers.iter().map(|l| l.layer.as_str()).collect::<Vec<_>>(), ["fc1.weight", "fc2.weight"]);
+        assert!((layers[0].kept_fraction - 0.64).abs() < 1e-12);
+        assert!((layers[1].kept_fraction - 0.80).abs() < 1e-12);
+        assert_eq!(layers[1].seeds, 2);
+    }
+
+    /// Equal, except that floats may differ in the last bit: the csv crate's and serde_json's
+    /// default float parsers are not exactly round-trip.
+    fn assert_close(back: &[ResultPoint], pts: &[ResultPoint]) {
+        assert_eq!(back.len(), pts.len());
+        for (b, p) in back.iter().zip(pts) {
+            assert_eq!((&b.metric, b.rate, b.level, b.seeds), (&p.metric, p.rate, p.level, p.seeds));
+            let pairs = [
+                (b.sparsity, p.sparsity),
+                (b.weights_remaining_percent, p.weights_remaining_percent),
+                (b.accuracy_mean, p.accuracy_mean),
+                (b.accuracy_std, p.accuracy_std),
+                (b.accuracy_min, p.accuracy_min),
+                (b.accuracy_max, p.accuracy_max),
+            ];
+            for (x, y) in pairs {
+                assert!((x - y).abs() <= 1e-15 * y.abs().max(1.0), "{x} != {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_and_json_parses() {
+        let rows: Vec<_> = (1..=3)
+            .flat_map(|seed| (0..4).map(move |level| row(pb::ImportanceMetric::Softmax, 0.2, seed, level, 0.8 + 0.01 * seed as f64 - 0.02 * level as f64)))
+            .collect();
+        let pts = aggregate(&rows);
+        assert_eq!(pts.len(), 4);
+        let csv_text = render(&pts, Format::Csv).unwrap();
+        assert!(csv_text.starts_with("metric,rate,level,sparsity,weights_remaining_percent,accuracy_mean,accuracy_std"));
+        assert_close(&parse_csv(&csv_text).unwrap(), &pts);
+        let json: Vec<ResultPoint> = serde_json::from_str(&render(&pts, Format::Json).unwrap()).unwrap();
+        assert_close(&json, &pts);
+        let empty = render(&[], Format::Csv).unwrap();
+        assert!(empty.starts_with("metric,rate,level") && parse_csv(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn table_shows_percent_mean_and_std() {
+        let rows = vec![row(pb::ImportanceMetric::MinMax, 0.2, 1, 10, 0.9050), row(pb::ImportanceMetric::MinMax, 0.2, 2, 10, 0.9052)];
+        let t = render_table(&aggregate(&rows));
+        assert!(t.contains("min_max"), "{t}");
+        assert!(t.contains("90.51 ± 0.01"), "{t}");
+        assert!(t.contains("10.74"), "{t}"); // 0.8^10 = 10.74% remaining
+        assert!(render_table(&[]).contains("no results yet"));
+    }
+}
