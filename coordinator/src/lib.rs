@@ -1,1 +1,6 @@
-//! lth coordinator (being written).
+//! lth coordinator: the gRPC services, the scheduler's job store and the artifact store.
+//!
+//! Workers and lthctl talk only to this process; it is the single place that decides which job
+//! runs where, so that no job is lost or run twice. Several coordinators may share one Postgres.
+
+pub mod store;

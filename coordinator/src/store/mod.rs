@@ -1,0 +1,1747 @@
+//! The job store: sweeps, trials, jobs, leases, results and masks in Postgres or SQLite.
+//!
+//! This is the part that must never lose or double-run a job, so every state change is one
+//! transaction with a guard in its WHERE clause, and every worker write is fenced by the lease
+//! (job id, attempt). Times come from the database clock, never from a coordinator or worker.
+//!
+//! One type, two backends: most statements are the same text on both (`$N` placeholders work on
+//! SQLite too); the [`Dialect`] supplies the clock expressions, and the claim differs in how rows
+//! are locked (Postgres: `FOR UPDATE SKIP LOCKED`; SQLite: a `BEGIN IMMEDIATE` single-writer
+//! transaction). The `both!` macro compiles each operation once per backend.
+
+mod sqlite_fns;
+
+use chrono::{DateTime, Utc};
+use lth_spec::{ImportanceMetric, SweepSpec};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Why a store operation did not happen. Each maps onto one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller's lease (job, attempt) is no longer current, or the object is in a state that
+    /// forbids the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A worker's claim on one job: valid while the job runs with this attempt number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub job_id: i64,
+    pub attempt: i32,
+}
+
+impl std::fmt::Display for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} attempt {}", self.job_id, self.attempt)
+    }
+}
+
+fn stale(lease: Lease) -> StoreError {
+    StoreError::FailedPrecondition(format!(
+        "lease {lease} is not current (the lease was lost, the job was re-queued, or the sweep was paused or cancelled): stop this attempt and claim again"
+    ))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    pub sweep_id: i64,
+    pub created: bool,
+    pub trials: u64,
+    pub jobs: u64,
+    pub jobs_reused: u64,
+    pub dense_jobs: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub blocked: u64,
+    pub ready: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepInfo {
+    pub id: i64,
+    pub name: String,
+    pub state: String,
+    pub spec: SweepSpec,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub trials: u64,
+    pub jobs: JobCounts,
+    /// (metric, level jobs, level jobs succeeded)
+    pub metrics: Vec<(String, u64, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub sweep_id: i64,
+    pub trial_id: Option<i64>,
+    pub kind: String,
+    pub seed: i64,
+    pub metric: Option<String>,
+    pub rate: f64,
+    pub level: i32,
+    pub parent_job_id: Option<i64>,
+    pub dense_job_id: Option<i64>,
+    pub state: String,
+    pub attempt: i32,
+    pub worker_id: Option<String>,
+    pub error_count: i32,
+    pub lost_count: i32,
+    pub last_error: Option<String>,
+    pub content_hash: String,
+    pub reused_from: Option<i64>,
+    pub progress: f64,
+    pub eta_seconds: Option<f64>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+const JOB_COLUMNS: &str = "id, sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
+     state, attempt, worker_id, error_count, lost_count, last_error, content_hash, reused_from, progress, \
+     eta_seconds, lease_expires_at";
+
+macro_rules! job_from_row {
+    ($r:expr) => {{
+        let r = &$r;
+        JobRow {
+            id: r.try_get("id")?,
+            sweep_id: r.try_get("sweep_id")?,
+            trial_id: r.try_get("trial_id")?,
+            kind: r.try_get("kind")?,
+            seed: r.try_get("seed")?,
+            metric: r.try_get("metric")?,
+            rate: r.try_get("rate")?,
+            level: r.try_get("level")?,
+            parent_job_id: r.try_get("parent_job_id")?,
+            dense_job_id: r.try_get("dense_job_id")?,
+            state: r.try_get("state")?,
+            attempt: r.try_get("attempt")?,
+            worker_id: r.try_get("worker_id")?,
+            error_count: r.try_get("error_count")?,
+            lost_count: r.try_get("lost_count")?,
+            last_error: r.try_get("last_error")?,
+            content_hash: r.try_get("content_hash")?,
+            reused_from: r.try_get("reused_from")?,
+            progress: r.try_get("progress")?,
+            eta_seconds: r.try_get("eta_seconds")?,
+            lease_expires_at: r.try_get("lease_expires_at")?,
+        }
+    }};
+}
+
+/// A file in the object store that belongs to a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRow {
+    pub job_id: i64,
+    pub name: String,
+    pub attempt: i32,
+    pub uri: String,
+    pub sha256: String,
+    pub bytes: i64,
+}
+
+/// A job just claimed, with the artifacts it needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub job: JobRow,
+    /// θk from the seed's dense job (level >= 1).
+    pub rewind: Option<ArtifactRow>,
+    /// The parent's trained weights and mask (level >= 1).
+    pub weights: Option<ArtifactRow>,
+    /// A checkpoint an earlier attempt of this job uploaded.
+    pub resume_checkpoint: Option<ArtifactRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerInput {
+    pub name: String,
+    pub kept: u64,
+    pub total: u64,
+    /// Row-major, MSB-first; exactly ceil(total / 8) bytes.
+    pub bits: Vec<u8>,
+    pub collapsed: bool,
+    pub weight_norm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultInput {
+    pub sparsity: f64,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub train_loss: f64,
+    pub epochs: f64,
+    pub wall_seconds: f64,
+    pub iterations: u64,
+    pub layers: Vec<LayerInput>,
+}
+
+impl ResultInput {
+    /// Rejects results that would corrupt the analysis: masks whose size or popcount disagree
+    /// with kept/total, duplicate layers, numbers out of range.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(StoreError::InvalidArgument(m));
+        if !(0.0..=1.0).contains(&self.sparsity) {
+            return bad(format!("result.sparsity = {} is outside [0, 1]", self.sparsity));
+        }
+        if !(0.0..=1.0).contains(&self.test_accuracy) {
+            return bad(format!("result.test_accuracy = {} is outside [0, 1]", self.test_accuracy));
+        }
+        let mut names = std::collections::HashSet::new();
+        for l in &self.layers {
+            if !names.insert(l.name.as_str()) {
+                return bad(format!("layer {:?} is reported twice", l.name));
+            }
+            if l.kept > l.total {
+                return bad(format!("layer {:?}: kept {} > total {}", l.name, l.kept, l.total));
+            }
+            let want = l.total.div_ceil(8) as usize;
+            if l.bits.len() != want {
+                return bad(format!(
+                    "layer {:?}: mask has {} bytes, expected ceil({}/8) = {want} (one bit per weight, MSB-first)",
+                    l.name,
+                    l.bits.len(),
+                    l.total
+                ));
+            }
+            let ones: u64 = l.bits.iter().map(|b| b.count_ones() as u64).sum();
+            let pad = (want as u64) * 8 - l.total;
+            if pad > 0 && (l.bits[want - 1] & ((1u8 << pad) - 1)) != 0 {
+                return bad(format!("layer {:?}: the mask's padding bits after bit {} must be zero", l.name, l.total));
+            }
+            if ones != l.kept {
+                return bad(format!("layer {:?}: mask has {ones} bits set but kept = {}", l.name, l.kept));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProgressInput {
+    pub iteration: u64,
+    pub total_iterations: u64,
+    pub epoch: f64,
+    pub train_loss: f64,
+    pub test_accuracy: Option<f64>,
+    pub images_per_second: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    Cancelled,
+    Paused,
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GpuRow {
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRegistration {
+    pub worker_id: String,
+    pub host: String,
+    pub gpus: Vec<GpuRow>,
+    pub cpus: u32,
+    pub slots: u32,
+    pub libtorch_version: String,
+    pub cuda_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerRow {
+    pub reg: WorkerRegistration,
+    pub running_jobs: u64,
+    pub last_seen: DateTime<Utc>,
+    pub alive: bool,
+}
+
+/// One row of the events table, with the job's static fields when it is a job event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    /// The job as it was at the event (state, attempt, progress from the event; the rest current).
+    pub job: Option<JobRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerStatsRow {
+    pub layer: String,
+    pub kept: i64,
+    pub total: i64,
+    pub collapsed: bool,
+    pub weight_norm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultRow {
+    pub metric: String,
+    pub rate: f64,
+    pub seed: i64,
+    pub level: i32,
+    pub job_id: i64,
+    pub result_job_id: i64,
+    pub sparsity: f64,
+    pub test_accuracy: f64,
+    pub test_loss: f64,
+    pub train_loss: f64,
+    pub epochs: f64,
+    pub wall_seconds: f64,
+    pub iterations: i64,
+    pub layers: Vec<LayerStatsRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    pub lost: Vec<Lease>,
+    pub finished_sweeps: Vec<i64>,
+}
+
+/// The SQL that differs between the backends: the database clock.
+struct Dialect {
+    now: &'static str,
+    sqlite: bool,
+}
+
+const PG: Dialect = Dialect { now: "now()", sqlite: false };
+const SQLITE: Dialect = Dialect { now: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", sqlite: true };
+
+impl Dialect {
+    /// The database's now plus `param` seconds (a bound f64).
+    fn now_plus(&self, param: &str) -> String {
+        if self.sqlite {
+            format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', {param}))")
+        } else {
+            format!("(now() + make_interval(secs => {param}))")
+        }
+    }
+    /// Seconds from `col` until now.
+    fn seconds_since(&self, col: &str) -> String {
+        if self.sqlite {
+            format!("((julianday('now') - julianday({col})) * 86400.0)")
+        } else {
+            format!("EXTRACT(EPOCH FROM (now() - {col}))::double precision")
+        }
+    }
+    /// Row lock for a read that precedes a write in the same transaction (SQLite's write
+    /// transaction already excludes other writers).
+    fn for_update(&self) -> &'static str {
+        if self.sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        }
+    }
+}
+
+/// Opens a write transaction: on SQLite `BEGIN IMMEDIATE` takes the write lock up front, so two
+/// writers never deadlock upgrading read locks.
+trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+/// Runs `$body` once per backend with `$pool` bound to that backend's pool, `$d` to its dialect and
+/// `$db` to its `sqlx::Database` type.
+macro_rules! both {
+    ($self:expr, |$pool:ident, $d:ident, $db:ident| $body:block) => {
+        match $self {
+            Store::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                #[allow(unused_variables)]
+                let $d = &PG;
+                $body
+            }
+            Store::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                #[allow(unused_variables)]
+                let $d = &SQLITE;
+                $body
+            }
+        }
+    };
+}
+
+/// Connection settings beyond the URL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { max_connections: 16 }
+    }
+}
+
+/// The job store over one database.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Hides a password in a database URL before it goes into an error message or a log.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+const BIND_ROWS: usize = 1000;
+
+impl Store {
+    /// Connects and applies the embedded migrations. `url` is `postgres://...` or `sqlite://PATH`
+    /// (`sqlite://lth.db` creates the file when missing).
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store> {
+        let shown = redact_url(url);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let conn = PgConnectOptions::from_str(url).map_err(|e| {
+                StoreError::Connect(format!(
+                    "{shown} is not a valid Postgres URL ({e}); write postgres://USER[:PASSWORD]@HOST:PORT/DATABASE"
+                ))
+            })?;
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(conn)
+                .await
+                .map_err(|e| {
+                    StoreError::Connect(format!(
+                        "cannot connect to Postgres at {shown}: {e}. Check that the server is running, the database exists and the user may log in"
+                    ))
+                })?;
+            sqlx::migrate!("../migrations/postgres").run(&pool).await.map_err(|e| {
+                StoreError::Migrate(format!(
+                    "{e} (database {shown}). The schema was left as it was; if this database belongs to another program use a fresh one, or fix the failing migration and restart"
+                ))
+            })?;
+            Ok(Store::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let conn = SqliteConnectOptions::from_str(url)
+                .map_err(|e| {
+                    StoreError::Connect(format!("{shown} is not a valid SQLite URL ({e}); write sqlite://PATH, e.g. sqlite://lth.db"))
+                })?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections.min(8))
+                .after_connect(|conn, _meta| Box::pin(async move { sqlite_fns::register(conn).await }))
+                .connect_with(conn)
+                .await
+                .map_err(|e| {
+                    StoreError::Connect(format!(
+                        "cannot open SQLite database {shown}: {e}. Check that the directory exists and is writable"
+                    ))
+                })?;
+            sqlx::migrate!("../migrations/sqlite").run(&pool).await.map_err(|e| {
+                StoreError::Migrate(format!(
+                    "{e} (database {shown}). The schema was left as it was; move this file away to start fresh, or fix the failing migration"
+                ))
+            })?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            Err(StoreError::Connect(format!(
+                "unsupported database URL {shown}: use sqlite://PATH (embedded, one machine) or postgres://USER@HOST:PORT/DATABASE"
+            )))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        both!(self, |pool, d, DB| { pool.close().await })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sweeps
+    // -----------------------------------------------------------------------------------------
+
+    /// Counts what a submit would create and reuse, without writing.
+    pub async fn plan_sweep(&self, spec: &SweepSpec) -> Result<SubmitOutcome> {
+        let plan = spec.expand();
+        let hashes: Vec<&str> = plan
+            .dense
+            .iter()
+            .map(|d| d.content_hash.as_str())
+            .chain(plan.trials.iter().flat_map(|t| t.levels.iter().map(|l| l.content_hash.as_str())))
+            .collect();
+        let reusable = both!(self, |pool, d, DB| {
+            let mut conn = pool.acquire().await?;
+            let mut found: HashMap<String, i64> = HashMap::new();
+            for chunk in hashes.chunks(BIND_ROWS) {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "SELECT content_hash, COALESCE(reused_from, id) AS src FROM jobs WHERE state = 'succeeded' AND content_hash IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for h in chunk {
+                    sep.push_bind(h.to_string());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(&mut *conn).await? {
+                    found.insert(r.try_get("content_hash")?, r.try_get("src")?);
+                }
+            }
+            found
+        });
+        Ok(SubmitOutcome {
+            sweep_id: 0,
+            created: false,
+            trials: plan.trials.len() as u64,
+            jobs: plan.total_jobs() as u64,
+            jobs_reused: hashes.iter().filter(|h| reusable.contains_key(**h)).count() as u64,
+            dense_jobs: plan.dense.len() as u64,
+        })
+    }
+
+    /// Expands and stores a validated sweep in one transaction. A second submit with the same
+    /// `client_token` returns the first sweep and creates nothing; the same token with a different
+    /// spec is refused. Jobs whose content hash matches a succeeded job are created succeeded,
+    /// pointing at that job's results (`reused_from`).
+    pub async fn submit_sweep(&self, spec: &SweepSpec, client_token: Option<&str>) -> Result<SubmitOutcome> {
+        let client_token = client_token.filter(|t| !t.is_empty());
+        let plan = spec.expand();
+        both!(self, |pool, d, DB| {
+            let mut tx = pool.begin_write().await?;
+            if let Some(token) = client_token {
+                let existing = sqlx::query("SELECT id, spec FROM sweeps WHERE client_token = $1")
+                    .bind(token)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = existing {
+                    let id: i64 = row.try_get("id")?;
+                    let Json(old): Json<SweepSpec> = row.try_get("spec")?;
+                    tx.rollback().await?;
+                    return self.existing_submit(id, &old, spec, token).await;
+                }
+            }
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO sweeps (client_token, name, spec, state, priority, max_attempts) \
+                 VALUES ($1, $2, $3, 'running', $4, $5) ON CONFLICT (client_token) DO NOTHING RETURNING id"
+            ))
+            .bind(client_token)
+            .bind(&spec.name)
+            .bind(Json(spec))
+            .bind(spec.priority)
+            .bind(spec.max_attempts as i32)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = inserted else {
+                // A concurrent submit with the same token committed first.
+                tx.rollback().await?;
+                let token = client_token.unwrap_or_default();
+                let row = sqlx::query("SELECT id, spec FROM sweeps WHERE client_token = $1").bind(token).fetch_one(pool).await?;
+                let Json(old): Json<SweepSpec> = row.try_get("spec")?;
+                return self.existing_submit(row.try_get("id")?, &old, spec, token).await;
+            };
+            let sweep_id: i64 = row.try_get("id")?;
+
+            // Succeeded jobs with the same content hash, from any sweep.
+            let all_hashes: Vec<String> = plan
+                .dense
+                .iter()
+                .map(|d| d.content_hash.clone())
+                .chain(plan.trials.iter().flat_map(|t| t.levels.iter().map(|l| l.content_hash.clone())))
+                .collect();
+            let mut reusable: HashMap<String, i64> = HashMap::new();
+            for chunk in all_hashes.chunks(BIND_ROWS) {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "SELECT content_hash, COALESCE(reused_from, id) AS src FROM jobs WHERE state = 'succeeded' AND content_hash IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for h in chunk {
+                    sep.push_bind(h.clone());
+                }
+                qb.push(") ORDER BY id");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let h: String = r.try_get("content_hash")?;
+                    let src: i64 = r.try_get("src")?;
+                    reusable.entry(h).or_insert(src);
+                }
+            }
+
+            let priority = spec.priority;
+            let max_attempts = spec.max_attempts as i32;
+            // content hash -> (job id, succeeded)
+            let mut ids: HashMap<String, (i64, bool)> = HashMap::new();
+
+            // Level 0: one dense job per seed.
+            for chunk in plan.dense.chunks(BIND_ROWS) {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "INSERT INTO jobs (sweep_id, kind, seed, level, state, priority, max_attempts, content_hash, reused_from) ",
+                );
+                qb.push_values(chunk, |mut b, dp| {
+                    let reused = reusable.get(&dp.content_hash).copied();
+                    b.push_bind(sweep_id)
+                        .push_bind("dense")
+                        .push_bind(dp.seed as i64)
+                        .push_bind(0i32)
+                        .push_bind(if reused.is_some() { "succeeded" } else { "ready" })
+                        .push_bind(priority)
+                        .push_bind(max_attempts)
+                        .push_bind(dp.content_hash.clone())
+                        .push_bind(reused);
+                });
+                qb.push(" RETURNING id, content_hash, state");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let st: String = r.try_get("state")?;
+                    ids.insert(r.try_get("content_hash")?, (r.try_get("id")?, st == "succeeded"));
+                }
+            }
+
+            // Trials.
+            let mut trial_ids: HashMap<(String, u64, i64), i64> = HashMap::new();
+            for chunk in plan.trials.chunks(BIND_ROWS) {
+                let mut qb =
+                    QueryBuilder::<DB>::new("INSERT INTO trials (sweep_id, metric, rate, seed, levels, dense_job_id, state) ");
+                qb.push_values(chunk, |mut b, t| {
+                    b.push_bind(sweep_id)
+                        .push_bind(t.metric.as_str())
+                        .push_bind(t.rate)
+                        .push_bind(t.seed as i64)
+                        .push_bind(t.levels.len() as i32)
+                        .push_bind(ids[&t.dense_hash].0)
+                        .push_bind("running");
+                });
+                qb.push(" RETURNING id, metric, rate, seed");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let rate: f64 = r.try_get("rate")?;
+                    trial_ids.insert((r.try_get("metric")?, rate.to_bits(), r.try_get("seed")?), r.try_get("id")?);
+                }
+            }
+
+            // Levels, one depth at a time so that each level's parent id is known.
+            let max_level = plan.trials.iter().map(|t| t.levels.len()).max().unwrap_or(0);
+            for depth in 0..max_level {
+                let rows: Vec<(&lth_spec::TrialPlan, &lth_spec::LevelPlan)> =
+                    plan.trials.iter().filter_map(|t| t.levels.get(depth).map(|l| (t, l))).collect();
+                for chunk in rows.chunks(BIND_ROWS) {
+                    let mut qb = QueryBuilder::<DB>::new(
+                        "INSERT INTO jobs (sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
+                         state, priority, max_attempts, content_hash, reused_from) ",
+                    );
+                    qb.push_values(chunk, |mut b, (t, l)| {
+                        let reused = reusable.get(&l.content_hash).copied();
+                        let (parent_id, parent_done) = ids[&l.parent_hash];
+                        let state = if reused.is_some() {
+                            "succeeded"
+                        } else if parent_done {
+                            "ready"
+                        } else {
+                            "blocked"
+                        };
+                        b.push_bind(sweep_id)
+                            .push_bind(trial_ids[&(t.metric.as_str().to_string(), t.rate.to_bits(), t.seed as i64)])
+                            .push_bind("level")
+                            .push_bind(t.seed as i64)
+                            .push_bind(t.metric.as_str())
+                            .push_bind(t.rate)
+                            .push_bind(l.level as i32)
+                            .push_bind(parent_id)
+                            .push_bind(ids[&t.dense_hash].0)
+                            .push_bind(state)
+                            .push_bind(priority)
+                            .push_bind(max_attempts)
+                            .push_bind(l.content_hash.clone())
+                            .push_bind(reused);
+                    });
+                    qb.push(" RETURNING id, content_hash, state");
+                    for r in qb.build().fetch_all(&mut *tx).await? {
+                        let st: String = r.try_get("state")?;
+                        ids.insert(r.try_get("content_hash")?, (r.try_get("id")?, st == "succeeded"));
+                    }
+                }
+            }
+
+            let now = d.now;
+            sqlx::query(&format!(
+                "UPDATE jobs SET progress = 1, finished_at = {now} WHERE sweep_id = $1 AND state = 'succeeded'"
+            ))
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+            // Trials whose every level was reused are already done.
+            sqlx::query(
+                "UPDATE trials SET state = 'succeeded' WHERE sweep_id = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM jobs j WHERE j.trial_id = trials.id AND j.state <> 'succeeded') \
+                 AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = trials.dense_job_id AND j.state = 'succeeded')",
+            )
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(sweep_id).execute(&mut *tx).await?;
+            finalize_sweeps!(tx, d, Some(sweep_id));
+            tx.commit().await?;
+            let reused = all_hashes.iter().filter(|h| reusable.contains_key(*h)).count() as u64;
+            Ok(SubmitOutcome {
+                sweep_id,
+                created: true,
+                trials: plan.trials.len() as u64,
+                jobs: plan.total_jobs() as u64,
+                jobs_reused: reused,
+                dense_jobs: plan.dense.len() as u64,
+            })
+        })
+    }
+
+    async fn existing_submit(&self, id: i64, old: &SweepSpec, new: &SweepSpec, token: &str) -> Result<SubmitOutcome> {
+        if old != new {
+            return Err(StoreError::AlreadyExists(format!(
+                "client token {token:?} was already used for sweep {id} with a different spec: use a new token for a new sweep"
+            )));
+        }
+        let (jobs, reused, dense, trials) = both!(self, |pool, d, DB| {
+            let r = sqlx::query(
+                "SELECT count(*) AS jobs, \
+                        CAST(COALESCE(sum(CASE WHEN reused_from IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS reused, \
+                        CAST(COALESCE(sum(CASE WHEN kind = 'dense' THEN 1 ELSE 0 END), 0) AS BIGINT) AS dense, \
+                        (SELECT count(*) FROM trials WHERE sweep_id = $1) AS trials \
+                   FROM jobs WHERE sweep_id = $1",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
+            (r.try_get::<i64, _>("jobs")?, r.try_get::<i64, _>("reused")?, r.try_get::<i64, _>("dense")?, r.try_get::<i64, _>("trials")?)
+        });
+        Ok(SubmitOutcome {
+            sweep_id: id,
+            created: false,
+            trials: trials as u64,
+            jobs: jobs as u64,
+            jobs_reused: reused as u64,
+            dense_jobs: dense as u64,
+        })
+    }
+
+    pub async fn get_sweep(&self, sweep_id: i64) -> Result<SweepInfo> {
+        both!(self, |pool, d, DB| {
+            let Some(r) = sqlx::query("SELECT id, name, state, spec, created_at, finished_at, (SELECT count(*) FROM trials WHERE sweep_id = sweeps.id) AS trials FROM sweeps WHERE id = $1")
+                .bind(sweep_id)
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Err(StoreError::NotFound(format!("sweep {sweep_id} does not exist: `lthctl ls` lists the sweeps")));
+            };
+            let Json(spec): Json<SweepSpec> = r.try_get("spec")?;
+            let mut counts = JobCounts::default();
+            for c in sqlx::query("SELECT state, count(*) AS n FROM jobs WHERE sweep_id = $1 GROUP BY state")
+                .bind(sweep_id)
+                .fetch_all(pool)
+                .await?
+            {
+                let n = c.try_get::<i64, _>("n")? as u64;
+                match c.try_get::<String, _>("state")?.as_str() {
+                    "blocked" => counts.blocked = n,
+                    "ready" => counts.ready = n,
+                    "running" => counts.running = n,
+                    "succeeded" => counts.succeeded = n,
+                    "failed" => counts.failed = n,
+                    _ => counts.cancelled = n,
+                }
+            }
+            let mut metrics = Vec::new();
+            for m in sqlx::query(
+                "SELECT metric, count(*) AS n, CAST(COALESCE(sum(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done \
+                   FROM jobs WHERE sweep_id = $1 AND kind = 'level' GROUP BY metric ORDER BY metric",
+            )
+            .bind(sweep_id)
+            .fetch_all(pool)
+            .await?
+            {
+                metrics.push((m.try_get("metric")?, m.try_get::<i64, _>("n")? as u64, m.try_get::<i64, _>("done")? as u64));
+            }
+            Ok(SweepInfo {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                state: r.try_get("state")?,
+                spec,
+                created_at: r.try_get("created_at")?,
+                finished_at: r.try_get("finished_at")?,
+                trials: r.try_get::<i64, _>("trials")? as u64,
+                jobs: counts,
+                metrics,
+            })
+        })
+    }
+
+    pub async fn list_sweeps(&self, limit: u32) -> Result<Vec<SweepInfo>> {
+        let limit = if limit == 0 { 100 } else { limit.min(10_000) } as i64;
+        let ids: Vec<i64> = both!(self, |pool, d, DB| {
+            sqlx::query_scalar("SELECT id FROM sweeps ORDER BY id DESC LIMIT $1").bind(limit).fetch_all(pool).await?
+        });
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.get_sweep(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stops new claims, re-queues the sweep's running jobs (their workers learn it from the next
+    /// heartbeat) and keeps everything else. Pausing a paused sweep is a no-op.
+    pub async fn pause_sweep(&self, sweep_id: i64) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            let mut tx = pool.begin_write().await?;
+            let state = sweep_state!(tx, d, sweep_id);
+            match state.as_str() {
+                "paused" => return Ok(()),
+                "running" => {}
+                other => {
+                    return Err(StoreError::FailedPrecondition(format!("sweep {sweep_id} is {other}; only a running sweep can be paused")))
+                }
+            }
+            sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = $1").bind(sweep_id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE jobs SET paused = true WHERE sweep_id = $1 AND state IN ('blocked', 'ready', 'running')")
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            stop_running_jobs!(tx, d, sweep_id, "ready", "sweep paused");
+            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(sweep_id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Lets a paused sweep's jobs be claimed again.
+    pub async fn resume_sweep(&self, sweep_id: i64) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            let mut tx = pool.begin_write().await?;
+            let state = sweep_state!(tx, d, sweep_id);
+            match state.as_str() {
+                "running" => return Ok(()),
+                "paused" => {}
+                other => {
+                    return Err(StoreError::FailedPrecondition(format!("sweep {sweep_id} is {other}; only a paused sweep can be resumed")))
+                }
+            }
+            sqlx::query("UPDATE sweeps SET state = 'running' WHERE id = $1").bind(sweep_id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE jobs SET paused = false WHERE sweep_id = $1 AND paused").bind(sweep_id).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(sweep_id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Cancels every unfinished job of the sweep; running ones are aborted through their workers'
+    /// next heartbeat. Finished results stay. Cancelling a cancelled sweep is a no-op.
+    pub async fn cancel_sweep(&self, sweep_id: i64) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            let mut tx = pool.begin_write().await?;
+            let state = sweep_state!(tx, d, sweep_id);
+            match state.as_str() {
+                "cancelled" => return Ok(()),
+                "running" | "paused" => {}
+                other => {
+                    return Err(StoreError::FailedPrecondition(format!("sweep {sweep_id} already finished ({other}); nothing to cancel")))
+                }
+            }
+            let now = d.now;
+            sqlx::query(&format!("UPDATE sweeps SET state = 'cancelled', finished_at = {now} WHERE id = $1"))
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            stop_running_jobs!(tx, d, sweep_id, "cancelled", "sweep cancelled");
+            sqlx::query(&format!(
+                "UPDATE jobs SET state = 'cancelled', finished_at = {now} WHERE sweep_id = $1 AND state IN ('blocked', 'ready')"
+            ))
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE trials SET state = 'cancelled' WHERE sweep_id = $1 AND state = 'running'")
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(sweep_id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub async fn list_jobs(&self, sweep_id: i64, state: Option<&str>) -> Result<Vec<JobRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY id"
+            ))
+            .bind(sweep_id)
+            .bind(state)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(job_from_row!(r));
+            }
+            Ok(out)
+        })
+    }
+
+    pub async fn get_job(&self, job_id: i64) -> Result<JobRow> {
+        both!(self, |pool, d, DB| {
+            let Some(r) = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")).bind(job_id).fetch_optional(pool).await?
+            else {
+                return Err(StoreError::NotFound(format!("job {job_id} does not exist")));
+            };
+            Ok(job_from_row!(r))
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Workers
+    // -----------------------------------------------------------------------------------------
+
+    pub async fn register_worker(&self, w: &WorkerRegistration) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            sqlx::query(&format!(
+                "INSERT INTO workers (worker_id, host, gpus, cpus, slots, libtorch_version, cuda_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host, gpus = excluded.gpus, cpus = excluded.cpus, \
+                   slots = excluded.slots, libtorch_version = excluded.libtorch_version, cuda_version = excluded.cuda_version, \
+                   last_seen = {now}"
+            ))
+            .bind(&w.worker_id)
+            .bind(&w.host)
+            .bind(Json(&w.gpus))
+            .bind(w.cpus as i32)
+            .bind(w.slots as i32)
+            .bind(&w.libtorch_version)
+            .bind(&w.cuda_version)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Workers, with `alive` = seen within `alive_within`.
+    pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRow>> {
+        both!(self, |pool, d, DB| {
+            let cutoff = d.now_plus("$1");
+            let rows = sqlx::query(&format!(
+                "SELECT w.worker_id, w.host, w.gpus, w.cpus, w.slots, w.libtorch_version, w.cuda_version, w.last_seen, \
+                        (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running, \
+                        CASE WHEN w.last_seen >= {cutoff} THEN 1 ELSE 0 END AS alive \
+                   FROM workers w ORDER BY w.worker_id"
+            ))
+            .bind(-alive_within.as_secs_f64())
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                let Json(gpus): Json<Vec<GpuRow>> = r.try_get("gpus")?;
+                out.push(WorkerRow {
+                    reg: WorkerRegistration {
+                        worker_id: r.try_get("worker_id")?,
+                        host: r.try_get("host")?,
+                        gpus,
+                        cpus: r.try_get::<i32, _>("cpus")? as u32,
+                        slots: r.try_get::<i32, _>("slots")? as u32,
+                        libtorch_version: r.try_get("libtorch_version")?,
+                        cuda_version: r.try_get("cuda_version")?,
+                    },
+                    running_jobs: r.try_get::<i64, _>("running")? as u64,
+                    last_seen: r.try_get("last_seen")?,
+                    alive: r.try_get::<i32, _>("alive")? == 1,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Leases
+    // -----------------------------------------------------------------------------------------
+
+    /// Hands out up to `n` ready jobs of running sweeps (highest priority, then oldest) under a
+    /// lease of `lease` from the database clock. No job is ever handed to two claimers: Postgres
+    /// skips rows another claimer has locked, SQLite runs claims one at a time.
+    pub async fn claim_jobs(&self, worker_id: &str, n: u32, lease: Duration) -> Result<Vec<ClaimedJob>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let secs = lease.as_secs_f64();
+        let jobs: Vec<JobRow> = match self {
+            Store::Postgres(pool) => {
+                let until = PG.now_plus("$3");
+                let rows = sqlx::query(&format!(
+                    "WITH seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = $1 RETURNING worker_id), \
+                     picked AS ( \
+                        SELECT id FROM jobs WHERE state = 'ready' AND NOT paused AND EXISTS (SELECT 1 FROM seen) \
+                        ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                     claimed AS ( \
+                        UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = $1, \
+                               lease_expires_at = {until}, started_at = now(), progress = 0, eta_seconds = NULL \
+                          FROM picked WHERE j.id = picked.id RETURNING j.*), \
+                     hist AS (INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) \
+                              SELECT id, attempt, $1, 'running' FROM claimed), \
+                     ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
+                              SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed) \
+                     SELECT {JOB_COLUMNS}, (SELECT count(*) FROM seen) AS known FROM claimed \
+                     UNION ALL SELECT {NULL_JOB}, (SELECT count(*) FROM seen) FROM (SELECT 1) one \
+                     ORDER BY id NULLS LAST",
+                    NULL_JOB = NULL_JOB_COLUMNS_PG
+                ))
+                .bind(worker_id)
+                .bind(n as i64)
+                .bind(secs)
+                .fetch_all(pool)
+                .await?;
+                // The last row is a sentinel that says whether the worker is registered.
+                let known: i64 = rows.last().map(|r| r.try_get("known")).transpose()?.unwrap_or(0);
+                if known == 0 {
+                    return Err(unknown_worker(worker_id));
+                }
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows[..rows.len() - 1] {
+                    out.push(job_from_row!(r));
+                }
+                out
+            }
+            Store::Sqlite(pool) => {
+                let d = &SQLITE;
+                let now = d.now;
+                let until = d.now_plus("$3");
+                let mut tx = pool.begin_write().await?;
+                let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
+                    .bind(worker_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if seen.rows_affected() == 0 {
+                    return Err(unknown_worker(worker_id));
+                }
+                let rows = sqlx::query(&format!(
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = {until}, \
+                            started_at = {now}, progress = 0, eta_seconds = NULL \
+                      WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused ORDER BY priority DESC, id LIMIT $2) \
+                     RETURNING {JOB_COLUMNS}"
+                ))
+                .bind(worker_id)
+                .bind(n as i64)
+                .bind(secs)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(job_from_row!(r));
+                }
+                out.sort_by_key(|j| j.id);
+                for j in &out {
+                    sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) VALUES ($1, $2, $3, 'running')")
+                        .bind(j.id)
+                        .bind(j.attempt)
+                        .bind(worker_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'running', $3, 0)",
+                    )
+                    .bind(j.sweep_id)
+                    .bind(j.id)
+                    .bind(j.attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                out
+            }
+        };
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The artifacts each job needs: θk from its dense job, the parent's weights, and a
+        // checkpoint of its own from an earlier attempt. Reused jobs point at the original's files.
+        let mut wanted: Vec<i64> = Vec::new();
+        for j in &jobs {
+            wanted.push(j.id);
+            wanted.extend(j.parent_job_id);
+            wanted.extend(j.dense_job_id);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let arts: Vec<(i64, ArtifactRow)> = both!(self, |pool, d, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
+                   FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
+                  WHERE a.name IN ('rewind', 'weights', 'checkpoint') AND x.id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in &wanted {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            let mut out = Vec::new();
+            for r in qb.build().fetch_all(pool).await? {
+                out.push((r.try_get("for_job")?, artifact_from_row!(r)));
+            }
+            out
+        });
+        let find = |job: Option<i64>, name: &str| {
+            job.and_then(|id| arts.iter().find(|(f, a)| *f == id && a.name == name).map(|(_, a)| a.clone()))
+        };
+        Ok(jobs
+            .into_iter()
+            .map(|j| ClaimedJob {
+                rewind: if j.kind == "level" { find(j.dense_job_id, "rewind") } else { None },
+                weights: if j.kind == "level" { find(j.parent_job_id, "weights") } else { None },
+                resume_checkpoint: find(Some(j.id), "checkpoint"),
+                job: j,
+            })
+            .collect())
+    }
+
+    /// Extends the leases the worker still holds and says which of its jobs to abort (and why).
+    pub async fn heartbeat(&self, worker_id: &str, leases: &[Lease], lease: Duration) -> Result<Vec<(Lease, AbortReason)>> {
+        let secs = lease.as_secs_f64();
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            let until = d.now_plus("$4");
+            let mut tx = pool.begin_write().await?;
+            let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
+                .bind(worker_id)
+                .execute(&mut *tx)
+                .await?;
+            if seen.rows_affected() == 0 {
+                return Err(unknown_worker(worker_id));
+            }
+            let mut aborts = Vec::new();
+            for l in leases {
+                let extended = sqlx::query(&format!(
+                    "UPDATE jobs SET lease_expires_at = {until} \
+                      WHERE id = $1 AND attempt = $2 AND state = 'running' AND worker_id = $3"
+                ))
+                .bind(l.job_id)
+                .bind(l.attempt)
+                .bind(worker_id)
+                .bind(secs)
+                .execute(&mut *tx)
+                .await?;
+                if extended.rows_affected() == 1 {
+                    continue;
+                }
+                let why = sqlx::query("SELECT j.state AS job_state, s.state AS sweep_state FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.id = $1")
+                    .bind(l.job_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let reason = match why {
+                    Some(r) => {
+                        let js: String = r.try_get("job_state")?;
+                        let ss: String = r.try_get("sweep_state")?;
+                        if js == "cancelled" || ss == "cancelled" {
+                            AbortReason::Cancelled
+                        } else if ss == "paused" {
+                            AbortReason::Paused
+                        } else {
+                            AbortReason::LeaseLost
+                        }
+                    }
+                    None => AbortReason::LeaseLost,
+                };
+                aborts.push((*l, reason));
+            }
+            tx.commit().await?;
+            Ok(aborts)
+        })
+    }
+
+    /// True while `lease` is the job's current running attempt.
+    pub async fn lease_is_current(&self, lease: Lease) -> Result<bool> {
+        both!(self, |pool, d, DB| {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'")
+                .bind(lease.job_id)
+                .bind(lease.attempt)
+                .fetch_one(pool)
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    pub async fn report_progress(&self, lease: Lease, p: &ProgressInput) -> Result<()> {
+        let fraction = if p.total_iterations > 0 { (p.iteration as f64 / p.total_iterations as f64).clamp(0.0, 1.0) } else { 0.0 };
+        let detail = serde_json::json!({
+            "iteration": p.iteration, "total_iterations": p.total_iterations, "epoch": p.epoch,
+            "train_loss": p.train_loss, "test_accuracy": p.test_accuracy, "images_per_second": p.images_per_second,
+        });
+        both!(self, |pool, d, DB| {
+            let elapsed = d.seconds_since("started_at");
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET progress = $3, \
+                        eta_seconds = CASE WHEN $3 > 0 THEN {elapsed} * (1.0 - $3) / $3 ELSE NULL END \
+                  WHERE id = $1 AND attempt = $2 AND state = 'running' RETURNING sweep_id"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .bind(fraction)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Err(stale(lease)) };
+            let sweep_id: i64 = row.try_get("sweep_id")?;
+            sqlx::query(
+                "INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress, detail) VALUES ($1, $2, 'progress', 'running', $3, $4, $5)",
+            )
+            .bind(sweep_id)
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .bind(fraction)
+            .bind(Json(&detail))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Names of the artifacts that this very attempt uploaded.
+    pub async fn artifacts_of_attempt(&self, lease: Lease) -> Result<Vec<String>> {
+        both!(self, |pool, d, DB| {
+            Ok(sqlx::query_scalar("SELECT name FROM artifacts WHERE job_id = $1 AND attempt = $2 ORDER BY name")
+                .bind(lease.job_id)
+                .bind(lease.attempt)
+                .fetch_all(pool)
+                .await?)
+        })
+    }
+
+    /// Records the job's result and masks, marks it succeeded, unblocks its children and closes
+    /// its trial (last level) and sweep (last job). Fenced: a stale lease changes nothing.
+    pub async fn complete_job(&self, lease: Lease, result: &ResultInput) -> Result<()> {
+        result.check()?;
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = {now}, lease_expires_at = NULL \
+                  WHERE id = $1 AND attempt = $2 AND state = 'running' \
+                 RETURNING sweep_id, trial_id, kind, level"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Err(stale(lease)) };
+            let sweep_id: i64 = row.try_get("sweep_id")?;
+            let trial_id: Option<i64> = row.try_get("trial_id")?;
+            let level: i32 = row.try_get("level")?;
+            sqlx::query(&format!(
+                "UPDATE job_attempts SET outcome = 'succeeded', finished_at = {now} WHERE job_id = $1 AND attempt = $2"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(lease.job_id)
+            .bind(result.sparsity)
+            .bind(result.test_accuracy)
+            .bind(result.test_loss)
+            .bind(result.train_loss)
+            .bind(result.epochs)
+            .bind(result.wall_seconds)
+            .bind(result.iterations as i64)
+            .execute(&mut *tx)
+            .await?;
+            for (ci, chunk) in result.layers.chunks(500).enumerate() {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) VALUES ",
+                );
+                for (i, l) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        qb.push(", ");
+                    }
+                    qb.push("(");
+                    qb.push_bind(lease.job_id);
+                    qb.push(", ");
+                    qb.push_bind(l.name.clone());
+                    qb.push(", ");
+                    qb.push_bind((ci * 500 + i) as i32);
+                    qb.push(", ");
+                    qb.push_bind(l.kept as i64);
+                    qb.push(", ");
+                    qb.push_bind(l.total as i64);
+                    qb.push(", ");
+                    if d.sqlite {
+                        qb.push_bind(l.bits.clone());
+                    } else {
+                        // bytea -> bit varying of exactly `total` bits (the hex form is 8 bits per
+                        // byte; the padding at the end is cut off).
+                        qb.push("substring(('x' || encode(");
+                        qb.push_bind(l.bits.clone());
+                        qb.push(", 'hex'))::bit varying from 1 for ");
+                        qb.push_bind(l.total as i32);
+                        qb.push(")");
+                    }
+                    qb.push(", ");
+                    qb.push_bind(l.collapsed);
+                    qb.push(", ");
+                    qb.push_bind(l.weight_norm);
+                    qb.push(")");
+                }
+                qb.build().execute(&mut *tx).await?;
+            }
+            sqlx::query("UPDATE jobs SET state = 'ready' WHERE parent_job_id = $1 AND state = 'blocked'")
+                .bind(lease.job_id)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(trial_id) = trial_id {
+                sqlx::query("UPDATE trials SET state = 'succeeded' WHERE id = $1 AND levels = $2 AND state = 'running'")
+                    .bind(trial_id)
+                    .bind(level)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'succeeded', $3, 1)",
+            )
+            .bind(sweep_id)
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .execute(&mut *tx)
+            .await?;
+            finalize_sweeps!(tx, d, Some(sweep_id));
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Records a failed attempt. A retryable failure re-queues the job while it has attempts left;
+    /// otherwise the job fails, and with it its trial (every trial of the seed, for a dense job)
+    /// and all its descendants.
+    pub async fn fail_job(&self, lease: Lease, error: &str, retryable: bool) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET error_count = error_count + 1, last_error = $3, worker_id = NULL, lease_expires_at = NULL, \
+                        state = CASE WHEN $4 AND error_count + 1 < max_attempts THEN 'ready' ELSE 'failed' END, \
+                        finished_at = CASE WHEN $4 AND error_count + 1 < max_attempts THEN NULL ELSE {now} END \
+                  WHERE id = $1 AND attempt = $2 AND state = 'running' RETURNING sweep_id, state"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .bind(error)
+            .bind(retryable)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Err(stale(lease)) };
+            let sweep_id: i64 = row.try_get("sweep_id")?;
+            let state: String = row.try_get("state")?;
+            sqlx::query(&format!(
+                "UPDATE job_attempts SET outcome = 'failed', finished_at = {now}, error = $3 WHERE job_id = $1 AND attempt = $2"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, detail) VALUES ($1, $2, 'state', $3, $4, $5)")
+                .bind(sweep_id)
+                .bind(lease.job_id)
+                .bind(&state)
+                .bind(lease.attempt)
+                .bind(Json(serde_json::json!({ "error": error })))
+                .execute(&mut *tx)
+                .await?;
+            if state == "failed" {
+                fail_descendants!(tx, d, lease.job_id);
+                finalize_sweeps!(tx, d, Some(sweep_id));
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Re-queues jobs whose lease expired (counted as lost, not as failed) and closes sweeps with
+    /// no open jobs left (a backstop for completions that raced each other).
+    pub async fn reap(&self) -> Result<ReapReport> {
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            let mut tx = pool.begin_write().await?;
+            let rows = sqlx::query(&format!(
+                "UPDATE jobs SET state = 'ready', lost_count = lost_count + 1, worker_id = NULL, lease_expires_at = NULL \
+                  WHERE state = 'running' AND lease_expires_at < {now} RETURNING id, attempt, sweep_id"
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut lost = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let l = Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? };
+                let sweep_id: i64 = r.try_get("sweep_id")?;
+                sqlx::query(&format!(
+                    "UPDATE job_attempts SET outcome = 'lost', finished_at = {now}, error = 'lease expired' WHERE job_id = $1 AND attempt = $2"
+                ))
+                .bind(l.job_id)
+                .bind(l.attempt)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt) VALUES ($1, $2, 'state', 'ready', $3)")
+                    .bind(sweep_id)
+                    .bind(l.job_id)
+                    .bind(l.attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                lost.push(l);
+            }
+            let finished_sweeps = finalize_sweeps!(tx, d, None::<i64>);
+            tx.commit().await?;
+            Ok(ReapReport { lost, finished_sweeps })
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Artifacts
+    // -----------------------------------------------------------------------------------------
+
+    /// Records an uploaded file, fenced by the lease. A later attempt's file of the same name
+    /// replaces an earlier attempt's.
+    pub async fn record_artifact(&self, lease: Lease, name: &str, uri: &str, sha256: &str, bytes: u64) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            let lock = d.for_update();
+            let mut tx = pool.begin_write().await?;
+            let current: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT id FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'{lock}"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if current.is_none() {
+                return Err(stale(lease));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (job_id, name) DO UPDATE SET attempt = excluded.attempt, uri = excluded.uri, \
+                   sha256 = excluded.sha256, bytes = excluded.bytes, created_at = {now}"
+            ))
+            .bind(lease.job_id)
+            .bind(name)
+            .bind(lease.attempt)
+            .bind(uri)
+            .bind(sha256)
+            .bind(bytes as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The artifact `name` of `job_id`, following `reused_from` to the job that holds the file.
+    pub async fn find_artifact(&self, job_id: i64, name: &str) -> Result<ArtifactRow> {
+        both!(self, |pool, d, DB| {
+            let row = sqlx::query(
+                "SELECT a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes FROM jobs x \
+                   JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) WHERE x.id = $1 AND a.name = $2",
+            )
+            .bind(job_id)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(r) => Ok(artifact_from_row!(r)),
+                None => Err(StoreError::NotFound(format!("job {job_id} has no artifact named {name:?}"))),
+            }
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Events and results
+    // -----------------------------------------------------------------------------------------
+
+    pub async fn events_after(&self, sweep_id: i64, after_event_id: i64, limit: i64) -> Result<Vec<EventRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(
+                "SELECT e.id AS event_id, e.at, e.kind AS event_kind, e.job_state, e.attempt AS event_attempt, e.progress AS event_progress, \
+                        j.id, j.sweep_id, j.trial_id, j.kind, j.seed, j.metric, j.rate, j.level, j.parent_job_id, j.dense_job_id, \
+                        j.state, j.attempt, j.worker_id, j.error_count, j.lost_count, j.last_error, j.content_hash, j.reused_from, \
+                        j.progress, j.eta_seconds, j.lease_expires_at \
+                   FROM events e LEFT JOIN jobs j ON j.id = e.job_id \
+                  WHERE e.sweep_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
+            )
+            .bind(sweep_id)
+            .bind(after_event_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let job_id: Option<i64> = r.try_get("id")?;
+                let job = match job_id {
+                    None => None,
+                    Some(_) => {
+                        let mut j = job_from_row!(r);
+                        if let Some(s) = r.try_get::<Option<String>, _>("job_state")? {
+                            j.state = s;
+                        }
+                        if let Some(a) = r.try_get::<Option<i32>, _>("event_attempt")? {
+                            j.attempt = a;
+                        }
+                        if let Some(p) = r.try_get::<Option<f64>, _>("event_progress")? {
+                            j.progress = p;
+                        }
+                        Some(j)
+                    }
+                };
+                out.push(EventRow { id: r.try_get("event_id")?, at: r.try_get("at")?, kind: r.try_get("event_kind")?, job });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The highest event id of a sweep (0 when none).
+    pub async fn last_event_id(&self, sweep_id: i64) -> Result<i64> {
+        both!(self, |pool, d, DB| {
+            let v: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events WHERE sweep_id = $1").bind(sweep_id).fetch_one(pool).await?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    /// One row per finished (trial, level), level 0 included for every trial, with per-layer
+    /// kept/total (no mask bits).
+    pub async fn results(&self, sweep_id: i64) -> Result<Vec<ResultRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(
+                "SELECT metric, rate, seed, level, job_id, result_job_id, sparsity, test_accuracy, test_loss, train_loss, \
+                        epochs, wall_seconds, iterations \
+                   FROM trial_results WHERE sweep_id = $1 ORDER BY metric, rate, seed, level",
+            )
+            .bind(sweep_id)
+            .fetch_all(pool)
+            .await?;
+            let layer_rows = sqlx::query(
+                "SELECT m.job_id, m.layer, m.kept, m.total, m.collapsed, m.weight_norm FROM masks m \
+                  WHERE m.job_id IN (SELECT result_job_id FROM trial_levels WHERE sweep_id = $1) ORDER BY m.job_id, m.ordinal",
+            )
+            .bind(sweep_id)
+            .fetch_all(pool)
+            .await?;
+            let mut layers: HashMap<i64, Vec<LayerStatsRow>> = HashMap::new();
+            for r in layer_rows {
+                layers.entry(r.try_get("job_id")?).or_default().push(LayerStatsRow {
+                    layer: r.try_get("layer")?,
+                    kept: r.try_get("kept")?,
+                    total: r.try_get("total")?,
+                    collapsed: r.try_get("collapsed")?,
+                    weight_norm: r.try_get("weight_norm")?,
+                });
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let result_job_id: i64 = r.try_get("result_job_id")?;
+                out.push(ResultRow {
+                    metric: r.try_get("metric")?,
+                    rate: r.try_get("rate")?,
+                    seed: r.try_get("seed")?,
+                    level: r.try_get("level")?,
+                    job_id: r.try_get("job_id")?,
+                    result_job_id,
+                    sparsity: r.try_get("sparsity")?,
+                    test_accuracy: r.try_get("test_accuracy")?,
+                    test_loss: r.try_get("test_loss")?,
+                    train_loss: r.try_get("train_loss")?,
+                    epochs: r.try_get("epochs")?,
+                    wall_seconds: r.try_get("wall_seconds")?,
+                    iterations: r.try_get("iterations")?,
+                    layers: layers.get(&result_job_id).cloned().unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn unknown_worker(worker_id: &str) -> StoreError {
+    StoreError::FailedPrecondition(format!("worker {worker_id:?} is not registered: call RegisterWorker first"))
+}
+
+/// `NULL` for every job column, typed for Postgres, for the claim query's sentinel row.
+const NULL_JOB_COLUMNS_PG: &str = "NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::text, NULL::double precision, \
+     NULL::integer, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::integer, NULL::integer, NULL::text, \
+     NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz";
+
+/// The sweep's state, locking the row on Postgres; NotFound when it does not exist.
+macro_rules! sweep_state {
+    ($tx:ident, $d:ident, $sweep_id:expr) => {{
+        let lock = $d.for_update();
+        let s: Option<String> = sqlx::query_scalar(&format!("SELECT state FROM sweeps WHERE id = $1{lock}"))
+            .bind($sweep_id)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match s {
+            Some(s) => s,
+            None => return Err(StoreError::NotFound(format!("sweep {} does not exist: `lthctl ls` lists the sweeps", $sweep_id))),
+        }
+    }};
+}
+use sweep_state;
+
+/// Ends the running attempts of a sweep's jobs (paused: back to ready; cancelled: cancelled). The
+/// workers are told on their next heartbeat; their later writes are stale.
+macro_rules! stop_running_jobs {
+    ($tx:ident, $d:ident, $sweep_id:expr, $new_state:literal, $why:literal) => {{
+        let now = $d.now;
+        let rows = sqlx::query(&format!(
+            "UPDATE jobs SET state = '{}', worker_id = NULL, lease_expires_at = NULL{} \
+              WHERE sweep_id = $1 AND state = 'running' RETURNING id, attempt",
+            $new_state,
+            if $new_state == "cancelled" { format!(", finished_at = {now}") } else { String::new() }
+        ))
+        .bind($sweep_id)
+        .fetch_all(&mut *$tx)
+        .await?;
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            let attempt: i32 = r.try_get("attempt")?;
+            sqlx::query(&format!(
+                "UPDATE job_attempts SET outcome = 'aborted', finished_at = {now}, error = '{}' WHERE job_id = $1 AND attempt = $2",
+                $why
+            ))
+            .bind(id)
+            .bind(attempt)
+            .execute(&mut *$tx)
+            .await?;
+            sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt) VALUES ($1, $2, 'state', $3, $4)")
+                .bind($sweep_id)
+                .bind(id)
+                .bind($new_state)
+                .bind(attempt)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+use stop_running_jobs;
+
+/// Fails every job downstream of `$job_id` that has not run, and the trials they (and it) belong to.
+macro_rules! fail_descendants {
+    ($tx:ident, $d:ident, $job_id:expr) => {{
+        let now = $d.now;
+        const DESCENDANTS: &str = "WITH RECURSIVE d(id) AS (SELECT id FROM jobs WHERE parent_job_id = $1 \
+             UNION ALL SELECT j.id FROM jobs j JOIN d ON j.parent_job_id = d.id) ";
+        sqlx::query(&format!(
+            "{DESCENDANTS} UPDATE trials SET state = 'failed' WHERE state = 'running' AND id IN \
+             (SELECT trial_id FROM jobs WHERE id = $1 AND trial_id IS NOT NULL \
+              UNION SELECT trial_id FROM jobs WHERE id IN (SELECT id FROM d) AND trial_id IS NOT NULL)"
+        ))
+        .bind($job_id)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query(&format!(
+            "{DESCENDANTS} UPDATE jobs SET state = 'failed', finished_at = {now}, last_error = 'not run: an earlier job of its chain (job ' || $2 || ') failed' \
+              WHERE id IN (SELECT id FROM d) AND state IN ('blocked', 'ready')"
+        ))
+        .bind($job_id)
+        .bind($job_id.to_string())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+use fail_descendants;
+
+/// Closes running sweeps (all, or one) that have no open job left: failed when a trial failed,
+/// else succeeded. Evaluates to the ids of the sweeps it closed.
+macro_rules! finalize_sweeps {
+    ($tx:ident, $d:ident, $sweep_id:expr) => {{
+        let now = $d.now;
+        let only: Option<i64> = $sweep_id;
+        let rows = sqlx::query(&format!(
+            "UPDATE sweeps SET finished_at = {now}, \
+                    state = CASE WHEN EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state = 'failed') \
+                                 THEN 'failed' ELSE 'succeeded' END \
+              WHERE state = 'running' AND ($1 IS NULL OR id = $1) \
+                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running')) \
+             RETURNING id"
+        ))
+        .bind(only)
+        .fetch_all(&mut *$tx)
+        .await?;
+        let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(id).execute(&mut *$tx).await?;
+            ids.push(id);
+        }
+        ids
+    }};
+}
+use finalize_sweeps;
+
+macro_rules! artifact_from_row {
+    ($r:expr) => {{
+        let r = &$r;
+        ArtifactRow {
+            job_id: r.try_get("job_id")?,
+            name: r.try_get("name")?,
+            attempt: r.try_get("attempt")?,
+            uri: r.try_get("uri")?,
+            sha256: r.try_get("sha256")?,
+            bytes: r.try_get("bytes")?,
+        }
+    }};
+}
+use artifact_from_row;
+
+/// The metric of a result row as the protocol's enum.
+pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
+    ImportanceMetric::parse(s).ok()
+}

@@ -1,0 +1,153 @@
+//! Test databases: a fresh Postgres database per test (dropped afterwards) or a fresh SQLite file,
+//! and small helpers shared by the contract and gRPC tests.
+#![allow(dead_code)]
+
+use lth_coordinator::store::{ClaimedJob, LayerInput, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_spec::SweepSpec;
+use sqlx::{Connection, Row};
+
+pub struct TestDb {
+    pub url: String,
+    pg: Option<(String, String)>, // (admin url, database name)
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn admin_url() -> String {
+    std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+/// `base` with its database name replaced.
+fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let after_scheme = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let root = match head[after_scheme..].find('/') {
+        Some(i) => &head[..after_scheme + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+impl TestDb {
+    pub async fn postgres() -> TestDb {
+        let admin = admin_url();
+        let name = format!("lth_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin} (set LTH_TEST_DATABASE_URL): {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+        conn.close().await.ok();
+        TestDb { url: with_database(&admin, &name), pg: Some((admin, name)), _dir: None }
+    }
+
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("lth.db").display());
+        TestDb { url, pg: None, _dir: Some(dir) }
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.url, &StoreOptions { max_connections: 16 }).await.expect("connect and migrate")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            // Drop runs outside any async context we can borrow: use a private runtime on a thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub fn spec(metrics: &[&str], rates: &[f64], seeds: &[u64], levels: u32) -> SweepSpec {
+    let text = format!(
+        r#"
+name = "test"
+model = "lenet300100"
+metrics = [{}]
+rates = [{}]
+seeds = [{}]
+levels = {levels}
+[dataset]
+name = "digits"
+[recipe]
+length = "2ep"
+lr = 0.1
+"#,
+        metrics.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", "),
+        rates.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+        seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+    );
+    SweepSpec::from_toml_str(&text).unwrap()
+}
+
+pub async fn register(store: &Store, worker_id: &str) {
+    store
+        .register_worker(&WorkerRegistration {
+            worker_id: worker_id.into(),
+            host: "test-host".into(),
+            gpus: vec![],
+            cpus: 2,
+            slots: 4,
+            libtorch_version: "2.11.0".into(),
+            cuda_version: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Packs bits MSB-first.
+pub fn pack(bits: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, &b) in bits.iter().enumerate() {
+        if b {
+            out[i / 8] |= 0x80 >> (i % 8);
+        }
+    }
+    out
+}
+
+/// A plausible result for a job: two layers of 16 and 12 weights, pruned at the job's rate per
+/// level, with a mask that depends on the metric (so tickets of different metrics differ).
+pub fn fabricated_result(job: &ClaimedJob) -> ResultInput {
+    let j = &job.job;
+    let keep = (1.0 - j.rate).powi(j.level);
+    let salt = j.metric.as_deref().map(|m| m.len()).unwrap_or(0);
+    let layer = |name: &str, total: usize, collapse: bool| {
+        let kept = if collapse { 0 } else { ((total as f64) * keep).round().max(1.0) as usize };
+        let bits: Vec<bool> = (0..total).map(|i| ((i + salt) % total) < kept).collect();
+        LayerInput { name: name.into(), kept: kept as u64, total: total as u64, bits: pack(&bits), collapsed: collapse, weight_norm: 1.5 }
+    };
+    ResultInput {
+        sparsity: 1.0 - keep,
+        test_accuracy: 0.9 - 0.01 * j.level as f64 - 0.001 * j.seed as f64,
+        test_loss: 0.3,
+        train_loss: 0.2,
+        epochs: 2.0,
+        wall_seconds: 1.0,
+        iterations: 100,
+        layers: vec![layer("fc1.weight", 16, false), layer("fc2.weight", 12, j.level >= 3 && j.metric.as_deref() == Some("magnitude"))],
+    }
+}
+
+/// One integer from SQL, on either backend.
+pub async fn scalar(store: &Store, sql: &str) -> i64 {
+    match store {
+        Store::Postgres(p) => sqlx::query(sql).fetch_one(p).await.unwrap().try_get::<i64, _>(0).unwrap(),
+        Store::Sqlite(p) => sqlx::query(sql).fetch_one(p).await.unwrap().try_get::<i64, _>(0).unwrap(),
+    }
+}
