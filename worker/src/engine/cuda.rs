@@ -83,6 +83,7 @@ type IsEnabled = unsafe extern "C" fn(i8) -> bool;
 type SetDtype = unsafe extern "C" fn(i8, i8);
 type Nesting = unsafe extern "C" fn() -> i64;
 type ClearCache = unsafe extern "C" fn();
+type GetDtype = unsafe extern "C" fn(i8) -> i8;
 
 struct AutocastFns {
     set_enabled: SetEnabled,
@@ -91,6 +92,7 @@ struct AutocastFns {
     increment: Nesting,
     decrement: Nesting,
     clear_cache: ClearCache,
+    get_dtype: GetDtype,
 }
 
 fn sym(name: &str) -> Result<*mut libc::c_void> {
@@ -116,6 +118,7 @@ fn autocast_fns() -> Result<&'static AutocastFns> {
                     increment: std::mem::transmute::<*mut libc::c_void, Nesting>(sym("_ZN2at8autocast17increment_nestingEv")?),
                     decrement: std::mem::transmute::<*mut libc::c_void, Nesting>(sym("_ZN2at8autocast17decrement_nestingEv")?),
                     clear_cache: std::mem::transmute::<*mut libc::c_void, ClearCache>(sym("_ZN2at8autocast11clear_cacheEv")?),
+                    get_dtype: std::mem::transmute::<*mut libc::c_void, GetDtype>(sym("_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE")?),
                 })
             }
         };
@@ -127,6 +130,13 @@ fn autocast_fns() -> Result<&'static AutocastFns> {
 /// Checks that the autocast entry points resolve (on CPU nodes too: they live in libtorch_cpu).
 pub fn autocast_available() -> Result<()> {
     autocast_fns().map(|_| ())
+}
+
+/// CUDA autocast state of this thread: (enabled, c10 scalar type).
+pub fn cuda_autocast_state() -> Result<(bool, i8)> {
+    let fns = autocast_fns()?;
+    // SAFETY: reads libtorch's thread-local autocast state.
+    Ok(unsafe { ((fns.is_enabled)(K_CUDA), (fns.get_dtype)(K_CUDA)) })
 }
 
 /// Runs `f` with CUDA autocast to `dtype` (`SCALAR_HALF` or `SCALAR_BFLOAT16`).
