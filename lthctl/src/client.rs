@@ -35,8 +35,23 @@ pub async fn connect(url: &str) -> Result<Coordinator> {
         .map_err(|e| anyhow!("invalid coordinator URL {url:?} ({e}): write it as http://HOST:PORT, e.g. http://127.0.0.1:50051"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| anyhow!("{} ({e})", unreachable_message(&url)))?;
+    let channel = endpoint.connect().await.map_err(|e| anyhow!("{} ({})", unreachable_message(&url), error_chain(&e)))?;
     Ok(Coordinator { url, sweeps: SweepServiceClient::new(channel) })
+}
+
+/// "transport error: tcp connect error: Connection refused (os error 111)": tonic's own Display
+/// stops at the first, least useful, level.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 impl Coordinator {

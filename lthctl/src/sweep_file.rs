@@ -175,10 +175,10 @@ pub fn describe_grid(spec: &SweepSpec, grid: &Grid) -> String {
     }
     let _ = writeln!(
         s,
-        "  grid     {} metrics × {} rates × {} seeds = {} trials",
-        spec.metrics.len(),
-        spec.rates.len(),
-        spec.seeds.len(),
+        "  grid     {} × {} × {} = {} trials",
+        plural(spec.metrics.len(), "metric"),
+        plural(spec.rates.len(), "rate"),
+        plural(spec.seeds.len(), "seed"),
         grid.trials
     );
     let _ = write!(
@@ -189,6 +189,10 @@ pub fn describe_grid(spec: &SweepSpec, grid: &Grid) -> String {
         grid.level_jobs
     );
     s
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
