@@ -172,6 +172,28 @@ fn resume_from_checkpoint_gives_bit_identical_weights() {
         if level == 0 {
             // θk at iteration 50 is written after the copied checkpoint (40): the resumed run writes it.
             assert!(!b.join(engine::REWIND_FILE).exists());
+            // A checkpoint past k (iteration 60) carries θk: resumed in a bare folder it still
+            // yields the "rewind" artifact.
+            let c = tmp.path().join("c0");
+            std::fs::create_dir_all(&c).unwrap();
+            let mut n = 0;
+            let tmpdir = tmp.path().join("scratch");
+            engine::run_step(&s, &inputs, &tmpdir, Device::Cpu, &mut |e| {
+                if let StepEvent::Checkpoint { path } = e {
+                    n += 1;
+                    if n == 6 {
+                        std::fs::copy(&path, c.join(engine::CHECKPOINT_FILE)).unwrap();
+                    }
+                }
+            })
+            .unwrap();
+            let out = engine::run_step(&s, &inputs, &c, Device::Cpu, &mut |_| {}).unwrap();
+            assert!(out.artifacts.iter().any(|(n, p)| n == "rewind" && p.exists()));
+            let (ra, rc) = (load(&a.join(engine::REWIND_FILE)), load(&c.join(engine::REWIND_FILE)));
+            for (k, t) in &ra {
+                assert!(t.equal(&rc[k]), "θk {k} differs");
+            }
+            assert!(load(&a.join(engine::WEIGHTS_FILE))["fc.weight"].equal(&load(&c.join(engine::WEIGHTS_FILE))["fc.weight"]));
         }
         let mut events = Vec::new();
         let resumed = engine::run_step(&s, &inputs, &b, Device::Cpu, &mut |e| events.push(e)).unwrap();

@@ -185,8 +185,19 @@ fn spec_bytes(spec: &StepSpec) -> Vec<u8> {
     serde_json::to_vec(spec).expect("StepSpec serialises")
 }
 
-fn write_checkpoint(path: &Path, spec: &StepSpec, tr: &train::Trainer, progress: &train::Progress) -> Result<()> {
+/// Host copies of variables (θk kept for later checkpoints).
+fn snapshot(vars: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    // `copy`: on CPU `to_device` would alias the live weights, which keep training.
+    vars.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous().copy())).collect()
+}
+
+fn write_checkpoint(path: &Path, spec: &StepSpec, tr: &train::Trainer, progress: &train::Progress, rewind: Option<&[(String, Tensor)]>) -> Result<()> {
     let mut t: Vec<(String, Tensor)> = Vec::new();
+    // θk travels inside level-0 checkpoints taken after k, so a job resumed in a fresh workdir
+    // (another node, only the checkpoint downloaded) can still publish its "rewind" artifact.
+    for (n, v) in rewind.unwrap_or(&[]) {
+        t.push((format!("rewind.{n}"), v.shallow_clone()));
+    }
     for (n, v) in tr.net.named_variables() {
         t.push((format!("model.{n}"), v));
     }
@@ -225,6 +236,7 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
     let rewind_path = workdir.join(REWIND_FILE);
     let ckpt_path = workdir.join(CHECKPOINT_FILE);
     let start_it = if spec.level == 0 { 0 } else { rewind_it };
+    let mut rewind_snapshot: Option<Vec<(String, Tensor)>> = None;
 
     // Initial state: θ0 (level 0) or parent → prune → rewind (level ≥ 1).
     if spec.level == 0 {
@@ -254,10 +266,26 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
         progress.iteration = artifacts::get_i64(&ck, "state.iteration")? as u64;
         progress.loss_steps = artifacts::get_i64(&ck, "state.loss_steps")? as u64;
         progress.loss_sum = ck.get("state.loss_sum").context("checkpoint lacks state.loss_sum")?.reshape([]).to_kind(Kind::Float).to_device(device);
+        if spec.level == 0 && progress.iteration >= rewind_it {
+            let names: Vec<(String, Tensor)> = net.named_variables();
+            let mut theta_k = Vec::new();
+            for (n, _) in &names {
+                match ck.get(&format!("rewind.{n}")) {
+                    Some(t) => theta_k.push((n.clone(), t.shallow_clone())),
+                    None => bail!("{} is past the rewind point but holds no θk (rewind.*); delete it to restart the step", ckpt_path.display()),
+                }
+            }
+            if !rewind_path.exists() {
+                artifacts::write_atomic(&rewind_path, &theta_k)?;
+            }
+            rewind_snapshot = Some(theta_k);
+        }
     }
 
     if spec.level == 0 && rewind_it == 0 && progress.iteration == 0 {
-        artifacts::write_atomic(&rewind_path, &net.named_variables())?;
+        let theta0 = snapshot(&net.named_variables());
+        artifacts::write_atomic(&rewind_path, &theta0)?;
+        rewind_snapshot = Some(theta0);
     }
     let every = spec.recipe.checkpoint_every.iterations(ipe);
     let mut last = (f64::NAN, f64::NAN, f64::NAN);
@@ -266,10 +294,12 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
         match h {
             train::StepHook::Stepped(p) => {
                 if level == 0 && p.iteration == rewind_it {
-                    artifacts::write_atomic(&rewind_path, &tr.net.named_variables())?;
+                    let theta_k = snapshot(&tr.net.named_variables());
+                    artifacts::write_atomic(&rewind_path, &theta_k)?;
+                    rewind_snapshot = Some(theta_k);
                 }
                 if every > 0 && p.iteration % every == 0 && p.iteration < total {
-                    write_checkpoint(&ckpt_path, spec, tr, p)?;
+                    write_checkpoint(&ckpt_path, spec, tr, p, rewind_snapshot.as_deref())?;
                     on_event(StepEvent::Checkpoint { path: ckpt_path.clone() });
                 }
             }
@@ -334,6 +364,9 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
     let _ = std::fs::remove_file(&ckpt_path);
     let mut artifacts_out = vec![("weights".to_string(), weights_path)];
     if spec.level == 0 {
+        if !rewind_path.exists() {
+            bail!("internal error: level 0 finished without writing {}", rewind_path.display());
+        }
         artifacts_out.push(("rewind".to_string(), rewind_path));
     }
     Ok(StepOutput { report, artifacts: artifacts_out })
