@@ -3,4 +3,8 @@
 //! Workers and lthctl talk only to this process; it is the single place that decides which job
 //! runs where, so that no job is lost or run twice. Several coordinators may share one Postgres.
 
+pub mod artifacts;
+pub mod config;
+pub mod server;
+pub mod service;
 pub mod store;

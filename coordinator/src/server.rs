@@ -1,0 +1,79 @@
+//! Assembles the gRPC server (both services, health, reflection) and the lease reaper, and runs
+//! them until a shutdown signal. Used by the binary and by the integration tests, which serve on
+//! an ephemeral port.
+
+use crate::artifacts::ArtifactStore;
+use crate::service::{Coordinator, ServiceOptions, SweepSvc, WorkerSvc};
+use crate::store::Store;
+use lth_proto::v1 as pb;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Large enough for a completion carrying VGG-16's masks (15M weights = 1.9 MB of bits).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Re-queues expired leases and closes finished sweeps every `every`, until `stop` fires.
+pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store.reap().await {
+            Ok(r) => {
+                for l in &r.lost {
+                    tracing::warn!(job_id = l.job_id, attempt = l.attempt, "lease expired: job re-queued (worker lost)");
+                }
+                for s in &r.finished_sweeps {
+                    tracing::info!(sweep_id = s, "sweep finished");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reaper pass failed; retrying next interval"),
+        }
+    }
+}
+
+/// Serves both services on `listener` until `shutdown` completes, then drains in-flight calls.
+pub async fn serve(
+    store: Store,
+    artifacts: ArtifactStore,
+    opts: ServiceOptions,
+    reap_interval: Duration,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let coord: Arc<Coordinator> = Coordinator::new(store.clone(), artifacts, opts);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::sweep_service_server::SweepServiceServer<SweepSvc>>().await;
+    health_reporter.set_serving::<pb::worker_service_server::WorkerServiceServer<WorkerSvc>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(run_reaper(store.clone(), reap_interval, stop_rx));
+
+    let sweep = pb::sweep_service_server::SweepServiceServer::new(SweepSvc(coord.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let worker = pb::worker_service_server::WorkerServiceServer::new(WorkerSvc(coord.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sweep)
+        .add_service(worker)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = reaper.await;
+    result?;
+    Ok(())
+}

@@ -1,0 +1,649 @@
+//! The gRPC services: `SweepService` for people and lthctl, `WorkerService` for worker daemons.
+//!
+//! This layer translates between the wire types and the store, and owns the rules that need more
+//! than the database: which artifacts a completion must have uploaded, streaming uploads through
+//! the object store, and turning the events table into a live WatchSweep stream.
+
+use crate::artifacts::ArtifactStore;
+use crate::store::{
+    AbortReason, ArtifactRow, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
+    SweepInfo, WorkerRegistration,
+};
+use futures::{Stream, StreamExt};
+use lth_proto::v1 as pb;
+use lth_spec::{ImportanceMetric, SweepSpec};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// Settings the services need at run time.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    /// How often WatchSweep polls the events table.
+    pub watch_poll: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions { lease: Duration::from_secs(30), heartbeat: Duration::from_secs(5), watch_poll: Duration::from_millis(500) }
+    }
+}
+
+/// Shared state of both services.
+pub struct Coordinator {
+    pub store: Store,
+    pub artifacts: ArtifactStore,
+    pub opts: ServiceOptions,
+    /// Sweep specs never change once stored; assignments carry them, so keep them at hand.
+    specs: Mutex<HashMap<i64, pb::SweepSpec>>,
+}
+
+impl Coordinator {
+    pub fn new(store: Store, artifacts: ArtifactStore, opts: ServiceOptions) -> Arc<Coordinator> {
+        Arc::new(Coordinator { store, artifacts, opts, specs: Mutex::new(HashMap::new()) })
+    }
+
+    async fn spec_of(&self, sweep_id: i64) -> Result<pb::SweepSpec, Status> {
+        if let Some(s) = self.specs.lock().unwrap().get(&sweep_id) {
+            return Ok(s.clone());
+        }
+        let info = self.store.get_sweep(sweep_id).await.map_err(status)?;
+        let wire = pb::SweepSpec::from(&info.spec);
+        self.specs.lock().unwrap().insert(sweep_id, wire.clone());
+        Ok(wire)
+    }
+}
+
+/// The gRPC status for a store error.
+pub fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::AlreadyExists(m) => Status::already_exists(m),
+        StoreError::InvalidArgument(m) => Status::invalid_argument(m),
+        other => {
+            tracing::error!(error = %other, "store error");
+            Status::unavailable(other.to_string())
+        }
+    }
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+fn job_state(s: &str) -> pb::JobState {
+    match s {
+        "blocked" => pb::JobState::Blocked,
+        "ready" => pb::JobState::Ready,
+        "running" => pb::JobState::Running,
+        "succeeded" => pb::JobState::Succeeded,
+        "failed" => pb::JobState::Failed,
+        "cancelled" => pb::JobState::Cancelled,
+        _ => pb::JobState::Unspecified,
+    }
+}
+
+fn job_state_name(s: pb::JobState) -> Option<&'static str> {
+    match s {
+        pb::JobState::Unspecified => None,
+        pb::JobState::Blocked => Some("blocked"),
+        pb::JobState::Ready => Some("ready"),
+        pb::JobState::Running => Some("running"),
+        pb::JobState::Succeeded => Some("succeeded"),
+        pb::JobState::Failed => Some("failed"),
+        pb::JobState::Cancelled => Some("cancelled"),
+    }
+}
+
+fn sweep_state(s: &str) -> pb::SweepState {
+    match s {
+        "running" => pb::SweepState::Running,
+        "paused" => pb::SweepState::Paused,
+        "cancelled" => pb::SweepState::Cancelled,
+        "succeeded" => pb::SweepState::Succeeded,
+        "failed" => pb::SweepState::Failed,
+        _ => pb::SweepState::Unspecified,
+    }
+}
+
+fn metric_i32(m: Option<&str>) -> i32 {
+    m.and_then(|m| ImportanceMetric::parse(m).ok()).map(|m| m.to_proto_i32()).unwrap_or(0)
+}
+
+fn job_kind(k: &str) -> i32 {
+    (if k == "dense" { pb::JobKind::Dense } else { pb::JobKind::Level }) as i32
+}
+
+pub fn job_info(j: &JobRow) -> pb::JobInfo {
+    pb::JobInfo {
+        job_id: j.id,
+        kind: job_kind(&j.kind),
+        state: job_state(&j.state) as i32,
+        attempt: j.attempt as u32,
+        level: j.level as u32,
+        seed: j.seed as u64,
+        metric: metric_i32(j.metric.as_deref()),
+        rate: j.rate,
+        worker_id: j.worker_id.clone().unwrap_or_default(),
+        progress: j.progress,
+        eta_seconds: j.eta_seconds.unwrap_or(0.0),
+        error: j.last_error.clone().unwrap_or_default(),
+        lost_count: j.lost_count as u32,
+        error_count: j.error_count as u32,
+        parent_job_id: j.parent_job_id.unwrap_or(0),
+        content_hash: j.content_hash.clone(),
+    }
+}
+
+fn summary(s: &SweepInfo) -> pb::SweepSummary {
+    pb::SweepSummary {
+        sweep_id: s.id,
+        name: s.name.clone(),
+        state: sweep_state(&s.state) as i32,
+        spec: Some(pb::SweepSpec::from(&s.spec)),
+        jobs: Some(pb::JobCounts {
+            blocked: s.jobs.blocked,
+            ready: s.jobs.ready,
+            running: s.jobs.running,
+            succeeded: s.jobs.succeeded,
+            failed: s.jobs.failed,
+            cancelled: s.jobs.cancelled,
+        }),
+        metrics: s
+            .metrics
+            .iter()
+            .map(|(m, total, done)| pb::MetricProgress { metric: metric_i32(Some(m)), jobs_total: *total, jobs_succeeded: *done })
+            .collect(),
+        created_at: Some(ts(s.created_at)),
+        finished_at: s.finished_at.map(ts),
+        trials: s.trials,
+    }
+}
+
+fn artifact_ref(a: &ArtifactRow) -> pb::ArtifactRef {
+    pb::ArtifactRef { job_id: a.job_id, name: a.name.clone(), sha256: a.sha256.clone(), bytes: a.bytes as u64 }
+}
+
+fn lease_of(l: Option<pb::JobLease>) -> Result<Lease, Status> {
+    let l = l.ok_or_else(|| Status::invalid_argument("lease is missing: send the (job_id, attempt) from the assignment"))?;
+    Ok(Lease { job_id: l.job_id, attempt: l.attempt as i32 })
+}
+
+fn sweep_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+// ---------------------------------------------------------------------------------------------
+// SweepService
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct SweepSvc(pub Arc<Coordinator>);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SweepEvent, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::sweep_service_server::SweepService for SweepSvc {
+    async fn submit_sweep(&self, req: Request<pb::SubmitSweepRequest>) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let req = req.into_inner();
+        let wire = req.spec.ok_or_else(|| Status::invalid_argument("spec is missing: send the sweep spec to submit"))?;
+        let spec = SweepSpec::try_from(&wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let out = if req.dry_run {
+            self.0.store.plan_sweep(&spec).await
+        } else {
+            self.0.store.submit_sweep(&spec, Some(req.client_token.as_str())).await
+        }
+        .map_err(status)?;
+        if out.created {
+            tracing::info!(sweep_id = out.sweep_id, name = %spec.name, jobs = out.jobs, reused = out.jobs_reused, "sweep submitted");
+        }
+        Ok(Response::new(pb::SubmitSweepResponse {
+            sweep_id: out.sweep_id,
+            created: out.created,
+            trials: out.trials,
+            jobs: out.jobs,
+            jobs_reused: out.jobs_reused,
+            dense_jobs: out.dense_jobs,
+        }))
+    }
+
+    async fn get_sweep(&self, req: Request<pb::GetSweepRequest>) -> Result<Response<pb::SweepSummary>, Status> {
+        let s = self.0.store.get_sweep(req.into_inner().sweep_id).await.map_err(status)?;
+        Ok(Response::new(summary(&s)))
+    }
+
+    async fn list_sweeps(&self, req: Request<pb::ListSweepsRequest>) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let list = self.0.store.list_sweeps(req.into_inner().limit).await.map_err(status)?;
+        Ok(Response::new(pb::ListSweepsResponse { sweeps: list.iter().map(summary).collect() }))
+    }
+
+    async fn cancel_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepSummary>, Status> {
+        let id = req.into_inner().sweep_id;
+        self.0.store.cancel_sweep(id).await.map_err(status)?;
+        tracing::info!(sweep_id = id, "sweep cancelled");
+        self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
+    }
+
+    async fn pause_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepSummary>, Status> {
+        let id = req.into_inner().sweep_id;
+        self.0.store.pause_sweep(id).await.map_err(status)?;
+        tracing::info!(sweep_id = id, "sweep paused");
+        self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
+    }
+
+    async fn resume_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepSummary>, Status> {
+        let id = req.into_inner().sweep_id;
+        self.0.store.resume_sweep(id).await.map_err(status)?;
+        tracing::info!(sweep_id = id, "sweep resumed");
+        self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = req.into_inner();
+        let state = pb::JobState::try_from(req.state).map_err(|_| Status::invalid_argument(format!("unknown job state {}", req.state)))?;
+        self.0.store.get_sweep(req.sweep_id).await.map_err(status)?;
+        let jobs = self.0.store.list_jobs(req.sweep_id, job_state_name(state)).await.map_err(status)?;
+        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_info).collect() }))
+    }
+
+    async fn list_workers(&self, _req: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        // A worker is alive while it heartbeats; allow three missed beats.
+        let window = self.0.opts.heartbeat * 3;
+        let rows = self.0.store.list_workers(window).await.map_err(status)?;
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: rows
+                .into_iter()
+                .map(|w| pb::WorkerInfo {
+                    worker_id: w.reg.worker_id,
+                    host: w.reg.host,
+                    gpus: w.reg.gpus.into_iter().map(|g| pb::GpuInfo { index: g.index, name: g.name, memory_bytes: g.memory_bytes }).collect(),
+                    cpus: w.reg.cpus,
+                    slots: w.reg.slots,
+                    running_jobs: w.running_jobs as u32,
+                    last_seen: Some(ts(w.last_seen)),
+                    alive: w.alive,
+                    libtorch_version: w.reg.libtorch_version,
+                    cuda_version: w.reg.cuda_version,
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchSweepStream = EventStream;
+
+    /// Sends the sweep's summary first, then every event after `after_event_id` in order (polling
+    /// the events table), with a fresh summary on each sweep-level event; ends once the sweep has
+    /// finished and every event was sent.
+    async fn watch_sweep(&self, req: Request<pb::WatchSweepRequest>) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let req = req.into_inner();
+        let coord = self.0.clone();
+        let first = coord.store.get_sweep(req.sweep_id).await.map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SweepEvent, Status>>(64);
+        tokio::spawn(async move {
+            let sweep_id = req.sweep_id;
+            let mut after = req.after_event_id.max(0);
+            let hello = pb::SweepEvent { event_id: after, at: Some(ts(chrono::Utc::now())), event: Some(pb::sweep_event::Event::Sweep(summary(&first))) };
+            if tx.send(Ok(hello)).await.is_err() {
+                return;
+            }
+            loop {
+                let batch = match coord.store.events_after(sweep_id, after, 500).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                for e in &batch {
+                    after = e.id;
+                    let event = match &e.job {
+                        Some(j) => pb::sweep_event::Event::Job(job_info(j)),
+                        None => match coord.store.get_sweep(sweep_id).await {
+                            Ok(s) => pb::sweep_event::Event::Sweep(summary(&s)),
+                            Err(e) => {
+                                let _ = tx.send(Err(status(e))).await;
+                                return;
+                            }
+                        },
+                    };
+                    if tx.send(Ok(pb::SweepEvent { event_id: e.id, at: Some(ts(e.at)), event: Some(event) })).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if !batch.is_empty() {
+                    continue;
+                }
+                match coord.store.get_sweep(sweep_id).await {
+                    Ok(s) if sweep_terminal(&s.state) => {
+                        // The final events commit with the final state; one more look catches any
+                        // written between the empty read above and this one.
+                        match coord.store.events_after(sweep_id, after, 1).await {
+                            Ok(more) if more.is_empty() => return,
+                            Ok(_) => continue,
+                            Err(e) => {
+                                let _ = tx.send(Err(status(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(coord.opts.watch_poll) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_results(&self, req: Request<pb::GetResultsRequest>) -> Result<Response<pb::GetResultsResponse>, Status> {
+        let id = req.into_inner().sweep_id;
+        self.0.store.get_sweep(id).await.map_err(status)?;
+        let rows = self.0.store.results(id).await.map_err(status)?;
+        Ok(Response::new(pb::GetResultsResponse {
+            rows: rows
+                .into_iter()
+                .map(|r| pb::ResultRow {
+                    metric: metric_i32(Some(&r.metric)),
+                    rate: r.rate,
+                    seed: r.seed as u64,
+                    level: r.level as u32,
+                    job_id: r.job_id,
+                    result: Some(pb::LevelResult {
+                        sparsity: r.sparsity,
+                        test_accuracy: r.test_accuracy,
+                        test_loss: r.test_loss,
+                        train_loss: r.train_loss,
+                        epochs: r.epochs,
+                        wall_seconds: r.wall_seconds,
+                        iterations: r.iterations as u64,
+                        layers: r
+                            .layers
+                            .into_iter()
+                            .map(|l| pb::LayerStats {
+                                layer: l.layer,
+                                kept: l.kept as u64,
+                                total: l.total as u64,
+                                mask_bits: Vec::new(),
+                                collapsed: l.collapsed,
+                                weight_norm: l.weight_norm,
+                            })
+                            .collect(),
+                    }),
+                })
+                .collect(),
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WorkerService
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct WorkerSvc(pub Arc<Coordinator>);
+
+/// At most this many jobs per claim, whatever a worker asks for.
+const MAX_CLAIM: u32 = 64;
+/// Download chunk size (well under gRPC's default 4 MiB message limit).
+const CHUNK: usize = 1 << 20;
+
+fn valid_artifact_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+}
+
+impl WorkerSvc {
+    async fn assignment(&self, c: ClaimedJob) -> Result<pb::JobAssignment, Status> {
+        let spec = self.0.spec_of(c.job.sweep_id).await?;
+        let j = &c.job;
+        let mut inputs = Vec::new();
+        if let Some(a) = &c.rewind {
+            inputs.push(pb::ArtifactRef { name: "rewind".into(), ..artifact_ref(a) });
+        }
+        if let Some(a) = &c.weights {
+            inputs.push(pb::ArtifactRef { name: "weights".into(), ..artifact_ref(a) });
+        }
+        Ok(pb::JobAssignment {
+            job_id: j.id,
+            attempt: j.attempt as u32,
+            kind: job_kind(&j.kind),
+            sweep_id: j.sweep_id,
+            spec: Some(spec),
+            seed: j.seed as u64,
+            metric: metric_i32(j.metric.as_deref()),
+            rate: j.rate,
+            level: j.level as u32,
+            parent_job_id: j.parent_job_id.unwrap_or(0),
+            dense_job_id: j.dense_job_id.unwrap_or(if j.kind == "dense" { j.id } else { 0 }),
+            inputs,
+            resume_checkpoint: c.resume_checkpoint.as_ref().map(artifact_ref),
+            lease_expires_at: j.lease_expires_at.map(ts),
+            content_hash: j.content_hash.clone(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkerSvc {
+    async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let r = req.into_inner();
+        if r.worker_id.trim().is_empty() {
+            return Err(Status::invalid_argument("worker_id is empty: use a stable id such as host name plus GPU set"));
+        }
+        self.0
+            .store
+            .register_worker(&WorkerRegistration {
+                worker_id: r.worker_id.clone(),
+                host: r.host,
+                gpus: r.gpus.into_iter().map(|g| GpuRow { index: g.index, name: g.name, memory_bytes: g.memory_bytes }).collect(),
+                cpus: r.cpus,
+                slots: r.slots,
+                libtorch_version: r.libtorch_version,
+                cuda_version: r.cuda_version,
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!(worker_id = %r.worker_id, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            lease_seconds: self.0.opts.lease.as_secs().max(1) as u32,
+            heartbeat_seconds: self.0.opts.heartbeat.as_secs().max(1) as u32,
+        }))
+    }
+
+    async fn claim_jobs(&self, req: Request<pb::ClaimJobsRequest>) -> Result<Response<pb::ClaimJobsResponse>, Status> {
+        let r = req.into_inner();
+        let claimed = self.0.store.claim_jobs(&r.worker_id, r.free_slots.min(MAX_CLAIM), self.0.opts.lease).await.map_err(status)?;
+        let mut jobs = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %r.worker_id, "job claimed");
+            jobs.push(self.assignment(c).await?);
+        }
+        Ok(Response::new(pb::ClaimJobsResponse { jobs }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let leases: Vec<Lease> = r.running.iter().map(|l| Lease { job_id: l.job_id, attempt: l.attempt as i32 }).collect();
+        let aborts = self.0.store.heartbeat(&r.worker_id, &leases, self.0.opts.lease).await.map_err(status)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            abort: aborts
+                .into_iter()
+                .map(|(l, why)| pb::JobAbort {
+                    lease: Some(pb::JobLease { job_id: l.job_id, attempt: l.attempt as u32 }),
+                    reason: match why {
+                        AbortReason::Cancelled => pb::AbortReason::Cancelled,
+                        AbortReason::Paused => pb::AbortReason::Paused,
+                        AbortReason::LeaseLost => pb::AbortReason::LeaseLost,
+                    } as i32,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn report_progress(&self, req: Request<pb::ReportProgressRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let lease = lease_of(r.lease)?;
+        let p = ProgressInput {
+            iteration: r.iteration,
+            total_iterations: r.total_iterations,
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            test_accuracy: if r.test_accuracy.is_nan() { None } else { Some(r.test_accuracy) },
+            images_per_second: r.images_per_second,
+        };
+        self.0.store.report_progress(lease, &p).await.map_err(status)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn complete_job(&self, req: Request<pb::CompleteJobRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let lease = lease_of(r.lease)?;
+        let result = r.result.ok_or_else(|| Status::invalid_argument("result is missing: send the level's result with the completion"))?;
+        let job = self.0.store.get_job(lease.job_id).await.map_err(status)?;
+        if !(job.state == "running" && job.attempt == lease.attempt) {
+            return Err(status(StoreError::FailedPrecondition(format!(
+                "lease {lease} is not current (job is {} at attempt {}): stop this attempt",
+                job.state, job.attempt
+            ))));
+        }
+        // The next levels need these files: refuse a completion that would strand them.
+        let uploaded = self.0.store.artifacts_of_attempt(lease).await.map_err(status)?;
+        let needed: &[&str] = if job.kind == "dense" { &["rewind", "weights"] } else { &["weights"] };
+        let missing: Vec<&str> = needed.iter().copied().filter(|n| !uploaded.iter().any(|u| u == n)).collect();
+        if !missing.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "job {} completed without uploading {:?} in this attempt: upload them with UploadArtifact, then complete",
+                lease.job_id, missing
+            )));
+        }
+        let input = ResultInput {
+            sparsity: result.sparsity,
+            test_accuracy: result.test_accuracy,
+            test_loss: result.test_loss,
+            train_loss: result.train_loss,
+            epochs: result.epochs,
+            wall_seconds: result.wall_seconds,
+            iterations: result.iterations,
+            layers: result
+                .layers
+                .into_iter()
+                .map(|l| LayerInput { name: l.layer, kept: l.kept, total: l.total, bits: l.mask_bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
+                .collect(),
+        };
+        self.0.store.complete_job(lease, &input).await.map_err(status)?;
+        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy = input.test_accuracy, "job succeeded");
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let lease = lease_of(r.lease)?;
+        self.0.store.fail_job(lease, &r.error, r.retryable).await.map_err(status)?;
+        tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, retryable = r.retryable, error = %r.error, "job attempt failed");
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    /// The first chunk names the lease, artifact and digest; the data is streamed into the object
+    /// store, verified, and only then recorded (fenced by the lease).
+    async fn upload_artifact(
+        &self,
+        req: Request<tonic::Streaming<pb::ArtifactChunk>>,
+    ) -> Result<Response<pb::UploadArtifactResponse>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload: the first chunk must name the lease, the artifact and its sha256"))?;
+        let lease = lease_of(first.lease)?;
+        let name = first.name.clone();
+        if !valid_artifact_name(&name) {
+            return Err(Status::invalid_argument(format!(
+                "artifact name {name:?} is not allowed: use \"rewind\", \"weights\", \"checkpoint\" (letters, digits, _ - .)"
+            )));
+        }
+        if first.sha256.len() != 64 || !first.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument("the first chunk's sha256 must be the artifact's 64-digit hex digest"));
+        }
+        if !self.0.store.lease_is_current(lease).await.map_err(status)? {
+            return Err(status(StoreError::FailedPrecondition(format!("lease {lease} is not current: the upload was refused"))));
+        }
+        let declared_bytes = if first.total_bytes > 0 { Some(first.total_bytes) } else { None };
+        let head = futures::stream::once(futures::future::ready(Ok::<bytes::Bytes, Status>(bytes::Bytes::from(first.data))));
+        let rest = stream.map(|c| c.map(|c| bytes::Bytes::from(c.data)));
+        let chunks = head.chain(rest);
+        let key = ArtifactStore::key_for(lease.job_id, lease.attempt, &name);
+        let stored = self.0.artifacts.put_verified(&key, &name, &first.sha256, declared_bytes, Box::pin(chunks)).await?;
+        let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
+        if let Err(e) = self.0.store.record_artifact(lease, &name, &stored.uri, &stored.sha256, stored.bytes).await {
+            self.0.artifacts.delete_uri(&stored.uri).await;
+            return Err(status(e));
+        }
+        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, name = %name, bytes = stored.bytes, "artifact stored");
+        Ok(Response::new(pb::UploadArtifactResponse {
+            artifact: Some(pb::ArtifactRef { job_id: lease.job_id, name, sha256: stored.sha256, bytes: stored.bytes }),
+        }))
+    }
+
+    type DownloadArtifactStream = ChunkStream;
+
+    async fn download_artifact(&self, req: Request<pb::DownloadArtifactRequest>) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let r = req.into_inner();
+        let a = self.0.store.find_artifact(r.job_id, &r.name).await.map_err(status)?;
+        let source = self.0.artifacts.get_stream(&a.uri).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ArtifactChunk, Status>>(4);
+        tokio::spawn(async move {
+            let mut source = Box::pin(source);
+            let mut first = true;
+            let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+            let send = |data: Vec<u8>, first: &mut bool| {
+                let chunk = if *first {
+                    *first = false;
+                    pb::ArtifactChunk {
+                        lease: None,
+                        name: a.name.clone(),
+                        data,
+                        sha256: a.sha256.clone(),
+                        total_bytes: a.bytes as u64,
+                    }
+                } else {
+                    pb::ArtifactChunk { data, ..Default::default() }
+                };
+                chunk
+            };
+            while let Some(part) = source.next().await {
+                match part {
+                    Ok(b) => {
+                        buf.extend_from_slice(&b);
+                        while buf.len() >= CHUNK {
+                            let rest = buf.split_off(CHUNK);
+                            let data = std::mem::replace(&mut buf, rest);
+                            if tx.send(Ok(send(data, &mut first))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::unavailable(format!("object store: {e}")))).await;
+                        return;
+                    }
+                }
+            }
+            if !buf.is_empty() || first {
+                let _ = tx.send(Ok(send(buf, &mut first))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

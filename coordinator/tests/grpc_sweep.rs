@@ -1,0 +1,392 @@
+//! End to end over a real TCP socket: a coordinator on 127.0.0.1:0 with a fresh Postgres, and a
+//! scripted worker (a tonic client) that claims, heartbeats, reports progress, uploads and
+//! downloads artifacts and completes every job of a small sweep with fabricated-but-consistent
+//! per-layer masks. Then the SQL views are checked row by row.
+
+mod common;
+
+use common::*;
+use lth_coordinator::artifacts::ArtifactStore;
+use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::store::Store;
+use lth_proto::v1 as pb;
+use pb::sweep_service_client::SweepServiceClient;
+use pb::worker_service_client::WorkerServiceClient;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Bits kept by a (fabricated) ticket: a window of `kept` positions starting at an offset that
+/// depends on the metric, so tickets of different metrics overlap partly.
+fn mask(total: usize, kept: usize, salt: usize) -> Vec<bool> {
+    (0..total).map(|i| ((i + salt) % total) < kept).collect()
+}
+
+fn salt(metric: i32) -> usize {
+    match pb::ImportanceMetric::try_from(metric).unwrap() {
+        pb::ImportanceMetric::Magnitude => 5,
+        pb::ImportanceMetric::L1 => 2,
+        _ => 0,
+    }
+}
+
+const LAYERS: [(&str, usize); 2] = [("fc1.weight", 40), ("fc2.weight", 12)];
+
+fn kept_at(total: usize, rate: f64, level: u32) -> usize {
+    ((total as f64) * (1.0 - rate).powi(level as i32)).round() as usize
+}
+
+/// fc2 collapses (nothing kept) for magnitude from level 2 on: the global threshold's failure mode.
+fn collapses(metric: i32, level: u32) -> bool {
+    metric == pb::ImportanceMetric::Magnitude as i32 && level >= 2
+}
+
+fn accuracy(seed: u64, level: u32) -> f64 {
+    0.95 - 0.02 * level as f64 - 0.01 * seed as f64
+}
+
+fn result_for(a: &pb::JobAssignment) -> pb::LevelResult {
+    let layers = LAYERS
+        .iter()
+        .map(|&(name, total)| {
+            let kept = if name == "fc2.weight" && collapses(a.metric, a.level) { 0 } else { kept_at(total, a.rate, a.level) };
+            let bits = mask(total, kept, salt(a.metric));
+            pb::LayerStats {
+                layer: name.into(),
+                kept: kept as u64,
+                total: total as u64,
+                mask_bits: pack(&bits),
+                collapsed: kept == 0,
+                weight_norm: kept as f64 * 0.1,
+            }
+        })
+        .collect::<Vec<_>>();
+    let total: u64 = layers.iter().map(|l| l.total).sum();
+    let kept: u64 = layers.iter().map(|l| l.kept).sum();
+    pb::LevelResult {
+        sparsity: 1.0 - kept as f64 / total as f64,
+        test_accuracy: accuracy(a.seed, a.level),
+        test_loss: 0.2,
+        train_loss: 0.1,
+        epochs: 2.0,
+        wall_seconds: 0.5,
+        iterations: 60,
+        layers,
+    }
+}
+
+/// The bytes a job "trained": deterministic, 1.5 MiB so uploads and downloads take several chunks.
+fn weights_of(job_id: i64, name: &str) -> Vec<u8> {
+    let seed = format!("{name} of job {job_id};");
+    seed.as_bytes().iter().copied().cycle().take(3 << 19).collect()
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+async fn upload(w: &mut WorkerServiceClient<Channel>, a: &pb::JobAssignment, name: &str, data: &[u8], declared: &str) -> Result<pb::UploadArtifactResponse, tonic::Status> {
+    let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+    let mut chunks = Vec::new();
+    for (i, part) in data.chunks(1 << 20).enumerate() {
+        chunks.push(if i == 0 {
+            pb::ArtifactChunk { lease: Some(lease), name: name.into(), data: part.to_vec(), sha256: declared.into(), total_bytes: data.len() as u64 }
+        } else {
+            pb::ArtifactChunk { data: part.to_vec(), ..Default::default() }
+        });
+    }
+    w.upload_artifact(tokio_stream::iter(chunks)).await.map(|r| r.into_inner())
+}
+
+async fn download(w: &mut WorkerServiceClient<Channel>, job_id: i64, name: &str) -> (Vec<u8>, String) {
+    let mut s = w.download_artifact(pb::DownloadArtifactRequest { job_id, name: name.into() }).await.unwrap().into_inner();
+    let mut data = Vec::new();
+    let mut digest = String::new();
+    let mut n = 0;
+    while let Some(c) = s.message().await.unwrap() {
+        if n == 0 {
+            digest = c.sha256.clone();
+        }
+        n += 1;
+        data.extend_from_slice(&c.data);
+    }
+    assert!(n >= 2, "1.5 MiB comes in more than one chunk");
+    (data, digest)
+}
+
+fn spec_proto() -> pb::SweepSpec {
+    let s = spec(&["magnitude", "l1", "l2"], &[0.5], &[0, 1], 3);
+    pb::SweepSpec::from(&s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let art_dir = tempfile::tempdir().unwrap();
+    let artifacts = ArtifactStore::open(art_dir.path().to_str().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = ServiceOptions { lease: Duration::from_secs(30), heartbeat: Duration::from_secs(5), watch_poll: Duration::from_millis(50) };
+    let server = tokio::spawn(lth_coordinator::server::serve(store.clone(), artifacts, opts, Duration::from_millis(200), listener, async {
+        let _ = stop_rx.await;
+    }));
+
+    let url = format!("http://{addr}");
+    let channel = loop {
+        match Channel::from_shared(url.clone()).unwrap().connect().await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut sweeps = SweepServiceClient::new(channel.clone());
+    let mut w = WorkerServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+
+    // Health and reflection are served.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let h = health.check(tonic_health::pb::HealthCheckRequest { service: "lth.v1.WorkerService".into() }).await.unwrap().into_inner();
+    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // Dry run, then submit (twice: idempotent).
+    let dry = sweeps
+        .submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), client_token: "t".into(), dry_run: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((dry.sweep_id, dry.trials, dry.jobs, dry.dense_jobs), (0, 6, 20, 2));
+    let sub = sweeps
+        .submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), client_token: "t".into(), dry_run: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sub.created && sub.sweep_id > 0);
+    let again = sweeps
+        .submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), client_token: "t".into(), dry_run: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.sweep_id, again.created), (sub.sweep_id, false));
+    let mut bad = spec_proto();
+    bad.rates = vec![1.5];
+    let err = sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(bad), client_token: String::new(), dry_run: false }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("rate 1.5 is outside (0, 1)"), "{}", err.message());
+
+    // Watch from the start, in the background.
+    let mut watch = sweeps.clone().watch_sweep(pb::WatchSweepRequest { sweep_id: sub.sweep_id, after_event_id: 0 }).await.unwrap().into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = watch.message().await.unwrap() {
+            events.push(e);
+        }
+        events
+    });
+
+    let worker_id = "scripted-worker".to_string();
+    let reg = w
+        .register_worker(pb::RegisterWorkerRequest { worker_id: worker_id.clone(), host: "localhost".into(), cpus: 2, slots: 2, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reg.lease_seconds, reg.heartbeat_seconds), (30, 5));
+
+    let mut done = 0;
+    let mut checked_failures = false;
+    loop {
+        let claimed = w.claim_jobs(pb::ClaimJobsRequest { worker_id: worker_id.clone(), free_slots: 2 }).await.unwrap().into_inner().jobs;
+        if claimed.is_empty() {
+            break;
+        }
+        let running: Vec<pb::JobLease> = claimed.iter().map(|a| pb::JobLease { job_id: a.job_id, attempt: a.attempt }).collect();
+        let hb = w.heartbeat(pb::HeartbeatRequest { worker_id: worker_id.clone(), running }).await.unwrap().into_inner();
+        assert!(hb.abort.is_empty());
+        for a in &claimed {
+            let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+            assert_eq!(a.spec.as_ref().unwrap().name, "test");
+            if a.kind == pb::JobKind::Level as i32 {
+                // Inputs: θk from the seed's dense job and the parent's weights, both downloadable and intact.
+                let rewind = a.inputs.iter().find(|i| i.name == "rewind").expect("rewind input");
+                let weights = a.inputs.iter().find(|i| i.name == "weights").expect("weights input");
+                assert_eq!(rewind.job_id, a.dense_job_id);
+                assert_eq!(weights.job_id, a.parent_job_id);
+                let (data, digest) = download(&mut w, weights.job_id, "weights").await;
+                assert_eq!(data, weights_of(a.parent_job_id, "weights"));
+                assert_eq!((sha(&data), digest), (weights.sha256.clone(), weights.sha256.clone()));
+            } else {
+                assert!(a.inputs.is_empty());
+                assert_eq!(a.dense_job_id, a.job_id);
+            }
+            w.report_progress(pb::ReportProgressRequest {
+                lease: Some(lease),
+                iteration: 30,
+                total_iterations: 60,
+                epoch: 1.0,
+                train_loss: 0.5,
+                test_accuracy: f64::NAN,
+                images_per_second: 1000.0,
+            })
+            .await
+            .unwrap();
+
+            if !checked_failures {
+                checked_failures = true;
+                // Completing before uploading is refused; a corrupted upload is refused and discarded.
+                let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), artifacts: vec![] }).await.unwrap_err();
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+                let data = weights_of(a.job_id, "weights");
+                let e = upload(&mut w, a, "weights", &data, &sha(b"something else")).await.unwrap_err();
+                assert_eq!(e.code(), tonic::Code::DataLoss, "{e}");
+                let stale = pb::JobAssignment { attempt: a.attempt + 1, ..a.clone() };
+                let e = upload(&mut w, &stale, "weights", &data, &sha(&data)).await.unwrap_err();
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+            }
+
+            let mut refs = Vec::new();
+            let names: &[&str] = if a.kind == pb::JobKind::Dense as i32 { &["rewind", "weights"] } else { &["weights"] };
+            for name in names {
+                let data = weights_of(a.job_id, name);
+                let up = upload(&mut w, a, name, &data, &sha(&data)).await.unwrap();
+                refs.push(up.artifact.unwrap());
+            }
+            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), artifacts: refs }).await.unwrap();
+            // A second completion of the same lease is stale.
+            let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), artifacts: vec![] }).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            done += 1;
+        }
+    }
+    assert_eq!(done, 20);
+
+    let summary = sweeps.get_sweep(pb::GetSweepRequest { sweep_id: sub.sweep_id }).await.unwrap().into_inner();
+    assert_eq!(summary.state, pb::SweepState::Succeeded as i32);
+    assert_eq!(summary.jobs.unwrap().succeeded, 20);
+    assert_eq!(summary.metrics.len(), 3);
+    let events = tokio::time::timeout(Duration::from_secs(20), watcher).await.expect("watch ends when the sweep finishes").unwrap();
+    let last = events.last().unwrap();
+    match &last.event {
+        Some(pb::sweep_event::Event::Sweep(s)) => assert_eq!(s.state, pb::SweepState::Succeeded as i32),
+        other => panic!("the last event should be the final summary, got {other:?}"),
+    }
+    let job_events = events.iter().filter(|e| matches!(e.event, Some(pb::sweep_event::Event::Job(_)))).count();
+    assert!(job_events >= 60, "claim, progress and success of 20 jobs: {job_events}");
+    assert!(events.windows(2).all(|p| p[0].event_id <= p[1].event_id));
+    // Resuming a watch after the last event yields only the summary.
+    let mut resumed = sweeps.watch_sweep(pb::WatchSweepRequest { sweep_id: sub.sweep_id, after_event_id: last.event_id }).await.unwrap().into_inner();
+    let mut n = 0;
+    while resumed.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 1);
+
+    let results = sweeps.get_results(pb::GetResultsRequest { sweep_id: sub.sweep_id }).await.unwrap().into_inner().rows;
+    assert_eq!(results.len(), 6 * 4);
+    let r = results.iter().find(|r| r.metric == pb::ImportanceMetric::L2 as i32 && r.seed == 1 && r.level == 2).unwrap();
+    let lr = r.result.as_ref().unwrap();
+    assert!((lr.test_accuracy - accuracy(1, 2)).abs() < 1e-12);
+    assert_eq!(lr.layers.iter().map(|l| (l.layer.as_str(), l.kept, l.total)).collect::<Vec<_>>(), vec![("fc1.weight", 10, 40), ("fc2.weight", 3, 12)]);
+
+    check_views(&store, sub.sweep_id).await;
+    let workers = sweeps.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert_eq!(workers.len(), 1);
+    assert!(workers[0].alive);
+
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+async fn check_views(store: &Store, sweep_id: i64) {
+    let Store::Postgres(pg) = store else { unreachable!() };
+    let metric_names = [("magnitude", pb::ImportanceMetric::Magnitude as i32), ("l1", pb::ImportanceMetric::L1 as i32), ("l2", pb::ImportanceMetric::L2 as i32)];
+
+    // accuracy_vs_sparsity: per metric and level, the mean and sample std over seeds 0 and 1.
+    let rows = sqlx::query("SELECT metric, rate, level, sparsity, mean_accuracy, std_accuracy, seeds FROM accuracy_vs_sparsity WHERE sweep_id = $1 ORDER BY metric, level")
+        .bind(sweep_id)
+        .fetch_all(pg)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3 * 4);
+    for r in &rows {
+        let level: i32 = r.get("level");
+        let metric: String = r.get("metric");
+        let mean: f64 = r.get("mean_accuracy");
+        let std: f64 = r.get("std_accuracy");
+        assert_eq!(r.get::<i64, _>("seeds"), 2);
+        let (a0, a1) = (accuracy(0, level as u32), accuracy(1, level as u32));
+        assert!((mean - (a0 + a1) / 2.0).abs() < 1e-12, "{metric} {level}");
+        assert!((std - (a0 - a1).abs() / 2f64.sqrt()).abs() < 1e-9, "{metric} {level}: {std}");
+        let m = metric_names.iter().find(|(n, _)| *n == metric).unwrap().1;
+        let (mut kept, mut total) = (0usize, 0usize);
+        for (name, t) in LAYERS {
+            total += t;
+            kept += if name == "fc2.weight" && collapses(m, level as u32) { 0 } else { kept_at(t, 0.5, level as u32) };
+        }
+        assert!((r.get::<f64, _>("sparsity") - (1.0 - kept as f64 / total as f64)).abs() < 1e-12);
+    }
+
+    // layer_kept_fraction: every (trial, level, layer).
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM layer_kept_fraction WHERE sweep_id = $1").bind(sweep_id).fetch_one(pg).await.unwrap();
+    assert_eq!(n, 6 * 4 * 2);
+    let f: f64 = sqlx::query_scalar("SELECT kept_fraction FROM layer_kept_fraction WHERE sweep_id = $1 AND metric = 'l1' AND seed = 0 AND level = 2 AND layer = 'fc1.weight'")
+        .bind(sweep_id)
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert!((f - 0.25).abs() < 1e-12);
+
+    // collapsed_layers: magnitude's fc2 at levels 2 and 3, for both seeds; nothing else.
+    let rows = sqlx::query("SELECT metric, seed, level, layer, kept FROM collapsed_layers WHERE sweep_id = $1 ORDER BY seed, level")
+        .bind(sweep_id)
+        .fetch_all(pg)
+        .await
+        .unwrap();
+    let got: Vec<(String, i64, i32, String, i64)> = rows.iter().map(|r| (r.get("metric"), r.get("seed"), r.get("level"), r.get("layer"), r.get("kept"))).collect();
+    let want: Vec<(String, i64, i32, String, i64)> = [(0, 2), (0, 3), (1, 2), (1, 3)]
+        .iter()
+        .map(|&(s, l)| ("magnitude".to_string(), s, l, "fc2.weight".to_string(), 0))
+        .collect();
+    assert_eq!(got, want);
+
+    // ticket_overlap: for each pair of metrics, the shared kept weights equal the AND of the masks.
+    let rows = sqlx::query("SELECT metric_a, metric_b, seed, level, kept_a, kept_b, shared, jaccard FROM ticket_overlap WHERE sweep_id = $1 ORDER BY metric_a, metric_b, seed, level")
+        .bind(sweep_id)
+        .fetch_all(pg)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3 * 2 * 4, "3 pairs x 2 seeds x 4 levels");
+    for r in &rows {
+        let (ma, mb): (String, String) = (r.get("metric_a"), r.get("metric_b"));
+        let level = r.get::<i32, _>("level") as u32;
+        let ia = metric_names.iter().find(|(n, _)| *n == ma).unwrap().1;
+        let ib = metric_names.iter().find(|(n, _)| *n == mb).unwrap().1;
+        let (mut ka, mut kb, mut shared) = (0i64, 0i64, 0i64);
+        for (name, total) in LAYERS {
+            let keep = |m: i32| {
+                if level == 0 {
+                    total // level 0 is the shared dense job: every weight kept
+                } else if name == "fc2.weight" && collapses(m, level) {
+                    0
+                } else {
+                    kept_at(total, 0.5, level)
+                }
+            };
+            let salt_of = |m: i32| if level == 0 { 0 } else { salt(m) };
+            let a = mask(total, keep(ia), salt_of(ia));
+            let b = mask(total, keep(ib), salt_of(ib));
+            ka += a.iter().filter(|x| **x).count() as i64;
+            kb += b.iter().filter(|x| **x).count() as i64;
+            shared += a.iter().zip(&b).filter(|(x, y)| **x && **y).count() as i64;
+        }
+        assert_eq!((r.get::<i64, _>("kept_a"), r.get::<i64, _>("kept_b"), r.get::<i64, _>("shared")), (ka, kb, shared), "{ma} vs {mb} at level {level}");
+        let j: f64 = r.get("jaccard");
+        assert!((j - shared as f64 / (ka + kb - shared) as f64).abs() < 1e-12);
+    }
+    // The partial overlap is real: magnitude vs l1 at level 1 shares fewer weights than either keeps.
+    let (ka, shared): (i64, i64) = sqlx::query_as("SELECT kept_a, shared FROM ticket_overlap WHERE sweep_id = $1 AND metric_a = 'l1' AND metric_b = 'magnitude' AND seed = 0 AND level = 1")
+        .bind(sweep_id)
+        .fetch_one(pg)
+        .await
+        .unwrap();
+    assert!(shared > 0 && shared < ka, "{shared} of {ka}");
+}
