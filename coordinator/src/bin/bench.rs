@@ -1,0 +1,198 @@
+//! `lth-coordinator-bench`: claim latency and claim+complete throughput of the job store.
+//!
+//! Submits one sweep of ~100k jobs (8 metrics x 5 rates x 2,500 seeds x 1 level: 2,500 dense
+//! jobs + 100,000 level jobs, unblocked as their dense job completes) into a fresh database, then
+//! runs N simulated workers that each loop claim(1) -> complete (a 3-layer result with masks),
+//! through the same `Store` calls the gRPC services make. Not a test: run it by hand.
+//!
+//!   cargo run --release -p lth-coordinator --bin lth-coordinator-bench -- --workers 64
+
+use clap::Parser;
+use lth_coordinator::store::{LayerInput, ResultInput, Store, StoreOptions, WorkerRegistration};
+use sqlx::Connection;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Server URL whose database is used to create (and drop) a fresh bench database.
+    #[arg(long, env = "LTH_TEST_DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/postgres")]
+    admin_url: String,
+    /// Use sqlite://PATH instead of Postgres.
+    #[arg(long)]
+    sqlite: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+    /// Seeds in the sweep: jobs = seeds x (1 + 40).
+    #[arg(long, default_value_t = 2500)]
+    seeds: u64,
+    /// Connections in the coordinator's pool.
+    #[arg(long, default_value_t = 32)]
+    pool: u32,
+    /// Stop after this many seconds even if jobs remain.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Keep the bench database afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn with_database(base: &str, name: &str) -> String {
+    let after = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let root = match head[after..].find('/') {
+        Some(i) => &head[..after + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn result(level: i32) -> ResultInput {
+    let layer = |name: &str, total: u64| {
+        let kept = if level == 0 { total } else { total * 4 / 5 };
+        let mut bits = vec![0u8; total.div_ceil(8) as usize];
+        for i in 0..kept as usize {
+            bits[i / 8] |= 0x80 >> (i % 8);
+        }
+        LayerInput { name: name.into(), kept, total, bits, collapsed: false, weight_norm: 1.0 }
+    };
+    ResultInput {
+        sparsity: if level == 0 { 0.0 } else { 0.2 },
+        test_accuracy: 0.9,
+        test_loss: 0.3,
+        train_loss: 0.2,
+        epochs: 1.0,
+        wall_seconds: 1.0,
+        iterations: 100,
+        layers: vec![layer("fc1.weight", 1024), layer("fc2.weight", 512), layer("fc3.weight", 100)],
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut drop_db: Option<String> = None;
+    let url = match &args.sqlite {
+        Some(u) => u.clone(),
+        None => {
+            let name = format!("lth_bench_{}", uuid::Uuid::new_v4().simple());
+            let mut c = sqlx::PgConnection::connect(&args.admin_url).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await?;
+            drop_db = Some(name.clone());
+            with_database(&args.admin_url, &name)
+        }
+    };
+    let store = Store::connect(&url, &StoreOptions { max_connections: args.pool }).await?;
+
+    let metrics: Vec<String> = ["magnitude", "l1", "l2", "softmax", "min_max", "random", "lamp", "uniform_magnitude"]
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    let seeds: Vec<String> = (0..args.seeds).map(|s| s.to_string()).collect();
+    let text = format!(
+        "name = \"bench\"\nmodel = \"lenet300100\"\nmetrics = [{}]\nrates = [0.1, 0.2, 0.3, 0.4, 0.5]\nseeds = [{}]\nlevels = 1\n[dataset]\nname = \"digits\"\n[recipe]\nlength = \"1ep\"\nlr = 0.1\n",
+        metrics.join(", "),
+        seeds.join(", ")
+    );
+    let spec = lth_spec::SweepSpec::from_toml_str(&text)?;
+    let t = Instant::now();
+    let sub = store.submit_sweep(&spec, None).await?;
+    let submit_s = t.elapsed().as_secs_f64();
+    println!("backend {} | submitted {} jobs ({} trials) in one transaction in {submit_s:.2} s", store.backend_name(), sub.jobs, sub.trials);
+
+    for w in 0..args.workers {
+        store
+            .register_worker(&WorkerRegistration {
+                worker_id: format!("bench-{w}"),
+                host: "bench".into(),
+                gpus: vec![],
+                cpus: 1,
+                slots: 1,
+                libtorch_version: String::new(),
+                cuda_version: String::new(),
+            })
+            .await?;
+    }
+
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.seconds);
+    let mut handles = Vec::new();
+    for w in 0..args.workers {
+        let (store, done, stop) = (store.clone(), done.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            let worker = format!("bench-{w}");
+            let mut claim_us = Vec::with_capacity(4096);
+            let mut complete_us = Vec::with_capacity(4096);
+            let mut empty = 0u64;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let t = Instant::now();
+                let got = store.claim_jobs(&worker, 1, Duration::from_secs(60)).await.expect("claim");
+                claim_us.push(t.elapsed().as_micros() as u64);
+                let Some(job) = got.into_iter().next() else {
+                    empty += 1;
+                    if done.load(Ordering::Relaxed) >= sub.jobs {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let lease = lth_coordinator::store::Lease { job_id: job.job.id, attempt: job.job.attempt };
+                let t = Instant::now();
+                store.complete_job(lease, &result(job.job.level)).await.expect("complete");
+                complete_us.push(t.elapsed().as_micros() as u64);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (claim_us, complete_us, empty)
+        }));
+    }
+    let mut claim_us = Vec::new();
+    let mut complete_us = Vec::new();
+    let mut empty = 0;
+    for h in handles {
+        let (c, d, e) = h.await?;
+        claim_us.extend(c);
+        complete_us.extend(d);
+        empty += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    claim_us.sort_unstable();
+    complete_us.sort_unstable();
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{} workers, pool {} | {n} claim+complete in {elapsed:.1} s = {:.0}/s | claim p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} claims, {empty} empty) | complete p50 {:.2} ms p99 {:.2} ms",
+        args.workers,
+        args.pool,
+        n as f64 / elapsed,
+        percentile(&claim_us, 0.5),
+        percentile(&claim_us, 0.99),
+        percentile(&claim_us, 1.0),
+        claim_us.len(),
+        percentile(&complete_us, 0.5),
+        percentile(&complete_us, 0.99),
+    );
+    let info = store.get_sweep(sub.sweep_id).await?;
+    println!("sweep state {} | jobs succeeded {} of {}", info.state, info.jobs.succeeded, sub.jobs);
+    store.close().await;
+    if let (Some(name), false) = (drop_db, args.keep) {
+        let mut c = sqlx::PgConnection::connect(&args.admin_url).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await?;
+    }
+    Ok(())
+}
