@@ -1,0 +1,358 @@
+//! lthctl as a user runs it, against a real `lth-coordinator` process over a socket (SQLite store
+//! in a temporary folder), and — for the results path — a real `lth-worker daemon` training the
+//! bundled digits on CPU. Nothing here is mocked: the commands are the `lthctl` binary, their
+//! output is what a person would read.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn lthctl_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lthctl"))
+}
+
+/// A binary of another workspace crate, from the same target folder as lthctl. `cargo nextest run
+/// --workspace` (scripts/test.sh) builds it; with `-p lthctl` alone it is built here when missing.
+/// Building it unconditionally would re-resolve features for that one package and recompile much
+/// of the dependency tree; run `cargo build -p PACKAGE` first when testing a changed coordinator or
+/// worker with `-p lthctl`. `LTH_COORDINATOR_BIN` / `LTH_WORKER_BIN` override the path.
+fn workspace_bin(package: &str, bin: &str, env_override: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_override) {
+        return PathBuf::from(p);
+    }
+    let path = lthctl_bin().with_file_name(bin);
+    if !path.exists() {
+        let profile_dir = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        if profile_dir != "debug" {
+            cmd.args(["--profile", &profile_dir]);
+        }
+        let status = cmd.status().unwrap_or_else(|e| panic!("run cargo to build {bin}: {e}"));
+        assert!(status.success(), "building {bin} failed");
+    }
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped, with its log kept for messages.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator on SQLite in its own folder, listening on a free port.
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    coordinator: Proc,
+    workers: Vec<Proc>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("coordinator.log");
+        let db = format!("sqlite://{}", dir.path().join("lth.db").display());
+        let mut child = Command::new(workspace_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--db", &db])
+            .arg("--artifacts")
+            .arg(dir.path().join("artifacts"))
+            .args(["--lease-seconds", "10", "--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("start lth-coordinator");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let copy = log.with_extension("stdout");
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::create(copy).unwrap();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(f, "{line}");
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let coordinator = Proc { child, log };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("lth-coordinator did not print `listening on` within 60 s; its log:\n{}", coordinator.log_text());
+        }
+        Cluster { url: format!("http://127.0.0.1:{port}"), dir, coordinator, workers: Vec::new() }
+    }
+
+    fn start_worker(&mut self, id: &str) {
+        let log = self.dir.path().join(format!("{id}.log"));
+        let child = Command::new(workspace_bin("lth-worker", "lth-worker", "LTH_WORKER_BIN"))
+            .args(["daemon", "--coordinator", &self.url, "--worker-id", id, "--gpus", "none"])
+            .arg("--cache-dir")
+            .arg(self.dir.path().join(format!("cache-{id}")))
+            .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
+            .spawn()
+            .expect("start lth-worker daemon");
+        self.workers.push(Proc { child, log });
+    }
+
+    /// Runs lthctl with `--coordinator` pointing here.
+    fn lthctl(&self, args: &[&str]) -> Run {
+        run_lthctl(&self.url, args, self.dir.path())
+    }
+
+    fn logs(&self) -> String {
+        let mut s = format!("--- coordinator\n{}", self.coordinator.log_text());
+        for w in &self.workers {
+            s.push_str(&format!("\n--- {}\n{}", w.log.display(), w.log_text()));
+        }
+        s
+    }
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_lthctl(url: &str, args: &[&str], cwd: &Path) -> Run {
+    let Output { status, stdout, stderr } = Command::new(lthctl_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("LTH_COORDINATOR", url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lthctl");
+    Run { ok: status.success(), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() }
+}
+
+impl Run {
+    #[track_caller]
+    fn expect_ok(self, what: &str) -> String {
+        assert!(self.ok, "{what} failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self.stdout
+    }
+    #[track_caller]
+    fn expect_err(self, what: &str) -> String {
+        assert!(!self.ok, "{what} should have failed:\nstdout: {}", self.stdout);
+        self.stderr
+    }
+}
+
+fn examples_file(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).display().to_string()
+}
+
+/// `submitted sweep 3 (...)` → 3
+fn sweep_id(submit_output: &str) -> i64 {
+    submit_output
+        .split_whitespace()
+        .skip_while(|w| *w != "sweep")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no sweep id in {submit_output:?}"))
+}
+
+#[test]
+fn the_sweep_lifecycle_without_workers() {
+    let c = Cluster::start();
+    let demo = examples_file("digits-lenet.toml");
+
+    // Nothing yet.
+    let out = c.lthctl(&["ls"]).expect_ok("ls");
+    assert!(out.contains("no sweeps yet"), "{out}");
+    let out = c.lthctl(&["workers"]).expect_ok("workers");
+    assert!(out.contains("no workers have registered"), "{out}");
+
+    // A dry run asks the coordinator and creates nothing.
+    let out = c.lthctl(&["submit", &demo, "--dry-run"]).expect_ok("dry run");
+    assert!(out.contains("jobs     42 = 2 dense"), "{out}");
+    assert!(out.contains("coordinator: 10 trials, 42 jobs (2 dense), 0 already done and reused, 42 to run"), "{out}");
+    assert!(!out.contains("note:"), "lthctl and the coordinator disagree on the grid: {out}");
+    assert!(c.lthctl(&["ls"]).expect_ok("ls").contains("no sweeps yet"));
+
+    // Submit; the same file again is the same sweep (token = content hash); --token makes a new one.
+    let out = c.lthctl(&["submit", &demo]).expect_ok("submit");
+    assert!(out.contains("submitted sweep") && out.contains("10 trials, 42 jobs"), "{out}");
+    let id = sweep_id(&out);
+    let again = c.lthctl(&["submit", &demo]).expect_ok("submit again");
+    assert!(again.contains("already exists"), "{again}");
+    assert_eq!(sweep_id(&again), id);
+    let other = c.lthctl(&["submit", &demo, "--token", "second-copy"]).expect_ok("submit with a token");
+    let id2 = sweep_id(&other);
+    assert_ne!(id2, id);
+
+    let out = c.lthctl(&["ls"]).expect_ok("ls");
+    assert!(out.contains("digits-lenet") && out.contains(&format!("\n{id} ")) && out.contains(&format!("\n{id2} ")), "{out}");
+    assert!(out.contains("0/42"), "{out}");
+
+    let out = c.lthctl(&["status", &id.to_string()]).expect_ok("status");
+    assert!(out.contains(&format!("sweep {id} \"digits-lenet\": running")), "{out}");
+    assert!(out.contains("10 trials, 42 jobs: 0 succeeded, 0 running"), "{out}");
+    for m in ["magnitude", "l1", "l2", "softmax", "min_max"] {
+        assert!(out.contains(&format!("  {m} ")), "no progress line for {m}: {out}");
+    }
+
+    // No results yet: every format says so in its own way; report refuses with advice.
+    let table = c.lthctl(&["results", &id.to_string()]).expect_ok("results");
+    assert!(table.contains("no results yet"), "{table}");
+    let csv = c.lthctl(&["results", &id.to_string(), "--format", "csv"]).expect_ok("results csv");
+    assert_eq!(csv.trim(), "metric,rate,level,sparsity,weights_remaining_percent,accuracy_mean,accuracy_std,accuracy_min,accuracy_max,seeds");
+    let json = c.lthctl(&["results", &id.to_string(), "--format", "json"]).expect_ok("results json");
+    assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&json).unwrap().len(), 0);
+    let err = c.lthctl(&["report", &id.to_string()]).expect_err("report of an empty sweep");
+    assert!(err.contains("no results yet"), "{err}");
+
+    // Pause, resume, cancel; watch returns at once on a finished sweep.
+    let out = c.lthctl(&["pause", &id.to_string()]).expect_ok("pause");
+    assert!(out.contains("paused"), "{out}");
+    let out = c.lthctl(&["resume", &id.to_string()]).expect_ok("resume");
+    assert!(out.contains("running"), "{out}");
+    let out = c.lthctl(&["cancel", &id.to_string()]).expect_ok("cancel");
+    assert!(out.contains("cancelled"), "{out}");
+    let out = c.lthctl(&["status", &id.to_string()]).expect_ok("status");
+    assert!(out.contains(": cancelled"), "{out}");
+    let out = c.lthctl(&["watch", &id.to_string()]).expect_ok("watch a cancelled sweep");
+    assert!(out.contains(&format!("sweep {id} cancelled")), "{out}");
+    // The other sweep is untouched.
+    assert!(c.lthctl(&["status", &id2.to_string()]).expect_ok("status").contains(": running"));
+
+    // Unknown sweeps and bad input say what to do.
+    let err = c.lthctl(&["status", "987654"]).expect_err("status of a missing sweep");
+    assert!(err.contains("lthctl ls"), "{err}");
+    let err = c.lthctl(&["cancel", "987654"]).expect_err("cancel of a missing sweep");
+    assert!(err.contains("987654"), "{err}");
+    let bad = c.dir.path().join("bad.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&demo).unwrap().replace("\"softmax\"", "\"softmx\"")).unwrap();
+    let err = c.lthctl(&["submit", bad.to_str().unwrap()]).expect_err("submit of a bad file");
+    assert!(err.contains("bad.toml:") && err.contains("known metrics"), "{err}");
+    assert_eq!(c.lthctl(&["ls"]).expect_ok("ls").matches("digits-lenet").count(), 2, "a bad file created a sweep");
+}
+
+#[test]
+fn a_stopped_coordinator_gives_advice() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_lthctl(&format!("http://127.0.0.1:{port}"), &["ls"], dir.path());
+    let err = r.expect_err("ls without a coordinator");
+    assert!(err.contains("cannot reach the coordinator") && err.contains("LTH_COORDINATOR"), "{err}");
+    // The offline dry run needs none.
+    let out = run_lthctl(&format!("http://127.0.0.1:{port}"), &["submit", &examples_file("digits-lenet.toml"), "--dry-run", "--offline"], dir.path())
+        .expect_ok("offline dry run");
+    assert!(out.contains("42 = 2 dense"), "{out}");
+}
+
+/// A small digits sweep (2 dense + 2 metrics × 2 seeds × 2 levels = 10 jobs) trained by a real CPU
+/// worker: watch follows it to the end, results hold
+/// one row per (metric, level) with the seeds aggregated, and report writes both SVGs.
+#[test]
+fn results_and_report_of_a_trained_sweep() {
+    let mut c = Cluster::start();
+    c.start_worker("w1");
+    let sweep = c.dir.path().join("tiny.toml");
+    std::fs::write(
+        &sweep,
+        r#"
+name = "tiny-digits"
+model = "lenet300100"
+metrics = ["magnitude", "softmax"]
+rates = [0.5]
+seeds = [1, 2]
+levels = 2
+[dataset]
+name = "digits"
+[recipe]
+length = "2ep"
+batch_size = 64
+lr = 0.05
+rewind = "0it"
+augment = false
+checkpoint_every = "0it"
+"#,
+    )
+    .unwrap();
+    let out = c.lthctl(&["submit", sweep.to_str().unwrap()]).expect_ok("submit");
+    let id = sweep_id(&out).to_string();
+
+    // watch returns when the sweep finishes (bounded: the test fails rather than hangs).
+    let mut watch = Command::new(lthctl_bin())
+        .args(["watch", &id])
+        .env("LTH_COORDINATOR", &c.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(s) = watch.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("watch did not return within 240 s\n{}", c.logs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut watch_out = String::new();
+    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut watch_out).unwrap();
+    assert!(status.success(), "watch failed: {watch_out}\n{}", c.logs());
+    assert!(watch_out.contains(&format!("sweep {id} succeeded: 10/10 jobs finished")), "{watch_out}\n{}", c.logs());
+
+    let out = c.lthctl(&["status", &id]).expect_ok("status");
+    assert!(out.contains("10 jobs: 10 succeeded"), "{out}");
+
+    let json = c.lthctl(&["results", &id, "--format", "json"]).expect_ok("results");
+    let points: Vec<lthctl::results::ResultPoint> = serde_json::from_str(&json).unwrap();
+    let keys: Vec<(String, u32, u32)> = points.iter().map(|p| (p.metric.clone(), p.level, p.seeds)).collect();
+    let expected: Vec<(String, u32, u32)> =
+        ["magnitude", "softmax"].iter().flat_map(|m| (0..=2).map(move |l| (m.to_string(), l, 2))).collect();
+    assert_eq!(keys, expected, "{json}");
+    for p in &points {
+        assert!(p.accuracy_mean > 0.3 && p.accuracy_mean <= 1.0, "implausible accuracy {p:?}");
+        assert!((p.sparsity - (1.0 - 0.5f64.powi(p.level as i32))).abs() < 0.01, "{p:?}");
+        assert!(p.accuracy_min <= p.accuracy_mean && p.accuracy_mean <= p.accuracy_max);
+    }
+    let table = c.lthctl(&["results", &id]).expect_ok("results table");
+    assert!(table.contains("softmax") && table.contains("25.00"), "{table}");
+
+    let report_dir = c.dir.path().join("report");
+    let out = c.lthctl(&["report", &id, "--out", report_dir.to_str().unwrap()]).expect_ok("report");
+    let files: Vec<&str> = out.lines().collect();
+    assert_eq!(files.len(), 2, "{out}");
+    let acc = std::fs::read_to_string(files[0]).unwrap();
+    assert!(acc.starts_with("<svg") && acc.contains("magnitude") && acc.contains("softmax"));
+    let heat = std::fs::read_to_string(files[1]).unwrap();
+    // LeNet-300-100 has three prunable layers, named in each of the two metric panels.
+    assert!(heat.matches(".weight").count() >= 6, "layer names missing from the heatmap");
+
+    let out = c.lthctl(&["workers"]).expect_ok("workers");
+    assert!(out.contains("w1"), "{out}");
+}
