@@ -360,6 +360,11 @@ async fn second_identical_sweep_reuses_every_finished_job(store: Store) {
         scalar(&store, &format!("SELECT count(*) FROM accuracy_vs_sparsity WHERE sweep_id = {}", second.sweep_id)).await,
         2 * 4
     );
+    // The standard deviation over the two seeds is computed on both backends (sqrt on SQLite).
+    assert_eq!(
+        scalar(&store, &format!("SELECT count(*) FROM accuracy_vs_sparsity WHERE sweep_id = {} AND std_accuracy > 0.0007 AND std_accuracy < 0.0008", second.sweep_id)).await,
+        2 * 4
+    );
 
     // A deeper sweep reuses the first three levels and runs only level 4.
     let mut deeper = s.clone();
