@@ -121,7 +121,7 @@ async fn ls(coord: &Coordinator, limit: u32, out: &mut dyn Write) -> Result<()> 
     }
     let mut t = plain_table(&["id", "name", "state", "model", "dataset", "jobs done", "failed", "created (UTC)"]);
     for s in sweeps {
-        let c = s.jobs.clone().unwrap_or_default();
+        let c = s.jobs.unwrap_or_default();
         let spec = s.spec.clone().unwrap_or_default();
         t.add_row(vec![
             s.sweep_id.to_string(),
@@ -158,7 +158,7 @@ async fn get_sweep(coord: &Coordinator, id: i64) -> Result<pb::SweepSummary> {
 async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()> {
     let s = get_sweep(coord, id).await?;
     let spec = s.spec.clone().unwrap_or_default();
-    let c = s.jobs.clone().unwrap_or_default();
+    let c = s.jobs.unwrap_or_default();
     writeln!(
         out,
         "sweep {} {:?}: {}  ({} on {})",

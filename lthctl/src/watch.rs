@@ -68,7 +68,7 @@ impl WatchView {
     }
 
     fn apply_sweep(&mut self, s: &pb::SweepSummary) {
-        let c = s.jobs.clone().unwrap_or_default();
+        let c = s.jobs.unwrap_or_default();
         let total = c.blocked + c.ready + c.running + c.succeeded + c.failed + c.cancelled;
         self.overall.set_prefix(format!("sweep {} {}", s.sweep_id, s.name));
         self.overall.set_length(total);
