@@ -24,6 +24,11 @@ pub struct WatchView {
     pub finished: Option<String>,
     /// Lines printed about jobs that ended (also kept for the caller and the tests).
     pub log: Vec<String>,
+    /// Jobs seen ending (state name by job id): the coordinator sends a sweep summary only on
+    /// sweep transitions, so the overall bar also counts job events itself.
+    ended: BTreeMap<i64, i32>,
+    /// The latest summary's (state, jobs ended, jobs failed).
+    summary: (i32, u64, u64),
 }
 
 fn job_label(j: &pb::JobInfo) -> String {
@@ -45,7 +50,7 @@ impl WatchView {
         );
         overall.set_prefix("sweep");
         overall.enable_steady_tick(Duration::from_millis(500));
-        WatchView { multi, overall, jobs: BTreeMap::new(), last_event_id: 0, finished: None, log: Vec::new() }
+        WatchView { multi, overall, jobs: BTreeMap::new(), last_event_id: 0, finished: None, log: Vec::new(), ended: BTreeMap::new(), summary: (0, 0, 0) }
     }
 
     /// (job id, position in [0, 1000]) of every job that currently has a bar.
@@ -72,15 +77,8 @@ impl WatchView {
         let total = c.blocked + c.ready + c.running + c.succeeded + c.failed + c.cancelled;
         self.overall.set_prefix(format!("sweep {} {}", s.sweep_id, s.name));
         self.overall.set_length(total);
-        self.overall.set_position(c.succeeded + c.failed + c.cancelled);
-        self.overall.set_message(format!(
-            "{} · running {} · ready {} · blocked {} · failed {}",
-            sweep_state_name(s.state),
-            c.running,
-            c.ready,
-            c.blocked,
-            c.failed
-        ));
+        self.summary = (s.state, c.succeeded + c.failed + c.cancelled, c.failed);
+        self.refresh_overall();
         if sweep_state_is_final(s.state) {
             for (_, bar) in std::mem::take(&mut self.jobs) {
                 bar.finish_and_clear();
@@ -90,8 +88,27 @@ impl WatchView {
         }
     }
 
+    fn refresh_overall(&mut self) {
+        let (state, ended, failed) = self.summary;
+        let failed_here = self.ended.values().filter(|s| **s == pb::JobState::Failed as i32).count() as u64;
+        self.overall.set_position(ended.max(self.ended.len() as u64));
+        self.overall.set_message(format!(
+            "{} · {} running · {} failed",
+            sweep_state_name(state),
+            self.jobs.len(),
+            failed.max(failed_here)
+        ));
+    }
+
     fn apply_job(&mut self, j: &pb::JobInfo) {
         let running = j.state == pb::JobState::Running as i32;
+        let ended = [pb::JobState::Succeeded, pb::JobState::Failed, pb::JobState::Cancelled].iter().any(|s| *s as i32 == j.state);
+        if ended {
+            self.ended.insert(j.job_id, j.state);
+        } else {
+            // A job re-queued after a lost lease or a resumed pause is no longer ended.
+            self.ended.remove(&j.job_id);
+        }
         if running {
             let bar = self.jobs.entry(j.job_id).or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new(JOB_BAR_STEPS));
@@ -126,6 +143,7 @@ impl WatchView {
             let _ = self.multi.println(&line);
             self.log.push(line);
         }
+        self.refresh_overall();
     }
 }
 
@@ -178,6 +196,8 @@ mod tests {
         v.apply(&job(1, pb::JobState::Succeeded, 1.0));
         assert_eq!(v.running_bars(), vec![(2, 500)]);
         assert_eq!(v.log, vec!["job 1 l2 rate 0.2 seed 1 level 1 succeeded".to_string()]);
+        // Counted from the job event, before the coordinator sends a new summary.
+        assert_eq!(v.overall(), (1, 6));
         v.apply(&sweep(pb::SweepState::Running, 1, 1, 4));
         assert_eq!(v.overall(), (1, 6));
         assert!(v.finished.is_none());
