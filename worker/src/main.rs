@@ -114,7 +114,11 @@ fn parse_precision(s: &str) -> Result<Precision> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Daemon(args) => lth_worker::daemon::run_daemon(args)?,
+        Command::Daemon(mut args) => {
+            // `lth-worker --threads N daemon`: N torch threads per job unless --job-threads says otherwise.
+            args.job_threads = args.job_threads.or(cli.threads.map(|t| t as i32));
+            lth_worker::daemon::run_daemon(args)?
+        }
         Command::ExecJob(args) => std::process::exit(lth_worker::daemon::run_exec_job(args)),
         Command::RunLocal { sweep, metric, rate, seed, levels, out, device, torch_lib_dir } => {
             let device = device_for(device, torch_lib_dir.as_deref())?;

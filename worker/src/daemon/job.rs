@@ -522,25 +522,17 @@ async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: Stri
     outcome
 }
 
-/// Hands a job back on shutdown: a retryable failure whose message says why, so that the
-/// coordinator re-queues it at once instead of waiting for the lease to expire.
-async fn release(ctx: &JobContext, lease: pb::JobLease, why: &str) {
-    tracing::info!(job = lease.job_id, attempt = lease.attempt, "handing the job back: {why}");
-    let req = pb::FailJobRequest { lease: Some(lease), error: format!("released: {why}"), retryable: true };
-    let sent = tokio::time::timeout(Duration::from_secs(15), async {
-        rpc::retry_transient("FailJob(release)", || {
-            let mut c = ctx.client.clone();
-            let req = req.clone();
-            async move { c.fail_job(req).await }
-        })
-        .await
-    })
-    .await;
-    match sent {
-        Ok(Ok(_)) => {}
-        Ok(Err(s)) => tracing::warn!(job = lease.job_id, error = %s.message(), "the coordinator did not take the job back"),
-        Err(_) => tracing::warn!(job = lease.job_id, "coordinator unreachable; the job is re-queued when its lease expires"),
-    }
+/// Hands a job back on shutdown. FailJob would count the attempt as a failure against the
+/// sweep's max_attempts (a worker restart is not the job's fault), and the protocol has no
+/// "release" call, so the job is simply left to its lease: when the daemon stops heartbeating the
+/// coordinator's reaper re-queues it (counted as lost, not failed) and the next attempt resumes
+/// from the uploaded checkpoint.
+async fn release(_ctx: &JobContext, lease: pb::JobLease, why: &str) {
+    tracing::info!(
+        job = lease.job_id,
+        attempt = lease.attempt,
+        "handing the job back: {why}; it is re-queued when its lease expires"
+    );
 }
 
 fn finish_dropped(ctx: &JobContext, workdir: &Path, why: &str) -> Outcome {
