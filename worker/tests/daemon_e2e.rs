@@ -448,7 +448,6 @@ async fn two_workers_finish_a_sweep_with_run_local_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet verified against the coordinator; run with --run-ignored"]
 async fn a_worker_killed_mid_job_loses_its_lease_and_the_other_finishes_the_job() {
     let mut c = Cluster::new(3).await;
     c.start_worker("doomed");
@@ -529,7 +528,6 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet verified against the coordinator; run with --run-ignored"]
 async fn workers_reconnect_to_a_restarted_coordinator_and_finish() {
     let mut c = Cluster::new(15).await;
     c.start_worker("w1");
@@ -562,7 +560,6 @@ async fn workers_reconnect_to_a_restarted_coordinator_and_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet verified against the coordinator; run with --run-ignored"]
 async fn cancelling_a_sweep_stops_its_jobs_within_ten_seconds() {
     let mut c = Cluster::new(10).await;
     c.start_worker("w1");
