@@ -409,6 +409,15 @@ where
     }
 }
 
+/// Jobs of the sweep that are running and have reported progress (training has started).
+async fn jobs_training(pool: &sqlx::PgPool, sweep_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE sweep_id = $1 AND state = 'running' AND progress > 0")
+        .bind(sweep_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 // ---------------------------------------------------------------------------------------------
@@ -536,14 +545,7 @@ async fn workers_reconnect_to_a_restarted_coordinator_and_finish() {
     let pool = c.db.pool().await;
     wait_until("a job to run", Duration::from_secs(120), || {
         let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE sweep_id = $1 AND state = 'running' AND progress > 0")
-                .bind(sweep_id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n > 0
-        }
+        async move { jobs_training(&pool, sweep_id).await > 0 }
     })
     .await;
     // Stop the coordinator (gracefully), keep it away a few seconds, start it again.
@@ -569,14 +571,7 @@ async fn cancelling_a_sweep_stops_its_jobs_within_ten_seconds() {
     let pool = c.db.pool().await;
     wait_until("both dense jobs to run", Duration::from_secs(120), || {
         let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE sweep_id = $1 AND state = 'running' AND progress > 0")
-                .bind(sweep_id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n == 2
-        }
+        async move { jobs_training(&pool, sweep_id).await == 2 }
     })
     .await;
     let daemons: Vec<i32> = c.workers.iter().map(|w| w.pid()).collect();
