@@ -40,6 +40,10 @@ pub struct Args {
     /// Database connections in the pool [default: 16].
     #[arg(long, env = "LTH_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// The most concurrent ClaimJobs (or CompleteJob) calls written in one database round trip;
+    /// 1 turns group commit off [default: 64].
+    #[arg(long, env = "LTH_MAX_BATCH")]
+    pub max_batch: Option<u32>,
 }
 
 #[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,6 +66,7 @@ struct FileConfig {
     reap_interval_seconds: Option<u32>,
     log_format: Option<LogFormat>,
     db_max_connections: Option<u32>,
+    max_batch: Option<u32>,
 }
 
 /// The resolved settings.
@@ -75,6 +80,7 @@ pub struct Config {
     pub reap_interval: Duration,
     pub log_format: LogFormat,
     pub db_max_connections: u32,
+    pub max_batch: u32,
 }
 
 impl Args {
@@ -97,6 +103,7 @@ impl Args {
             reap_interval: Duration::from_secs(self.reap_interval_seconds.or(file.reap_interval_seconds).unwrap_or(2) as u64),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             db_max_connections: self.db_max_connections.or(file.db_max_connections).unwrap_or(16),
+            max_batch: self.max_batch.or(file.max_batch).unwrap_or(64),
         };
         if cfg.lease.is_zero() || cfg.heartbeat.is_zero() || cfg.reap_interval.is_zero() {
             anyhow::bail!("--lease-seconds, --heartbeat-seconds and --reap-interval-seconds must be at least 1");
@@ -110,6 +117,9 @@ impl Args {
         }
         if cfg.db_max_connections == 0 {
             anyhow::bail!("--db-max-connections must be at least 1");
+        }
+        if cfg.max_batch == 0 {
+            anyhow::bail!("--max-batch must be at least 1 (1 turns group commit off)");
         }
         Ok(cfg)
     }

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod config;
+pub mod group_commit;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -3,6 +3,7 @@
 use clap::Parser;
 use lth_coordinator::artifacts::ArtifactStore;
 use lth_coordinator::config::{Args, LogFormat};
+use lth_coordinator::group_commit::GroupCommitOptions;
 use lth_coordinator::service::ServiceOptions;
 use lth_coordinator::store::{redact_url, Store, StoreOptions};
 use std::process::ExitCode;
@@ -75,7 +76,12 @@ async fn main() -> ExitCode {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
     tracing::info!(db = %redact_url(&cfg.db), backend = store.backend_name(), artifacts = %cfg.artifacts, "coordinator ready");
     println!("lth-coordinator listening on {addr}");
-    let opts = ServiceOptions { lease: cfg.lease, heartbeat: cfg.heartbeat, ..Default::default() };
+    let opts = ServiceOptions {
+        lease: cfg.lease,
+        heartbeat: cfg.heartbeat,
+        group_commit: GroupCommitOptions { max_batch: cfg.max_batch as usize, ..Default::default() },
+        ..Default::default()
+    };
     let result = lth_coordinator::server::serve(store.clone(), artifacts, opts, cfg.reap_interval, listener, shutdown_signal()).await;
     store.close().await;
     match result {

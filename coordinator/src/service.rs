@@ -5,6 +5,7 @@
 //! the object store, and turning the events table into a live WatchSweep stream.
 
 use crate::artifacts::ArtifactStore;
+use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
     AbortReason, ArtifactRow, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
     SweepInfo, WorkerRegistration,
@@ -25,17 +26,26 @@ pub struct ServiceOptions {
     pub heartbeat: Duration,
     /// How often WatchSweep polls the events table.
     pub watch_poll: Duration,
+    /// How ClaimJobs and CompleteJob calls are batched into database round trips.
+    pub group_commit: GroupCommitOptions,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
-        ServiceOptions { lease: Duration::from_secs(30), heartbeat: Duration::from_secs(5), watch_poll: Duration::from_millis(500) }
+        ServiceOptions {
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            watch_poll: Duration::from_millis(500),
+            group_commit: GroupCommitOptions::default(),
+        }
     }
 }
 
 /// Shared state of both services.
 pub struct Coordinator {
     pub store: Store,
+    /// The store's claim and completion, batched across concurrent calls.
+    pub queue: GroupCommit,
     pub artifacts: ArtifactStore,
     pub opts: ServiceOptions,
     /// Sweep specs never change once stored; assignments carry them, so keep them at hand.
@@ -43,8 +53,10 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Needs a tokio runtime: it starts the group-commit batchers.
     pub fn new(store: Store, artifacts: ArtifactStore, opts: ServiceOptions) -> Arc<Coordinator> {
-        Arc::new(Coordinator { store, artifacts, opts, specs: Mutex::new(HashMap::new()) })
+        let queue = GroupCommit::start(store.clone(), opts.group_commit);
+        Arc::new(Coordinator { store, queue, artifacts, opts, specs: Mutex::new(HashMap::new()) })
     }
 
     async fn spec_of(&self, sweep_id: i64) -> Result<pb::SweepSpec, Status> {
@@ -464,7 +476,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
 
     async fn claim_jobs(&self, req: Request<pb::ClaimJobsRequest>) -> Result<Response<pb::ClaimJobsResponse>, Status> {
         let r = req.into_inner();
-        let claimed = self.0.store.claim_jobs(&r.worker_id, r.free_slots.min(MAX_CLAIM), self.0.opts.lease).await.map_err(status)?;
+        let claimed = self.0.queue.claim(&r.worker_id, r.free_slots.min(MAX_CLAIM), self.0.opts.lease).await.map_err(status)?;
         let mut jobs = Vec::with_capacity(claimed.len());
         for c in claimed {
             tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %r.worker_id, "job claimed");
@@ -542,8 +554,9 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                 .map(|l| LayerInput { name: l.layer, kept: l.kept, total: l.total, bits: l.mask_bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
                 .collect(),
         };
-        self.0.store.complete_job(lease, &input).await.map_err(status)?;
-        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy = input.test_accuracy, "job succeeded");
+        let accuracy = input.test_accuracy;
+        self.0.queue.complete(lease, input).await.map_err(status)?;
+        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
         Ok(Response::new(pb::Ack {}))
     }
 

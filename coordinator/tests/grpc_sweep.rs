@@ -129,7 +129,7 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ServiceOptions { lease: Duration::from_secs(30), heartbeat: Duration::from_secs(5), watch_poll: Duration::from_millis(50) };
+    let opts = ServiceOptions { watch_poll: Duration::from_millis(50), ..Default::default() };
     let server = tokio::spawn(lth_coordinator::server::serve(store.clone(), artifacts, opts, Duration::from_millis(200), listener, async {
         let _ = stop_rx.await;
     }));

@@ -5,16 +5,21 @@
 //! runs N simulated workers that each loop claim(1) -> complete (a 3-layer result with masks),
 //! through the same `Store` calls the gRPC services make. Not a test: run it by hand.
 //!
+//! By default it measures twice, each on a fresh database: `direct` (every call its own
+//! statements and commit, the baseline) and `group` (the coordinator's group commit, what the
+//! gRPC services use), and prints their ratio.
+//!
 //!   cargo run --release -p lth-coordinator --bin lth-coordinator-bench -- --workers 64
 
 use clap::Parser;
-use lth_coordinator::store::{LayerInput, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
+use lth_coordinator::store::{LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 struct Args {
     /// Server URL whose database is used to create (and drop) a fresh bench database.
     #[arg(long, env = "LTH_TEST_DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/postgres")]
@@ -28,14 +33,32 @@ struct Args {
     #[arg(long, default_value_t = 2500)]
     seeds: u64,
     /// Connections in the coordinator's pool.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pool: u32,
-    /// Stop after this many seconds even if jobs remain.
-    #[arg(long, default_value_t = 60)]
+    /// Stop each run after this many seconds even if jobs remain.
+    #[arg(long, default_value_t = 30)]
     seconds: u64,
-    /// Keep the bench database afterwards.
+    /// Which paths to measure: `direct` (one Store call per claim/complete, the baseline),
+    /// `group` (the coordinator's group commit), or `both` (direct first, then group, each on a
+    /// fresh database, and their ratio).
+    #[arg(long, default_value = "both")]
+    mode: Mode,
+    /// Group commit: the most calls in one batch.
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Group commit: batches of one kind running at once.
+    #[arg(long, default_value_t = 2)]
+    in_flight: usize,
+    /// Keep the bench databases afterwards.
     #[arg(long)]
     keep: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Direct,
+    Group,
+    Both,
 }
 
 fn with_database(base: &str, name: &str) -> String {
@@ -83,9 +106,37 @@ fn result(level: i32) -> ResultInput {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// The two ways a claim or completion reaches the store.
+#[derive(Clone)]
+enum Path {
+    Direct(Store),
+    Group(GroupCommit),
+}
+
+impl Path {
+    async fn claim(&self, worker: &str) -> Vec<lth_coordinator::store::ClaimedJob> {
+        match self {
+            Path::Direct(s) => s.claim_jobs(worker, 1, Duration::from_secs(60)).await,
+            Path::Group(g) => g.claim(worker, 1, Duration::from_secs(60)).await,
+        }
+        .expect("claim")
+    }
+    async fn complete(&self, lease: Lease, r: ResultInput) {
+        match self {
+            Path::Direct(s) => s.complete_job(lease, &r).await,
+            Path::Group(g) => g.complete(lease, r).await,
+        }
+        .expect("complete")
+    }
+}
+
+struct Outcome {
+    rate: f64,
+    claim_p50: f64,
+    claim_p99: f64,
+}
+
+async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     let mut drop_db: Option<String> = None;
     let url = match &args.sqlite {
         Some(u) => u.clone(),
@@ -113,7 +164,16 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let sub = store.submit_sweep(&spec, None).await?;
     let submit_s = t.elapsed().as_secs_f64();
-    println!("backend {} | submitted {} jobs ({} trials) in one transaction in {submit_s:.2} s", store.backend_name(), sub.jobs, sub.trials);
+    println!(
+        "[{mode:?}] backend {} | submitted {} jobs ({} trials) in one transaction in {submit_s:.2} s",
+        store.backend_name(),
+        sub.jobs,
+        sub.trials
+    );
+    // Let autovacuum and the checkpointer settle after the bulk insert, as on a live coordinator.
+    if let Store::Postgres(pool) = &store {
+        sqlx::query("VACUUM ANALYZE").execute(pool).await?;
+    }
 
     for w in 0..args.workers {
         store
@@ -128,6 +188,13 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
     }
+    let path = match mode {
+        Mode::Group => Path::Group(GroupCommit::start(
+            store.clone(),
+            GroupCommitOptions { max_batch: args.max_batch, in_flight: args.in_flight },
+        )),
+        _ => Path::Direct(store.clone()),
+    };
 
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -135,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = start + Duration::from_secs(args.seconds);
     let mut handles = Vec::new();
     for w in 0..args.workers {
-        let (store, done, stop) = (store.clone(), done.clone(), stop.clone());
+        let (path, done, stop) = (path.clone(), done.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let worker = format!("bench-{w}");
             let mut claim_us = Vec::with_capacity(4096);
@@ -143,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
             let mut empty = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let t = Instant::now();
-                let got = store.claim_jobs(&worker, 1, Duration::from_secs(60)).await.expect("claim");
+                let got = path.claim(&worker).await;
                 claim_us.push(t.elapsed().as_micros() as u64);
                 let Some(job) = got.into_iter().next() else {
                     empty += 1;
@@ -153,9 +220,9 @@ async fn main() -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
-                let lease = lth_coordinator::store::Lease { job_id: job.job.id, attempt: job.job.attempt };
+                let lease = Lease { job_id: job.job.id, attempt: job.job.attempt };
                 let t = Instant::now();
-                store.complete_job(lease, &result(job.job.level)).await.expect("complete");
+                path.complete(lease, result(job.job.level)).await;
                 complete_us.push(t.elapsed().as_micros() as u64);
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -172,14 +239,28 @@ async fn main() -> anyhow::Result<()> {
         empty += e;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    if let Path::Group(g) = &path {
+        let (c, d) = g.stats();
+        println!(
+            "[{mode:?}] batches: claims {} in {} ({:.1} per batch), completions {} in {} ({:.1} per batch), {} retried alone",
+            c.calls,
+            c.batches,
+            c.calls as f64 / c.batches.max(1) as f64,
+            d.calls,
+            d.batches,
+            d.calls as f64 / d.batches.max(1) as f64,
+            c.retried_alone + d.retried_alone
+        );
+    }
+    drop(path);
     claim_us.sort_unstable();
     complete_us.sort_unstable();
     let n = done.load(Ordering::Relaxed);
+    let rate = n as f64 / elapsed;
     println!(
-        "{} workers, pool {} | {n} claim+complete in {elapsed:.1} s = {:.0}/s | claim p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} claims, {empty} empty) | complete p50 {:.2} ms p99 {:.2} ms",
+        "[{mode:?}] {} workers, pool {} | {n} claim+complete in {elapsed:.1} s = {rate:.0}/s | claim p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} claims, {empty} empty) | complete p50 {:.2} ms p99 {:.2} ms",
         args.workers,
         args.pool,
-        n as f64 / elapsed,
         percentile(&claim_us, 0.5),
         percentile(&claim_us, 0.99),
         percentile(&claim_us, 1.0),
@@ -187,12 +268,35 @@ async fn main() -> anyhow::Result<()> {
         percentile(&complete_us, 0.5),
         percentile(&complete_us, 0.99),
     );
+    // Check the bookkeeping, not just the speed: every completion left exactly its rows.
     let info = store.get_sweep(sub.sweep_id).await?;
-    println!("sweep state {} | jobs succeeded {} of {}", info.state, info.jobs.succeeded, sub.jobs);
+    println!("[{mode:?}] sweep state {} | jobs succeeded {} of {}", info.state, info.jobs.succeeded, sub.jobs);
+    anyhow::ensure!(info.jobs.succeeded == n, "{n} completions acknowledged but {} jobs succeeded", info.jobs.succeeded);
     store.close().await;
     if let (Some(name), false) = (drop_db, args.keep) {
         let mut c = sqlx::PgConnection::connect(&args.admin_url).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await?;
+    }
+    Ok(Outcome { rate, claim_p50: percentile(&claim_us, 0.5), claim_p99: percentile(&claim_us, 0.99) })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.mode {
+        Mode::Both => {
+            let direct = run(&args, Mode::Direct).await?;
+            let group = run(&args, Mode::Group).await?;
+            println!(
+                "group/direct: throughput x{:.2}, claim p50 x{:.2}, claim p99 x{:.2}",
+                group.rate / direct.rate,
+                group.claim_p50 / direct.claim_p50,
+                group.claim_p99 / direct.claim_p99
+            );
+        }
+        m => {
+            run(&args, m).await?;
+        }
     }
     Ok(())
 }

@@ -1013,137 +1013,8 @@ impl Store {
     /// lease of `lease` from the database clock. No job is ever handed to two claimers: Postgres
     /// skips rows another claimer has locked, SQLite runs claims one at a time.
     pub async fn claim_jobs(&self, worker_id: &str, n: u32, lease: Duration) -> Result<Vec<ClaimedJob>> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let secs = lease.as_secs_f64();
-        let jobs: Vec<JobRow> = match self {
-            Store::Postgres(pool) => {
-                let until = PG.now_plus("$3");
-                let rows = sqlx::query(&format!(
-                    "WITH seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = $1 RETURNING worker_id), \
-                     picked AS ( \
-                        SELECT id FROM jobs WHERE state = 'ready' AND NOT paused AND EXISTS (SELECT 1 FROM seen) \
-                        ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                     claimed AS ( \
-                        UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = $1, \
-                               lease_expires_at = {until}, started_at = now(), progress = 0, eta_seconds = NULL \
-                          FROM picked WHERE j.id = picked.id RETURNING j.*), \
-                     hist AS (INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) \
-                              SELECT id, attempt, $1, 'running' FROM claimed), \
-                     ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
-                              SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed) \
-                     SELECT {JOB_COLUMNS}, (SELECT count(*) FROM seen) AS known FROM claimed \
-                     UNION ALL SELECT {NULL_JOB}, (SELECT count(*) FROM seen) FROM (SELECT 1) one \
-                     ORDER BY id NULLS LAST",
-                    NULL_JOB = NULL_JOB_COLUMNS_PG
-                ))
-                .bind(worker_id)
-                .bind(n as i64)
-                .bind(secs)
-                .fetch_all(pool)
-                .await?;
-                // The last row is a sentinel that says whether the worker is registered.
-                let known: i64 = rows.last().map(|r| r.try_get("known")).transpose()?.unwrap_or(0);
-                if known == 0 {
-                    return Err(unknown_worker(worker_id));
-                }
-                let mut out = Vec::with_capacity(rows.len());
-                for r in &rows[..rows.len() - 1] {
-                    out.push(job_from_row!(r));
-                }
-                out
-            }
-            Store::Sqlite(pool) => {
-                let d = &SQLITE;
-                let now = d.now;
-                let until = d.now_plus("$3");
-                let mut tx = pool.begin_write().await?;
-                let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
-                    .bind(worker_id)
-                    .execute(&mut *tx)
-                    .await?;
-                if seen.rows_affected() == 0 {
-                    return Err(unknown_worker(worker_id));
-                }
-                let rows = sqlx::query(&format!(
-                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = {until}, \
-                            started_at = {now}, progress = 0, eta_seconds = NULL \
-                      WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused ORDER BY priority DESC, id LIMIT $2) \
-                     RETURNING {JOB_COLUMNS}"
-                ))
-                .bind(worker_id)
-                .bind(n as i64)
-                .bind(secs)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    out.push(job_from_row!(r));
-                }
-                out.sort_by_key(|j| j.id);
-                for j in &out {
-                    sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) VALUES ($1, $2, $3, 'running')")
-                        .bind(j.id)
-                        .bind(j.attempt)
-                        .bind(worker_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'running', $3, 0)",
-                    )
-                    .bind(j.sweep_id)
-                    .bind(j.id)
-                    .bind(j.attempt)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                out
-            }
-        };
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The artifacts each job needs: θk from its dense job, the parent's weights, and a
-        // checkpoint of its own from an earlier attempt. Reused jobs point at the original's files.
-        let mut wanted: Vec<i64> = Vec::new();
-        for j in &jobs {
-            wanted.push(j.id);
-            wanted.extend(j.parent_job_id);
-            wanted.extend(j.dense_job_id);
-        }
-        wanted.sort_unstable();
-        wanted.dedup();
-        let arts: Vec<(i64, ArtifactRow)> = both!(self, |pool, d, DB| {
-            let mut qb = QueryBuilder::<DB>::new(
-                "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
-                   FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
-                  WHERE a.name IN ('rewind', 'weights', 'checkpoint') AND x.id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for id in &wanted {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            let mut out = Vec::new();
-            for r in qb.build().fetch_all(pool).await? {
-                out.push((r.try_get("for_job")?, artifact_from_row!(r)));
-            }
-            out
-        });
-        let find = |job: Option<i64>, name: &str| {
-            job.and_then(|id| arts.iter().find(|(f, a)| *f == id && a.name == name).map(|(_, a)| a.clone()))
-        };
-        Ok(jobs
-            .into_iter()
-            .map(|j| ClaimedJob {
-                rewind: if j.kind == "level" { find(j.dense_job_id, "rewind") } else { None },
-                weights: if j.kind == "level" { find(j.parent_job_id, "weights") } else { None },
-                resume_checkpoint: find(Some(j.id), "checkpoint"),
-                job: j,
-            })
-            .collect())
+        let req = ClaimRequest { worker_id: worker_id.to_string(), n, lease };
+        self.claim_jobs_batch(std::slice::from_ref(&req)).await?.pop().expect("one outcome per request")
     }
 
     /// Extends the leases the worker still holds and says which of its jobs to abort (and why).
@@ -1262,105 +1133,8 @@ impl Store {
     /// Records the job's result and masks, marks it succeeded, unblocks its children and closes
     /// its trial (last level) and sweep (last job). Fenced: a stale lease changes nothing.
     pub async fn complete_job(&self, lease: Lease, result: &ResultInput) -> Result<()> {
-        result.check()?;
-        both!(self, |pool, d, DB| {
-            let now = d.now;
-            let mut tx = pool.begin_write().await?;
-            let row = sqlx::query(&format!(
-                "UPDATE jobs SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = {now}, lease_expires_at = NULL \
-                  WHERE id = $1 AND attempt = $2 AND state = 'running' \
-                 RETURNING sweep_id, trial_id, kind, level"
-            ))
-            .bind(lease.job_id)
-            .bind(lease.attempt)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { return Err(stale(lease)) };
-            let sweep_id: i64 = row.try_get("sweep_id")?;
-            let trial_id: Option<i64> = row.try_get("trial_id")?;
-            let level: i32 = row.try_get("level")?;
-            sqlx::query(&format!(
-                "UPDATE job_attempts SET outcome = 'succeeded', finished_at = {now} WHERE job_id = $1 AND attempt = $2"
-            ))
-            .bind(lease.job_id)
-            .bind(lease.attempt)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(lease.job_id)
-            .bind(result.sparsity)
-            .bind(result.test_accuracy)
-            .bind(result.test_loss)
-            .bind(result.train_loss)
-            .bind(result.epochs)
-            .bind(result.wall_seconds)
-            .bind(result.iterations as i64)
-            .execute(&mut *tx)
-            .await?;
-            for (ci, chunk) in result.layers.chunks(500).enumerate() {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) VALUES ",
-                );
-                for (i, l) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        qb.push(", ");
-                    }
-                    qb.push("(");
-                    qb.push_bind(lease.job_id);
-                    qb.push(", ");
-                    qb.push_bind(l.name.clone());
-                    qb.push(", ");
-                    qb.push_bind((ci * 500 + i) as i32);
-                    qb.push(", ");
-                    qb.push_bind(l.kept as i64);
-                    qb.push(", ");
-                    qb.push_bind(l.total as i64);
-                    qb.push(", ");
-                    if d.sqlite {
-                        qb.push_bind(l.bits.clone());
-                    } else {
-                        // bytea -> bit varying of exactly `total` bits (the hex form is 8 bits per
-                        // byte; the padding at the end is cut off).
-                        qb.push("substring(('x' || encode(");
-                        qb.push_bind(l.bits.clone());
-                        qb.push(", 'hex'))::bit varying from 1 for ");
-                        qb.push_bind(l.total as i32);
-                        qb.push(")");
-                    }
-                    qb.push(", ");
-                    qb.push_bind(l.collapsed);
-                    qb.push(", ");
-                    qb.push_bind(l.weight_norm);
-                    qb.push(")");
-                }
-                qb.build().execute(&mut *tx).await?;
-            }
-            sqlx::query("UPDATE jobs SET state = 'ready' WHERE parent_job_id = $1 AND state = 'blocked'")
-                .bind(lease.job_id)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(trial_id) = trial_id {
-                sqlx::query("UPDATE trials SET state = 'succeeded' WHERE id = $1 AND levels = $2 AND state = 'running'")
-                    .bind(trial_id)
-                    .bind(level)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query(
-                "INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'succeeded', $3, 1)",
-            )
-            .bind(sweep_id)
-            .bind(lease.job_id)
-            .bind(lease.attempt)
-            .execute(&mut *tx)
-            .await?;
-            finalize_sweeps!(tx, d, Some(sweep_id));
-            tx.commit().await?;
-            Ok(())
-        })
+        let item = Completion { lease, result: result.clone() };
+        self.complete_jobs(std::slice::from_ref(&item)).await?.pop().expect("one outcome per completion")
     }
 
     /// Records a failed attempt. A retryable failure re-queues the job while it has attempts left;
@@ -1700,6 +1474,13 @@ use fail_descendants;
 
 /// Closes running sweeps (all, or one) that have no open job left: failed when a trial failed,
 /// else succeeded. Evaluates to the ids of the sweeps it closed.
+/// The sweep's open job with the highest id, if any (`sweeps.id` is the sweep). Jobs are claimed
+/// in id order, so the highest open id stays open the longest, and a backward scan of
+/// `jobs_open_by_sweep` finds it at once, instead of first stepping over the index entries of
+/// every job finished since the last vacuum (which a plain NOT EXISTS, or a seq scan, would).
+const OPEN_JOB_PROBE: &str = "SELECT j.id FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running') \
+     ORDER BY j.id DESC LIMIT 1";
+
 macro_rules! finalize_sweeps {
     ($tx:ident, $d:ident, $sweep_id:expr) => {{
         let now = $d.now;
@@ -1709,7 +1490,7 @@ macro_rules! finalize_sweeps {
                     state = CASE WHEN EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state = 'failed') \
                                  THEN 'failed' ELSE 'succeeded' END \
               WHERE state = 'running' AND ($1 IS NULL OR id = $1) \
-                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running')) \
+                AND NOT EXISTS ({OPEN_JOB_PROBE}) \
              RETURNING id"
         ))
         .bind(only)
@@ -1745,3 +1526,6 @@ use artifact_from_row;
 pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
     ImportanceMetric::parse(s).ok()
 }
+
+mod batch;
+pub use batch::{ClaimRequest, Completion};

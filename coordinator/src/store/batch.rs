@@ -1,0 +1,432 @@
+//! The hot path in batches: claims for many workers, and completions of many jobs, each in one
+//! database round trip on Postgres (one transaction on SQLite).
+//!
+//! Why: with 64 workers on a 2-core coordinator the per-statement cost (a round trip, a commit, a
+//! WAL flush) dominates, not the work in each statement. One claim statement for 30 waiting
+//! workers costs about what one claim for one worker costs. The single-job calls
+//! ([`Store::claim_jobs`], [`Store::complete_job`]) are batches of one, so the contract suite
+//! exercises exactly this code; [`crate::group_commit`] forms the batches from concurrent calls.
+//!
+//! Every item keeps its own outcome: an unknown worker, a stale lease or an invalid result fails
+//! that item only. A database error fails the whole batch (nothing of it was written); the group
+//! committer then retries its items one by one, so one poisonous item cannot sink the others.
+
+use super::*;
+use sqlx::SqliteConnection;
+
+/// One worker's request for up to `n` jobs under a lease of `lease`.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub worker_id: String,
+    pub n: u32,
+    pub lease: Duration,
+}
+
+/// One job's completion.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub lease: Lease,
+    pub result: ResultInput,
+}
+
+impl Store {
+    /// Hands out ready jobs to several claimers at once: the first request gets the
+    /// highest-priority jobs, and so on. Returns one outcome per request, in request order.
+    pub async fn claim_jobs_batch(&self, reqs: &[ClaimRequest]) -> Result<Vec<Result<Vec<ClaimedJob>>>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Per request: None = the worker is not registered; Some(jobs) otherwise.
+        let mut per_req: Vec<Option<Vec<JobRow>>> = vec![Some(Vec::new()); reqs.len()];
+        match self {
+            Store::Postgres(pool) => {
+                let workers: Vec<&str> = reqs.iter().map(|r| r.worker_id.as_str()).collect();
+                let ns: Vec<i32> = reqs.iter().map(|r| r.n.min(i32::MAX as u32) as i32).collect();
+                let secs: Vec<f64> = reqs.iter().map(|r| r.lease.as_secs_f64()).collect();
+                let claimed_cols: String = JOB_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
+                // Slots are numbered in request order, picked jobs in priority order, and slot k
+                // gets the k-th job. SKIP LOCKED makes concurrent batches (this coordinator's or
+                // another's) take disjoint jobs.
+                let rows = sqlx::query(&format!(
+                    "WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS r(worker_id, n, lease_secs, ord)), \
+                     seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = ANY($1::text[]) RETURNING worker_id), \
+                     slots AS (SELECT r.ord, r.worker_id, r.lease_secs, row_number() OVER (ORDER BY r.ord, g.i) AS slot \
+                                 FROM req r JOIN seen s ON s.worker_id = r.worker_id CROSS JOIN LATERAL generate_series(1, r.n) AS g(i)), \
+                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused \
+                                 ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR UPDATE SKIP LOCKED), \
+                     assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs \
+                                    FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p \
+                                    JOIN slots s ON s.slot = p.slot), \
+                     claimed AS (UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = a.worker_id, \
+                                        lease_expires_at = now() + make_interval(secs => a.lease_secs), started_at = now(), \
+                                        progress = 0, eta_seconds = NULL \
+                                   FROM assigned a WHERE j.id = a.id RETURNING j.*, a.ord AS claim_ord), \
+                     hist AS (INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) \
+                              SELECT id, attempt, worker_id, 'running' FROM claimed), \
+                     ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
+                              SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed) \
+                     SELECT c.claim_ord, true AS known, {claimed_cols} FROM claimed c \
+                     UNION ALL \
+                     SELECT r.ord, false, {NULL_JOB_COLUMNS_PG} FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)"
+                ))
+                .bind(&workers)
+                .bind(&ns)
+                .bind(&secs)
+                .fetch_all(pool)
+                .await?;
+                for r in &rows {
+                    let ord: i64 = r.try_get("claim_ord")?;
+                    let i = (ord - 1) as usize;
+                    if !r.try_get::<bool, _>("known")? {
+                        per_req[i] = None;
+                    } else if let Some(v) = per_req[i].as_mut() {
+                        v.push(job_from_row!(r));
+                    }
+                }
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_write().await?;
+                for (i, r) in reqs.iter().enumerate() {
+                    per_req[i] = sqlite_claim(&mut *tx, &r.worker_id, r.n, r.lease.as_secs_f64()).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        for jobs in per_req.iter_mut().flatten() {
+            jobs.sort_by_key(|j| j.id);
+        }
+        let counts: Vec<Option<usize>> = per_req.iter().map(|j| j.as_ref().map(Vec::len)).collect();
+        let all: Vec<JobRow> = per_req.into_iter().flatten().flatten().collect();
+        let mut with_artifacts = self.attach_artifacts(all).await?.into_iter();
+        let mut out = Vec::with_capacity(reqs.len());
+        for (i, count) in counts.into_iter().enumerate() {
+            match count {
+                None => out.push(Err(unknown_worker(&reqs[i].worker_id))),
+                Some(k) => out.push(Ok(with_artifacts.by_ref().take(k).collect())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Completes several jobs: records each result and its masks, marks the job succeeded,
+    /// unblocks its children, closes its trial (last level) and its sweep (last open job).
+    /// Returns one outcome per completion, in order; a stale lease changes nothing.
+    pub async fn complete_jobs(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+        let mut out: Vec<Option<Result<()>>> = items.iter().map(|c| c.result.check().err().map(Err)).collect();
+        // A lease twice in one batch: the first copy competes, later copies are stale by then.
+        let mut seen = std::collections::HashSet::new();
+        let mut todo: Vec<usize> = Vec::new();
+        for (i, c) in items.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            if seen.insert(c.lease) {
+                todo.push(i);
+            } else {
+                out[i] = Some(Err(stale(c.lease)));
+            }
+        }
+        if !todo.is_empty() {
+            let done: std::collections::HashSet<Lease> = match self {
+                Store::Postgres(pool) => pg_complete(pool, items, &todo).await?,
+                Store::Sqlite(pool) => {
+                    let mut tx = pool.begin_write().await?;
+                    let mut done = std::collections::HashSet::new();
+                    let mut sweeps = Vec::new();
+                    for &i in &todo {
+                        if let Some(sweep_id) = sqlite_complete(&mut *tx, items[i].lease, &items[i].result).await? {
+                            done.insert(items[i].lease);
+                            sweeps.push(sweep_id);
+                        }
+                    }
+                    sweeps.sort_unstable();
+                    sweeps.dedup();
+                    let d = &SQLITE;
+                    for s in sweeps {
+                        let conn: &mut SqliteConnection = &mut *tx;
+                        finalize_sweeps!(conn, d, Some(s));
+                    }
+                    tx.commit().await?;
+                    done
+                }
+            };
+            for &i in &todo {
+                let l = items[i].lease;
+                out[i] = Some(if done.contains(&l) { Ok(()) } else { Err(stale(l)) });
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every item has an outcome")).collect())
+    }
+
+    /// The artifacts each claimed job needs: θk from its dense job, the parent's weights, and a
+    /// checkpoint of its own from an earlier attempt. Reused jobs point at the original's files.
+    /// Returns the jobs in the order given.
+    pub(super) async fn attach_artifacts(&self, jobs: Vec<JobRow>) -> Result<Vec<ClaimedJob>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut wanted: Vec<i64> = Vec::new();
+        for j in &jobs {
+            wanted.push(j.id);
+            wanted.extend(j.parent_job_id);
+            wanted.extend(j.dense_job_id);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let arts: Vec<(i64, ArtifactRow)> = both!(self, |pool, d, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
+                   FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
+                  WHERE a.name IN ('rewind', 'weights', 'checkpoint') AND x.id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in &wanted {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            let mut out = Vec::new();
+            for r in qb.build().fetch_all(pool).await? {
+                out.push((r.try_get("for_job")?, artifact_from_row!(r)));
+            }
+            out
+        });
+        let find = |job: Option<i64>, name: &str| {
+            job.and_then(|id| arts.iter().find(|(f, a)| *f == id && a.name == name).map(|(_, a)| a.clone()))
+        };
+        Ok(jobs
+            .into_iter()
+            .map(|j| ClaimedJob {
+                rewind: if j.kind == "level" { find(j.dense_job_id, "rewind") } else { None },
+                weights: if j.kind == "level" { find(j.parent_job_id, "weights") } else { None },
+                resume_checkpoint: find(Some(j.id), "checkpoint"),
+                job: j,
+            })
+            .collect())
+    }
+}
+
+/// SQLite claim inside the caller's write transaction. None: the worker is not registered.
+async fn sqlite_claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs: f64) -> Result<Option<Vec<JobRow>>> {
+    let d = &SQLITE;
+    let now = d.now;
+    let until = d.now_plus("$3");
+    let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
+        .bind(worker_id)
+        .execute(&mut *conn)
+        .await?;
+    if seen.rows_affected() == 0 {
+        return Ok(None);
+    }
+    if n == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    let rows = sqlx::query(&format!(
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = {until}, \
+                started_at = {now}, progress = 0, eta_seconds = NULL \
+          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused ORDER BY priority DESC, id LIMIT $2) \
+         RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(worker_id)
+    .bind(n as i64)
+    .bind(secs)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(job_from_row!(r));
+    }
+    out.sort_by_key(|j| j.id);
+    for j in &out {
+        sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id, outcome) VALUES ($1, $2, $3, 'running')")
+            .bind(j.id)
+            .bind(j.attempt)
+            .bind(worker_id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'running', $3, 0)")
+            .bind(j.sweep_id)
+            .bind(j.id)
+            .bind(j.attempt)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(out))
+}
+
+/// SQLite completion inside the caller's write transaction. Returns the job's sweep, or None
+/// when the lease is stale (then nothing was written).
+async fn sqlite_complete(conn: &mut SqliteConnection, lease: Lease, result: &ResultInput) -> Result<Option<i64>> {
+    let now = SQLITE.now;
+    let row = sqlx::query(&format!(
+        "UPDATE jobs SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = {now}, lease_expires_at = NULL \
+          WHERE id = $1 AND attempt = $2 AND state = 'running' \
+         RETURNING sweep_id, trial_id, kind, level"
+    ))
+    .bind(lease.job_id)
+    .bind(lease.attempt)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let sweep_id: i64 = row.try_get("sweep_id")?;
+    let trial_id: Option<i64> = row.try_get("trial_id")?;
+    let level: i32 = row.try_get("level")?;
+    sqlx::query(&format!("UPDATE job_attempts SET outcome = 'succeeded', finished_at = {now} WHERE job_id = $1 AND attempt = $2"))
+        .bind(lease.job_id)
+        .bind(lease.attempt)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(lease.job_id)
+    .bind(result.sparsity)
+    .bind(result.test_accuracy)
+    .bind(result.test_loss)
+    .bind(result.train_loss)
+    .bind(result.epochs)
+    .bind(result.wall_seconds)
+    .bind(result.iterations as i64)
+    .execute(&mut *conn)
+    .await?;
+    for (ci, chunk) in result.layers.chunks(500).enumerate() {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) ",
+        );
+        qb.push_values(chunk.iter().enumerate(), |mut b, (i, l)| {
+            b.push_bind(lease.job_id)
+                .push_bind(l.name.clone())
+                .push_bind((ci * 500 + i) as i32)
+                .push_bind(l.kept as i64)
+                .push_bind(l.total as i64)
+                .push_bind(l.bits.clone())
+                .push_bind(l.collapsed)
+                .push_bind(l.weight_norm);
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    sqlx::query("UPDATE jobs SET state = 'ready' WHERE parent_job_id = $1 AND state = 'blocked'")
+        .bind(lease.job_id)
+        .execute(&mut *conn)
+        .await?;
+    if let Some(trial_id) = trial_id {
+        sqlx::query("UPDATE trials SET state = 'succeeded' WHERE id = $1 AND levels = $2 AND state = 'running'")
+            .bind(trial_id)
+            .bind(level)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'succeeded', $3, 1)")
+        .bind(sweep_id)
+        .bind(lease.job_id)
+        .bind(lease.attempt)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(sweep_id))
+}
+
+/// Postgres completion of `items[todo]` in one statement (one implicit transaction). Returns
+/// the leases that were current and are now succeeded.
+///
+/// The sweep is closed in the same statement when no open job remains besides the ones this
+/// statement completes. All parts of one statement see the same snapshot, so two batches that
+/// finish a sweep's last two jobs concurrently each see the other's job still running; the
+/// reaper closes such a sweep on its next pass. The open-job probe scans backwards by id, as
+/// `OPEN_JOB_PROBE` explains. The parts of a statement run in no fixed order;
+/// the sweep's closing event reads `ev` so that it is numbered after the jobs' events, because
+/// WatchSweep ends its stream on it.
+async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<std::collections::HashSet<Lease>> {
+    let n = todo.len();
+    let (mut job_ids, mut attempts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sparsity, mut acc, mut test_loss, mut train_loss, mut epochs, mut wall, mut iters) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let layers: usize = todo.iter().map(|&i| items[i].result.layers.len()).sum();
+    let (mut m_job, mut m_layer, mut m_ord, mut m_kept, mut m_total, mut m_bits, mut m_collapsed, mut m_norm) = (
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+        Vec::with_capacity(layers),
+    );
+    for &i in todo {
+        let (l, r) = (items[i].lease, &items[i].result);
+        job_ids.push(l.job_id);
+        attempts.push(l.attempt);
+        sparsity.push(r.sparsity);
+        acc.push(r.test_accuracy);
+        test_loss.push(r.test_loss);
+        train_loss.push(r.train_loss);
+        epochs.push(r.epochs);
+        wall.push(r.wall_seconds);
+        iters.push(r.iterations as i64);
+        for (k, layer) in r.layers.iter().enumerate() {
+            m_job.push(l.job_id);
+            m_layer.push(layer.name.as_str());
+            m_ord.push(k as i32);
+            m_kept.push(layer.kept as i64);
+            m_total.push(layer.total as i64);
+            m_bits.push(layer.bits.as_slice());
+            m_collapsed.push(layer.collapsed);
+            m_norm.push(layer.weight_norm);
+        }
+    }
+    let rows = sqlx::query(
+        "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[]) \
+                          AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations)), \
+         done AS (UPDATE jobs j SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = now(), lease_expires_at = NULL \
+                    FROM input i WHERE j.id = i.job_id AND j.attempt = i.attempt AND j.state = 'running' \
+                  RETURNING j.id, j.attempt, j.sweep_id, j.trial_id, j.level), \
+         att AS (UPDATE job_attempts a SET outcome = 'succeeded', finished_at = now() \
+                   FROM done WHERE a.job_id = done.id AND a.attempt = done.attempt), \
+         res AS (INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
+                 SELECT i.job_id, i.sparsity, i.test_accuracy, i.test_loss, i.train_loss, i.epochs, i.wall_seconds, i.iterations \
+                   FROM input i JOIN done ON done.id = i.job_id), \
+         msk AS (INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) \
+                 SELECT m.job_id, m.layer, m.ordinal, m.kept, m.total, \
+                        substring(('x' || encode(m.bits, 'hex'))::bit varying from 1 for m.total::int), m.collapsed, m.weight_norm \
+                   FROM unnest($10::bigint[], $11::text[], $12::int[], $13::bigint[], $14::bigint[], $15::bytea[], $16::bool[], $17::float8[]) \
+                        AS m(job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) \
+                   JOIN done ON done.id = m.job_id), \
+         unblocked AS (UPDATE jobs c SET state = 'ready' FROM done WHERE c.parent_job_id = done.id AND c.state = 'blocked'), \
+         trial AS (UPDATE trials t SET state = 'succeeded' FROM done \
+                    WHERE t.id = done.trial_id AND t.levels = done.level AND t.state = 'running'), \
+         ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
+                SELECT sweep_id, id, 'state', 'succeeded', attempt, 1 FROM done RETURNING id), \
+         fin AS (UPDATE sweeps SET finished_at = now(), \
+                        state = CASE WHEN EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state = 'failed') \
+                                     THEN 'failed' ELSE 'succeeded' END \
+                  WHERE sweeps.id IN (SELECT sweep_id FROM done) AND sweeps.state = 'running' \
+                    AND NOT EXISTS (SELECT j.id FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running') \
+                                       AND NOT EXISTS (SELECT 1 FROM done WHERE done.id = j.id) ORDER BY j.id DESC LIMIT 1) \
+                 RETURNING sweeps.id), \
+         fin_ev AS (INSERT INTO events (sweep_id, kind) SELECT id, 'sweep' FROM fin WHERE (SELECT count(*) FROM ev) >= 0) \
+         SELECT id, attempt FROM done",
+    )
+    .bind(&job_ids)
+    .bind(&attempts)
+    .bind(&sparsity)
+    .bind(&acc)
+    .bind(&test_loss)
+    .bind(&train_loss)
+    .bind(&epochs)
+    .bind(&wall)
+    .bind(&iters)
+    .bind(&m_job)
+    .bind(&m_layer)
+    .bind(&m_ord)
+    .bind(&m_kept)
+    .bind(&m_total)
+    .bind(&m_bits)
+    .bind(&m_collapsed)
+    .bind(&m_norm)
+    .fetch_all(pool)
+    .await?;
+    let mut done = std::collections::HashSet::with_capacity(rows.len());
+    for r in &rows {
+        done.insert(Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? });
+    }
+    Ok(done)
+}
