@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
         }
     };
     init_logs(cfg.log_format);
-    let store = match Store::connect(&cfg.db, &StoreOptions { max_connections: cfg.db_max_connections }).await {
+    let store = match Store::connect(&cfg.db, &StoreOptions { max_connections: cfg.db_max_connections, ..Default::default() }).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lth-coordinator: {e}");

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 /// Large enough for a completion carrying VGG-16's masks (15M weights = 1.9 MB of bits).
 const MAX_MESSAGE: usize = 64 << 20;
 
-/// Re-queues expired leases and closes finished sweeps every `every`, until `stop` fires.
+/// Re-queues expired leases, closes finished sweeps and vacuums the jobs table when it needs it,
+/// every `every`, until `stop` fires.
 pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -33,6 +34,11 @@ pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::wa
                 }
             }
             Err(e) => tracing::error!(error = %e, "reaper pass failed; retrying next interval"),
+        }
+        match store.vacuum_jobs_if_needed().await {
+            Ok(Some(v)) => tracing::debug!(dead_rows = v.dead_rows, took_ms = v.took.as_millis() as u64, "vacuumed the jobs table"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "vacuum of the jobs table failed; autovacuum still runs"),
         }
     }
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use lth_coordinator::store::{AbortReason, Lease, Store, StoreError};
+use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
+use lth_coordinator::store::{AbortReason, ClaimRequest, Completion, Lease, Store, StoreError};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ contract!(
     cancel_aborts_and_stops_claims,
     second_identical_sweep_reuses_every_finished_job,
     bad_results_are_rejected,
+    batches_keep_each_calls_outcome,
+    group_commit_hands_each_job_out_once_and_finishes_the_sweep,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -396,4 +399,134 @@ async fn bad_results_are_rejected(store: Store) {
     assert!(store.lease_is_current(lease_of(&c)).await.unwrap());
     store.complete_job(lease_of(&c), &fabricated_result(&c)).await.unwrap();
     assert!(matches!(store.claim_jobs("nobody", 1, LEASE).await, Err(StoreError::FailedPrecondition(_))));
+}
+
+/// One batch of claims and one of completions, with every kind of outcome mixed in: each call
+/// gets its own answer, and the bad ones change nothing.
+async fn batches_keep_each_calls_outcome(store: Store) {
+    let s = spec(&["magnitude", "l1"], &[0.2], &[0, 1, 2], 1);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "a").await;
+    register(&store, "b").await;
+    let req = |w: &str, n: u32| ClaimRequest { worker_id: w.into(), n, lease: LEASE };
+    let got = store.claim_jobs_batch(&[req("a", 2), req("ghost", 1), req("b", 1), req("a", 0)]).await.unwrap();
+    assert_eq!(got.len(), 4);
+    let mut got = got.into_iter();
+    let a = got.next().unwrap().unwrap();
+    assert!(matches!(got.next().unwrap(), Err(StoreError::FailedPrecondition(m)) if m.contains("ghost")));
+    let b = got.next().unwrap().unwrap();
+    assert!(got.next().unwrap().unwrap().is_empty());
+    // The first request gets the first jobs in priority order; only the 3 dense jobs are ready.
+    let dense = store.list_jobs(out.sweep_id, None).await.unwrap().into_iter().filter(|j| j.kind == "dense").map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(a.iter().map(|c| c.job.id).collect::<Vec<_>>(), dense[..2].to_vec());
+    assert_eq!(b.iter().map(|c| c.job.id).collect::<Vec<_>>(), dense[2..].to_vec());
+    assert!(a.iter().all(|c| c.job.worker_id.as_deref() == Some("a") && c.job.attempt == 1));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts").await, 3);
+
+    let mut bad = fabricated_result(&a[1]);
+    bad.sparsity = 2.0;
+    let items = vec![
+        Completion { lease: lease_of(&a[0]), result: fabricated_result(&a[0]) },
+        Completion { lease: Lease { job_id: a[1].job.id, attempt: 7 }, result: fabricated_result(&a[1]) },
+        Completion { lease: lease_of(&a[1]), result: bad },
+        Completion { lease: lease_of(&a[0]), result: fabricated_result(&a[0]) },
+        Completion { lease: lease_of(&b[0]), result: fabricated_result(&b[0]) },
+    ];
+    let outcomes = store.complete_jobs(&items).await.unwrap();
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    assert!(matches!(outcomes[1], Err(StoreError::FailedPrecondition(_))), "a wrong attempt is stale");
+    assert!(matches!(outcomes[2], Err(StoreError::InvalidArgument(_))), "a bad result is refused");
+    assert!(matches!(outcomes[3], Err(StoreError::FailedPrecondition(_))), "the same lease twice: the second is stale");
+    assert!(outcomes[4].is_ok(), "{:?}", outcomes[4]);
+
+    assert_eq!(store.get_job(a[1].job.id).await.unwrap().state, "running", "untouched by the stale and the bad completion");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, 2);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM masks").await, 4);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'succeeded'").await, 2);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM events WHERE job_state = 'succeeded'").await, 2);
+    // Each completed dense job unblocked its seed's two level jobs.
+    let ready = store.list_jobs(out.sweep_id, Some("ready")).await.unwrap();
+    let seeds: HashSet<i64> = ready.iter().map(|j| j.seed).collect();
+    assert_eq!(ready.len(), 4);
+    assert_eq!(seeds, HashSet::from([a[0].job.seed, b[0].job.seed]));
+}
+
+/// Eight workers claim and complete through the coordinator's group commit until the sweep is
+/// done: every job runs exactly once, every result is stored, and the sweep closes.
+async fn group_commit_hands_each_job_out_once_and_finishes_the_sweep(store: Store) {
+    let s = spec(&["magnitude", "l1"], &[0.2], &(0..10).collect::<Vec<_>>(), 2);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    assert_eq!(out.jobs, 10 + 10 * 2 * 2);
+    let gc = GroupCommit::start(store.clone(), GroupCommitOptions { max_batch: 8, in_flight: 2 });
+    for i in 0..8 {
+        register(&store, &format!("w{i}")).await;
+    }
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let (gc, store) = (gc.clone(), store.clone());
+        handles.push(tokio::spawn(async move {
+            let mut ran = Vec::new();
+            loop {
+                let got = gc.claim(&format!("w{i}"), 2, LEASE).await.unwrap();
+                if got.is_empty() {
+                    let c = store.get_sweep(out.sweep_id).await.unwrap().jobs;
+                    if c.blocked + c.ready + c.running == 0 {
+                        return ran;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                for j in got {
+                    gc.complete(lease_of(&j), fabricated_result(&j)).await.unwrap();
+                    ran.push(j.job.id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!((all.len(), distinct.len()), (out.jobs as usize, out.jobs as usize), "each job ran exactly once");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, out.jobs as i64);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE attempt <> 1").await, 0);
+    // Two batches finishing the last two jobs at once may each leave the closing to the reaper.
+    store.reap().await.unwrap();
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
+    let (claims, completions) = gc.stats();
+    assert_eq!(completions.calls, out.jobs);
+    assert!(claims.calls >= out.jobs / 2 && claims.batches <= claims.calls);
+}
+
+/// The coordinator vacuums `jobs` once dead rows pile up (they slow every claim), and leaves a
+/// table with few dead rows alone. SQLite has nothing to vacuum this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_vacuums_jobs_when_dead_rows_pile_up() {
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    assert_eq!(store.vacuum_jobs_if_needed().await.unwrap(), None, "an empty table needs no vacuum");
+    let s = spec(&["magnitude"], &[0.2], &(0..1000).collect::<Vec<_>>(), 1);
+    store.submit_sweep(&s, None).await.unwrap();
+    let Store::Postgres(pg) = &store else { unreachable!() };
+    for _ in 0..11 {
+        sqlx::query("UPDATE jobs SET progress = progress").execute(pg).await.unwrap();
+    }
+    // The statistics reach pg_stat_user_tables within about a second.
+    let mut report = None;
+    for _ in 0..100 {
+        report = store.vacuum_jobs_if_needed().await.unwrap();
+        if report.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = report.expect("22,000 dead rows in a 2,000-row table trigger a vacuum");
+    assert!(report.dead_rows >= 20_000, "{report:?}");
+    let dead_after: i64 = sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'jobs'").fetch_one(pg).await.unwrap();
+    assert!(dead_after < 1000, "the vacuum removed them: {dead_after} left");
+    assert_eq!(store.vacuum_jobs_if_needed().await.unwrap(), None);
+
+    let lite = TestDb::sqlite().await;
+    assert_eq!(lite.store().await.vacuum_jobs_if_needed().await.unwrap(), None);
 }

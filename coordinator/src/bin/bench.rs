@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     pool: u32,
     /// Stop each run after this many seconds even if jobs remain.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 45)]
     seconds: u64,
     /// Which paths to measure: `direct` (one Store call per claim/complete, the baseline),
     /// `group` (the coordinator's group commit), or `both` (direct first, then group, each on a
@@ -47,8 +47,11 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
     /// Group commit: batches of one kind running at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     in_flight: usize,
+    /// Let Postgres re-plan statements per call (its default) instead of the store's generic plans.
+    #[arg(long)]
+    custom_plans: bool,
     /// Keep the bench databases afterwards.
     #[arg(long)]
     keep: bool,
@@ -148,7 +151,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
             with_database(&args.admin_url, &name)
         }
     };
-    let store = Store::connect(&url, &StoreOptions { max_connections: args.pool }).await?;
+    let store = Store::connect(&url, &StoreOptions { max_connections: args.pool, generic_plans: !args.custom_plans }).await?;
 
     let metrics: Vec<String> = ["magnitude", "l1", "l2", "softmax", "min_max", "random", "lamp", "uniform_magnitude"]
         .iter()
@@ -196,6 +199,9 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
         _ => Path::Direct(store.clone()),
     };
 
+    // The coordinator's reaper runs beside the hot path (lease expiry, sweep closing, vacuum).
+    let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
+    let reaper = tokio::spawn(lth_coordinator::server::run_reaper(store.clone(), Duration::from_secs(2), reaper_rx));
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -229,6 +235,23 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
             (claim_us, complete_us, empty)
         }));
     }
+    // Throughput per 5 s window: the dense phase (each completion unblocks 40 jobs) and the
+    // steady state differ.
+    let ticker = {
+        let (done, stop) = (done.clone(), stop.clone());
+        let mode = mode;
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut windows = Vec::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let now = done.load(Ordering::Relaxed);
+                windows.push(format!("{:.0}", (now - last) as f64 / 5.0));
+                last = now;
+            }
+            println!("[{mode:?}] claim+complete per second, 5 s windows: {}", windows.join(" "));
+        })
+    };
     let mut claim_us = Vec::new();
     let mut complete_us = Vec::new();
     let mut empty = 0;
@@ -239,6 +262,8 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
         empty += e;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = ticker.await;
     if let Path::Group(g) = &path {
         let (c, d) = g.stats();
         println!(
@@ -253,6 +278,8 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
         );
     }
     drop(path);
+    let _ = reaper_stop.send(true);
+    let _ = reaper.await;
     claim_us.sort_unstable();
     complete_us.sort_unstable();
     let n = done.load(Ordering::Relaxed);

@@ -173,7 +173,18 @@ impl Store {
         }
         wanted.sort_unstable();
         wanted.dedup();
-        let arts: Vec<(i64, ArtifactRow)> = both!(self, |pool, d, DB| {
+        const ARTIFACT_COLUMNS: &str = "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
+               FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
+              WHERE a.name IN ('rewind', 'weights', 'checkpoint')";
+        let arts: Vec<(i64, ArtifactRow)> = if let Store::Postgres(pool) = self {
+            // One statement text whatever the batch size, so it is prepared (and planned) once.
+            let mut out = Vec::new();
+            for r in sqlx::query(&format!("{ARTIFACT_COLUMNS} AND x.id = ANY($1::bigint[])")).bind(&wanted).fetch_all(pool).await? {
+                out.push((r.try_get("for_job")?, artifact_from_row!(r)));
+            }
+            out
+        } else {
+            both!(self, |pool, d, DB| {
             let mut qb = QueryBuilder::<DB>::new(
                 "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
                    FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
@@ -189,7 +200,8 @@ impl Store {
                 out.push((r.try_get("for_job")?, artifact_from_row!(r)));
             }
             out
-        });
+        })
+        };
         let find = |job: Option<i64>, name: &str| {
             job.and_then(|id| arts.iter().find(|(f, a)| *f == id && a.name == name).map(|(_, a)| a.clone()))
         };

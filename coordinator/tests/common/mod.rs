@@ -52,7 +52,7 @@ impl TestDb {
     }
 
     pub async fn store(&self) -> Store {
-        Store::connect(&self.url, &StoreOptions { max_connections: 16 }).await.expect("connect and migrate")
+        Store::connect(&self.url, &StoreOptions::default()).await.expect("connect and migrate")
     }
 }
 
