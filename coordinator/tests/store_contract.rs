@@ -530,3 +530,57 @@ async fn postgres_vacuums_jobs_when_dead_rows_pile_up() {
     let lite = TestDb::sqlite().await;
     assert_eq!(lite.store().await.vacuum_jobs_if_needed().await.unwrap(), None);
 }
+
+/// Two coordinators (two connection pools, two group committers, as two processes would have)
+/// share one database while four workers claim through each: no job is handed out twice.
+async fn two_coordinators_share_one_database(db: TestDb) {
+    let (one, two) = (db.store().await, db.store().await);
+    let s = spec(&["magnitude", "l1", "l2"], &[0.2], &(0..20).collect::<Vec<_>>(), 1);
+    let out = one.submit_sweep(&s, None).await.unwrap();
+    let mut handles = Vec::new();
+    for (c, store) in [one.clone(), two.clone()].into_iter().enumerate() {
+        let gc = GroupCommit::start(store.clone(), GroupCommitOptions { max_batch: 4, in_flight: 2 });
+        for i in 0..4 {
+            let (gc, store) = (gc.clone(), store.clone());
+            let worker = format!("c{c}-w{i}");
+            register(&store, &worker).await;
+            handles.push(tokio::spawn(async move {
+                let mut ran = Vec::new();
+                loop {
+                    let got = gc.claim(&worker, 1, LEASE).await.unwrap();
+                    if got.is_empty() {
+                        let j = store.get_sweep(out.sweep_id).await.unwrap().jobs;
+                        if j.blocked + j.ready + j.running == 0 {
+                            return ran;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    for j in got {
+                        gc.complete(lease_of(&j), fabricated_result(&j)).await.unwrap();
+                        ran.push(j.job.id);
+                    }
+                }
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!((all.len(), distinct.len()), (out.jobs as usize, out.jobs as usize), "each job ran exactly once");
+    assert_eq!(scalar(&one, "SELECT count(*) FROM job_attempts").await, out.jobs as i64);
+    two.reap().await.unwrap();
+    assert_eq!(one.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_coordinators_share_one_postgres() {
+    two_coordinators_share_one_database(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_coordinators_share_one_sqlite_file() {
+    two_coordinators_share_one_database(TestDb::sqlite().await).await;
+}
