@@ -147,5 +147,9 @@ mod tests {
 
         let err = Args { heartbeat_seconds: Some(30), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(err.contains("must be shorter"), "{err}");
+
+        assert_eq!(Args::default().resolve().unwrap().max_batch, 64);
+        let err = Args { max_batch: Some(0), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(err.contains("--max-batch"), "{err}");
     }
 }
