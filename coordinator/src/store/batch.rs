@@ -343,8 +343,7 @@ async fn sqlite_complete(conn: &mut SqliteConnection, lease: Lease, result: &Res
 /// The sweep is closed in the same statement when no open job remains besides the ones this
 /// statement completes. All parts of one statement see the same snapshot, so two batches that
 /// finish a sweep's last two jobs concurrently each see the other's job still running; the
-/// reaper closes such a sweep on its next pass. The open-job probe scans backwards by id, as
-/// `OPEN_JOB_PROBE` explains. The parts of a statement run in no fixed order;
+/// reaper closes such a sweep on its next pass. The parts of a statement run in no fixed order;
 /// the sweep's closing event reads `ev` so that it is numbered after the jobs' events, because
 /// WatchSweep ends its stream on it.
 async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<std::collections::HashSet<Lease>> {
@@ -385,7 +384,7 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
             m_norm.push(layer.weight_norm);
         }
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query(&format!(
         "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[]) \
                           AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations)), \
          done AS (UPDATE jobs j SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = now(), lease_expires_at = NULL \
@@ -407,16 +406,14 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                     WHERE t.id = done.trial_id AND t.levels = done.level AND t.state = 'running'), \
          ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
                 SELECT sweep_id, id, 'state', 'succeeded', attempt, 1 FROM done RETURNING id), \
-         fin AS (UPDATE sweeps SET finished_at = now(), \
-                        state = CASE WHEN EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state = 'failed') \
-                                     THEN 'failed' ELSE 'succeeded' END \
-                  WHERE sweeps.id IN (SELECT sweep_id FROM done) AND sweeps.state = 'running' \
-                    AND NOT EXISTS (SELECT j.id FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running') \
-                                       AND NOT EXISTS (SELECT 1 FROM done WHERE done.id = j.id) ORDER BY j.id DESC LIMIT 1) \
+         fin AS (UPDATE sweeps SET finished_at = now(), state = {FINAL_SWEEP_STATE} \
+                  WHERE sweeps.id IN (SELECT sweep_id FROM done) AND sweeps.state = 'running' AND {no_open} \
                  RETURNING sweeps.id), \
          fin_ev AS (INSERT INTO events (sweep_id, kind) SELECT id, 'sweep' FROM fin WHERE (SELECT count(*) FROM ev) >= 0) \
          SELECT id, attempt FROM done",
-    )
+        // The jobs this statement completes still look running to it.
+        no_open = no_open_job_left(" AND NOT EXISTS (SELECT 1 FROM done WHERE done.id = j.id)")
+    ))
     .bind(&job_ids)
     .bind(&attempts)
     .bind(&sparsity)

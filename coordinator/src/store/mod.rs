@@ -1515,26 +1515,33 @@ macro_rules! fail_descendants {
 }
 use fail_descendants;
 
-/// Closes running sweeps (all, or one) that have no open job left: failed when a trial failed,
-/// else succeeded. Evaluates to the ids of the sweeps it closed.
-/// The sweep's open job with the highest id, if any (`sweeps.id` is the sweep). Jobs are claimed
-/// in id order, so the highest open id stays open the longest, and a backward scan of
+/// A condition on `sweeps`: the sweep has no open job left, apart from jobs that `skip` (a
+/// further condition on `j`, or empty) leaves out. It looks for the open job with the highest id:
+/// jobs are claimed in id order, so that one stays open the longest, and a backward scan of
 /// `jobs_open_by_sweep` finds it at once, instead of first stepping over the index entries of
 /// every job finished since the last vacuum (which a plain NOT EXISTS, or a seq scan, would).
-const OPEN_JOB_PROBE: &str = "SELECT j.id FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running') \
-     ORDER BY j.id DESC LIMIT 1";
+fn no_open_job_left(skip: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT j.id FROM jobs j WHERE j.sweep_id = sweeps.id AND j.state IN ('blocked', 'ready', 'running'){skip} \
+         ORDER BY j.id DESC LIMIT 1)"
+    )
+}
 
+/// A closing sweep's state: failed when one of its trials failed, else succeeded.
+const FINAL_SWEEP_STATE: &str =
+    "CASE WHEN EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state = 'failed') THEN 'failed' ELSE 'succeeded' END";
+
+/// Closes running sweeps (all, or one) that have no open job left: failed when a trial failed,
+/// else succeeded. Evaluates to the ids of the sweeps it closed.
 macro_rules! finalize_sweeps {
     ($tx:ident, $d:ident, $sweep_id:expr) => {{
         let now = $d.now;
         let only: Option<i64> = $sweep_id;
         let rows = sqlx::query(&format!(
-            "UPDATE sweeps SET finished_at = {now}, \
-                    state = CASE WHEN EXISTS (SELECT 1 FROM trials t WHERE t.sweep_id = sweeps.id AND t.state = 'failed') \
-                                 THEN 'failed' ELSE 'succeeded' END \
-              WHERE state = 'running' AND ($1 IS NULL OR id = $1) \
-                AND NOT EXISTS ({OPEN_JOB_PROBE}) \
-             RETURNING id"
+            "UPDATE sweeps SET finished_at = {now}, state = {FINAL_SWEEP_STATE} \
+              WHERE state = 'running' AND ($1 IS NULL OR id = $1) AND {no_open} \
+             RETURNING id",
+            no_open = no_open_job_left("")
         ))
         .bind(only)
         .fetch_all(&mut *$tx)
