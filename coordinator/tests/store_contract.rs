@@ -451,6 +451,27 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     assert_eq!(seeds, HashSet::from([a[0].job.seed, b[0].job.seed]));
 }
 
+/// A worker that claims up to `n` jobs at a time through `gc` and completes them, until the sweep
+/// has no open job left; returns the ids of the jobs it ran.
+async fn work_through(gc: &GroupCommit, store: &Store, worker: &str, n: u32, sweep_id: i64) -> Vec<i64> {
+    let mut ran = Vec::new();
+    loop {
+        let got = gc.claim(worker, n, LEASE).await.unwrap();
+        if got.is_empty() {
+            let c = store.get_sweep(sweep_id).await.unwrap().jobs;
+            if c.blocked + c.ready + c.running == 0 {
+                return ran;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        for j in got {
+            gc.complete(lease_of(&j), fabricated_result(&j)).await.unwrap();
+            ran.push(j.job.id);
+        }
+    }
+}
+
 /// Eight workers claim and complete through the coordinator's group commit until the sweep is
 /// done: every job runs exactly once, every result is stored, and the sweep closes.
 async fn group_commit_hands_each_job_out_once_and_finishes_the_sweep(store: Store) {
@@ -464,24 +485,7 @@ async fn group_commit_hands_each_job_out_once_and_finishes_the_sweep(store: Stor
     let mut handles = Vec::new();
     for i in 0..8 {
         let (gc, store) = (gc.clone(), store.clone());
-        handles.push(tokio::spawn(async move {
-            let mut ran = Vec::new();
-            loop {
-                let got = gc.claim(&format!("w{i}"), 2, LEASE).await.unwrap();
-                if got.is_empty() {
-                    let c = store.get_sweep(out.sweep_id).await.unwrap().jobs;
-                    if c.blocked + c.ready + c.running == 0 {
-                        return ran;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                for j in got {
-                    gc.complete(lease_of(&j), fabricated_result(&j)).await.unwrap();
-                    ran.push(j.job.id);
-                }
-            }
-        }));
+        handles.push(tokio::spawn(async move { work_through(&gc, &store, &format!("w{i}"), 2, out.sweep_id).await }));
     }
     let mut all = Vec::new();
     for h in handles {
@@ -544,24 +548,7 @@ async fn two_coordinators_share_one_database(db: TestDb) {
             let (gc, store) = (gc.clone(), store.clone());
             let worker = format!("c{c}-w{i}");
             register(&store, &worker).await;
-            handles.push(tokio::spawn(async move {
-                let mut ran = Vec::new();
-                loop {
-                    let got = gc.claim(&worker, 1, LEASE).await.unwrap();
-                    if got.is_empty() {
-                        let j = store.get_sweep(out.sweep_id).await.unwrap().jobs;
-                        if j.blocked + j.ready + j.running == 0 {
-                            return ran;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    }
-                    for j in got {
-                        gc.complete(lease_of(&j), fabricated_result(&j)).await.unwrap();
-                        ran.push(j.job.id);
-                    }
-                }
-            }));
+            handles.push(tokio::spawn(async move { work_through(&gc, &store, &worker, 1, out.sweep_id).await }));
         }
     }
     let mut all = Vec::new();
