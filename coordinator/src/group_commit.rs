@@ -11,7 +11,7 @@
 //! that a crash could lose. When a batch fails as a whole (a database error), each of its calls
 //! is retried alone, so one bad item fails only its own caller.
 
-use crate::store::{ClaimRequest, ClaimedJob, Completion, Lease, ResultInput, Store, StoreError};
+use crate::store::{ClaimRequest, ClaimedJob, Completion, Store, StoreError};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -113,11 +113,11 @@ impl GroupCommit {
         rx.await.unwrap_or_else(|_| Err(batcher_gone()))
     }
 
-    /// [`Store::complete_job`], batched with concurrent completions.
-    pub async fn complete(&self, lease: Lease, result: ResultInput) -> Result<(), StoreError> {
+    /// One completion, batched with concurrent completions ([`Store::complete_jobs`]).
+    pub async fn complete(&self, item: Completion) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError((item, _))) = self.completions.send((Completion { lease, result }, tx)) {
-            return self.store.complete_job(item.lease, &item.result).await;
+        if let Err(mpsc::error::SendError((item, _))) = self.completions.send((item, tx)) {
+            return self.store.complete_jobs(std::slice::from_ref(&item)).await?.pop().expect("one outcome per completion");
         }
         rx.await.unwrap_or_else(|_| Err(batcher_gone()))
     }

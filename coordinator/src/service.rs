@@ -7,7 +7,7 @@
 use crate::artifacts::ArtifactStore;
 use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
-    AbortReason, ArtifactRow, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
+    AbortReason, Completion, ArtifactRow, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
     SweepInfo, WorkerRegistration,
 };
 use futures::{Stream, StreamExt};
@@ -523,23 +523,6 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
         let result = r.result.ok_or_else(|| Status::invalid_argument("result is missing: send the level's result with the completion"))?;
-        let job = self.0.store.get_job(lease.job_id).await.map_err(status)?;
-        if !(job.state == "running" && job.attempt == lease.attempt) {
-            return Err(status(StoreError::FailedPrecondition(format!(
-                "lease {lease} is not current (job is {} at attempt {}): stop this attempt",
-                job.state, job.attempt
-            ))));
-        }
-        // The next levels need these files: refuse a completion that would strand them.
-        let uploaded = self.0.store.artifacts_of_attempt(lease).await.map_err(status)?;
-        let needed: &[&str] = if job.kind == "dense" { &["rewind", "weights"] } else { &["weights"] };
-        let missing: Vec<&str> = needed.iter().copied().filter(|n| !uploaded.iter().any(|u| u == n)).collect();
-        if !missing.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "job {} completed without uploading {:?} in this attempt: upload them with UploadArtifact, then complete",
-                lease.job_id, missing
-            )));
-        }
         let input = ResultInput {
             sparsity: result.sparsity,
             test_accuracy: result.test_accuracy,
@@ -555,7 +538,9 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                 .collect(),
         };
         let accuracy = input.test_accuracy;
-        self.0.queue.complete(lease, input).await.map_err(status)?;
+        // The store refuses, in the completing statement itself, a stale lease and a completion
+        // whose attempt has not uploaded what the next levels download.
+        self.0.queue.complete(Completion { lease, result: input, require_uploads: true }).await.map_err(status)?;
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
         Ok(Response::new(pb::Ack {}))
     }

@@ -48,6 +48,7 @@ contract!(
     bad_results_are_rejected,
     batches_keep_each_calls_outcome,
     group_commit_hands_each_job_out_once_and_finishes_the_sweep,
+    completion_requires_this_attempts_uploads_and_claims_carry_them,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -426,11 +427,11 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     let mut bad = fabricated_result(&a[1]);
     bad.sparsity = 2.0;
     let items = vec![
-        Completion { lease: lease_of(&a[0]), result: fabricated_result(&a[0]) },
-        Completion { lease: Lease { job_id: a[1].job.id, attempt: 7 }, result: fabricated_result(&a[1]) },
-        Completion { lease: lease_of(&a[1]), result: bad },
-        Completion { lease: lease_of(&a[0]), result: fabricated_result(&a[0]) },
-        Completion { lease: lease_of(&b[0]), result: fabricated_result(&b[0]) },
+        Completion { lease: lease_of(&a[0]), result: fabricated_result(&a[0]), require_uploads: false },
+        Completion { lease: Lease { job_id: a[1].job.id, attempt: 7 }, result: fabricated_result(&a[1]), require_uploads: false },
+        Completion { lease: lease_of(&a[1]), result: bad, require_uploads: false },
+        Completion { lease: lease_of(&a[0]), result: fabricated_result(&a[0]), require_uploads: false },
+        Completion { lease: lease_of(&b[0]), result: fabricated_result(&b[0]), require_uploads: false },
     ];
     let outcomes = store.complete_jobs(&items).await.unwrap();
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
@@ -451,6 +452,99 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     assert_eq!(seeds, HashSet::from([a[0].job.seed, b[0].job.seed]));
 }
 
+fn must_upload(c: &lth_coordinator::store::ClaimedJob) -> Completion {
+    Completion { lease: lease_of(c), result: fabricated_result(c), require_uploads: true }
+}
+
+/// Records an upload of `name` for the claim's attempt, as UploadArtifact does once the file is
+/// stored and verified.
+async fn upload(store: &Store, c: &lth_coordinator::store::ClaimedJob, name: &str) {
+    let uri = format!("file:///artifacts/{}/{}/{name}", c.job.id, c.job.attempt);
+    store.record_artifact(lease_of(c), name, &uri, &"ab".repeat(32), 1000).await.unwrap();
+}
+
+/// A completion that asks for uploads is refused, naming what is missing, until the attempt has
+/// uploaded what the next levels download (uploads of an earlier attempt do not count); and a
+/// claim hands out exactly those files: θk from the dense job, the parent's weights, its own
+/// checkpoint from an earlier attempt, and the original's files for a reused parent.
+async fn completion_requires_this_attempts_uploads_and_claims_carry_them(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 2);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let one = |c: Completion| {
+        let store = store.clone();
+        async move { store.complete_jobs(&[c]).await.unwrap().pop().unwrap() }
+    };
+
+    let d1 = claim_one(&store, "w").await;
+    assert_eq!(d1.job.kind, "dense");
+    match one(must_upload(&d1)).await {
+        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("\"rewind\", \"weights\"") && m.contains("UploadArtifact"), "{m}"),
+        other => panic!("a completion without uploads must be refused: {other:?}"),
+    }
+    upload(&store, &d1, "weights").await;
+    upload(&store, &d1, "checkpoint").await;
+    match one(must_upload(&d1)).await {
+        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("[\"rewind\"]"), "only rewind is missing: {m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.get_job(d1.job.id).await.unwrap().state, "running", "a refused completion changes nothing");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, 0);
+
+    // The attempt fails; the next one resumes from its checkpoint but must upload again.
+    store.fail_job(lease_of(&d1), "CUDA out of memory", true).await.unwrap();
+    let d2 = claim_one(&store, "w").await;
+    assert_eq!((d2.job.id, d2.job.attempt), (d1.job.id, 2));
+    let ck = d2.resume_checkpoint.as_ref().expect("the earlier attempt's checkpoint");
+    assert_eq!((ck.job_id, ck.attempt, ck.name.as_str()), (d1.job.id, 1, "checkpoint"));
+    assert!(d2.rewind.is_none() && d2.weights.is_none(), "a dense job downloads nothing");
+    match one(must_upload(&d2)).await {
+        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("\"rewind\", \"weights\""), "attempt 1's weights do not count: {m}"),
+        other => panic!("{other:?}"),
+    }
+    // Stale and unknown leases are told apart from missing uploads.
+    match one(Completion { lease: lease_of(&d1), ..must_upload(&d1) }).await {
+        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("not current") && m.contains("attempt 2"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let ghost = Completion { lease: Lease { job_id: 1 << 40, attempt: 1 }, ..must_upload(&d2) };
+    assert!(matches!(one(ghost).await, Err(StoreError::NotFound(_))));
+    upload(&store, &d2, "rewind").await;
+    upload(&store, &d2, "weights").await;
+    one(must_upload(&d2)).await.unwrap();
+
+    let l1 = claim_one(&store, "w").await;
+    assert_eq!((l1.job.kind.as_str(), l1.job.level), ("level", 1));
+    let (rw, wt) = (l1.rewind.as_ref().unwrap(), l1.weights.as_ref().unwrap());
+    assert_eq!((rw.job_id, rw.attempt, rw.name.as_str()), (d1.job.id, 2, "rewind"));
+    assert_eq!((wt.job_id, wt.attempt, wt.name.as_str()), (d1.job.id, 2, "weights"));
+    assert_eq!(wt.uri, format!("file:///artifacts/{}/2/weights", d1.job.id));
+    assert!(l1.resume_checkpoint.is_none());
+    match one(must_upload(&l1)).await {
+        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("[\"weights\"]"), "a level job owes its weights: {m}"),
+        other => panic!("{other:?}"),
+    }
+    upload(&store, &l1, "weights").await;
+    one(must_upload(&l1)).await.unwrap();
+
+    let l2 = claim_one(&store, "w").await;
+    assert_eq!(l2.weights.as_ref().unwrap().job_id, l1.job.id, "level 2 starts from level 1");
+    assert_eq!(l2.rewind.as_ref().unwrap().job_id, d1.job.id, "and rewinds to the seed's θk");
+    upload(&store, &l2, "weights").await;
+    one(must_upload(&l2)).await.unwrap();
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
+
+    // A deeper sweep reuses levels 0-2; its level 3 downloads the originals' files.
+    let mut deeper = s.clone();
+    deeper.levels = Some(3);
+    let again = store.submit_sweep(&deeper, None).await.unwrap();
+    assert_eq!((again.jobs, again.jobs_reused), (4, 3));
+    let l3 = claim_one(&store, "w").await;
+    assert_eq!(l3.job.level, 3);
+    assert_eq!(l3.weights.as_ref().unwrap().job_id, l2.job.id, "through the reused parent");
+    assert_eq!(l3.rewind.as_ref().unwrap().job_id, d1.job.id, "through the reused dense job");
+}
+
 /// A worker that claims up to `n` jobs at a time through `gc` and completes them, until the sweep
 /// has no open job left; returns the ids of the jobs it ran.
 async fn work_through(gc: &GroupCommit, store: &Store, worker: &str, n: u32, sweep_id: i64) -> Vec<i64> {
@@ -466,7 +560,7 @@ async fn work_through(gc: &GroupCommit, store: &Store, worker: &str, n: u32, swe
             continue;
         }
         for j in got {
-            gc.complete(lease_of(&j), fabricated_result(&j)).await.unwrap();
+            gc.complete(Completion { lease: lease_of(&j), result: fabricated_result(&j), require_uploads: false }).await.unwrap();
             ran.push(j.job.id);
         }
     }

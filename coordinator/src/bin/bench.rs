@@ -13,7 +13,7 @@
 
 use clap::Parser;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
-use lth_coordinator::store::{LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_coordinator::store::{Completion, LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,7 +127,7 @@ impl Path {
     async fn complete(&self, lease: Lease, r: ResultInput) {
         match self {
             Path::Direct(s) => s.complete_job(lease, &r).await,
-            Path::Group(g) => g.complete(lease, r).await,
+            Path::Group(g) => g.complete(Completion { lease, result: r, require_uploads: false }).await,
         }
         .expect("complete")
     }

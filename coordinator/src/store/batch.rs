@@ -27,6 +27,50 @@ pub struct ClaimRequest {
 pub struct Completion {
     pub lease: Lease,
     pub result: ResultInput,
+    /// Refuse the completion unless this attempt uploaded the files its dependents download
+    /// ([`uploads_needed`]). The gRPC service always sets it: a job marked succeeded without
+    /// its weights would strand every child. Checked in the same statement that completes, so
+    /// the check costs no extra round trip.
+    pub require_uploads: bool,
+}
+
+/// The artifacts an attempt of a `kind` job must upload before it may complete: a dense job's
+/// children rewind to θk and start from its weights; a level job's children start from its
+/// weights and mask.
+pub fn uploads_needed(kind: &str) -> &'static [&'static str] {
+    if kind == "dense" {
+        &["rewind", "weights"]
+    } else {
+        &["weights"]
+    }
+}
+
+/// Why a completion changed nothing.
+#[derive(Debug)]
+enum Refusal {
+    NoSuchJob,
+    /// The lease is not the job's current running attempt.
+    Stale { state: String, attempt: i32 },
+    /// The attempt did not upload these artifacts.
+    MissingUploads(Vec<String>),
+}
+
+impl Refusal {
+    fn into_error(self, lease: Lease) -> StoreError {
+        match self {
+            Refusal::NoSuchJob => StoreError::NotFound(format!("job {} does not exist: check the lease the claim returned", lease.job_id)),
+            // The row changed between the statement's snapshot and its update (a concurrent
+            // expiry or cancel): nothing more specific to say.
+            Refusal::Stale { state, attempt } if state == "running" && attempt == lease.attempt => stale(lease),
+            Refusal::Stale { state, attempt } => StoreError::FailedPrecondition(format!(
+                "lease {lease} is not current (job is {state} at attempt {attempt}): stop this attempt, its result was not recorded"
+            )),
+            Refusal::MissingUploads(names) => StoreError::FailedPrecondition(format!(
+                "job {} completed without uploading {names:?} in attempt {}: upload them with UploadArtifact, then complete",
+                lease.job_id, lease.attempt
+            )),
+        }
+    }
 }
 
 impl Store {
@@ -127,16 +171,19 @@ impl Store {
             }
         }
         if !todo.is_empty() {
-            let done: std::collections::HashSet<Lease> = match self {
+            // The refused leases and why; every other item in `todo` was applied.
+            let mut refused: std::collections::HashMap<Lease, Refusal> = match self {
                 Store::Postgres(pool) => pg_complete(pool, items, &todo).await?,
                 Store::Sqlite(pool) => {
                     let mut tx = pool.begin_write().await?;
-                    let mut done = std::collections::HashSet::new();
+                    let mut refused = std::collections::HashMap::new();
                     let mut sweeps = Vec::new();
                     for &i in &todo {
-                        if let Some(sweep_id) = sqlite_complete(&mut *tx, items[i].lease, &items[i].result).await? {
-                            done.insert(items[i].lease);
-                            sweeps.push(sweep_id);
+                        match sqlite_complete(&mut *tx, &items[i]).await? {
+                            Ok(sweep_id) => sweeps.push(sweep_id),
+                            Err(why) => {
+                                refused.insert(items[i].lease, why);
+                            }
                         }
                     }
                     sweeps.sort_unstable();
@@ -147,12 +194,15 @@ impl Store {
                         finalize_sweeps!(conn, d, Some(s));
                     }
                     tx.commit().await?;
-                    done
+                    refused
                 }
             };
             for &i in &todo {
                 let l = items[i].lease;
-                out[i] = Some(if done.contains(&l) { Ok(()) } else { Err(stale(l)) });
+                out[i] = Some(match refused.remove(&l) {
+                    None => Ok(()),
+                    Some(why) => Err(why.into_error(l)),
+                });
             }
         }
         Ok(out.into_iter().map(|o| o.expect("every item has an outcome")).collect())
@@ -265,10 +315,31 @@ async fn sqlite_claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs
     Ok(Some(out))
 }
 
-/// SQLite completion inside the caller's write transaction. Returns the job's sweep, or None
-/// when the lease is stale (then nothing was written).
-async fn sqlite_complete(conn: &mut SqliteConnection, lease: Lease, result: &ResultInput) -> Result<Option<i64>> {
+/// SQLite completion inside the caller's write transaction (which holds the database's write
+/// lock, so nothing changes between the checks and the writes). Returns the job's sweep, or why
+/// nothing was written.
+async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Result<std::result::Result<i64, Refusal>> {
+    let (lease, result) = (item.lease, &item.result);
     let now = SQLITE.now;
+    let Some(job) = sqlx::query("SELECT state, attempt, kind FROM jobs WHERE id = $1").bind(lease.job_id).fetch_optional(&mut *conn).await?
+    else {
+        return Ok(Err(Refusal::NoSuchJob));
+    };
+    let (state, attempt, kind): (String, i32, String) = (job.try_get("state")?, job.try_get("attempt")?, job.try_get("kind")?);
+    if state != "running" || attempt != lease.attempt {
+        return Ok(Err(Refusal::Stale { state, attempt }));
+    }
+    if item.require_uploads {
+        let uploaded: Vec<String> = sqlx::query_scalar("SELECT name FROM artifacts WHERE job_id = $1 AND attempt = $2")
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .fetch_all(&mut *conn)
+            .await?;
+        let missing: Vec<String> = uploads_needed(&kind).iter().filter(|n| !uploaded.iter().any(|u| u == *n)).map(|n| n.to_string()).collect();
+        if !missing.is_empty() {
+            return Ok(Err(Refusal::MissingUploads(missing)));
+        }
+    }
     let row = sqlx::query(&format!(
         "UPDATE jobs SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = {now}, lease_expires_at = NULL \
           WHERE id = $1 AND attempt = $2 AND state = 'running' \
@@ -278,7 +349,7 @@ async fn sqlite_complete(conn: &mut SqliteConnection, lease: Lease, result: &Res
     .bind(lease.attempt)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    let Some(row) = row else { return Ok(Err(Refusal::Stale { state, attempt })) };
     let sweep_id: i64 = row.try_get("sweep_id")?;
     let trial_id: Option<i64> = row.try_get("trial_id")?;
     let level: i32 = row.try_get("level")?;
@@ -334,11 +405,15 @@ async fn sqlite_complete(conn: &mut SqliteConnection, lease: Lease, result: &Res
         .bind(lease.attempt)
         .execute(&mut *conn)
         .await?;
-    Ok(Some(sweep_id))
+    Ok(Ok(sweep_id))
 }
 
 /// Postgres completion of `items[todo]` in one statement (one implicit transaction). Returns
-/// the leases that were current and are now succeeded.
+/// the leases that were refused and why; the others are now succeeded.
+///
+/// `chk` reads each job's state and, where required, the uploads it lacks, from the
+/// statement's snapshot; `done` then updates only current, complete ones, re-checking the lease
+/// under the row lock, so a concurrent expiry still wins.
 ///
 /// The sweep is closed in the same statement when no open job remains besides the ones this
 /// statement completes. All parts of one statement see the same snapshot, so two batches that
@@ -346,9 +421,9 @@ async fn sqlite_complete(conn: &mut SqliteConnection, lease: Lease, result: &Res
 /// reaper closes such a sweep on its next pass. The parts of a statement run in no fixed order;
 /// the sweep's closing event reads `ev` so that it is numbered after the jobs' events, because
 /// WatchSweep ends its stream on it.
-async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<std::collections::HashSet<Lease>> {
+async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<std::collections::HashMap<Lease, Refusal>> {
     let n = todo.len();
-    let (mut job_ids, mut attempts) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut job_ids, mut attempts, mut require) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut sparsity, mut acc, mut test_loss, mut train_loss, mut epochs, mut wall, mut iters) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let layers: usize = todo.iter().map(|&i| items[i].result.layers.len()).sum();
@@ -366,6 +441,7 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
         let (l, r) = (items[i].lease, &items[i].result);
         job_ids.push(l.job_id);
         attempts.push(l.attempt);
+        require.push(items[i].require_uploads);
         sparsity.push(r.sparsity);
         acc.push(r.test_accuracy);
         test_loss.push(r.test_loss);
@@ -385,10 +461,16 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
         }
     }
     let rows = sqlx::query(&format!(
-        "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[]) \
-                          AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations)), \
+        "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[], $18::bool[]) \
+                          AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, require_uploads)), \
+         chk AS (SELECT i.job_id, i.attempt, j.state, j.attempt AS current_attempt, \
+                        CASE WHEN i.require_uploads AND j.id IS NOT NULL THEN \
+                          ARRAY(SELECT need FROM unnest(CASE WHEN j.kind = 'dense' THEN $19::text[] ELSE $20::text[] END) AS need \
+                                 WHERE NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = i.job_id AND a.attempt = i.attempt AND a.name = need)) \
+                        ELSE '{{}}'::text[] END AS missing \
+                   FROM input i LEFT JOIN jobs j ON j.id = i.job_id), \
          done AS (UPDATE jobs j SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = now(), lease_expires_at = NULL \
-                    FROM input i WHERE j.id = i.job_id AND j.attempt = i.attempt AND j.state = 'running' \
+                    FROM chk WHERE j.id = chk.job_id AND j.attempt = chk.attempt AND j.state = 'running' AND cardinality(chk.missing) = 0 \
                   RETURNING j.id, j.attempt, j.sweep_id, j.trial_id, j.level), \
          att AS (UPDATE job_attempts a SET outcome = 'succeeded', finished_at = now() \
                    FROM done WHERE a.job_id = done.id AND a.attempt = done.attempt), \
@@ -410,7 +492,8 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                   WHERE sweeps.id IN (SELECT sweep_id FROM done) AND sweeps.state = 'running' AND {no_open} \
                  RETURNING sweeps.id), \
          fin_ev AS (INSERT INTO events (sweep_id, kind) SELECT id, 'sweep' FROM fin WHERE (SELECT count(*) FROM ev) >= 0) \
-         SELECT id, attempt FROM done",
+         SELECT chk.job_id, chk.attempt, chk.state, chk.current_attempt, chk.missing FROM chk \
+          WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = chk.job_id AND done.attempt = chk.attempt)",
         // The jobs this statement completes still look running to it.
         no_open = no_open_job_left(" AND NOT EXISTS (SELECT 1 FROM done WHERE done.id = j.id)")
     ))
@@ -431,11 +514,27 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
     .bind(&m_bits)
     .bind(&m_collapsed)
     .bind(&m_norm)
+    .bind(&require)
+    .bind(uploads_needed("dense"))
+    .bind(uploads_needed("level"))
     .fetch_all(pool)
     .await?;
-    let mut done = std::collections::HashSet::with_capacity(rows.len());
+    let mut refused = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {
-        done.insert(Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? });
+        let lease = Lease { job_id: r.try_get("job_id")?, attempt: r.try_get("attempt")? };
+        let why = match r.try_get::<Option<String>, _>("state")? {
+            None => Refusal::NoSuchJob,
+            Some(state) => {
+                let missing: Vec<String> = r.try_get("missing")?;
+                let attempt: i32 = r.try_get("current_attempt")?;
+                if state == "running" && attempt == lease.attempt && !missing.is_empty() {
+                    Refusal::MissingUploads(missing)
+                } else {
+                    Refusal::Stale { state, attempt }
+                }
+            }
+        };
+        refused.insert(lease, why);
     }
-    Ok(done)
+    Ok(refused)
 }

@@ -1138,20 +1138,12 @@ impl Store {
     }
 
     /// Names of the artifacts that this very attempt uploaded.
-    pub async fn artifacts_of_attempt(&self, lease: Lease) -> Result<Vec<String>> {
-        both!(self, |pool, d, DB| {
-            Ok(sqlx::query_scalar("SELECT name FROM artifacts WHERE job_id = $1 AND attempt = $2 ORDER BY name")
-                .bind(lease.job_id)
-                .bind(lease.attempt)
-                .fetch_all(pool)
-                .await?)
-        })
-    }
-
     /// Records the job's result and masks, marks it succeeded, unblocks its children and closes
     /// its trial (last level) and sweep (last job). Fenced: a stale lease changes nothing.
+    /// Does not ask for the attempt's uploads; the gRPC service completes through
+    /// [`Completion::require_uploads`], which does.
     pub async fn complete_job(&self, lease: Lease, result: &ResultInput) -> Result<()> {
-        let item = Completion { lease, result: result.clone() };
+        let item = Completion { lease, result: result.clone(), require_uploads: false };
         self.complete_jobs(std::slice::from_ref(&item)).await?.pop().expect("one outcome per completion")
     }
 
@@ -1578,4 +1570,4 @@ pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
 }
 
 mod batch;
-pub use batch::{ClaimRequest, Completion};
+pub use batch::{uploads_needed, ClaimRequest, Completion};
