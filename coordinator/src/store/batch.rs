@@ -81,16 +81,20 @@ impl Store {
             return Ok(Vec::new());
         }
         // Per request: None = the worker is not registered; Some(jobs) otherwise.
-        let mut per_req: Vec<Option<Vec<JobRow>>> = vec![Some(Vec::new()); reqs.len()];
+        let mut per_req: Vec<Option<Vec<ClaimedJob>>> = vec![Some(Vec::new()); reqs.len()];
         match self {
             Store::Postgres(pool) => {
                 let workers: Vec<&str> = reqs.iter().map(|r| r.worker_id.as_str()).collect();
                 let ns: Vec<i32> = reqs.iter().map(|r| r.n.min(i32::MAX as u32) as i32).collect();
                 let secs: Vec<f64> = reqs.iter().map(|r| r.lease.as_secs_f64()).collect();
                 let claimed_cols: String = JOB_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
+                let art_cols = |p: &str| ARTIFACT_FIELDS.iter().map(|f| format!("{p}.{f} AS {p}_{f}")).collect::<Vec<_>>().join(", ");
+                let (rw, wt, ck) = (art_cols("rw"), art_cols("wt"), art_cols("ck"));
+                let null_arts = ["NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint"; 3].join(", ");
                 // Slots are numbered in request order, picked jobs in priority order, and slot k
                 // gets the k-th job. SKIP LOCKED makes concurrent batches (this coordinator's or
-                // another's) take disjoint jobs.
+                // another's) take disjoint jobs. The files each job downloads (as in
+                // `sqlite_attach_artifacts`) come back in the same round trip.
                 let rows = sqlx::query(&format!(
                     "WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS r(worker_id, n, lease_secs, ord)), \
                      seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = ANY($1::text[]) RETURNING worker_id), \
@@ -109,9 +113,14 @@ impl Store {
                               SELECT id, attempt, worker_id, 'running' FROM claimed), \
                      ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
                               SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed) \
-                     SELECT c.claim_ord, true AS known, {claimed_cols} FROM claimed c \
+                     SELECT c.claim_ord, true AS known, {claimed_cols}, {rw}, {wt}, {ck} FROM claimed c \
+                       LEFT JOIN jobs dj ON c.kind = 'level' AND dj.id = c.dense_job_id \
+                       LEFT JOIN artifacts rw ON rw.job_id = COALESCE(dj.reused_from, dj.id) AND rw.name = 'rewind' \
+                       LEFT JOIN jobs pj ON c.kind = 'level' AND pj.id = c.parent_job_id \
+                       LEFT JOIN artifacts wt ON wt.job_id = COALESCE(pj.reused_from, pj.id) AND wt.name = 'weights' \
+                       LEFT JOIN artifacts ck ON ck.job_id = COALESCE(c.reused_from, c.id) AND ck.name = 'checkpoint' \
                      UNION ALL \
-                     SELECT r.ord, false, {NULL_JOB_COLUMNS_PG} FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)"
+                     SELECT r.ord, false, {NULL_JOB_COLUMNS_PG}, {null_arts} FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)"
                 ))
                 .bind(&workers)
                 .bind(&ns)
@@ -124,32 +133,37 @@ impl Store {
                     if !r.try_get::<bool, _>("known")? {
                         per_req[i] = None;
                     } else if let Some(v) = per_req[i].as_mut() {
-                        v.push(job_from_row!(r));
+                        v.push(ClaimedJob {
+                            job: job_from_row!(r),
+                            rewind: prefixed_artifact(r, "rw")?,
+                            weights: prefixed_artifact(r, "wt")?,
+                            resume_checkpoint: prefixed_artifact(r, "ck")?,
+                        });
                     }
                 }
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
                 for (i, r) in reqs.iter().enumerate() {
-                    per_req[i] = sqlite_claim(&mut *tx, &r.worker_id, r.n, r.lease.as_secs_f64()).await?;
+                    per_req[i] = match sqlite_claim(&mut *tx, &r.worker_id, r.n, r.lease.as_secs_f64()).await? {
+                        None => None,
+                        Some(jobs) => Some(sqlite_attach_artifacts(&mut *tx, jobs).await?),
+                    };
                 }
                 tx.commit().await?;
             }
         }
-        for jobs in per_req.iter_mut().flatten() {
-            jobs.sort_by_key(|j| j.id);
-        }
-        let counts: Vec<Option<usize>> = per_req.iter().map(|j| j.as_ref().map(Vec::len)).collect();
-        let all: Vec<JobRow> = per_req.into_iter().flatten().flatten().collect();
-        let mut with_artifacts = self.attach_artifacts(all).await?.into_iter();
-        let mut out = Vec::with_capacity(reqs.len());
-        for (i, count) in counts.into_iter().enumerate() {
-            match count {
-                None => out.push(Err(unknown_worker(&reqs[i].worker_id))),
-                Some(k) => out.push(Ok(with_artifacts.by_ref().take(k).collect())),
-            }
-        }
-        Ok(out)
+        Ok(per_req
+            .into_iter()
+            .enumerate()
+            .map(|(i, jobs)| match jobs {
+                None => Err(unknown_worker(&reqs[i].worker_id)),
+                Some(mut jobs) => {
+                    jobs.sort_by_key(|c| c.job.id);
+                    Ok(jobs)
+                }
+            })
+            .collect())
     }
 
     /// Completes several jobs: records each result and its masks, marks the job succeeded,
@@ -207,64 +221,65 @@ impl Store {
         }
         Ok(out.into_iter().map(|o| o.expect("every item has an outcome")).collect())
     }
+}
 
-    /// The artifacts each claimed job needs: θk from its dense job, the parent's weights, and a
-    /// checkpoint of its own from an earlier attempt. Reused jobs point at the original's files.
-    /// Returns the jobs in the order given.
-    pub(super) async fn attach_artifacts(&self, jobs: Vec<JobRow>) -> Result<Vec<ClaimedJob>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut wanted: Vec<i64> = Vec::new();
-        for j in &jobs {
-            wanted.push(j.id);
-            wanted.extend(j.parent_job_id);
-            wanted.extend(j.dense_job_id);
-        }
-        wanted.sort_unstable();
-        wanted.dedup();
-        const ARTIFACT_COLUMNS: &str = "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
-               FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
-              WHERE a.name IN ('rewind', 'weights', 'checkpoint')";
-        let arts: Vec<(i64, ArtifactRow)> = if let Store::Postgres(pool) = self {
-            // One statement text whatever the batch size, so it is prepared (and planned) once.
-            let mut out = Vec::new();
-            for r in sqlx::query(&format!("{ARTIFACT_COLUMNS} AND x.id = ANY($1::bigint[])")).bind(&wanted).fetch_all(pool).await? {
-                out.push((r.try_get("for_job")?, artifact_from_row!(r)));
-            }
-            out
-        } else {
-            both!(self, |pool, d, DB| {
-            let mut qb = QueryBuilder::<DB>::new(
-                "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
-                   FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
-                  WHERE a.name IN ('rewind', 'weights', 'checkpoint') AND x.id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for id in &wanted {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            let mut out = Vec::new();
-            for r in qb.build().fetch_all(pool).await? {
-                out.push((r.try_get("for_job")?, artifact_from_row!(r)));
-            }
-            out
-        })
-        };
-        let find = |job: Option<i64>, name: &str| {
-            job.and_then(|id| arts.iter().find(|(f, a)| *f == id && a.name == name).map(|(_, a)| a.clone()))
-        };
-        Ok(jobs
-            .into_iter()
-            .map(|j| ClaimedJob {
-                rewind: if j.kind == "level" { find(j.dense_job_id, "rewind") } else { None },
-                weights: if j.kind == "level" { find(j.parent_job_id, "weights") } else { None },
-                resume_checkpoint: find(Some(j.id), "checkpoint"),
-                job: j,
-            })
-            .collect())
+/// The files each job claimed on SQLite downloads: θk from its dense job, the parent's weights,
+/// and a checkpoint of its own from an earlier attempt; reused jobs point at the original's
+/// files. Postgres gets the same from its claim statement. Returns the jobs in the order given.
+async fn sqlite_attach_artifacts(conn: &mut SqliteConnection, jobs: Vec<JobRow>) -> Result<Vec<ClaimedJob>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
     }
+    let mut wanted: Vec<i64> = Vec::new();
+    for j in &jobs {
+        wanted.push(j.id);
+        wanted.extend(j.parent_job_id);
+        wanted.extend(j.dense_job_id);
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
+        "SELECT x.id AS for_job, a.job_id, a.name, a.attempt, a.uri, a.sha256, a.bytes \
+           FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) \
+          WHERE a.name IN ('rewind', 'weights', 'checkpoint') AND x.id IN (",
+    );
+    let mut sep = qb.separated(", ");
+    for id in &wanted {
+        sep.push_bind(*id);
+    }
+    qb.push(")");
+    let mut arts: Vec<(i64, ArtifactRow)> = Vec::new();
+    for r in qb.build().fetch_all(&mut *conn).await? {
+        arts.push((r.try_get("for_job")?, artifact_from_row!(r)));
+    }
+    let find = |job: Option<i64>, name: &str| job.and_then(|id| arts.iter().find(|(f, a)| *f == id && a.name == name).map(|(_, a)| a.clone()));
+    Ok(jobs
+        .into_iter()
+        .map(|j| ClaimedJob {
+            rewind: if j.kind == "level" { find(j.dense_job_id, "rewind") } else { None },
+            weights: if j.kind == "level" { find(j.parent_job_id, "weights") } else { None },
+            resume_checkpoint: find(Some(j.id), "checkpoint"),
+            job: j,
+        })
+        .collect())
+}
+
+/// The columns of an artifact row, in the order `artifact_from_row!` and the claim's NULL
+/// placeholders use.
+const ARTIFACT_FIELDS: [&str; 6] = ["job_id", "name", "attempt", "uri", "sha256", "bytes"];
+
+/// The artifact in columns `{prefix}_job_id` .. `{prefix}_bytes`, if the outer join found one.
+fn prefixed_artifact(r: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<ArtifactRow>> {
+    let col = |f: &str| format!("{prefix}_{f}");
+    let Some(job_id) = r.try_get::<Option<i64>, _>(col("job_id").as_str())? else { return Ok(None) };
+    Ok(Some(ArtifactRow {
+        job_id,
+        name: r.try_get(col("name").as_str())?,
+        attempt: r.try_get(col("attempt").as_str())?,
+        uri: r.try_get(col("uri").as_str())?,
+        sha256: r.try_get(col("sha256").as_str())?,
+        bytes: r.try_get(col("bytes").as_str())?,
+    }))
 }
 
 /// SQLite claim inside the caller's write transaction. None: the worker is not registered.
