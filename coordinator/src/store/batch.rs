@@ -90,6 +90,13 @@ impl Store {
                 let claimed_cols: String = JOB_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
                 let art_cols = |p: &str| ARTIFACT_FIELDS.iter().map(|f| format!("{p}.{f} AS {p}_{f}")).collect::<Vec<_>>().join(", ");
                 let (rw, wt, ck) = (art_cols("rw"), art_cols("wt"), art_cols("ck"));
+                // Per claimed job, keyed lookups (lateral, so the planner cannot pick a hash
+                // join over all jobs: its generic plan expects thousands of claimed rows).
+                let file_of = |job: &str, name: &str| {
+                    format!(
+                        "SELECT a.* FROM jobs x JOIN artifacts a ON a.job_id = COALESCE(x.reused_from, x.id) AND a.name = '{name}' WHERE x.id = {job}"
+                    )
+                };
                 let null_arts = ["NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint"; 3].join(", ");
                 // Slots are numbered in request order, picked jobs in priority order, and slot k
                 // gets the k-th job. SKIP LOCKED makes concurrent batches (this coordinator's or
@@ -114,13 +121,14 @@ impl Store {
                      ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
                               SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed) \
                      SELECT c.claim_ord, true AS known, {claimed_cols}, {rw}, {wt}, {ck} FROM claimed c \
-                       LEFT JOIN jobs dj ON c.kind = 'level' AND dj.id = c.dense_job_id \
-                       LEFT JOIN artifacts rw ON rw.job_id = COALESCE(dj.reused_from, dj.id) AND rw.name = 'rewind' \
-                       LEFT JOIN jobs pj ON c.kind = 'level' AND pj.id = c.parent_job_id \
-                       LEFT JOIN artifacts wt ON wt.job_id = COALESCE(pj.reused_from, pj.id) AND wt.name = 'weights' \
-                       LEFT JOIN artifacts ck ON ck.job_id = COALESCE(c.reused_from, c.id) AND ck.name = 'checkpoint' \
+                       LEFT JOIN LATERAL ({rewind_of}) rw ON c.kind = 'level' \
+                       LEFT JOIN LATERAL ({weights_of}) wt ON c.kind = 'level' \
+                       LEFT JOIN LATERAL ({checkpoint_of}) ck ON true \
                      UNION ALL \
-                     SELECT r.ord, false, {NULL_JOB_COLUMNS_PG}, {null_arts} FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)"
+                     SELECT r.ord, false, {NULL_JOB_COLUMNS_PG}, {null_arts} FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)",
+                    rewind_of = file_of("c.dense_job_id", "rewind"),
+                    weights_of = file_of("c.parent_job_id", "weights"),
+                    checkpoint_of = file_of("c.id", "checkpoint"),
                 ))
                 .bind(&workers)
                 .bind(&ns)
