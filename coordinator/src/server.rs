@@ -70,7 +70,13 @@ pub async fn serve(
     let worker = pb::worker_service_server::WorkerServiceServer::new(WorkerSvc(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // serve_with_incoming ignores the builder's TCP settings, so set them on the accepted
+    // sockets. Without TCP_NODELAY a small reply can sit behind Nagle's algorithm and the
+    // client's delayed ACK for 40 ms: ClaimJobs p50 was 140 ms over gRPC (BENCHMARKS.md).
+    // Keepalive notices workers whose machine vanished without closing the connection.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
