@@ -48,8 +48,10 @@ pub struct Coordinator {
     pub queue: GroupCommit,
     pub artifacts: ArtifactStore,
     pub opts: ServiceOptions,
-    /// Sweep specs never change once stored; assignments carry them, so keep them at hand.
-    specs: Mutex<HashMap<i64, pb::SweepSpec>>,
+    /// Sweep specs never change once stored; assignments carry them, so keep them at hand. One
+    /// cell per sweep, so the claims that race in after a restart read the spec once, not once
+    /// each.
+    specs: Mutex<HashMap<i64, Arc<tokio::sync::OnceCell<pb::SweepSpec>>>>,
 }
 
 impl Coordinator {
@@ -60,13 +62,11 @@ impl Coordinator {
     }
 
     async fn spec_of(&self, sweep_id: i64) -> Result<pb::SweepSpec, Status> {
-        if let Some(s) = self.specs.lock().unwrap().get(&sweep_id) {
-            return Ok(s.clone());
-        }
-        let info = self.store.get_sweep(sweep_id).await.map_err(status)?;
-        let wire = pb::SweepSpec::from(&info.spec);
-        self.specs.lock().unwrap().insert(sweep_id, wire.clone());
-        Ok(wire)
+        let cell = self.specs.lock().unwrap().entry(sweep_id).or_default().clone();
+        let spec = cell
+            .get_or_try_init(|| async { self.store.sweep_spec(sweep_id).await.map(|s| pb::SweepSpec::from(&s)).map_err(status) })
+            .await?;
+        Ok(spec.clone())
     }
 }
 

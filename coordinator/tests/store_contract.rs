@@ -597,6 +597,23 @@ async fn group_commit_hands_each_job_out_once_and_finishes_the_sweep(store: Stor
     assert!(claims.calls >= out.jobs / 2 && claims.batches <= claims.calls);
 }
 
+/// Every pooled Postgres connection runs with JIT off and generic plans: with JIT on, the
+/// claim's generic plan (costed for thousands of rows) was compiled on every call, ~1 s each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_plan_once_and_never_jit() {
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let Store::Postgres(pg) = &store else { unreachable!() };
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = pg.acquire().await.unwrap();
+        let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&mut *c).await.unwrap();
+        let plans: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *c).await.unwrap();
+        assert_eq!((jit.as_str(), plans.as_str()), ("off", "force_generic_plan"));
+        conns.push(c);
+    }
+}
+
 /// The coordinator vacuums `jobs` once dead rows pile up (they slow every claim), and leaves a
 /// table with few dead rows alone. SQLite has nothing to vacuum this way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

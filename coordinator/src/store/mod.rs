@@ -470,6 +470,11 @@ impl Store {
                     "{shown} is not a valid Postgres URL ({e}); write postgres://USER[:PASSWORD]@HOST:PORT/DATABASE"
                 ))
             })?;
+            // JIT compiles a statement whose estimated cost is high, and a generic plan's
+            // estimates (thousands of rows for a claim batch of 17) often are: Postgres then
+            // compiled ~100 functions with inlining for every claim, about 1 s each
+            // (BENCHMARKS.md). The coordinator only runs short statements; JIT never pays.
+            let conn = conn.options([("jit", "off")]);
             let conn = if opts.generic_plans { conn.options([("plan_cache_mode", "force_generic_plan")]) } else { conn };
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
@@ -788,6 +793,17 @@ impl Store {
             jobs: jobs as u64,
             jobs_reused: reused as u64,
             dense_jobs: dense as u64,
+        })
+    }
+
+    /// The sweep's spec alone: what each claim's assignment carries, without `get_sweep`'s counts.
+    pub async fn sweep_spec(&self, sweep_id: i64) -> Result<SweepSpec> {
+        both!(self, |pool, d, DB| {
+            let Some(r) = sqlx::query("SELECT spec FROM sweeps WHERE id = $1").bind(sweep_id).fetch_optional(pool).await? else {
+                return Err(StoreError::NotFound(format!("sweep {sweep_id} does not exist: `lthctl ls` lists the sweeps")));
+            };
+            let Json(spec): Json<SweepSpec> = r.try_get("spec")?;
+            Ok(spec)
         })
     }
 
@@ -1137,7 +1153,6 @@ impl Store {
         })
     }
 
-    /// Names of the artifacts that this very attempt uploaded.
     /// Records the job's result and masks, marks it succeeded, unblocks its children and closes
     /// its trial (last level) and sweep (last job). Fenced: a stale lease changes nothing.
     /// Does not ask for the attempt's uploads; the gRPC service completes through
@@ -1266,19 +1281,11 @@ impl Store {
         both!(self, |pool, d, DB| {
             let now = d.now;
             let lock = d.for_update();
-            let mut tx = pool.begin_write().await?;
-            let current: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT id FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'{lock}"
-            ))
-            .bind(lease.job_id)
-            .bind(lease.attempt)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if current.is_none() {
-                return Err(stale(lease));
-            }
-            sqlx::query(&format!(
-                "INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes) VALUES ($1, $2, $3, $4, $5, $6) \
+            // One statement: the lease check (locking the job row, so an expiry waits for it)
+            // and the upsert. `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's.
+            let recorded = sqlx::query(&format!(
+                "WITH cur AS (SELECT id FROM jobs WHERE id = $1 AND attempt = $3 AND state = 'running'{lock}) \
+                 INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes) SELECT id, $2, $3, $4, $5, $6 FROM cur WHERE true \
                  ON CONFLICT (job_id, name) DO UPDATE SET attempt = excluded.attempt, uri = excluded.uri, \
                    sha256 = excluded.sha256, bytes = excluded.bytes, created_at = {now}"
             ))
@@ -1288,9 +1295,11 @@ impl Store {
             .bind(uri)
             .bind(sha256)
             .bind(bytes as i64)
-            .execute(&mut *tx)
+            .execute(pool)
             .await?;
-            tx.commit().await?;
+            if recorded.rows_affected() == 0 {
+                return Err(stale(lease));
+            }
             Ok(())
         })
     }
