@@ -9,11 +9,22 @@
 //! statements and commit, the baseline) and `group` (the coordinator's group commit, what the
 //! gRPC services use), and prints their ratio.
 //!
+//! `--via grpc` measures the whole coordinator instead: it serves the real gRPC services on a
+//! local socket (group commit on, or off for `direct`) and each simulated worker, over its own
+//! connection, runs the worker protocol per job: ClaimJobs, UploadArtifact of the files the
+//! next levels need (a small blob each: the object-store write, the lease check and the record,
+//! not the bytes, are what costs the control plane), and CompleteJob.
+//!
 //!   cargo run --release -p lth-coordinator --bin lth-coordinator-bench -- --workers 64
 
 use clap::Parser;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
-use lth_coordinator::store::{Completion, LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_coordinator::artifacts::ArtifactStore;
+use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::store::{uploads_needed, Completion, LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_proto::v1 as pb;
+use pb::worker_service_client::WorkerServiceClient;
+use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +66,16 @@ struct Args {
     /// Keep the bench databases afterwards.
     #[arg(long)]
     keep: bool,
+    /// Where the simulated workers call: `store` (the store and its group commit, in process)
+    /// or `grpc` (the real services over a local socket, with uploads; see the top of this file).
+    #[arg(long, default_value = "store")]
+    via: Via,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Store,
+    Grpc,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +154,79 @@ impl Path {
     }
 }
 
+/// A claimed job, as much of it as the simulated worker needs.
+struct Claimed {
+    lease: Lease,
+    level: i32,
+    kind: &'static str,
+}
+
+/// The bytes every simulated upload sends, and their digest.
+const BLOB: &[u8] = &[0x5a; 4096];
+
+/// One simulated worker's way in: the store's calls, or its own gRPC connection.
+enum Client {
+    Store(Path),
+    Grpc(WorkerServiceClient<tonic::transport::Channel>, String),
+}
+
+impl Client {
+    async fn claim(&mut self, worker: &str) -> Option<Claimed> {
+        match self {
+            Client::Store(p) => p.claim(worker).await.into_iter().next().map(|c| Claimed {
+                lease: Lease { job_id: c.job.id, attempt: c.job.attempt },
+                level: c.job.level,
+                kind: if c.job.kind == "dense" { "dense" } else { "level" },
+            }),
+            Client::Grpc(w, _) => {
+                let req = pb::ClaimJobsRequest { worker_id: worker.into(), free_slots: 1 };
+                let jobs = w.claim_jobs(req).await.expect("ClaimJobs").into_inner().jobs;
+                jobs.into_iter().next().map(|a| Claimed {
+                    lease: Lease { job_id: a.job_id, attempt: a.attempt as i32 },
+                    level: a.level as i32,
+                    kind: if a.kind == pb::JobKind::Dense as i32 { "dense" } else { "level" },
+                })
+            }
+        }
+    }
+
+    /// Completes the job; over gRPC, uploads what its dependents need first.
+    async fn finish(&mut self, c: &Claimed) {
+        match self {
+            Client::Store(p) => p.complete(c.lease, result(c.level)).await,
+            Client::Grpc(w, digest) => {
+                let lease = pb::JobLease { job_id: c.lease.job_id, attempt: c.lease.attempt as u32 };
+                for name in uploads_needed(c.kind) {
+                    let chunk = pb::ArtifactChunk {
+                        lease: Some(lease),
+                        name: (*name).into(),
+                        data: BLOB.to_vec(),
+                        sha256: digest.clone(),
+                        total_bytes: BLOB.len() as u64,
+                    };
+                    w.upload_artifact(tokio_stream::iter([chunk])).await.expect("UploadArtifact");
+                }
+                let r = result(c.level);
+                let result = pb::LevelResult {
+                    sparsity: r.sparsity,
+                    test_accuracy: r.test_accuracy,
+                    test_loss: r.test_loss,
+                    train_loss: r.train_loss,
+                    epochs: r.epochs,
+                    wall_seconds: r.wall_seconds,
+                    iterations: r.iterations,
+                    layers: r
+                        .layers
+                        .into_iter()
+                        .map(|l| pb::LayerStats { layer: l.name, kept: l.kept, total: l.total, mask_bits: l.bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
+                        .collect(),
+                };
+                w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: vec![] }).await.expect("CompleteJob");
+            }
+        }
+    }
+}
+
 struct Outcome {
     rate: f64,
     claim_p50: f64,
@@ -140,6 +234,10 @@ struct Outcome {
 }
 
 async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
+    let tag = match args.via {
+        Via::Store => format!("{mode:?}"),
+        Via::Grpc => format!("{mode:?} via gRPC"),
+    };
     let mut drop_db: Option<String> = None;
     let url = match &args.sqlite {
         Some(u) => u.clone(),
@@ -168,7 +266,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     let sub = store.submit_sweep(&spec, None).await?;
     let submit_s = t.elapsed().as_secs_f64();
     println!(
-        "[{mode:?}] backend {} | submitted {} jobs ({} trials) in one transaction in {submit_s:.2} s",
+        "[{tag}] backend {} | submitted {} jobs ({} trials) in one transaction in {submit_s:.2} s",
         store.backend_name(),
         sub.jobs,
         sub.trials
@@ -191,24 +289,53 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
             })
             .await?;
     }
+    let batching = GroupCommitOptions { max_batch: if mode == Mode::Group { args.max_batch } else { 1 }, in_flight: args.in_flight };
     let path = match mode {
-        Mode::Group => Path::Group(GroupCommit::start(
-            store.clone(),
-            GroupCommitOptions { max_batch: args.max_batch, in_flight: args.in_flight },
-        )),
+        Mode::Group => Path::Group(GroupCommit::start(store.clone(), batching)),
         _ => Path::Direct(store.clone()),
     };
 
-    // The coordinator's reaper runs beside the hot path (lease expiry, sweep closing, vacuum).
+    // The coordinator's reaper runs beside the hot path (lease expiry, sweep closing, vacuum);
+    // over gRPC, the server runs its own.
     let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
-    let reaper = tokio::spawn(lth_coordinator::server::run_reaper(store.clone(), Duration::from_secs(2), reaper_rx));
+    let reaper = match args.via {
+        Via::Store => Some(tokio::spawn(lth_coordinator::server::run_reaper(store.clone(), Duration::from_secs(2), reaper_rx))),
+        Via::Grpc => None,
+    };
+    let art_dir = std::env::temp_dir().join(format!("lth-bench-artifacts-{}", uuid::Uuid::new_v4().simple()));
+    let (server_stop, server) = match args.via {
+        Via::Store => (None, None),
+        Via::Grpc => {
+            std::fs::create_dir_all(&art_dir)?;
+            let artifacts = ArtifactStore::open(art_dir.to_str().expect("a UTF-8 temp dir"))?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let opts = ServiceOptions { lease: Duration::from_secs(60), group_commit: batching, ..Default::default() };
+            let server = tokio::spawn(lth_coordinator::server::serve(store.clone(), artifacts, opts, Duration::from_secs(2), listener, async {
+                let _ = rx.await;
+            }));
+            (Some(tx), Some((server, url)))
+        }
+    };
+    let digest = hex::encode(Sha256::digest(BLOB));
+    let mut clients = Vec::with_capacity(args.workers);
+    for _ in 0..args.workers {
+        clients.push(match &server {
+            None => Client::Store(path.clone()),
+            Some((_, url)) => {
+                let channel = tonic::transport::Channel::from_shared(url.clone())?.connect().await?;
+                Client::Grpc(WorkerServiceClient::new(channel), digest.clone())
+            }
+        });
+    }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let mut handles = Vec::new();
-    for w in 0..args.workers {
-        let (path, done, stop) = (path.clone(), done.clone(), stop.clone());
+    for (w, mut client) in clients.into_iter().enumerate() {
+        let (done, stop) = (done.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let worker = format!("bench-{w}");
             let mut claim_us = Vec::with_capacity(4096);
@@ -218,12 +345,12 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
             let mut empty = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let t = Instant::now();
-                let got = path.claim(&worker).await;
+                let got = client.claim(&worker).await;
                 claim_us.push(t.elapsed().as_micros() as u64);
                 if t >= start + Duration::from_secs(5) {
                     later_claim_us.push(t.elapsed().as_micros() as u64);
                 }
-                let Some(job) = got.into_iter().next() else {
+                let Some(job) = got else {
                     empty += 1;
                     if done.load(Ordering::Relaxed) >= sub.jobs {
                         stop.store(true, Ordering::Relaxed);
@@ -231,9 +358,8 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
-                let lease = Lease { job_id: job.job.id, attempt: job.job.attempt };
                 let t = Instant::now();
-                path.complete(lease, result(job.job.level)).await;
+                client.finish(&job).await;
                 complete_us.push(t.elapsed().as_micros() as u64);
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -244,7 +370,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     // steady state differ.
     let ticker = {
         let (done, stop) = (done.clone(), stop.clone());
-        let mode = mode;
+        let tag = tag.clone();
         tokio::spawn(async move {
             let mut last = 0;
             let mut windows = Vec::new();
@@ -254,7 +380,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
                 windows.push(format!("{:.0}", (now - last) as f64 / 5.0));
                 last = now;
             }
-            println!("[{mode:?}] claim+complete per second, 5 s windows: {}", windows.join(" "));
+            println!("[{tag}] claim+complete per second, 5 s windows: {}", windows.join(" "));
         })
     };
     let mut claim_us = Vec::new();
@@ -274,7 +400,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     if let Path::Group(g) = &path {
         let (c, d) = g.stats();
         println!(
-            "[{mode:?}] batches: claims {} in {} ({:.1} per batch), completions {} in {} ({:.1} per batch), {} retried alone",
+            "[{tag}] batches: claims {} in {} ({:.1} per batch), completions {} in {} ({:.1} per batch), {} retried alone",
             c.calls,
             c.batches,
             c.calls as f64 / c.batches.max(1) as f64,
@@ -286,32 +412,40 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     }
     drop(path);
     let _ = reaper_stop.send(true);
-    let _ = reaper.await;
+    if let Some(r) = reaper {
+        let _ = r.await;
+    }
+    if let (Some(tx), Some((server, _))) = (server_stop, server) {
+        let _ = tx.send(());
+        server.await??;
+        let _ = std::fs::remove_dir_all(&art_dir);
+    }
     claim_us.sort_unstable();
     later_claim_us.sort_unstable();
     complete_us.sort_unstable();
     let n = done.load(Ordering::Relaxed);
     let rate = n as f64 / elapsed;
     println!(
-        "[{mode:?}] {} workers, pool {} | {n} claim+complete in {elapsed:.1} s = {rate:.0}/s | claim p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} claims, {empty} empty) | complete p50 {:.2} ms p99 {:.2} ms",
+        "[{tag}] {} workers, pool {} | {n} claim+complete in {elapsed:.1} s = {rate:.0}/s | claim p50 {:.2} ms p99 {:.2} ms max {:.1} ms ({} claims, {empty} empty) | {} p50 {:.2} ms p99 {:.2} ms",
         args.workers,
         args.pool,
         percentile(&claim_us, 0.5),
         percentile(&claim_us, 0.99),
         percentile(&claim_us, 1.0),
         claim_us.len(),
+        if args.via == Via::Grpc { "upload+complete" } else { "complete" },
         percentile(&complete_us, 0.5),
         percentile(&complete_us, 0.99),
     );
     println!(
-        "[{mode:?}] claims started after the first 5 s (past the dense phase): {} claims, p50 {:.2} ms p99 {:.2} ms",
+        "[{tag}] claims started after the first 5 s (past the dense phase): {} claims, p50 {:.2} ms p99 {:.2} ms",
         later_claim_us.len(),
         percentile(&later_claim_us, 0.5),
         percentile(&later_claim_us, 0.99)
     );
     // Check the bookkeeping, not just the speed: every completion left exactly its rows.
     let info = store.get_sweep(sub.sweep_id).await?;
-    println!("[{mode:?}] sweep state {} | jobs succeeded {} of {}", info.state, info.jobs.succeeded, sub.jobs);
+    println!("[{tag}] sweep state {} | jobs succeeded {} of {}", info.state, info.jobs.succeeded, sub.jobs);
     anyhow::ensure!(info.jobs.succeeded == n, "{n} completions acknowledged but {} jobs succeeded", info.jobs.succeeded);
     store.close().await;
     if let (Some(name), false) = (drop_db, args.keep) {
