@@ -1,7 +1,9 @@
-//! Group commit for the two calls every job makes: ClaimJobs and CompleteJob.
+//! Group commit for the writes every job makes: ClaimJobs, the record of each UploadArtifact, and
+//! CompleteJob.
 //!
 //! Concurrent calls queue on a channel; a batcher takes whatever has queued (up to `max_batch`)
-//! and runs it as one [`Store::claim_jobs_batch`] or [`Store::complete_jobs`], with at most
+//! and runs it as one [`Store::claim_jobs_batch`], [`Store::record_artifacts`] or
+//! [`Store::complete_jobs`], with at most
 //! `in_flight` batches running at once. Under light load a batch is one call and nothing waits;
 //! under heavy load the queue grows while a batch runs, so batches grow and the per-call cost of
 //! round trips and commits shrinks. This is what lets one Postgres on a small machine serve
@@ -11,7 +13,7 @@
 //! that a crash could lose. When a batch fails as a whole (a database error), each of its calls
 //! is retried alone, so one bad item fails only its own caller.
 
-use crate::store::{ClaimRequest, ClaimedJob, Completion, Store, StoreError};
+use crate::store::{ArtifactRecord, ClaimRequest, ClaimedJob, Completion, Store, StoreError};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,6 +77,7 @@ pub struct GroupCommit {
     store: Store,
     claims: mpsc::UnboundedSender<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
     completions: mpsc::UnboundedSender<(Completion, Reply<()>)>,
+    records: mpsc::UnboundedSender<(ArtifactRecord, Reply<()>)>,
     claim_counters: Arc<Counters>,
     complete_counters: Arc<Counters>,
 }
@@ -95,7 +98,13 @@ impl GroupCommit {
             let s = s.clone();
             async move { s.complete_jobs(&items).await }
         }));
-        GroupCommit { store, claims, completions, claim_counters, complete_counters }
+        let (records, record_rx) = mpsc::unbounded_channel();
+        let s = store.clone();
+        tokio::spawn(run_batcher(record_rx, opts, Arc::new(Counters::default()), move |recs: Arc<[ArtifactRecord]>| {
+            let s = s.clone();
+            async move { s.record_artifacts(&recs).await }
+        }));
+        GroupCommit { store, claims, completions, records, claim_counters, complete_counters }
     }
 
     /// (claims, completions) batched so far.
@@ -118,6 +127,17 @@ impl GroupCommit {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError((item, _))) = self.completions.send((item, tx)) {
             return self.store.complete_jobs(std::slice::from_ref(&item)).await?.pop().expect("one outcome per completion");
+        }
+        rx.await.unwrap_or_else(|_| Err(batcher_gone()))
+    }
+}
+
+impl GroupCommit {
+    /// [`Store::record_artifact`], batched with concurrent records.
+    pub async fn record_artifact(&self, rec: ArtifactRecord) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError((rec, _))) = self.records.send((rec, tx)) {
+            return self.store.record_artifacts(std::slice::from_ref(&rec)).await?.pop().expect("one outcome per record");
         }
         rx.await.unwrap_or_else(|_| Err(batcher_gone()))
     }

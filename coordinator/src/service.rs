@@ -7,7 +7,7 @@
 use crate::artifacts::ArtifactStore;
 use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
-    AbortReason, Completion, ArtifactRow, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
+    AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
     SweepInfo, WorkerRegistration,
 };
 use futures::{Stream, StreamExt};
@@ -584,7 +584,8 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let key = ArtifactStore::key_for(lease.job_id, lease.attempt, &name);
         let stored = self.0.artifacts.put_verified(&key, &name, &first.sha256, declared_bytes, Box::pin(chunks)).await?;
         let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
-        if let Err(e) = self.0.store.record_artifact(lease, &name, &stored.uri, &stored.sha256, stored.bytes).await {
+        let rec = ArtifactRecord { lease, name: name.clone(), uri: stored.uri.clone(), sha256: stored.sha256.clone(), bytes: stored.bytes };
+        if let Err(e) = self.0.queue.record_artifact(rec).await {
             self.0.artifacts.delete_uri(&stored.uri).await;
             return Err(status(e));
         }

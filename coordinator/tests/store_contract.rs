@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
-use lth_coordinator::store::{AbortReason, ClaimRequest, Completion, Lease, Store, StoreError};
+use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, Lease, Store, StoreError};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ contract!(
     batches_keep_each_calls_outcome,
     group_commit_hands_each_job_out_once_and_finishes_the_sweep,
     completion_requires_this_attempts_uploads_and_claims_carry_them,
+    artifact_records_in_one_batch_keep_their_own_outcome,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -543,6 +544,45 @@ async fn completion_requires_this_attempts_uploads_and_claims_carry_them(store: 
     assert_eq!(l3.job.level, 3);
     assert_eq!(l3.weights.as_ref().unwrap().job_id, l2.job.id, "through the reused parent");
     assert_eq!(l3.rewind.as_ref().unwrap().job_id, d1.job.id, "through the reused dense job");
+}
+
+/// Upload records batched as UploadArtifact's group commit does: each is fenced by its own lease,
+/// a stale one beside a current one of the same file records nothing, and a batch that names one
+/// file twice fails whole (the group committer then records them one by one).
+async fn artifact_records_in_one_batch_keep_their_own_outcome(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0, 1], 1);
+    store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let a = claim_one(&store, "w").await;
+    let b = claim_one(&store, "w").await;
+    let rec = |c: &lth_coordinator::store::ClaimedJob, attempt: i32, name: &str| ArtifactRecord {
+        lease: Lease { job_id: c.job.id, attempt },
+        name: name.into(),
+        uri: format!("file:///a/{}/{attempt}/{name}", c.job.id),
+        sha256: "cd".repeat(32),
+        bytes: 7,
+    };
+    let out = store
+        .record_artifacts(&[rec(&a, 1, "weights"), rec(&a, 2, "weights"), rec(&b, 1, "rewind"), rec(&b, 5, "rewind")])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+    assert!(matches!(&out[1], Err(StoreError::FailedPrecondition(m)) if m.contains("not current")), "{out:?}");
+    assert!(matches!(&out[3], Err(StoreError::FailedPrecondition(_))), "{out:?}");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts").await, 2);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts WHERE attempt = 1 AND bytes = 7").await, 2);
+    // One file twice in one batch: on Postgres the statement fails and writes nothing (SQLite
+    // runs them one after the other); alone, each succeeds.
+    let twice = [rec(&a, 1, "checkpoint"), rec(&a, 1, "checkpoint")];
+    let whole = store.record_artifacts(&twice).await;
+    match store.backend_name() {
+        "postgres" => assert!(whole.is_err(), "{whole:?}"),
+        _ => assert!(whole.unwrap().iter().all(|o| o.is_ok())),
+    }
+    for r in &twice {
+        store.record_artifacts(std::slice::from_ref(r)).await.unwrap().pop().unwrap().unwrap();
+    }
+    assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts").await, 3);
 }
 
 /// A worker that claims up to `n` jobs at a time through `gc` and completes them, until the sweep

@@ -1,5 +1,5 @@
-//! The hot path in batches: claims for many workers, and completions of many jobs, each in one
-//! database round trip on Postgres (one transaction on SQLite).
+//! The hot path in batches: claims for many workers, completions of many jobs, and the records of
+//! many uploaded files, each in one database round trip on Postgres (one transaction on SQLite).
 //!
 //! Why: with 64 workers on a 2-core coordinator the per-statement cost (a round trip, a commit, a
 //! WAL flush) dominates, not the work in each statement. One claim statement for 30 waiting
@@ -32,6 +32,17 @@ pub struct Completion {
     /// its weights would strand every child. Checked in the same statement that completes, so
     /// the check costs no extra round trip.
     pub require_uploads: bool,
+}
+
+/// A verified upload to record: the file is in the object store; the record makes it an input of
+/// later jobs, if the lease is still current.
+#[derive(Debug, Clone)]
+pub struct ArtifactRecord {
+    pub lease: Lease,
+    pub name: String,
+    pub uri: String,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// The artifacts an attempt of a `kind` job must upload before it may complete: a dense job's
@@ -173,6 +184,83 @@ impl Store {
                     Ok(jobs)
                 }
             })
+            .collect())
+    }
+
+    /// Records several uploaded files, each fenced by its lease (a later attempt's file of the
+    /// same name replaces the earlier one's). One outcome per record, in order: a stale lease
+    /// records nothing. The same (job, name) twice in one batch fails the batch as a whole (one
+    /// statement cannot upsert a row twice); the group committer then records them one by one.
+    pub async fn record_artifacts(&self, recs: &[ArtifactRecord]) -> Result<Vec<Result<()>>> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Keyed by (job, attempt, name): a stale and a current record of one file may share a batch.
+        let recorded: std::collections::HashSet<(i64, i32, String)> = match self {
+            Store::Postgres(pool) => {
+                let job_ids: Vec<i64> = recs.iter().map(|r| r.lease.job_id).collect();
+                let attempts: Vec<i32> = recs.iter().map(|r| r.lease.attempt).collect();
+                let names: Vec<&str> = recs.iter().map(|r| r.name.as_str()).collect();
+                let uris: Vec<&str> = recs.iter().map(|r| r.uri.as_str()).collect();
+                let digests: Vec<&str> = recs.iter().map(|r| r.sha256.as_str()).collect();
+                let bytes: Vec<i64> = recs.iter().map(|r| r.bytes as i64).collect();
+                // The lease check locks the job row, so an expiry or completion waits for it.
+                let rows = sqlx::query(
+                    "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
+                                      AS i(job_id, attempt, name, uri, sha256, bytes)), \
+                     cur AS (SELECT i.* FROM input i JOIN LATERAL (SELECT id FROM jobs j WHERE j.id = i.job_id AND j.attempt = i.attempt \
+                                     AND j.state = 'running' FOR UPDATE) j ON true) \
+                     INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes) \
+                     SELECT job_id, name, attempt, uri, sha256, bytes FROM cur \
+                     ON CONFLICT (job_id, name) DO UPDATE SET attempt = excluded.attempt, uri = excluded.uri, \
+                       sha256 = excluded.sha256, bytes = excluded.bytes, created_at = now() \
+                     RETURNING job_id, attempt, name",
+                )
+                .bind(&job_ids)
+                .bind(&attempts)
+                .bind(&names)
+                .bind(&uris)
+                .bind(&digests)
+                .bind(&bytes)
+                .fetch_all(pool)
+                .await?;
+                let mut out = std::collections::HashSet::with_capacity(rows.len());
+                for r in &rows {
+                    out.insert((r.try_get("job_id")?, r.try_get("attempt")?, r.try_get("name")?));
+                }
+                out
+            }
+            Store::Sqlite(pool) => {
+                let now = SQLITE.now;
+                let mut tx = pool.begin_write().await?;
+                let mut out = std::collections::HashSet::new();
+                for r in recs {
+                    // `WHERE true` tells SQLite's parser the ON CONFLICT belongs to the upsert.
+                    let done = sqlx::query(&format!(
+                        "INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes) \
+                         SELECT id, $2, $3, $4, $5, $6 FROM jobs WHERE id = $1 AND attempt = $3 AND state = 'running' AND true \
+                         ON CONFLICT (job_id, name) DO UPDATE SET attempt = excluded.attempt, uri = excluded.uri, \
+                           sha256 = excluded.sha256, bytes = excluded.bytes, created_at = {now}"
+                    ))
+                    .bind(r.lease.job_id)
+                    .bind(&r.name)
+                    .bind(r.lease.attempt)
+                    .bind(&r.uri)
+                    .bind(&r.sha256)
+                    .bind(r.bytes as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() > 0 {
+                        out.insert((r.lease.job_id, r.lease.attempt, r.name.clone()));
+                    }
+                }
+                tx.commit().await?;
+                out
+            }
+        };
+        Ok(recs
+            .iter()
+            .map(|r| if recorded.contains(&(r.lease.job_id, r.lease.attempt, r.name.clone())) { Ok(()) } else { Err(stale(r.lease)) })
             .collect())
     }
 

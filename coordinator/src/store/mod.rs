@@ -1278,30 +1278,8 @@ impl Store {
     /// Records an uploaded file, fenced by the lease. A later attempt's file of the same name
     /// replaces an earlier attempt's.
     pub async fn record_artifact(&self, lease: Lease, name: &str, uri: &str, sha256: &str, bytes: u64) -> Result<()> {
-        both!(self, |pool, d, DB| {
-            let now = d.now;
-            let lock = d.for_update();
-            // One statement: the lease check (locking the job row, so an expiry waits for it)
-            // and the upsert. `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's.
-            let recorded = sqlx::query(&format!(
-                "WITH cur AS (SELECT id FROM jobs WHERE id = $1 AND attempt = $3 AND state = 'running'{lock}) \
-                 INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes) SELECT id, $2, $3, $4, $5, $6 FROM cur WHERE true \
-                 ON CONFLICT (job_id, name) DO UPDATE SET attempt = excluded.attempt, uri = excluded.uri, \
-                   sha256 = excluded.sha256, bytes = excluded.bytes, created_at = {now}"
-            ))
-            .bind(lease.job_id)
-            .bind(name)
-            .bind(lease.attempt)
-            .bind(uri)
-            .bind(sha256)
-            .bind(bytes as i64)
-            .execute(pool)
-            .await?;
-            if recorded.rows_affected() == 0 {
-                return Err(stale(lease));
-            }
-            Ok(())
-        })
+        let rec = ArtifactRecord { lease, name: name.into(), uri: uri.into(), sha256: sha256.into(), bytes };
+        self.record_artifacts(std::slice::from_ref(&rec)).await?.pop().expect("one outcome per record")
     }
 
     /// The artifact `name` of `job_id`, following `reused_from` to the job that holds the file.
@@ -1579,4 +1557,4 @@ pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
 }
 
 mod batch;
-pub use batch::{uploads_needed, ClaimRequest, Completion};
+pub use batch::{uploads_needed, ArtifactRecord, ClaimRequest, Completion};
