@@ -35,7 +35,7 @@ struct Args {
     /// Server URL whose database is used to create (and drop) a fresh bench database.
     #[arg(long, env = "LTH_TEST_DATABASE_URL", default_value = "postgres://root@127.0.0.1:5432/postgres")]
     admin_url: String,
-    /// Use sqlite://PATH instead of Postgres.
+    /// Use SQLite instead of Postgres: each run creates a fresh file named PATH-<mode>-<id>.
     #[arg(long)]
     sqlite: Option<String>,
     #[arg(long, default_value_t = 64)]
@@ -239,8 +239,15 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
         Via::Grpc => format!("{mode:?} via gRPC"),
     };
     let mut drop_db: Option<String> = None;
+    let mut drop_file: Option<String> = None;
     let url = match &args.sqlite {
-        Some(u) => u.clone(),
+        // A fresh file beside the one named, per run: `--mode both` must not let the second run
+        // reuse the first one's finished jobs.
+        Some(u) => {
+            let path = format!("{}-{}-{}", u.trim_start_matches("sqlite://"), tag.replace(' ', "-"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            drop_file = Some(path.clone());
+            format!("sqlite://{path}")
+        }
         None => {
             let name = format!("lth_bench_{}", uuid::Uuid::new_v4().simple());
             let mut c = sqlx::PgConnection::connect(&args.admin_url).await?;
@@ -290,9 +297,11 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
             .await?;
     }
     let batching = GroupCommitOptions { max_batch: if mode == Mode::Group { args.max_batch } else { 1 }, in_flight: args.in_flight };
-    let path = match mode {
-        Mode::Group => Path::Group(GroupCommit::start(store.clone(), batching)),
-        _ => Path::Direct(store.clone()),
+    // In process: the store directly, or through group commit. Over gRPC the server has its own.
+    let path = match (args.via, mode) {
+        (Via::Grpc, _) => None,
+        (Via::Store, Mode::Group) => Some(Path::Group(GroupCommit::start(store.clone(), batching))),
+        (Via::Store, _) => Some(Path::Direct(store.clone())),
     };
 
     // The coordinator's reaper runs beside the hot path (lease expiry, sweep closing, vacuum);
@@ -322,7 +331,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     let mut clients = Vec::with_capacity(args.workers);
     for _ in 0..args.workers {
         clients.push(match &server {
-            None => Client::Store(path.clone()),
+            None => Client::Store(path.clone().expect("in-process runs have a path")),
             Some((_, url)) => {
                 let channel = tonic::transport::Channel::from_shared(url.clone())?.connect().await?;
                 Client::Grpc(WorkerServiceClient::new(channel), digest.clone())
@@ -397,7 +406,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = ticker.await;
-    if let Path::Group(g) = &path {
+    if let Some(Path::Group(g)) = &path {
         let (c, d) = g.stats();
         println!(
             "[{tag}] batches: claims {} in {} ({:.1} per batch), completions {} in {} ({:.1} per batch), {} retried alone",
@@ -448,6 +457,11 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     println!("[{tag}] sweep state {} | jobs succeeded {} of {}", info.state, info.jobs.succeeded, sub.jobs);
     anyhow::ensure!(info.jobs.succeeded == n, "{n} completions acknowledged but {} jobs succeeded", info.jobs.succeeded);
     store.close().await;
+    if let (Some(path), false) = (drop_file, args.keep) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+    }
     if let (Some(name), false) = (drop_db, args.keep) {
         let mut c = sqlx::PgConnection::connect(&args.admin_url).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await?;
