@@ -40,8 +40,8 @@ pub struct Args {
     /// Database connections in the pool [default: 16].
     #[arg(long, env = "LTH_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
-    /// The most concurrent ClaimJobs (or CompleteJob) calls written in one database round trip;
-    /// 1 turns group commit off [default: 64].
+    /// The most concurrent ClaimJobs calls (or CompleteJob calls, or upload records) written in one
+    /// database round trip; 1 turns group commit off [default: 64].
     #[arg(long, env = "LTH_MAX_BATCH")]
     pub max_batch: Option<u32>,
 }
