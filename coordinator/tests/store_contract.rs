@@ -722,3 +722,116 @@ async fn two_coordinators_share_one_postgres() {
 async fn two_coordinators_share_one_sqlite_file() {
     two_coordinators_share_one_database(TestDb::sqlite().await).await;
 }
+
+/// The database drops every coordinator connection, again and again, while 8 workers claim and
+/// complete through group commit (what a Postgres restart or failover does to the pool). Calls
+/// caught in a dropped batch fail and are retried by the workers; a claim whose reply was lost
+/// comes back through lease expiry. In the end every job ran to success exactly once in the
+/// results, nothing is left running, and the pool has reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_survives_the_database_dropping_its_connections() {
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let s = spec(&["magnitude", "l1"], &[0.2], &(0..50).collect::<Vec<_>>(), 3);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    assert_eq!(out.jobs, 350);
+    let gc = GroupCommit::start(store.clone(), GroupCommitOptions::default());
+    let lease = Duration::from_secs(2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // The reaper re-queues the jobs whose claim committed but whose reply was lost.
+    let reaper = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = store.reap().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // What a database restart does to the coordinator's pool: every session is terminated.
+    let killer = {
+        let (url, stop) = (db.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut killed = 0i64;
+            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                killed += sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            }
+            killed
+        })
+    };
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (gc, store) = (gc.clone(), store.clone());
+        let worker = format!("w{w}");
+        workers.push(tokio::spawn(async move {
+            while store.register_worker(&worker_registration(&worker)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (mut errors, deadline) = (0u32, std::time::Instant::now() + Duration::from_secs(90));
+            loop {
+                assert!(std::time::Instant::now() < deadline, "the sweep did not finish");
+                let got = match gc.claim(&worker, 2, lease).await {
+                    Ok(got) => got,
+                    Err(StoreError::Db(_)) => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                if got.is_empty() {
+                    match store.get_sweep(out.sweep_id).await {
+                        Ok(info) if info.state == "succeeded" => return errors,
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    continue;
+                }
+                for j in got {
+                    // A dropped batch wrote nothing: the same lease completes on a later try. A
+                    // stale lease means the reaper gave the job to someone else (or an earlier
+                    // try committed and only its reply was lost): this attempt stops.
+                    loop {
+                        let c = Completion { lease: lease_of(&j), result: fabricated_result(&j), require_uploads: false };
+                        match gc.complete(c).await {
+                            Ok(()) | Err(StoreError::FailedPrecondition(_)) => break,
+                            Err(StoreError::Db(_)) => {
+                                errors += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut errors = 0;
+    for w in workers {
+        errors += w.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reaper.await.unwrap();
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "the database dropped no connection: the test proved nothing");
+
+    let info = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((info.state.as_str(), info.jobs.succeeded), ("succeeded", 350), "{info:?}");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, 350);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'succeeded'").await, 350);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM jobs WHERE state <> 'succeeded'").await, 0);
+    let (claims, completions) = gc.stats();
+    eprintln!("{killed} sessions terminated, {errors} calls failed and were retried; batchers: {claims:?} {completions:?}");
+    assert!(
+        errors as u64 + claims.retried_alone + completions.retried_alone > 0,
+        "no statement was caught in flight: the test proved nothing"
+    );
+}

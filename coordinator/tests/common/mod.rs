@@ -95,19 +95,20 @@ lr = 0.1
     SweepSpec::from_toml_str(&text).unwrap()
 }
 
+pub fn worker_registration(worker_id: &str) -> WorkerRegistration {
+    WorkerRegistration {
+        worker_id: worker_id.into(),
+        host: "test-host".into(),
+        gpus: vec![],
+        cpus: 2,
+        slots: 4,
+        libtorch_version: "2.11.0".into(),
+        cuda_version: String::new(),
+    }
+}
+
 pub async fn register(store: &Store, worker_id: &str) {
-    store
-        .register_worker(&WorkerRegistration {
-            worker_id: worker_id.into(),
-            host: "test-host".into(),
-            gpus: vec![],
-            cpus: 2,
-            slots: 4,
-            libtorch_version: "2.11.0".into(),
-            cuda_version: String::new(),
-        })
-        .await
-        .unwrap();
+    store.register_worker(&worker_registration(worker_id)).await.unwrap();
 }
 
 /// Packs bits MSB-first.
