@@ -114,32 +114,32 @@ impl GroupCommit {
 
     /// [`Store::claim_jobs`], batched with concurrent claims.
     pub async fn claim(&self, worker_id: &str, n: u32, lease: Duration) -> Result<Vec<ClaimedJob>, StoreError> {
-        let (tx, rx) = oneshot::channel();
         let req = ClaimRequest { worker_id: worker_id.to_string(), n, lease };
-        if self.claims.send((req, tx)).is_err() {
-            return self.store.claim_jobs(worker_id, n, lease).await;
-        }
-        rx.await.unwrap_or_else(|_| Err(batcher_gone()))
+        enqueue(&self.claims, req, |req| async move { self.store.claim_jobs_batch(std::slice::from_ref(&req)).await }).await
     }
 
     /// One completion, batched with concurrent completions ([`Store::complete_jobs`]).
     pub async fn complete(&self, item: Completion) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError((item, _))) = self.completions.send((item, tx)) {
-            return self.store.complete_jobs(std::slice::from_ref(&item)).await?.pop().expect("one outcome per completion");
-        }
-        rx.await.unwrap_or_else(|_| Err(batcher_gone()))
+        enqueue(&self.completions, item, |item| async move { self.store.complete_jobs(std::slice::from_ref(&item)).await }).await
+    }
+
+    /// One upload record, batched with concurrent ones ([`Store::record_artifacts`]).
+    pub async fn record_artifact(&self, rec: ArtifactRecord) -> Result<(), StoreError> {
+        enqueue(&self.records, rec, |rec| async move { self.store.record_artifacts(std::slice::from_ref(&rec)).await }).await
     }
 }
 
-impl GroupCommit {
-    /// [`Store::record_artifact`], batched with concurrent records.
-    pub async fn record_artifact(&self, rec: ArtifactRecord) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError((rec, _))) = self.records.send((rec, tx)) {
-            return self.store.record_artifacts(std::slice::from_ref(&rec)).await?.pop().expect("one outcome per record");
-        }
-        rx.await.unwrap_or_else(|_| Err(batcher_gone()))
+/// Hands `item` to its batcher and waits for the batch's answer; with the batcher gone (the
+/// coordinator shutting down), runs it as a batch of one with `alone`.
+async fn enqueue<Item, T, F, Fut>(queue: &mpsc::UnboundedSender<(Item, Reply<T>)>, item: Item, alone: F) -> Result<T, StoreError>
+where
+    F: FnOnce(Item) -> Fut,
+    Fut: Future<Output = Result<Vec<Result<T, StoreError>>, StoreError>>,
+{
+    let (tx, rx) = oneshot::channel();
+    match queue.send((item, tx)) {
+        Ok(()) => rx.await.unwrap_or_else(|_| Err(batcher_gone())),
+        Err(mpsc::error::SendError((item, _))) => alone(item).await?.pop().expect("one outcome per call"),
     }
 }
 

@@ -177,6 +177,46 @@ fn summary(s: &SweepInfo) -> pb::SweepSummary {
     }
 }
 
+/// A CompleteJob result as the store records it.
+impl From<pb::LevelResult> for ResultInput {
+    fn from(r: pb::LevelResult) -> ResultInput {
+        ResultInput {
+            sparsity: r.sparsity,
+            test_accuracy: r.test_accuracy,
+            test_loss: r.test_loss,
+            train_loss: r.train_loss,
+            epochs: r.epochs,
+            wall_seconds: r.wall_seconds,
+            iterations: r.iterations,
+            layers: r
+                .layers
+                .into_iter()
+                .map(|l| LayerInput { name: l.layer, kept: l.kept, total: l.total, bits: l.mask_bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
+                .collect(),
+        }
+    }
+}
+
+/// The inverse, for clients that build results as the store sees them (the benchmark).
+impl From<ResultInput> for pb::LevelResult {
+    fn from(r: ResultInput) -> pb::LevelResult {
+        pb::LevelResult {
+            sparsity: r.sparsity,
+            test_accuracy: r.test_accuracy,
+            test_loss: r.test_loss,
+            train_loss: r.train_loss,
+            epochs: r.epochs,
+            wall_seconds: r.wall_seconds,
+            iterations: r.iterations,
+            layers: r
+                .layers
+                .into_iter()
+                .map(|l| pb::LayerStats { layer: l.name, kept: l.kept, total: l.total, mask_bits: l.bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
+                .collect(),
+        }
+    }
+}
+
 fn artifact_ref(a: &ArtifactRow) -> pb::ArtifactRef {
     pb::ArtifactRef { job_id: a.job_id, name: a.name.clone(), sha256: a.sha256.clone(), bytes: a.bytes as u64 }
 }
@@ -523,20 +563,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
         let result = r.result.ok_or_else(|| Status::invalid_argument("result is missing: send the level's result with the completion"))?;
-        let input = ResultInput {
-            sparsity: result.sparsity,
-            test_accuracy: result.test_accuracy,
-            test_loss: result.test_loss,
-            train_loss: result.train_loss,
-            epochs: result.epochs,
-            wall_seconds: result.wall_seconds,
-            iterations: result.iterations,
-            layers: result
-                .layers
-                .into_iter()
-                .map(|l| LayerInput { name: l.layer, kept: l.kept, total: l.total, bits: l.mask_bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
-                .collect(),
-        };
+        let input = ResultInput::from(result);
         let accuracy = input.test_accuracy;
         // The store refuses, in the completing statement itself, a stale lease and a completion
         // whose attempt has not uploaded what the next levels download.

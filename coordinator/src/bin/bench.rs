@@ -206,21 +206,7 @@ impl Client {
                     };
                     w.upload_artifact(tokio_stream::iter([chunk])).await.expect("UploadArtifact");
                 }
-                let r = result(c.level);
-                let result = pb::LevelResult {
-                    sparsity: r.sparsity,
-                    test_accuracy: r.test_accuracy,
-                    test_loss: r.test_loss,
-                    train_loss: r.train_loss,
-                    epochs: r.epochs,
-                    wall_seconds: r.wall_seconds,
-                    iterations: r.iterations,
-                    layers: r
-                        .layers
-                        .into_iter()
-                        .map(|l| pb::LayerStats { layer: l.name, kept: l.kept, total: l.total, mask_bits: l.bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
-                        .collect(),
-                };
+                let result = pb::LevelResult::from(result(c.level));
                 w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: vec![] }).await.expect("CompleteJob");
             }
         }
