@@ -12,7 +12,7 @@ use crate::store::{
 };
 use futures::{Stream, StreamExt};
 use lth_proto::v1 as pb;
-use lth_spec::{ImportanceMetric, SweepSpec};
+use lth_sweep::{ImportanceMetric, SweepSpec};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,8 @@
 //! The names lthctl prints for wire values (metrics, models, datasets, states, timestamps).
-//! The spec ↔ wire conversion itself lives in `lth-spec` (`pb::SweepSpec::from(&spec)`).
+//! The spec ↔ wire conversion itself lives in `lth-sweep` (`pb::SweepSpec::from(&spec)`).
 
 use lth_proto::v1 as pb;
-use lth_spec as spec;
+use lth_sweep as spec;
 
 /// The spec's metric for a wire value; `None` for UNSPECIFIED (a dense job) or an unknown number.
 pub fn metric_from_proto(value: i32) -> Option<spec::ImportanceMetric> {

@@ -94,7 +94,7 @@ pub fn accuracy_vs_sparsity(points: &[ResultPoint], title: &str, path: &Path) ->
     };
     let mut series: BTreeMap<(usize, String, u64), Vec<&ResultPoint>> = BTreeMap::new();
     for p in points {
-        let order = lth_spec::ImportanceMetric::ALL.iter().position(|m| m.as_str() == p.metric).unwrap_or(usize::MAX);
+        let order = lth_sweep::ImportanceMetric::ALL.iter().position(|m| m.as_str() == p.metric).unwrap_or(usize::MAX);
         series.entry((order, p.metric.clone(), p.rate.to_bits())).or_default().push(p);
     }
     let x_of = |remaining_percent: f64| -remaining_percent.max(1e-6).log10();
@@ -185,7 +185,7 @@ pub fn layer_heatmap(layers: &[LayerPoint], rate: f64, title: &str, path: &Path)
     }
     let mut metrics: Vec<(usize, String)> = layers
         .iter()
-        .map(|l| (lth_spec::ImportanceMetric::ALL.iter().position(|m| m.as_str() == l.metric).unwrap_or(usize::MAX), l.metric.clone()))
+        .map(|l| (lth_sweep::ImportanceMetric::ALL.iter().position(|m| m.as_str() == l.metric).unwrap_or(usize::MAX), l.metric.clone()))
         .collect();
     metrics.sort();
     metrics.dedup();

@@ -63,7 +63,7 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 
 /// Sort key for a metric name: the order metrics are declared in (paper metrics first).
 fn metric_order(name: &str) -> (usize, String) {
-    let idx = lth_spec::ImportanceMetric::ALL
+    let idx = lth_sweep::ImportanceMetric::ALL
         .iter()
         .position(|m| m.as_str() == name)
         .unwrap_or(usize::MAX);

@@ -1,16 +1,16 @@
-//! Reading a sweep file the way a user wrote it: parse the TOML into `lth_spec::SweepSpec`, check
+//! Reading a sweep file the way a user wrote it: parse the TOML into `lth_sweep::SweepSpec`, check
 //! it, and work out the grid it expands to.
 //!
 //! Why here and not only on the coordinator: a typo should be reported before anything is sent,
 //! with the file, line and column, and a fix; and `submit --dry-run --offline` must be able to show
 //! the grid without a coordinator.
 //!
-//! The checks and the grid arithmetic are thin local helpers until `lth-spec` grows its own
+//! The checks and the grid arithmetic are thin local helpers until `lth-sweep` grows its own
 //! validation and expansion; they follow the rules DESIGN.md states (one dense job per seed, one
 //! job per (metric, rate, seed, level ≥ 1)).
 
 use anyhow::{bail, Context, Result};
-use lth_spec::{DatasetKind, ImportanceMetric, ModelKind, SweepSpec, ValidationErrors};
+use lth_sweep::{DatasetKind, ImportanceMetric, ModelKind, SweepSpec, ValidationErrors};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -93,7 +93,7 @@ fn hint_for(message: &str) -> String {
 }
 
 /// Every problem with the sweep, each phrased as what to change. Empty when the sweep is valid.
-/// `lth-spec`'s rules (the coordinator applies the same ones), plus one lthctl adds because it
+/// `lth-sweep`'s rules (the coordinator applies the same ones), plus one lthctl adds because it
 /// would otherwise only fail on a worker: the model must fit the dataset's input shape.
 pub fn validate(spec: &SweepSpec) -> Vec<String> {
     let mut p = match spec.validate() {
@@ -117,7 +117,7 @@ pub fn validate(spec: &SweepSpec) -> Vec<String> {
     p
 }
 
-/// What a sweep expands to (counted from `lth_spec::SweepSpec::expand`, the plan the coordinator
+/// What a sweep expands to (counted from `lth_sweep::SweepSpec::expand`, the plan the coordinator
 /// stores).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grid {

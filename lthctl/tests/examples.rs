@@ -2,7 +2,7 @@
 //! paper's recipes (Vandersmissen & Oramas 2023, Appendix A.4; DESIGN.md "Paper recipes"): a typo
 //! in an example is the first thing a new user would hit.
 
-use lth_spec::{DatasetKind, ImportanceMetric, LrSchedule, ModelKind, Precision, SweepSpec, TrainLength};
+use lth_sweep::{DatasetKind, ImportanceMetric, LrSchedule, ModelKind, Precision, SweepSpec, TrainLength};
 use lthctl::sweep_file::{grid, load_sweep_file};
 use std::path::PathBuf;
 
@@ -36,7 +36,7 @@ fn every_example_parses_and_validates() {
     for name in &names {
         let path = examples_dir().join(name);
         let loaded = load_sweep_file(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        // lth-spec's own parser (what the coordinator and workers use) agrees.
+        // lth-sweep's own parser (what the coordinator and workers use) agrees.
         let text = std::fs::read_to_string(&path).unwrap();
         let again = SweepSpec::from_toml_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(again, loaded.spec);

@@ -6,7 +6,7 @@
 
 use crate::engine::{self, LevelReport, StepEvent, StepInputs, StepSpec};
 use anyhow::{bail, Context, Result};
-use lth_spec::{ImportanceMetric, SweepSpec};
+use lth_sweep::{ImportanceMetric, SweepSpec};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use lth_spec::{ImportanceMetric, ModelKind, Precision};
+use lth_sweep::{ImportanceMetric, ModelKind, Precision};
 use lth_worker::engine;
 use std::path::PathBuf;
 

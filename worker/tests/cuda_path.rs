@@ -3,7 +3,7 @@
 //! autocast to bf16/fp16 (and back), and channels-last conversion leaves the network's function
 //! unchanged.
 
-use lth_spec::ModelKind;
+use lth_sweep::ModelKind;
 use lth_worker::engine::{configure_threads, cuda, init_device, InputShape, Network};
 use tch::{Device, Kind, Tensor};
 

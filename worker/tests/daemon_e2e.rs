@@ -195,7 +195,7 @@ impl Cluster {
     }
 
     async fn submit(&self, toml_text: &str) -> i64 {
-        let spec: lth_spec::SweepSpec = toml::from_str(toml_text).unwrap();
+        let spec: lth_sweep::SweepSpec = toml::from_str(toml_text).unwrap();
         let reply = self
             .client()
             .await

@@ -2,7 +2,7 @@
 //! digits: its JSON-line event stream, its result (bit-identical to calling the engine directly
 //! with the same thread count), and its answer to an unusable job file.
 
-use lth_spec::{ImportanceMetric, ModelKind, PrunePolicy, Recipe};
+use lth_sweep::{ImportanceMetric, ModelKind, PrunePolicy, Recipe};
 use lth_worker::daemon::events::ChildEvent;
 use lth_worker::daemon::jobfile::JobFile;
 use lth_worker::engine::{self, StepInputs, StepSpec};

@@ -1,7 +1,7 @@
 //! The dataset loaders on small files written in the exact on-disk formats, and the on-device
 //! crop/flip.
 
-use lth_spec::{DatasetKind, DatasetSpec};
+use lth_sweep::{DatasetKind, DatasetSpec};
 use lth_worker::engine::data::{self, crop_flip};
 use std::io::Write;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! pruned with each of the paper's metrics, masks honoured by training, rewinding, resume from a
 //! checkpoint and determinism.
 
-use lth_spec::{ImportanceMetric, ModelKind, PrunePolicy, Recipe};
+use lth_sweep::{ImportanceMetric, ModelKind, PrunePolicy, Recipe};
 use lth_worker::engine::{self, artifacts, LevelReport, StepEvent, StepInputs, StepSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

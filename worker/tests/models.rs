@@ -1,7 +1,7 @@
 //! Parameter counts per model (against the PyTorch references), stable layer names, deterministic
 //! initialisation, and ResNet-18 forward/backward on CPU with a tiny batch.
 
-use lth_spec::{ModelKind, PrunePolicy};
+use lth_sweep::{ModelKind, PrunePolicy};
 use lth_worker::engine::bench::{run as bench, BenchConfig};
 use lth_worker::engine::{configure_threads, prunable_layers, InputShape, Network};
 use tch::{Device, Kind, Tensor};
@@ -82,7 +82,7 @@ fn cifar_resnet18_forward_backward_on_cpu() {
     let r = bench(&BenchConfig {
         model: ModelKind::Resnet18,
         batch: 2,
-        precision: lth_spec::Precision::Fp32,
+        precision: lth_sweep::Precision::Fp32,
         device: Device::Cpu,
         warmup_steps: 0,
         steps: 1,

@@ -1,7 +1,7 @@
 //! Importance metrics against hand-computed values, the global cut, layer collapse and the
 //! minimum-keep guard, and the sparsity reached after L levels.
 
-use lth_spec::ImportanceMetric as M;
+use lth_sweep::ImportanceMetric as M;
 use lth_worker::engine::prune::{layer_scores, prune, LayerMask, LayerWeights};
 use lth_worker::engine::rng::Rng;
 
@@ -99,7 +99,7 @@ fn sparsity_after_l_levels_is_one_minus_keep_to_the_l() {
     let weights: Vec<Vec<f64>> = sizes.iter().map(|&n| (0..n).map(|_| rng.next_f64() * 2.0 - 1.0).collect()).collect();
     let total: usize = sizes.iter().sum();
     let names = ["a", "b", "c", "d"];
-    for metric in lth_spec::ImportanceMetric::ALL {
+    for metric in lth_sweep::ImportanceMetric::ALL {
         for &rate in &[0.2, 0.5] {
             let mut masks: Vec<LayerMask> = sizes.iter().zip(names).map(|(&n, name)| LayerMask::ones(name, &[n as i64])).collect();
             for level in 1..=6u32 {

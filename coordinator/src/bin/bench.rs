@@ -254,7 +254,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
         metrics.join(", "),
         seeds.join(", ")
     );
-    let spec = lth_spec::SweepSpec::from_toml_str(&text)?;
+    let spec = lth_sweep::SweepSpec::from_toml_str(&text)?;
     let t = Instant::now();
     let sub = store.submit_sweep(&spec, None).await?;
     let submit_s = t.elapsed().as_secs_f64();

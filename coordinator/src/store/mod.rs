@@ -12,7 +12,7 @@
 mod sqlite_fns;
 
 use chrono::{DateTime, Utc};
-use lth_spec::{ImportanceMetric, SweepSpec};
+use lth_sweep::{ImportanceMetric, SweepSpec};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
@@ -696,7 +696,7 @@ impl Store {
             // Levels, one depth at a time so that each level's parent id is known.
             let max_level = plan.trials.iter().map(|t| t.levels.len()).max().unwrap_or(0);
             for depth in 0..max_level {
-                let rows: Vec<(&lth_spec::TrialPlan, &lth_spec::LevelPlan)> =
+                let rows: Vec<(&lth_sweep::TrialPlan, &lth_sweep::LevelPlan)> =
                     plan.trials.iter().filter_map(|t| t.levels.get(depth).map(|l| (t, l))).collect();
                 for chunk in rows.chunks(BIND_ROWS) {
                     let mut qb = QueryBuilder::<DB>::new(

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use lth_coordinator::store::{ClaimedJob, LayerInput, ResultInput, Store, StoreOptions, WorkerRegistration};
-use lth_spec::SweepSpec;
+use lth_sweep::SweepSpec;
 use sqlx::{Connection, Row};
 
 pub struct TestDb {

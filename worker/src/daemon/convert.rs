@@ -7,9 +7,9 @@
 use crate::engine::{LevelReport, StepSpec};
 use anyhow::{anyhow, bail, Result};
 use lth_proto::v1 as pb;
-use lth_spec::{ImportanceMetric, SweepSpec};
+use lth_sweep::{ImportanceMetric, SweepSpec};
 
-/// The engine's description of the job's chain step. The sweep spec goes through `lth_spec`'s own
+/// The engine's description of the job's chain step. The sweep spec goes through `lth_sweep`'s own
 /// proto conversion (with its validation), so the worker reads exactly what lthctl submitted.
 pub fn step_spec(job: &pb::JobAssignment) -> Result<StepSpec> {
     let wire = job.spec.as_ref().ok_or_else(|| anyhow!("job {} has no sweep spec", job.job_id))?;

@@ -10,7 +10,7 @@ use super::models::{InputShape, Network};
 use super::rng::Rng;
 use super::train::Trainer;
 use anyhow::Result;
-use lth_spec::{DatasetKind, LrSchedule, ModelKind, Precision, Recipe, TrainLength};
+use lth_sweep::{DatasetKind, LrSchedule, ModelKind, Precision, Recipe, TrainLength};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -96,7 +96,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     let net = Network::new(cfg.model, shape, classes, cfg.device, 0)?;
     let mut tr = Trainer::new(&net, &data, &recipe, 0, cfg.device)?;
-    let policy = lth_spec::PrunePolicy::default();
+    let policy = lth_sweep::PrunePolicy::default();
     let masks: Vec<(String, Vec<u8>)> = super::prunable_layers(&net, &policy)
         .into_iter()
         .map(|(n, t)| {

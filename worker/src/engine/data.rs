@@ -15,7 +15,7 @@
 use super::models::InputShape;
 use super::rng::Rng;
 use anyhow::{anyhow, bail, Context, Result};
-use lth_spec::{DatasetKind, DatasetSpec};
+use lth_sweep::{DatasetKind, DatasetSpec};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};

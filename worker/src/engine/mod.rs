@@ -14,7 +14,7 @@ pub mod rng;
 pub mod train;
 
 use anyhow::{bail, Context, Result};
-use lth_spec::{DatasetSpec, ImportanceMetric, ModelKind, PrunePolicy, Recipe};
+use lth_sweep::{DatasetSpec, ImportanceMetric, ModelKind, PrunePolicy, Recipe};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

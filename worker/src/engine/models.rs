@@ -11,7 +11,7 @@
 
 use super::rng::Rng;
 use anyhow::{bail, Result};
-use lth_spec::ModelKind;
+use lth_sweep::ModelKind;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
@@ -331,7 +331,7 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
 
 /// Whether a named variable is a weight that `policy` allows pruning (conv or linear weights only;
 /// never biases, batch-norm parameters or running statistics).
-pub fn is_prunable(name: &str, shape: &[i64], policy: &lth_spec::PrunePolicy) -> bool {
+pub fn is_prunable(name: &str, shape: &[i64], policy: &lth_sweep::PrunePolicy) -> bool {
     if !name.ends_with(".weight") || policy.exclude_layers.iter().any(|e| e == name) {
         return false;
     }

@@ -21,7 +21,7 @@
 
 use super::rng::Rng;
 use anyhow::{bail, Result};
-use lth_spec::ImportanceMetric;
+use lth_sweep::ImportanceMetric;
 
 /// One prunable layer's keep-mask as bits, row-major, MSB first in each byte.
 #[derive(Clone, Debug, PartialEq, Eq)]

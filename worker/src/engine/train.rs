@@ -7,7 +7,7 @@ use super::cuda;
 use super::data::Dataset;
 use super::models::{self, Network};
 use anyhow::{bail, Result};
-use lth_spec::{LrSchedule, Precision, Recipe};
+use lth_sweep::{LrSchedule, Precision, Recipe};
 use tch::{Device, Kind, Tensor};
 
 /// The learning rate at iteration `it` (0-based) of a run of `total` iterations.
@@ -91,7 +91,7 @@ impl<'a> Trainer<'a> {
             bail!("training length {} is zero iterations", recipe.length);
         }
         let cuda = device.is_cuda();
-        let channels_last = cuda && recipe.channels_last && net.kind != lth_spec::ModelKind::Lenet300100;
+        let channels_last = cuda && recipe.channels_last && net.kind != lth_sweep::ModelKind::Lenet300100;
         if channels_last {
             net.to_channels_last();
         }

@@ -1,4 +1,4 @@
-//! The typed sweep specification shared by every lth component.
+//! The sweep domain model shared by every lth component.
 //!
 //! One hyper-parameter set (as in open_lth) is the sweep file's TOML schema, the protocol's
 //! `SweepSpec`, the engine's training recipe and the input of each job's content hash. This crate

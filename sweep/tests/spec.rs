@@ -1,6 +1,6 @@
 //! Sweep-file parsing, validation, grid expansion, content hashes and protobuf round trips.
 
-use lth_spec::*;
+use lth_sweep::*;
 
 const PAPER: &str = r#"
 name = "resnet20-paper"
