@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: fetches libtorch (PyPI wheel) if missing, makes sure PostgreSQL answers,
-# then runs every crate's tests with cargo-nextest.
+# then runs every crate's tests with cargo-nextest, then the checks of deploy/ (deploy/check/run.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,3 +19,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# deploy/: manifests, images and scripts checked statically, and their commands run (~15 s; the first run installs the tools from PyPI and Debian, ~15 s more).
+bash deploy/check/run.sh

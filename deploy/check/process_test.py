@@ -1,0 +1,284 @@
+"""The deploy files' commands, run for real: a coordinator on a fresh Postgres database, then
+  1. the compose `worker-cpu` service's exact process (its image's ENTRYPOINT + the service's
+     command and environment, as deploy/docker-compose.yml and the Dockerfile say), and
+  2. deploy/slurm/lth-worker.sbatch itself, run by bash as sbatch would, with a stand-in `srun`
+     that starts the script's task once per node of SLURM_JOB_NODELIST as plain processes,
+each finishing a small sweep derived from examples/digits-lenet.toml on the bundled digits, then
+stopping on SIGTERM (compose's stop, Slurm's --signal) and exiting cleanly.
+
+Container to process, and nothing else changed: compose service names resolve to 127.0.0.1 and
+the coordinator's port to the test's; container paths (volumes, WORKDIR, image ENV paths) live
+under a temporary root. `srun` options are dropped: there is one machine.
+
+    python deploy/check/process_test.py [--bin-dir target/debug]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+import deployfiles as df  # noqa: E402
+
+SWEEP_TIMEOUT = 600
+
+FAKE_SRUN = r"""#!/usr/bin/env bash
+# Test stand-in for srun (deploy/check/process_test.py): one task per node of
+# SLURM_JOB_NODELIST (a plain comma list here), as plain processes on this machine, with the
+# variables slurmstepd sets for a task. Options are dropped. Task pids go to $LTH_TEST_SRUN_PIDS
+# so the test can signal the tasks as Slurm's --signal does.
+set -u
+while [[ $# -gt 0 && "$1" == -* ]]; do shift; done
+IFS=, read -ra nodes <<< "$SLURM_JOB_NODELIST"
+pids=()
+for i in "${!nodes[@]}"; do
+  SLURMD_NODENAME="${nodes[$i]}" SLURM_NODEID="$i" SLURM_PROCID="$i" SLURM_LOCALID=0 SLURM_STEP_ID=0 "$@" &
+  pids+=("$!")
+  echo "$!" >> "$LTH_TEST_SRUN_PIDS"
+done
+rc=0
+for p in "${pids[@]}"; do
+  wait "$p" || rc=$?
+done
+exit "$rc"
+"""
+
+
+def log(msg):
+    print(f"process-test: {msg}", flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Failure(Exception):
+    pass
+
+
+def lthctl(bin_dir, url, *args, timeout=60):
+    r = subprocess.run([os.path.join(bin_dir, "lthctl"), "--coordinator", url, *args], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise Failure(f"lthctl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
+
+
+def small_sweep(path, name, metric, seed):
+    """examples/digits-lenet.toml, cut to one metric, one seed, two levels, four epochs."""
+    text = open(os.path.join(ROOT, "examples/digits-lenet.toml")).read()
+    for key, value in (("name", f'"{name}"'), ("metrics", f'["{metric}"]'), ("seeds", f"[{seed}]"), ("levels", "2"), ("length", '"4ep"')):
+        text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+        if n != 1:
+            raise Failure(f"examples/digits-lenet.toml has no `{key} = ` line to adapt")
+    open(path, "w").write(text)
+    return path
+
+
+def run_sweep(bin_dir, url, sweep_file, worker_procs, expect_workers):
+    out = lthctl(bin_dir, url, "submit", sweep_file)
+    m = re.search(r"submitted sweep (\d+)", out)
+    if not m:
+        raise Failure(f"cannot read the sweep id from lthctl submit: {out!r}")
+    sweep = m.group(1)
+    deadline = time.monotonic() + SWEEP_TIMEOUT
+    seen_workers = set()
+    while True:
+        for name, p in worker_procs:
+            if p.poll() is not None:
+                raise Failure(f"{name} exited ({p.returncode}) before the sweep finished")
+        workers = lthctl(bin_dir, url, "workers")
+        seen_workers |= {w for w in expect_workers if w in workers}
+        status = lthctl(bin_dir, url, "status", sweep)
+        m = re.search(r"(\d+) jobs: (\d+) succeeded, (\d+) running, (\d+) ready, (\d+) blocked, (\d+) failed", status)
+        if not m:
+            raise Failure(f"cannot read job counts from lthctl status: {status!r}")
+        total, done, failed = int(m.group(1)), int(m.group(2)), int(m.group(6))
+        if failed:
+            raise Failure(f"sweep {sweep}: {failed} job(s) failed:\n{status}")
+        if done == total:
+            break
+        if time.monotonic() > deadline:
+            raise Failure(f"sweep {sweep} not done after {SWEEP_TIMEOUT} s:\n{status}")
+        time.sleep(1)
+    missing = set(expect_workers) - seen_workers
+    if missing:
+        raise Failure(f"workers {sorted(missing)} never showed up in lthctl workers")
+    points = json.loads(lthctl(bin_dir, url, "results", sweep, "--format", "json"))
+    levels = sorted(p["level"] for p in points)
+    if levels != [0, 1, 2]:
+        raise Failure(f"sweep {sweep}: results for levels {levels}, expected 0, 1, 2")
+    for p in points:
+        # Ten classes: chance is 0.1. A trained LeNet on the digits is far above it.
+        if not 0.5 < p["accuracy_mean"] <= 1.0:
+            raise Failure(f"sweep {sweep} level {p['level']}: accuracy {p['accuracy_mean']} is not a trained network's")
+    log(f"sweep {sweep}: {total} jobs succeeded; accuracy by level " + ", ".join(f"{p['level']}: {p['accuracy_mean']:.3f}" for p in sorted(points, key=lambda p: p["level"])))
+    return sweep
+
+
+def stop(name, p, grace):
+    p.send_signal(signal.SIGTERM)
+    try:
+        rc = p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise Failure(f"{name} did not stop within {grace} s of SIGTERM")
+    if rc != 0:
+        raise Failure(f"{name} exited {rc} on SIGTERM (expected a clean 0)")
+
+
+def compose_worker(bin_dir, tmp, port):
+    """The compose worker-cpu service as a plain process."""
+    env_file = df.read_env_file(os.path.join(ROOT, "deploy/env.example"))
+    c = df.compose(ROOT, env_file)
+    svc = c["services"]["worker-cpu"]
+    argv, st = df.compose_argv(ROOT, svc)
+    rootfs = os.path.join(tmp, "worker-cpu-rootfs")
+    # Container paths: mount targets, the image's volumes and WORKDIR, and paths in its ENV.
+    container_paths = {v.split(":")[1] for v in svc.get("volumes", [])} | {st.workdir}
+    container_paths |= {v for k, v in st.env.items() if v.startswith("/")}
+    for path in container_paths:
+        os.makedirs(rootfs + path, exist_ok=True)
+
+    def translate(value):
+        value = value.replace("coordinator:50051", f"127.0.0.1:{port}")
+        for path in sorted(container_paths, key=len, reverse=True):
+            if value == path or value.startswith(path + "/"):
+                return rootfs + value
+        return value
+
+    env = {**st.env, **df.compose_environment(svc)}
+    env = {k: translate(v) for k, v in env.items()}
+    argv = [os.path.join(bin_dir, argv[0])] + [translate(a) for a in argv[1:]]
+    grace = float(re.sub(r"\D", "", svc.get("stop_grace_period", "10s")))
+    host_env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
+    log("compose worker-cpu: " + " ".join(argv[1:]) + "  env " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
+    logf = open(os.path.join(tmp, "worker-cpu.log"), "w")
+    p = subprocess.Popen(argv, env={**host_env, "HOME": rootfs + st.workdir, **env}, cwd=rootfs + st.workdir, stdout=logf, stderr=subprocess.STDOUT)
+    return p, grace
+
+
+def slurm_job(bin_dir, tmp, port):
+    """deploy/slurm/lth-worker.sbatch as sbatch would start it, on a two-node 'allocation'."""
+    fake = os.path.join(tmp, "slurm-bin")
+    os.makedirs(fake)
+    open(os.path.join(fake, "srun"), "w").write(FAKE_SRUN)
+    os.chmod(os.path.join(fake, "srun"), 0o755)
+    slurm_tmp = os.path.join(tmp, "slurm-tmp")
+    os.makedirs(slurm_tmp)
+    pids = os.path.join(tmp, "srun.pids")
+    env = {
+        "PATH": fake + os.pathsep + os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", tmp), "USER": "lth-test", "TMPDIR": slurm_tmp,
+        # What the admin exports before sbatch (deploy/README.md, Slurm):
+        "LTH_COORDINATOR": f"http://127.0.0.1:{port}",
+        "LTH_WORKER_BIN": os.path.join(bin_dir, "lth-worker"),
+        # Two daemons share this machine's 2 cores: one torch thread each.
+        "LTH_JOB_THREADS": "1",
+        # What Slurm sets for the batch script:
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node1,node2",
+        "LTH_TEST_SRUN_PIDS": pids,
+    }
+    logf = open(os.path.join(tmp, "slurm-job.log"), "w")
+    p = subprocess.Popen(["bash", os.path.join(ROOT, "deploy/slurm/lth-worker.sbatch")], env=env, cwd=tmp, stdout=logf, stderr=subprocess.STDOUT)
+    return p, pids
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin-dir", default=os.environ.get("LTH_BIN_DIR") or os.path.join(ROOT, "target", "debug"))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    args = ap.parse_args()
+    bin_dir = os.path.abspath(args.bin_dir)
+    base_url = os.environ.get("LTH_TEST_DATABASE_URL", "postgres://root@127.0.0.1:5432/postgres")
+    database = f"lth_deploy_{os.getpid()}"
+    db_url = base_url.rsplit("/", 1)[0] + "/" + database
+    tmp = tempfile.mkdtemp(prefix="lth-deploy-test-")
+    procs = []
+    started = time.monotonic()
+    ok = False
+    subprocess.run(["psql", base_url, "-q", "-c", f"CREATE DATABASE {database}"], check=True, capture_output=True)
+    try:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        clog = os.path.join(tmp, "coordinator.log")
+        coord = subprocess.Popen(
+            [os.path.join(bin_dir, "lth-coordinator"), "--listen", f"127.0.0.1:{port}", "--db", db_url,
+             "--artifacts", os.path.join(tmp, "artifacts"), "--lease-seconds", "15", "--heartbeat-seconds", "2"],
+            stdout=open(clog, "w"), stderr=subprocess.STDOUT)
+        procs.append(("coordinator", coord))
+        for _ in range(300):
+            if "listening on" in open(clog).read():
+                break
+            if coord.poll() is not None:
+                raise Failure(f"coordinator exited: {open(clog).read()}")
+            time.sleep(0.1)
+        else:
+            raise Failure("coordinator did not start in 30 s")
+        log(f"coordinator on {url}, Postgres database {database}")
+
+        t = time.monotonic()
+        worker, grace = compose_worker(bin_dir, tmp, port)
+        procs.append(("compose worker-cpu", worker))
+        run_sweep(bin_dir, url, small_sweep(os.path.join(tmp, "compose.toml"), "deploy-compose", "magnitude", 1), [("compose worker-cpu", worker)], [])
+        stop("compose worker-cpu", worker, grace)
+        log(f"compose worker-cpu: sweep done, stopped cleanly on SIGTERM ({time.monotonic() - t:.0f} s)")
+
+        t = time.monotonic()
+        job, pids = slurm_job(bin_dir, tmp, port)
+        procs.append(("slurm job", job))
+        run_sweep(bin_dir, url, small_sweep(os.path.join(tmp, "slurm.toml"), "deploy-slurm", "l2", 2), [("slurm job", job)],
+                  ["slurm-4242-node1", "slurm-4242-node2"])
+        tasks = [int(x) for x in open(pids).read().split()]
+        if len(tasks) != 2:
+            raise Failure(f"srun started {len(tasks)} task(s), expected one per node (2)")
+        for pid in tasks:  # Slurm's --signal=TERM@300 signals every task of the job's steps
+            os.kill(pid, signal.SIGTERM)
+        try:
+            rc = job.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            raise Failure("the Slurm job script did not end within 90 s of SIGTERM to its tasks")
+        out = open(os.path.join(tmp, "slurm-job.log")).read()
+        if rc != 0 or "all daemons stopped" not in out:
+            raise Failure(f"the Slurm job script exited {rc}:\n{out[-3000:]}")
+        log(f"slurm job (2 nodes): sweep done, daemons stopped on SIGTERM, script exited 0 ({time.monotonic() - t:.0f} s)")
+        ok = True
+    except Failure as e:
+        log(f"FAILED: {e}")
+        for name in ("coordinator.log", "worker-cpu.log", "slurm-job.log"):
+            path = os.path.join(tmp, name)
+            if os.path.exists(path):
+                print(f"--- {name} (last lines)\n" + "".join(open(path).readlines()[-25:]), flush=True)
+    finally:
+        for name, p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        subprocess.run(["psql", base_url, "-q", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], capture_output=True)
+        if args.keep or not ok:
+            log(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{'passed' if ok else 'failed'} in {time.monotonic() - started:.0f} s")
+    print(f"deploy-process: {1 if ok else 0} passed, {0 if ok else 1} failed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
