@@ -31,6 +31,8 @@ KUSTOMIZATIONS = ["deploy/k8s/base", "deploy/k8s/overlays/dev", "deploy/k8s/over
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
 # Secrets the admin creates (overlays/production); every other referenced Secret must be rendered.
 EXTERNAL_SECRETS = {"lth-db", "lth-artifacts"}
+NAMESPACE = "lth"
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "RuntimeClass", "PriorityClass", "StorageClass", "PersistentVolume"}
 SHELL_SCRIPTS = ["scripts/*.sh", "deploy/check/*.sh", "deploy/slurm/*.sbatch"]
 
 
@@ -79,6 +81,9 @@ def check_k8s_policy(root, tools):
     for k, text in rendered.items():
         objs = df.objects(text)
         names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+        for o in objs:
+            if o["kind"] not in CLUSTER_SCOPED and o["metadata"].get("namespace") != NAMESPACE:
+                errors.append(f"{k}: {o['kind']}/{o['metadata']['name']} is in namespace {o['metadata'].get('namespace')!r}, not {NAMESPACE!r}")
         for o, pod in df.pod_specs(objs):
             where = f"{k}: {o['kind']}/{o['metadata']['name']}"
             psc = pod.get("securityContext") or {}
@@ -103,8 +108,12 @@ def check_k8s_policy(root, tools):
                     errors.append(f"{cw}: securityContext.capabilities.drop must include ALL")
                 for e in c.get("env", []):
                     ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-                    if ref and ("Secret", ref["name"]) not in names and ref["name"] not in EXTERNAL_SECRETS:
-                        errors.append(f"{cw}: env {e['name']} reads Secret {ref['name']!r}, which nothing creates")
+                    if ref and ("Secret", ref["name"]) not in names:
+                        generated = [n for kind, n in names if kind == "Secret" and re.fullmatch(re.escape(ref["name"]) + r"-[a-z0-9]{10}", n)]
+                        if generated:
+                            errors.append(f"{cw}: env {e['name']} reads Secret {ref['name']!r}, but the render generates {generated[0]!r} (a namespace mismatch keeps Kustomize from linking them)")
+                        elif ref["name"] not in EXTERNAL_SECRETS:
+                            errors.append(f"{cw}: env {e['name']} reads Secret {ref['name']!r}, which nothing creates")
                 for src in c.get("envFrom", []):
                     ref = src.get("configMapRef")
                     if ref and ("ConfigMap", ref["name"]) not in names:
@@ -419,6 +428,8 @@ BROKEN = [
      "USER 10001:10001\n", "", "runs as root"),
     ("torch pin out of step with fetch-libtorch.sh", check_torch_pins, "deploy/docker/torch-cu130.txt",
      "torch==2.11.0", "torch==2.10.0", "TORCH_VERSION=2.11.0"),
+    ("dev overlay without the namespace", check_k8s_policy, "deploy/k8s/overlays/dev/kustomization.yaml",
+     "namespace: lth\n", "", "not 'lth'"),
     ("unquoted variable in the Slurm task", check_shellcheck, "deploy/slurm/lth-worker.sbatch",
      'mkdir -p "$LTH_CACHE_DIR"', "mkdir -p $LTH_CACHE_DIR", "SC2086"),
     ("misspelled worker flag in Kubernetes", check_flag_drift, "deploy/k8s/base/worker-daemonset/daemonset.yaml",
