@@ -20,5 +20,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo nextest run --workspace --no-fail-fast "$@"
 
-# deploy/: manifests, images and scripts checked statically, and their commands run (~15 s; the first run installs the tools from PyPI and Debian, ~15 s more).
+# deploy/: manifests, images and scripts checked statically, and their commands run (13-22 s; the first run installs the tools from PyPI and Debian, ~15 s more).
 bash deploy/check/run.sh
