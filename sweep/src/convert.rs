@@ -76,6 +76,43 @@ fn model_from(v: i32) -> Result<ModelKind, String> {
     })
 }
 
+fn model_spec_to(m: &ModelSpec) -> (i32, Option<pb::TorchScriptModel>) {
+    match m {
+        ModelSpec::Builtin(k) => (pb::Model::from(*k) as i32, None),
+        ModelSpec::TorchScript(t) => (
+            pb::Model::Unspecified as i32,
+            Some(pb::TorchScriptModel {
+                path: t.torchscript.clone(),
+                sha256: t.sha256.clone().unwrap_or_default(),
+                init: match t.init {
+                    ModelInit::Seed => pb::ModelInit::Seed,
+                    ModelInit::File => pb::ModelInit::File,
+                } as i32,
+            }),
+        ),
+    }
+}
+
+fn model_spec_from(model: i32, ts: &Option<pb::TorchScriptModel>) -> Result<ModelSpec, String> {
+    match ts {
+        None => model_from(model).map(ModelSpec::Builtin),
+        Some(t) => {
+            if model != pb::Model::Unspecified as i32 {
+                return Err("spec sets both `model` and `torchscript`: send one of them".into());
+            }
+            let init = match pb::ModelInit::try_from(t.init).map_err(|_| format!("unknown model init number {}", t.init))? {
+                pb::ModelInit::Seed | pb::ModelInit::Unspecified => ModelInit::Seed,
+                pb::ModelInit::File => ModelInit::File,
+            };
+            Ok(ModelSpec::TorchScript(TorchScriptModel {
+                torchscript: t.path.clone(),
+                sha256: if t.sha256.is_empty() { None } else { Some(t.sha256.clone()) },
+                init,
+            }))
+        }
+    }
+}
+
 impl From<DatasetKind> for pb::Dataset {
     fn from(d: DatasetKind) -> Self {
         match d {
@@ -84,6 +121,8 @@ impl From<DatasetKind> for pb::Dataset {
             DatasetKind::Mnist => pb::Dataset::Mnist,
             DatasetKind::TinyImagenet => pb::Dataset::TinyImagenet,
             DatasetKind::Digits => pb::Dataset::Digits,
+            DatasetKind::ImageFolder => pb::Dataset::ImageFolder,
+            DatasetKind::Safetensors => pb::Dataset::Safetensors,
         }
     }
 }
@@ -95,6 +134,8 @@ fn dataset_from(v: i32) -> Result<DatasetKind, String> {
         pb::Dataset::Mnist => DatasetKind::Mnist,
         pb::Dataset::TinyImagenet => DatasetKind::TinyImagenet,
         pb::Dataset::Digits => DatasetKind::Digits,
+        pb::Dataset::ImageFolder => DatasetKind::ImageFolder,
+        pb::Dataset::Safetensors => DatasetKind::Safetensors,
         pb::Dataset::Unspecified => return Err("spec.dataset.name is unspecified".into()),
     })
 }
@@ -163,19 +204,76 @@ impl From<&Recipe> for pb::Recipe {
     }
 }
 
+fn control_to(c: Control) -> pb::Control {
+    match c {
+        Control::Reinit => pb::Control::Reinit,
+        Control::RandomMask => pb::Control::RandomMask,
+    }
+}
+
+fn control_from(v: i32) -> Result<Control, String> {
+    match pb::Control::try_from(v).map_err(|_| format!("unknown control number {v}"))? {
+        pb::Control::Reinit => Ok(Control::Reinit),
+        pb::Control::RandomMask => Ok(Control::RandomMask),
+        pb::Control::Unspecified => Err("spec.controls holds an unspecified control".into()),
+    }
+}
+
+impl From<&DatasetSpec> for pb::DatasetSpec {
+    fn from(d: &DatasetSpec) -> Self {
+        pb::DatasetSpec {
+            name: pb::Dataset::from(d.name) as i32,
+            path: d.path.clone().unwrap_or_default(),
+            resolution: d.resolution.map(|r| vec![r.height, r.width]).unwrap_or_default(),
+            channels: d.channels.unwrap_or(0),
+            mean: d.mean.clone().unwrap_or_default(),
+            std: d.std.clone().unwrap_or_default(),
+            augment: d.augment,
+        }
+    }
+}
+
+fn dataset_spec_from(d: &pb::DatasetSpec, errs: &mut Vec<String>) -> Option<DatasetSpec> {
+    let name = dataset_from(d.name).map_err(|e| errs.push(e)).ok()?;
+    let resolution = match d.resolution.as_slice() {
+        [] => None,
+        [h, w] => Some(Resolution { height: *h, width: *w }),
+        other => {
+            errs.push(format!("spec.dataset.resolution has {} values: send [height, width]", other.len()));
+            return None;
+        }
+    };
+    Some(DatasetSpec {
+        name,
+        path: if d.path.is_empty() { None } else { Some(d.path.clone()) },
+        resolution,
+        channels: if d.channels == 0 { None } else { Some(d.channels) },
+        mean: if d.mean.is_empty() { None } else { Some(d.mean.clone()) },
+        std: if d.std.is_empty() { None } else { Some(d.std.clone()) },
+        augment: d.augment,
+    })
+}
+
+/// The wire form. Constant rates go to `rates` and schedules to `rate_schedules`, so a sweep that
+/// mixes both comes back with its constants first.
 impl From<&SweepSpec> for pb::SweepSpec {
     fn from(s: &SweepSpec) -> Self {
         use pb::sweep_spec::Depth;
+        let (model, torchscript) = model_spec_to(&s.model);
         pb::SweepSpec {
             name: s.name.clone(),
-            model: pb::Model::from(s.model) as i32,
-            dataset: Some(pb::DatasetSpec {
-                name: pb::Dataset::from(s.dataset.name) as i32,
-                path: s.dataset.path.clone().unwrap_or_default(),
-            }),
+            model,
+            torchscript,
+            dataset: Some((&s.dataset).into()),
             recipe: Some((&s.recipe).into()),
             metrics: s.metrics.iter().map(|m| m.to_proto_i32()).collect(),
-            rates: s.rates.clone(),
+            rates: s.rates.iter().filter_map(|r| match r {
+                Rate::Constant(x) => Some(*x),
+                Rate::Schedule(_) => None,
+            }).collect(),
+            rate_schedules: s.rates.iter().filter_map(|r| r.schedule().map(|v| pb::RateSchedule { rates: v.to_vec() })).collect(),
+            controls: s.controls.iter().map(|c| control_to(*c) as i32).collect(),
+            control_levels: s.control_levels.clone(),
             seeds: s.seeds.clone(),
             // A spec with both set is invalid and never sent; `levels` wins here.
             depth: match (s.levels, s.target_sparsity) {
@@ -188,6 +286,7 @@ impl From<&SweepSpec> for pb::SweepSpec {
                 prune_linears: s.pruning.prune_linears,
                 exclude_layers: s.pruning.exclude_layers.clone(),
                 min_keep_fraction: s.pruning.min_keep_fraction,
+                layers: s.pruning.layers.clone(),
             }),
             max_attempts: s.max_attempts,
             priority: s.priority,
@@ -208,16 +307,13 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
     /// `max_attempts = 0` (proto's unset) means the default 3.
     fn try_from(p: &pb::SweepSpec) -> Result<Self, ValidationErrors> {
         let mut errs = Vec::new();
-        let model = model_from(p.model).map_err(|e| errs.push(e)).ok();
+        let model = model_spec_from(p.model, &p.torchscript).map_err(|e| errs.push(e)).ok();
         let dataset = match &p.dataset {
             None => {
                 errs.push("spec.dataset is missing: name the dataset (and its path on the workers)".into());
                 None
             }
-            Some(d) => dataset_from(d.name).map_err(|e| errs.push(e)).ok().map(|name| DatasetSpec {
-                name,
-                path: if d.path.is_empty() { None } else { Some(d.path.clone()) },
-            }),
+            Some(d) => dataset_spec_from(d, &mut errs),
         };
         let recipe = match &p.recipe {
             None => {
@@ -279,9 +375,28 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
                 prune_convs: q.prune_convs,
                 prune_linears: q.prune_linears,
                 exclude_layers: q.exclude_layers.clone(),
+                layers: q.layers.clone(),
                 min_keep_fraction: q.min_keep_fraction,
             })
             .unwrap_or_default();
+        let mut controls = Vec::new();
+        for &c in &p.controls {
+            match control_from(c) {
+                Ok(c) => controls.push(c),
+                Err(e) => errs.push(e),
+            }
+        }
+        // Until the store creates control jobs and stores per-level rates, a coordinator must not
+        // accept sweeps it would run wrongly (schedules) or only in part (controls). Sweeps with
+        // either run through `lth-worker run-local` meanwhile.
+        if !p.rate_schedules.is_empty() {
+            errs.push("spec.rate_schedules: the coordinator does not run per-level rate schedules yet; run this sweep with `lth-worker run-local`, or use constant rates".into());
+        }
+        if !p.controls.is_empty() || !p.control_levels.is_empty() {
+            errs.push("spec.controls: the coordinator does not run reinit / random_mask controls yet; run them with `lth-worker run-local`, or drop `controls`".into());
+        }
+        let mut rates: Vec<Rate> = p.rates.iter().map(|&r| Rate::Constant(r)).collect();
+        rates.extend(p.rate_schedules.iter().map(|s| Rate::Schedule(s.rates.clone())));
         let (Some(model), Some(dataset), Some(recipe)) = (model, dataset, recipe) else {
             return Err(ValidationErrors(errs));
         };
@@ -292,10 +407,12 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
             dataset,
             recipe,
             metrics,
-            rates: p.rates.clone(),
+            rates,
             seeds: p.seeds.clone(),
             levels,
             target_sparsity,
+            controls,
+            control_levels: p.control_levels.clone(),
             pruning,
             max_attempts: if p.max_attempts == 0 { 3 } else { p.max_attempts },
             priority: p.priority,

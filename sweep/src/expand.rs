@@ -1,11 +1,13 @@
 //! Grid expansion and content hashes.
 //!
 //! A sweep becomes one trial per (metric, rate, seed) and a job per (trial, level); level 0 is one
-//! dense job per seed, shared by that seed's trials. Each job has a content hash over everything
-//! that determines its result, so that an identical job already done (in any sweep) is reused.
+//! dense job per seed, shared by that seed's trials. Controls are jobs of their own, children of
+//! the level they control. Each job has a content hash over everything that determines its result,
+//! so that an identical job already done (in any sweep) is reused.
 
-use crate::validate::levels_to_reach;
-use crate::{DatasetSpec, ImportanceMetric, ModelKind, PrunePolicy, Recipe, SweepSpec};
+use crate::model::ModelHashKey;
+use crate::validate::{levels_to_reach, levels_to_reach_schedule};
+use crate::{Control, DatasetSpec, ImportanceMetric, ModelSpec, PrunePolicy, Rate, Recipe, SweepSpec};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -17,7 +19,7 @@ const HASH_VERSION: u32 = 1;
 struct DenseKey<'a> {
     v: u32,
     kind: &'static str,
-    model: ModelKind,
+    model: ModelHashKey<'a>,
     dataset: &'a DatasetSpec,
     recipe: &'a Recipe,
     seed: u64,
@@ -34,6 +36,15 @@ struct LevelKey<'a> {
     level: u32,
 }
 
+#[derive(Serialize)]
+struct ControlKey<'a> {
+    v: u32,
+    kind: &'static str,
+    /// The controlled level's hash (which fixes the seed, the chain and the ticket's mask).
+    ticket: &'a str,
+    control: Control,
+}
+
 fn sha256_json<T: Serialize>(key: &T) -> String {
     // serde_json writes struct fields in declaration order and floats in shortest round-trip form,
     // so the text (and the digest) is canonical for a given value.
@@ -42,13 +53,18 @@ fn sha256_json<T: Serialize>(key: &T) -> String {
 }
 
 /// The hash of a seed's dense job (level 0 and the rewind point θk).
-pub fn dense_hash(model: ModelKind, dataset: &DatasetSpec, recipe: &Recipe, seed: u64) -> String {
-    sha256_json(&DenseKey { v: HASH_VERSION, kind: "dense", model, dataset, recipe, seed })
+pub fn dense_hash(model: &ModelSpec, dataset: &DatasetSpec, recipe: &Recipe, seed: u64) -> String {
+    sha256_json(&DenseKey { v: HASH_VERSION, kind: "dense", model: model.into(), dataset, recipe, seed })
 }
 
 /// The hash of a pruning level: its parent's hash plus how this level prunes.
 pub fn level_hash(parent_hash: &str, metric: ImportanceMetric, rate: f64, pruning: &PrunePolicy, level: u32) -> String {
     sha256_json(&LevelKey { v: HASH_VERSION, kind: "level", parent: parent_hash, metric, rate, pruning, level })
+}
+
+/// The hash of a control job: the ticket (level) it controls plus which control.
+pub fn control_hash(ticket_hash: &str, control: Control) -> String {
+    sha256_json(&ControlKey { v: HASH_VERSION, kind: "control", ticket: ticket_hash, control })
 }
 
 /// A seed's shared level-0 job.
@@ -65,17 +81,36 @@ pub struct LevelPlan {
     pub content_hash: String,
     /// The dense job's hash for level 1, else the previous level's.
     pub parent_hash: String,
+    /// The fraction of the remaining weights this level prunes (the trial's rate, or its
+    /// schedule's entry for this level).
+    pub rate: f64,
+}
+
+/// A control job: trains a variant of one level's ticket (see [`Control`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlan {
+    pub level: u32,
+    pub control: Control,
+    pub content_hash: String,
+    /// The hash of the level it controls (the job whose mask it reads).
+    pub parent_hash: String,
 }
 
 /// One (metric, rate, seed) chain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrialPlan {
     pub metric: ImportanceMetric,
+    /// The trial's rate (a schedule's first rate; see `schedule` and each level's `rate`).
     pub rate: f64,
+    /// The per-level rates of a scheduled trial, as the sweep lists them.
+    pub schedule: Option<Vec<f64>>,
     pub seed: u64,
     pub dense_hash: String,
     /// Levels 1..=L in order.
     pub levels: Vec<LevelPlan>,
+    /// Controls, by level then in the sweep's `controls` order. The store does not create these
+    /// jobs yet (the control plane rejects sweeps with controls until it does).
+    pub controls: Vec<ControlPlan>,
 }
 
 /// The expanded grid of a sweep.
@@ -89,18 +124,32 @@ impl SweepPlan {
     pub fn level_jobs(&self) -> usize {
         self.trials.iter().map(|t| t.levels.len()).sum()
     }
+    pub fn control_jobs(&self) -> usize {
+        self.trials.iter().map(|t| t.controls.len()).sum()
+    }
+    /// Dense and level jobs: what the store creates today. Controls are counted apart
+    /// ([`SweepPlan::control_jobs`]) until the store creates them too.
     pub fn total_jobs(&self) -> usize {
         self.dense.len() + self.level_jobs()
     }
 }
 
 impl SweepSpec {
-    /// Pruning levels (after level 0) run at `rate`: `levels`, or enough to reach `target_sparsity`.
+    /// Pruning levels (after level 0) run at a constant `rate`: `levels`, or enough to reach
+    /// `target_sparsity`.
     pub fn levels_for_rate(&self, rate: f64) -> u32 {
-        match (self.levels, self.target_sparsity) {
-            (Some(l), _) => l,
-            (None, Some(t)) => levels_to_reach(t, rate) as u32,
-            (None, None) => 0,
+        self.levels_for(&Rate::Constant(rate))
+    }
+
+    /// Pruning levels (after level 0) of a trial at `rate`: `levels`; or enough to reach
+    /// `target_sparsity`; or, with neither, as many as the schedule lists.
+    pub fn levels_for(&self, rate: &Rate) -> u32 {
+        match (self.levels, self.target_sparsity, rate) {
+            (Some(l), _, _) => l,
+            (None, Some(t), Rate::Constant(r)) => levels_to_reach(t, *r) as u32,
+            (None, Some(t), Rate::Schedule(v)) => levels_to_reach_schedule(t, v) as u32,
+            (None, None, Rate::Schedule(v)) => v.len() as u32,
+            (None, None, Rate::Constant(_)) => 0,
         }
     }
 
@@ -112,26 +161,50 @@ impl SweepSpec {
 
     /// The content hash of `seed`'s dense job.
     pub fn dense_hash(&self, seed: u64) -> String {
-        dense_hash(self.model, &self.dataset, &self.recipe, seed)
+        dense_hash(&self.model, &self.dataset, &self.recipe, seed)
     }
 
-    /// Expands the grid (call on a validated spec). Trials are ordered by metric, rate, then seed.
+    /// Expands the grid (call on a validated spec). Trials are ordered by metric, rate (as listed),
+    /// then seed.
     pub fn expand(&self) -> SweepPlan {
         let dense: Vec<DensePlan> =
             self.seeds.iter().map(|&seed| DensePlan { seed, content_hash: self.dense_hash(seed) }).collect();
         let mut trials = Vec::with_capacity(self.metrics.len() * self.rates.len() * self.seeds.len());
         for &metric in &self.metrics {
-            for &rate in &self.rates {
+            for rate in &self.rates {
                 for d in &dense {
                     let mut parent = d.content_hash.clone();
-                    let n = self.levels_for_rate(rate);
+                    let n = self.levels_for(rate);
                     let mut levels = Vec::with_capacity(n as usize);
                     for level in 1..=n {
-                        let h = level_hash(&parent, metric, rate, &self.pruning, level);
-                        levels.push(LevelPlan { level, content_hash: h.clone(), parent_hash: parent });
+                        let r = rate.at_level(level);
+                        let h = level_hash(&parent, metric, r, &self.pruning, level);
+                        levels.push(LevelPlan { level, content_hash: h.clone(), parent_hash: parent, rate: r });
                         parent = h;
                     }
-                    trials.push(TrialPlan { metric, rate, seed: d.seed, dense_hash: d.content_hash.clone(), levels });
+                    let mut control_levels = self.control_levels.clone();
+                    control_levels.sort_unstable();
+                    let controls = control_levels
+                        .iter()
+                        .filter_map(|&cl| cl.checked_sub(1).and_then(|i| levels.get(i as usize)))
+                        .flat_map(|l| {
+                            self.controls.iter().map(move |&control| ControlPlan {
+                                level: l.level,
+                                control,
+                                content_hash: control_hash(&l.content_hash, control),
+                                parent_hash: l.content_hash.clone(),
+                            })
+                        })
+                        .collect();
+                    trials.push(TrialPlan {
+                        metric,
+                        rate: rate.first(),
+                        schedule: rate.schedule().map(|s| s.to_vec()),
+                        seed: d.seed,
+                        dense_hash: d.content_hash.clone(),
+                        levels,
+                        controls,
+                    });
                 }
             }
         }

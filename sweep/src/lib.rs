@@ -3,14 +3,33 @@
 //! One hyper-parameter set (as in open_lth) is the sweep file's TOML schema, the protocol's
 //! `SweepSpec`, the engine's training recipe and the input of each job's content hash. This crate
 //! has no tch dependency so that the control plane can validate and expand sweeps without libtorch.
+//!
+//! # Layout
+//! - `types`: the sweep file's schema (`SweepSpec`, `Recipe`, `DatasetSpec`, `PrunePolicy`, ...).
+//! - `model`: `ModelSpec`, a built-in model or a TorchScript file identified by its sha256.
+//! - `rate`: `Rate`, one pruning rate for every level or a per-level schedule.
+//! - `control`: `Control`, the reinit / random-mask controls run beside a ticket.
+//! - `length`: training lengths in open_lth's notation ("160ep", "1000it").
+//! - `validate`: every rule a spec must meet, all problems reported at once.
+//! - `expand`: the grid (dense jobs, trials, levels, controls) and content hashes.
+//! - `pattern`: `*` / `?` name patterns for `pruning.layers`.
+//! - `convert`: the typed spec to and from the wire's `lth.v1.SweepSpec`.
 
+mod control;
 mod convert;
 mod expand;
 mod length;
+mod model;
+mod pattern;
+mod rate;
 mod types;
 mod validate;
 
-pub use expand::{dense_hash, level_hash, DensePlan, LevelPlan, SweepPlan, TrialPlan};
+pub use control::Control;
+pub use expand::{control_hash, dense_hash, level_hash, ControlPlan, DensePlan, LevelPlan, SweepPlan, TrialPlan};
 pub use length::{ParseLengthError, TrainLength};
+pub use model::{file_sha256, ModelInit, ModelSpec, TorchScriptModel};
+pub use pattern::name_matches;
+pub use rate::Rate;
 pub use types::*;
-pub use validate::{levels_to_reach, SpecError, ValidationErrors, MAX_LEVELS};
+pub use validate::{levels_to_reach, levels_to_reach_schedule, SpecError, ValidationErrors, MAX_LEVELS};

@@ -1,6 +1,6 @@
 //! The sweep file's schema. Field names here are the TOML keys users write.
 
-use crate::TrainLength;
+use crate::{Control, ModelSpec, Rate, TrainLength};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -134,6 +134,13 @@ pub enum DatasetKind {
     TinyImagenet,
     /// The UCI handwritten digits (1797 8×8 images), bundled with lth.
     Digits,
+    /// Your own images in torchvision's ImageFolder layout: `train/<class>/*.png|jpg` and
+    /// `val/<class>/...` (or `test/<class>/...`), decoded once at `resolution`.
+    ImageFolder,
+    /// Your own tensors in one safetensors file: `train_images` and `test_images` (N×H×W×C
+    /// uint8), `train_labels` and `test_labels` (N integers in 0..classes).
+    #[serde(alias = "tensors")]
+    Safetensors,
 }
 
 impl DatasetKind {
@@ -144,17 +151,82 @@ impl DatasetKind {
             Self::Mnist => "mnist",
             Self::TinyImagenet => "tiny_imagenet",
             Self::Digits => "digits",
+            Self::ImageFolder => "image_folder",
+            Self::Safetensors => "safetensors",
+        }
+    }
+
+    pub const ALL: [DatasetKind; 7] =
+        [Self::Cifar10, Self::Cifar100, Self::Mnist, Self::TinyImagenet, Self::Digits, Self::ImageFolder, Self::Safetensors];
+
+    /// Your own data (ImageFolder or safetensors) rather than a built-in dataset.
+    pub fn is_custom(self) -> bool {
+        matches!(self, Self::ImageFolder | Self::Safetensors)
+    }
+}
+
+/// The size ImageFolder images are decoded to: `resolution = 64` (square) or `[height, width]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Resolution {
+    pub height: u32,
+    pub width: u32,
+}
+
+impl Serialize for Resolution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        [self.height, self.width].serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Resolution {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum R {
+            Square(u32),
+            Pair([u32; 2]),
+        }
+        match R::deserialize(d).map_err(|_| serde::de::Error::custom("resolution is one size such as 64, or [height, width] such as [64, 48]"))? {
+            R::Square(n) => Ok(Resolution { height: n, width: n }),
+            R::Pair([h, w]) => Ok(Resolution { height: h, width: w }),
         }
     }
 }
 
+/// `[dataset]`. The keys after `path` are for your own data (image_folder, safetensors); each is
+/// left out of the stored spec and the job hash when unset, so built-in datasets hash as before.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
     pub name: DatasetKind,
-    /// Where the dataset lives on the worker; not needed for the bundled digits.
+    /// Where the dataset lives on the worker (a folder; the file itself for safetensors); not
+    /// needed for the bundled digits.
     #[serde(default)]
     pub path: Option<String>,
+    /// image_folder: every image is resized to this (bilinear, antialiased) when first decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+    /// image_folder: 3 (RGB, the default, as torchvision's loader converts) or 1 (grayscale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u32>,
+    /// Per-channel normalisation, on pixel values scaled to [0, 1] (torchvision's `Normalize`
+    /// convention, e.g. [0.4914, 0.4822, 0.4465]). Computed from the training images when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f64>>,
+    /// Whether `recipe.augment`'s random crop and horizontal flip suit this data (your own data
+    /// only; default true for image_folder, false for safetensors). Built-in datasets decide for
+    /// themselves (CIFAR and TinyImageNet yes, digits and MNIST no).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<bool>,
+}
+
+impl DatasetSpec {
+    /// A dataset by kind and path, every other key unset.
+    pub fn new(name: DatasetKind, path: Option<String>) -> Self {
+        DatasetSpec { name, path, resolution: None, channels: None, mean: None, std: None, augment: None }
+    }
 }
 
 /// Numeric precision of training. bf16/fp16 use autocast on CUDA; CPU always trains in fp32.
@@ -252,6 +324,12 @@ pub struct PrunePolicy {
     /// Weight names kept dense, e.g. ["fc.weight"].
     #[serde(default)]
     pub exclude_layers: Vec<String>,
+    /// Name patterns (`*` any run of characters, `?` one) choosing the prunable parameters, e.g.
+    /// ["features.*.weight", "classifier.weight"]. When set they replace the model's own choice
+    /// (and prune_convs / prune_linears); exclude_layers still applies. Default: every conv and
+    /// linear weight of a built-in model, every trainable parameter of rank ≥ 2 of a TorchScript one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
     /// Every prunable layer keeps at least this fraction of its weights (guards against layer
     /// collapse under global thresholds). 0 disables the guard.
     #[serde(default)]
@@ -260,7 +338,7 @@ pub struct PrunePolicy {
 
 impl Default for PrunePolicy {
     fn default() -> Self {
-        PrunePolicy { prune_convs: true, prune_linears: true, exclude_layers: Vec::new(), min_keep_fraction: 0.0 }
+        PrunePolicy { prune_convs: true, prune_linears: true, exclude_layers: Vec::new(), layers: Vec::new(), min_keep_fraction: 0.0 }
     }
 }
 
@@ -272,19 +350,27 @@ pub struct SweepSpec {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    pub model: ModelKind,
+    pub model: ModelSpec,
     pub dataset: DatasetSpec,
     pub recipe: Recipe,
     pub metrics: Vec<ImportanceMetric>,
-    /// Fraction of the remaining prunable weights removed per level, in (0, 1).
-    pub rates: Vec<f64>,
+    /// Fraction of the remaining prunable weights removed per level, in (0, 1): one number for
+    /// every level, or a per-level schedule such as [0.2, 0.2, 0.5] (see [`Rate`]).
+    pub rates: Vec<Rate>,
     pub seeds: Vec<u64>,
-    /// Pruning levels after level 0. Exactly one of `levels` and `target_sparsity` is set.
+    /// Pruning levels after level 0. Set `levels` or `target_sparsity`, not both; neither when
+    /// every rate is a schedule (each trial then runs as many levels as its schedule lists).
     #[serde(default)]
     pub levels: Option<u32>,
     /// Run enough levels at each rate to reach this sparsity.
     #[serde(default)]
     pub target_sparsity: Option<f64>,
+    /// Controls trained beside the ticket at each of `control_levels`: "reinit", "random_mask".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controls: Vec<Control>,
+    /// The levels (≥ 1) whose tickets get the controls, e.g. [5, 10].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_levels: Vec<u32>,
     #[serde(default)]
     pub pruning: PrunePolicy,
     #[serde(default = "default_max_attempts")]

@@ -3,7 +3,9 @@
 //! Exists so that every component rejects the same bad input the same way, before any job is
 //! created, and so that a user sees *every* problem in a sweep file at once (not one per submit).
 
-use crate::{DatasetKind, ImportanceMetric, LrSchedule, SweepSpec, TrainLength};
+use crate::model::is_sha256_hex;
+use crate::pattern::pattern_error;
+use crate::{Control, DatasetKind, ImportanceMetric, LrSchedule, ModelSpec, Rate, SweepSpec, TrainLength};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
@@ -50,11 +52,22 @@ impl SweepSpec {
         Ok(spec)
     }
 
-    /// Reads, parses and validates a sweep file.
+    /// Reads, parses and validates a sweep file. A TorchScript model's path is resolved against
+    /// the file's folder and its sha256 recorded (see [`SweepSpec::resolve_files`]).
     pub fn from_toml_file(path: &Path) -> Result<SweepSpec, SpecError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| SpecError::Io { path: path.display().to_string(), source })?;
-        Self::from_toml_str(&text)
+        let mut spec: SweepSpec = toml::from_str(&text)?;
+        spec.resolve_files(path.parent().unwrap_or(Path::new(".")))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Makes the files a sweep names concrete: a TorchScript model's relative path becomes
+    /// absolute (against `base`, the sweep file's folder) and its sha256 is computed (or checked
+    /// against the pinned one). Call before [`SweepSpec::validate`] on a spec read from a file.
+    pub fn resolve_files(&mut self, base: &Path) -> Result<(), ValidationErrors> {
+        self.model.resolve_file(base).map_err(|e| ValidationErrors(vec![e]))
     }
 
     /// The sweep file's text for this spec (round-trips through [`SweepSpec::from_toml_str`]).
@@ -83,18 +96,33 @@ impl SweepSpec {
             }
         }
         if self.rates.is_empty() {
-            errs.push("`rates` is empty: list at least one pruning rate in (0, 1), e.g. rates = [0.2]".into());
+            errs.push("`rates` is empty: list at least one pruning rate in (0, 1), e.g. rates = [0.2] (or a per-level schedule, rates = [[0.2, 0.2, 0.5]])".into());
         }
-        let mut seen_rates: Vec<f64> = Vec::new();
-        for &r in &self.rates {
-            if !(r.is_finite() && r > 0.0 && r < 1.0) {
-                errs.push(format!(
-                    "rate {r} is outside (0, 1): a rate is the fraction of the remaining weights pruned per level, e.g. 0.2"
-                ));
-            } else if seen_rates.contains(&r) {
-                errs.push(format!("`rates` lists {r} twice: list each rate once"));
+        let mut seen_rates: Vec<&Rate> = Vec::new();
+        for rate in &self.rates {
+            if let Rate::Schedule(v) = rate {
+                if v.is_empty() {
+                    errs.push("`rates` holds an empty schedule []: list the rate of each level, e.g. [0.2, 0.2, 0.5]".into());
+                }
+                if v.len() > MAX_LEVELS as usize {
+                    errs.push(format!("the schedule {rate} lists {} levels, more than {MAX_LEVELS}", v.len()));
+                }
             }
-            seen_rates.push(r);
+            let bad: Vec<f64> = rate.values().iter().copied().filter(|r| !(r.is_finite() && *r > 0.0 && *r < 1.0)).collect();
+            for r in &bad {
+                match rate {
+                    Rate::Constant(_) => errs.push(format!(
+                        "rate {r} is outside (0, 1): a rate is the fraction of the remaining weights pruned per level, e.g. 0.2"
+                    )),
+                    Rate::Schedule(_) => errs.push(format!(
+                        "rate {r} in the schedule {rate} is outside (0, 1): each entry is the fraction of the remaining weights pruned at that level"
+                    )),
+                }
+            }
+            if bad.is_empty() && seen_rates.contains(&rate) {
+                errs.push(format!("`rates` lists {rate} twice: list each rate once"));
+            }
+            seen_rates.push(rate);
         }
         if self.seeds.is_empty() {
             errs.push("`seeds` is empty: list at least one seed, e.g. seeds = [0, 1, 2]".into());
@@ -109,25 +137,45 @@ impl SweepSpec {
             errs.push(format!("a seed is larger than {}: use smaller seeds", i64::MAX));
         }
 
-        // Depth: exactly one of `levels` and `target_sparsity`.
+        // Depth: `levels` or `target_sparsity` (neither when every rate is a schedule).
+        let valid_rates: Vec<&Rate> =
+            self.rates.iter().filter(|r| !r.values().is_empty() && r.values().iter().all(|x| x.is_finite() && *x > 0.0 && *x < 1.0)).collect();
         match (self.levels, self.target_sparsity) {
             (Some(_), Some(_)) => errs.push(
                 "both `levels` and `target_sparsity` are set: keep exactly one of them".into(),
             ),
-            (None, None) => errs.push(
-                "neither `levels` nor `target_sparsity` is set: add e.g. levels = 10 or target_sparsity = 0.9".into(),
-            ),
+            (None, None) => {
+                if self.rates.iter().any(|r| matches!(r, Rate::Constant(_))) {
+                    errs.push(
+                        "neither `levels` nor `target_sparsity` is set: add e.g. levels = 10 or target_sparsity = 0.9 (only a sweep whose every rate is a schedule may leave both out)".into(),
+                    )
+                }
+            }
             (Some(l), None) => {
                 if l == 0 || l > MAX_LEVELS {
                     errs.push(format!("levels = {l} is outside 1..={MAX_LEVELS}: set the number of pruning levels after the dense level 0"));
+                }
+                for r in &valid_rates {
+                    if let Rate::Schedule(v) = r {
+                        if v.len() > l as usize {
+                            errs.push(format!(
+                                "the schedule {r} lists {} levels but levels = {l}: its last {} would never run; shorten it or raise `levels`",
+                                v.len(),
+                                v.len() - l as usize
+                            ));
+                        }
+                    }
                 }
             }
             (None, Some(t)) => {
                 if !(t.is_finite() && t > 0.0 && t < 1.0) {
                     errs.push(format!("target_sparsity = {t} is outside (0, 1): it is the fraction of prunable weights removed, e.g. 0.9"));
                 } else {
-                    for &r in self.rates.iter().filter(|r| r.is_finite() && **r > 0.0 && **r < 1.0) {
-                        let l = levels_to_reach(t, r);
+                    for r in &valid_rates {
+                        let l = match r {
+                            Rate::Constant(x) => levels_to_reach(t, *x),
+                            Rate::Schedule(v) => levels_to_reach_schedule(t, v),
+                        };
                         if l > MAX_LEVELS as u64 {
                             errs.push(format!("rate {r} needs {l} levels to reach target_sparsity {t} (more than {MAX_LEVELS}): raise the rate or lower the target"));
                         }
@@ -136,14 +184,122 @@ impl SweepSpec {
             }
         }
 
-        // Data.
-        let path_missing = self.dataset.path.as_deref().map(|p| p.trim().is_empty()).unwrap_or(true);
-        if self.dataset.name != DatasetKind::Digits && path_missing {
+        // Controls.
+        if !self.controls.is_empty() && self.control_levels.is_empty() {
+            errs.push("`controls` is set but `control_levels` is empty: list the levels whose tickets get controls, e.g. control_levels = [5, 10]".into());
+        }
+        if self.controls.is_empty() && !self.control_levels.is_empty() {
             errs.push(format!(
-                "dataset.path is missing for {}: set it to the dataset's directory on the workers, e.g. path = \"/data/{}\" (only the bundled `digits` needs no path)",
-                self.dataset.name.as_str(),
-                self.dataset.name.as_str()
+                "`control_levels` is set but `controls` is empty: add controls = [{}] (or drop control_levels)",
+                Control::ALL.map(|c| format!("\"{c}\"")).join(", ")
             ));
+        }
+        let mut seen_controls = HashSet::new();
+        for c in &self.controls {
+            if !seen_controls.insert(*c) {
+                errs.push(format!("`controls` lists {c} twice: list each control once"));
+            }
+        }
+        let mut seen_levels = HashSet::new();
+        for &cl in &self.control_levels {
+            if !seen_levels.insert(cl) {
+                errs.push(format!("`control_levels` lists {cl} twice: list each level once"));
+            }
+            if cl == 0 {
+                errs.push("control level 0 is the dense network, which has no ticket to control: control levels start at 1".into());
+                continue;
+            }
+            if self.controls.is_empty() {
+                continue;
+            }
+            for r in &valid_rates {
+                let depth = self.levels_for(r);
+                if depth > 0 && cl > depth {
+                    errs.push(format!("control level {cl} is deeper than rate {r}'s {depth} levels: pick control levels within every trial's chain"));
+                }
+            }
+        }
+
+        // Model.
+        if let ModelSpec::TorchScript(t) = &self.model {
+            if t.torchscript.trim().is_empty() {
+                errs.push("model.torchscript is empty: give the path of the exported .pt file".into());
+            }
+            match t.sha256.as_deref() {
+                None => errs.push(format!(
+                    "model.torchscript {:?} has no sha256: read the sweep file with lthctl or lth-worker (they hash the file), or add sha256 = \"<64 hex digits>\"",
+                    t.torchscript
+                )),
+                Some(h) if !is_sha256_hex(h) => errs.push(format!("model.sha256 {h:?} is not 64 hex digits: `sha256sum {}` prints it", t.torchscript)),
+                Some(_) => {}
+            }
+        }
+
+        // Data.
+        let d = &self.dataset;
+        let path_missing = d.path.as_deref().map(|p| p.trim().is_empty()).unwrap_or(true);
+        if d.name != DatasetKind::Digits && path_missing {
+            let example = match d.name {
+                DatasetKind::ImageFolder => "/data/pets (holding train/<class>/ and val/<class>/)".to_string(),
+                DatasetKind::Safetensors => "/data/mine.safetensors".to_string(),
+                other => format!("/data/{}", other.as_str()),
+            };
+            errs.push(format!(
+                "dataset.path is missing for {}: set it to the dataset's location on the workers, e.g. path = \"{example}\" (only the bundled `digits` needs no path)",
+                d.name.as_str(),
+            ));
+        }
+        if d.name == DatasetKind::ImageFolder {
+            match d.resolution {
+                None => errs.push("dataset.resolution is missing for image_folder: images are decoded once at one size, e.g. resolution = 64 or [64, 48] (height, width)".into()),
+                Some(r) if r.height == 0 || r.width == 0 || r.height > 4096 || r.width > 4096 => {
+                    errs.push(format!("dataset.resolution [{}, {}] must lie within 1..=4096 in both dimensions", r.height, r.width))
+                }
+                Some(_) => {}
+            }
+            if let Some(c) = d.channels {
+                if c != 1 && c != 3 {
+                    errs.push(format!("dataset.channels = {c}: image_folder decodes to 3 (RGB) or 1 (grayscale) channels"));
+                }
+            }
+        } else {
+            if d.resolution.is_some() {
+                errs.push(format!("dataset.resolution applies to image_folder only; {} has a fixed size: drop it", d.name.as_str()));
+            }
+            if d.channels.is_some() {
+                errs.push(format!("dataset.channels applies to image_folder only; {} has its own channel count: drop it", d.name.as_str()));
+            }
+        }
+        if d.augment.is_some() && !d.name.is_custom() {
+            errs.push(format!(
+                "dataset.augment applies to your own data (image_folder, safetensors); {} decides itself (use recipe.augment to turn augmentation off)",
+                d.name.as_str()
+            ));
+        }
+        match (&d.mean, &d.std) {
+            (Some(_), None) | (None, Some(_)) => errs.push("dataset.mean and dataset.std go together: give both (one value per channel) or neither (computed from the training images)".into()),
+            (Some(m), Some(s)) => {
+                if m.len() != s.len() || m.is_empty() {
+                    errs.push(format!("dataset.mean has {} values and dataset.std {}: give one value per channel in each", m.len(), s.len()));
+                }
+                if let Some(c) = d.channels.or(match d.name {
+                    DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::TinyImagenet => Some(3),
+                    DatasetKind::Mnist | DatasetKind::Digits => Some(1),
+                    DatasetKind::ImageFolder => Some(3),
+                    DatasetKind::Safetensors => None,
+                }) {
+                    if m.len() != c as usize {
+                        errs.push(format!("dataset.mean has {} values, but {} images have {c} channel{}", m.len(), d.name.as_str(), if c == 1 { "" } else { "s" }));
+                    }
+                }
+                if m.iter().any(|v| !v.is_finite()) {
+                    errs.push("dataset.mean holds a value that is not a finite number".into());
+                }
+                if s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                    errs.push("dataset.std must be positive in every channel (on pixel values scaled to [0, 1], e.g. 0.247)".into());
+                }
+            }
+            (None, None) => {}
         }
 
         // Recipe.
@@ -187,11 +343,18 @@ impl SweepSpec {
                 p.min_keep_fraction
             ));
         }
-        if !p.prune_convs && !p.prune_linears {
+        if !p.prune_convs && !p.prune_linears && p.layers.is_empty() {
             errs.push("pruning.prune_convs and pruning.prune_linears are both false: nothing would be pruned".into());
         }
         if p.exclude_layers.iter().any(|l| l.trim().is_empty()) {
             errs.push("pruning.exclude_layers holds an empty name: list weight names such as \"fc.weight\"".into());
+        }
+        for l in &p.layers {
+            if l.trim().is_empty() {
+                errs.push("pruning.layers holds an empty pattern: list parameter names or patterns such as \"features.*.weight\"".into());
+            } else if let Some(e) = pattern_error(l) {
+                errs.push(format!("pruning.layers pattern {l:?} is invalid ({e}): `*` matches any characters, `?` one, `[..]` a class"));
+            }
         }
 
         if self.max_attempts == 0 {
@@ -221,4 +384,22 @@ pub fn levels_to_reach(target: f64, rate: f64) -> u64 {
     // The tolerance keeps e.g. 0.8926 at rate 0.2 (exactly 10 levels on paper) from becoming 11
     // through rounding.
     (exact - 1e-9).ceil().max(1.0) as u64
+}
+
+/// The fewest levels L of `schedule` (its last rate repeating) with 1 − Π(1 − r_i) ≥ `target`
+/// (at least 1). Counted in log space with the same tolerance as [`levels_to_reach`].
+pub fn levels_to_reach_schedule(target: f64, schedule: &[f64]) -> u64 {
+    let Some(&last) = schedule.last() else { return 1 };
+    let goal = (1.0 - target).ln();
+    let tolerance = 1e-9 * goal.abs().max(1e-12);
+    let mut kept = 0.0f64; // ln of the fraction of weights kept
+    for (i, r) in schedule.iter().enumerate() {
+        kept += (1.0 - r).ln();
+        if kept - goal <= tolerance {
+            return i as u64 + 1;
+        }
+    }
+    // The remaining distance at the last rate, as levels_to_reach counts it.
+    let more = ((goal - kept) / (1.0 - last).ln() - 1e-9).ceil().max(1.0) as u64;
+    schedule.len() as u64 + more
 }

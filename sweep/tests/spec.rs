@@ -65,7 +65,7 @@ fn hashes_are_stable_and_depend_on_what_they_should() {
     let mut other = spec.clone();
     other.name = "renamed".into();
     other.metrics = vec![ImportanceMetric::Lamp];
-    other.rates = vec![0.3];
+    other.rates = vec![0.3.into()];
     other.pruning.min_keep_fraction = 0.05;
     assert_eq!(other.dense_hash(0), h);
     // ...but not the recipe, model, dataset or seed.
