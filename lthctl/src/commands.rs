@@ -3,7 +3,7 @@
 
 use crate::cli::{Cli, Command};
 use crate::client::{connect, explain_status, unreachable_message, Coordinator};
-use crate::convert::{dataset_name, metric_name, model_name, sweep_state_is_final, sweep_state_name, timestamp_text};
+use crate::convert::{dataset_name, metric_name, spec_model_name, sweep_state_is_final, sweep_state_name, timestamp_text};
 use crate::results::{aggregate, aggregate_layers, render};
 use crate::sweep_file::{describe_grid, grid, load_sweep_file};
 use crate::watch::WatchView;
@@ -127,7 +127,7 @@ async fn ls(coord: &Coordinator, limit: u32, out: &mut dyn Write) -> Result<()> 
             s.sweep_id.to_string(),
             s.name.clone(),
             sweep_state_name(s.state).to_string(),
-            model_name(spec.model),
+            spec_model_name(&spec),
             dataset_name(spec.dataset.as_ref().map(|d| d.name).unwrap_or(0)),
             format!("{}/{}", c.succeeded, jobs_total(&c)),
             c.failed.to_string(),
@@ -165,7 +165,7 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
         s.sweep_id,
         s.name,
         sweep_state_name(s.state),
-        model_name(spec.model),
+        spec_model_name(&spec),
         dataset_name(spec.dataset.as_ref().map(|d| d.name).unwrap_or(0))
     )?;
     writeln!(out, "created {}   finished {}", timestamp_text(s.created_at.as_ref()), timestamp_text(s.finished_at.as_ref()))?;

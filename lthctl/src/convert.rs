@@ -19,17 +19,26 @@ pub fn metric_name(value: i32) -> String {
 }
 
 pub fn model_name(value: i32) -> String {
-    use spec::ModelKind as M;
-    [M::Resnet18, M::Resnet18Imagenet, M::Resnet20, M::Vgg16, M::Lenet300100]
+    spec::ModelKind::ALL
         .into_iter()
         .find(|m| pb::Model::from(*m) as i32 == value)
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "?".to_string())
 }
 
+/// A wire spec's network: the built-in model's name, or "torchscript FILE" (the file's name).
+pub fn spec_model_name(s: &pb::SweepSpec) -> String {
+    match &s.torchscript {
+        Some(t) => {
+            let file = std::path::Path::new(&t.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            format!("torchscript {file}")
+        }
+        None => model_name(s.model),
+    }
+}
+
 pub fn dataset_name(value: i32) -> String {
-    use spec::DatasetKind as D;
-    [D::Cifar10, D::Cifar100, D::Mnist, D::TinyImagenet, D::Digits]
+    spec::DatasetKind::ALL
         .into_iter()
         .find(|d| pb::Dataset::from(*d) as i32 == value)
         .map(|d| d.as_str().to_string())

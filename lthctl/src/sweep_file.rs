@@ -10,7 +10,7 @@
 //! job per (metric, rate, seed, level ≥ 1)).
 
 use anyhow::{bail, Context, Result};
-use lth_sweep::{DatasetKind, ImportanceMetric, ModelKind, SweepSpec, ValidationErrors};
+use lth_sweep::{DatasetKind, ImportanceMetric, ModelKind, Rate, SweepSpec, ValidationErrors};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,11 @@ pub fn load_sweep_file(path: &Path) -> Result<LoadedSweep> {
     let text = String::from_utf8(bytes.clone())
         .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text: a sweep file is TOML", path.display()))?;
     let origin = path.display().to_string();
-    let spec = parse_sweep_toml(&text, &origin)?;
+    let mut spec = parse_sweep_toml(&text, &origin)?;
+    // A TorchScript model's path is relative to the sweep file; its sha256 enters the job hashes.
+    if let Err(ValidationErrors(errs)) = spec.resolve_files(path.parent().unwrap_or(Path::new("."))) {
+        bail!("{origin}: {}", errs.join("; "));
+    }
     let problems = validate(&spec);
     if !problems.is_empty() {
         let mut msg = format!("{origin}: the sweep is not valid; fix these and submit again:");
@@ -100,9 +104,12 @@ pub fn validate(spec: &SweepSpec) -> Vec<String> {
         Ok(()) => Vec::new(),
         Err(ValidationErrors(errs)) => errs,
     };
-    let model_fits = match spec.model {
-        ModelKind::Lenet300100 => matches!(spec.dataset.name, DatasetKind::Mnist | DatasetKind::Digits),
-        _ => !matches!(spec.dataset.name, DatasetKind::Mnist | DatasetKind::Digits),
+    // Only built-in pairs are known here; a TorchScript model is checked against the data's shape
+    // by the worker before it trains, and your own data may have any shape.
+    let model_fits = match (spec.model.builtin(), spec.dataset.name.is_custom()) {
+        (None, _) | (_, true) => true,
+        (Some(ModelKind::Lenet300100), false) => matches!(spec.dataset.name, DatasetKind::Mnist | DatasetKind::Digits),
+        (Some(_), false) => !matches!(spec.dataset.name, DatasetKind::Mnist | DatasetKind::Digits),
     };
     if !model_fits {
         p.push(format!(
@@ -121,19 +128,21 @@ pub fn validate(spec: &SweepSpec) -> Vec<String> {
 /// stores).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grid {
-    /// (rate, pruning levels after level 0) for each rate.
-    pub levels_per_rate: Vec<(f64, u32)>,
+    /// (rate or schedule, pruning levels after level 0) for each entry of `rates`.
+    pub levels_per_rate: Vec<(Rate, u32)>,
     /// One per (metric, rate, seed).
     pub trials: u64,
     /// Level 0 plus the rewind point: one per seed, shared by every trial of that seed.
     pub dense_jobs: u64,
     /// One per (metric, rate, seed, level ≥ 1).
     pub level_jobs: u64,
+    /// One per (trial, control level, control).
+    pub control_jobs: u64,
 }
 
 impl Grid {
     pub fn jobs(&self) -> u64 {
-        self.dense_jobs + self.level_jobs
+        self.dense_jobs + self.level_jobs + self.control_jobs
     }
 }
 
@@ -141,10 +150,11 @@ impl Grid {
 pub fn grid(spec: &SweepSpec) -> Grid {
     let plan = spec.expand();
     Grid {
-        levels_per_rate: spec.rates.iter().map(|&r| (r, spec.levels_for_rate(r))).collect(),
+        levels_per_rate: spec.rates.iter().map(|r| (r.clone(), spec.levels_for(r))).collect(),
         trials: plan.trials.len() as u64,
         dense_jobs: plan.dense.len() as u64,
         level_jobs: plan.level_jobs() as u64,
+        control_jobs: plan.control_jobs() as u64,
     }
 }
 
@@ -152,7 +162,7 @@ pub fn grid(spec: &SweepSpec) -> Grid {
 /// level reaches.
 pub fn describe_grid(spec: &SweepSpec, grid: &Grid) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "sweep {:?}: {} on {}", spec.name, spec.model.as_str(), spec.dataset.name.as_str());
+    let _ = writeln!(s, "sweep {:?}: {} on {}", spec.name, spec.model, spec.dataset.name.as_str());
     let _ = writeln!(
         s,
         "  recipe   {} per level, batch {}, lr {}, rewind to {}",
@@ -164,8 +174,9 @@ pub fn describe_grid(spec: &SweepSpec, grid: &Grid) -> String {
     let _ = writeln!(s, "  metrics  {} ({})", spec.metrics.len(), spec.metrics.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "));
     let _ = writeln!(s, "  rates    {} ({})", spec.rates.len(), spec.rates.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
     let _ = writeln!(s, "  seeds    {} ({})", spec.seeds.len(), spec.seeds.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
-    for &(rate, levels) in &grid.levels_per_rate {
-        let last = SweepSpec::nominal_sparsity(rate, levels);
+    for (rate, levels) in &grid.levels_per_rate {
+        let (rate, levels) = (rate, *levels);
+        let last = rate.sparsity_after(levels);
         let _ = writeln!(
             s,
             "  levels   {levels} at rate {rate} (+ dense level 0): down to {:.2}% of weights remaining ({:.2}% sparse)",
@@ -181,6 +192,16 @@ pub fn describe_grid(spec: &SweepSpec, grid: &Grid) -> String {
         plural(spec.seeds.len(), "seed"),
         grid.trials
     );
+    if !spec.controls.is_empty() {
+        let mut levels = spec.control_levels.clone();
+        levels.sort_unstable();
+        let _ = writeln!(
+            s,
+            "  controls {} at levels {} of every trial",
+            spec.controls.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+            levels.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let _ = write!(
         s,
         "  jobs     {} = {} dense (one per seed, shared by all its trials) + {} pruning levels",
@@ -188,6 +209,9 @@ pub fn describe_grid(spec: &SweepSpec, grid: &Grid) -> String {
         grid.dense_jobs,
         grid.level_jobs
     );
+    if grid.control_jobs > 0 {
+        let _ = write!(s, " + {} controls", grid.control_jobs);
+    }
     s
 }
 
@@ -270,7 +294,7 @@ lr = 0.05
         assert!(validate(&spec).is_empty(), "{:?}", validate(&spec));
         let g = grid(&spec);
         // 0.8^10 = 0.107 (89.26% sparse, the paper's headline level); 0.5^4 = 0.0625.
-        assert_eq!(g.levels_per_rate, vec![(0.2, 10), (0.5, 4)]);
+        assert_eq!(g.levels_per_rate, vec![(Rate::Constant(0.2), 10), (Rate::Constant(0.5), 4)]);
         assert_eq!(g.level_jobs, 2 * 2 * (10 + 4));
         assert_eq!(g.trials, 8);
     }
