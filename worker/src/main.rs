@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use lth_sweep::{ImportanceMetric, ModelKind, Precision};
+use lth_sweep::{ImportanceMetric, ModelKind, Precision, Rate};
 use lth_worker::engine;
 use std::path::PathBuf;
 
@@ -32,9 +32,10 @@ enum Command {
         /// Importance metric (default: the sweep's first).
         #[arg(long, value_parser = ImportanceMetric::parse)]
         metric: Option<ImportanceMetric>,
-        /// Pruning rate per level (default: the sweep's first).
-        #[arg(long)]
-        rate: Option<f64>,
+        /// Pruning rate per level, or a per-level schedule as a comma list such as 0.2,0.2,0.5
+        /// (default: the sweep's first `rates` entry).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<Rate>,
         /// Seed (default: the sweep's first).
         #[arg(long)]
         seed: Option<u64>,
@@ -98,8 +99,16 @@ fn device_for(arg: DeviceArg, torch_lib_dir: Option<&std::path::Path>) -> Result
 }
 
 fn parse_model(s: &str) -> Result<ModelKind> {
-    let v = serde_json::Value::String(s.trim().to_string());
-    serde_json::from_value(v).map_err(|_| anyhow::anyhow!("unknown model {s:?}; models: resnet18, resnet18_imagenet, resnet20, vgg16, lenet300100"))
+    ModelKind::parse(s).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `0.2` (every level) or `0.2,0.2,0.5` (a per-level schedule).
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map_err(|_| format!("{x:?} is not a number: give a rate such as 0.2, or a schedule such as 0.2,0.2,0.5")))
+        .collect::<Result<_, _>>()?;
+    Ok(if v.len() == 1 { Rate::Constant(v[0]) } else { Rate::Schedule(v) })
 }
 
 fn parse_precision(s: &str) -> Result<Precision> {

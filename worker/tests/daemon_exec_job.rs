@@ -18,7 +18,7 @@ fn recipe() -> Recipe {
 
 fn step(level: u32) -> StepSpec {
     StepSpec {
-        model: ModelKind::Lenet300100,
+        model: ModelKind::Lenet300100.into(),
         dataset: toml::from_str("name = \"digits\"").unwrap(),
         recipe: recipe(),
         pruning: PrunePolicy::default(),
@@ -26,6 +26,7 @@ fn step(level: u32) -> StepSpec {
         metric: (level > 0).then_some(ImportanceMetric::L2),
         rate: if level > 0 { 0.2 } else { 0.0 },
         level,
+        control: None,
     }
 }
 

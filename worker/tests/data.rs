@@ -8,7 +8,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 fn spec(name: DatasetKind, dir: &Path) -> DatasetSpec {
-    DatasetSpec { name, path: Some(dir.to_string_lossy().into_owned()) }
+    DatasetSpec::new(name, Some(dir.to_string_lossy().into_owned()))
 }
 
 /// One CIFAR record: label byte(s), then 1024 R, 1024 G, 1024 B bytes (R = value, G = value+1, ...).
@@ -137,7 +137,7 @@ fn bundled_digits_split() {
 
 #[test]
 fn missing_path_says_what_to_set() {
-    let e = data::load_host(&DatasetSpec { name: DatasetKind::Cifar10, path: None }).err().unwrap();
+    let e = data::load_host(&DatasetSpec::new(DatasetKind::Cifar10, None)).err().unwrap();
     assert!(e.to_string().contains("needs `path`"), "{e}");
     let tmp = tempfile::tempdir().unwrap();
     let e = data::load_host(&spec(DatasetKind::Cifar10, tmp.path())).err().unwrap();

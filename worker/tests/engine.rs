@@ -20,7 +20,7 @@ fn recipe(extra: &str) -> Recipe {
 
 fn spec(recipe: Recipe, level: u32, metric: Option<ImportanceMetric>, rate: f64) -> StepSpec {
     StepSpec {
-        model: ModelKind::Lenet300100,
+        model: ModelKind::Lenet300100.into(),
         dataset: toml::from_str("name = \"digits\"").unwrap(),
         recipe,
         pruning: PrunePolicy::default(),
@@ -28,6 +28,7 @@ fn spec(recipe: Recipe, level: u32, metric: Option<ImportanceMetric>, rate: f64)
         metric,
         rate,
         level,
+        control: None,
     }
 }
 
@@ -114,7 +115,7 @@ fn pruned_weights_are_exactly_zero_after_training_and_survivors_start_from_theta
     // Rewinding: prepare level 1 without training and compare with θk.
     let s1 = spec(r.clone(), 1, Some(ImportanceMetric::Magnitude), 0.5);
     let data = engine::data::load(&s1.dataset, Device::Cpu).unwrap();
-    let net = engine::Network::new(s1.model, data.shape, data.classes, Device::Cpu, 99).unwrap();
+    let net = engine::Network::new(s1.model.clone(), data.shape, data.classes, Device::Cpu, 99).unwrap();
     let inputs = StepInputs { rewind: Some(l0.join(engine::REWIND_FILE)), parent: Some(l0.join(engine::WEIGHTS_FILE)) };
     let masks = engine::prune_and_rewind(&s1, &inputs, &net).unwrap();
     let mut tr = engine::train::Trainer::new(&net, &data, &s1.recipe, 1, Device::Cpu).unwrap();

@@ -109,3 +109,92 @@ fn every_model_trains_one_step_on_cpu() {
         out.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1])).backward();
     }
 }
+
+/// The expected network order of every built-in model, written out independently of the model
+/// code: PyTorch's state_dict order (modules as registered, weight, bias, running stats).
+fn expected_order(kind: ModelKind) -> Vec<String> {
+    let conv_bn = |out: &mut Vec<String>, conv: &str, bn: &str, conv_bias: bool| {
+        out.push(format!("{conv}.weight"));
+        if conv_bias {
+            out.push(format!("{conv}.bias"));
+        }
+        for leaf in ["weight", "bias", "running_mean", "running_var"] {
+            out.push(format!("{bn}.{leaf}"));
+        }
+    };
+    let fc = |out: &mut Vec<String>, name: &str| {
+        out.push(format!("{name}.weight"));
+        out.push(format!("{name}.bias"));
+    };
+    let mut v = Vec::new();
+    match kind {
+        ModelKind::Resnet18 | ModelKind::Resnet18Imagenet => {
+            conv_bn(&mut v, "conv1", "bn1", false);
+            for (stage, down) in [(1, false), (2, true), (3, true), (4, true)] {
+                for b in 0..2 {
+                    let p = format!("layer{stage}.{b}");
+                    conv_bn(&mut v, &format!("{p}.conv1"), &format!("{p}.bn1"), false);
+                    conv_bn(&mut v, &format!("{p}.conv2"), &format!("{p}.bn2"), false);
+                    if down && b == 0 {
+                        conv_bn(&mut v, &format!("{p}.downsample.0"), &format!("{p}.downsample.1"), false);
+                    }
+                }
+            }
+            fc(&mut v, "fc");
+        }
+        ModelKind::Resnet20 => {
+            conv_bn(&mut v, "conv", "bn", false);
+            for b in 0..9 {
+                let p = format!("blocks.{b}");
+                conv_bn(&mut v, &format!("{p}.conv1"), &format!("{p}.bn1"), false);
+                conv_bn(&mut v, &format!("{p}.conv2"), &format!("{p}.bn2"), false);
+                if b == 3 || b == 6 {
+                    conv_bn(&mut v, &format!("{p}.shortcut.0"), &format!("{p}.shortcut.1"), false);
+                }
+            }
+            fc(&mut v, "fc");
+        }
+        ModelKind::Vgg16 => {
+            for i in [0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16] {
+                conv_bn(&mut v, &format!("layers.{i}.conv"), &format!("layers.{i}.bn"), true);
+            }
+            fc(&mut v, "fc");
+        }
+        ModelKind::Lenet300100 => {
+            fc(&mut v, "fc_layers.0");
+            fc(&mut v, "fc_layers.1");
+            fc(&mut v, "fc");
+        }
+    }
+    v
+}
+
+#[test]
+fn every_model_lists_its_layers_in_network_order() {
+    for kind in ModelKind::ALL {
+        let shape = match kind {
+            ModelKind::Lenet300100 => InputShape { channels: 1, height: 8, width: 8 },
+            ModelKind::Resnet18Imagenet => InputShape { channels: 3, height: 64, width: 64 },
+            _ => CIFAR,
+        };
+        let net = Network::new(kind, shape, 10, Device::Cpu, 0).unwrap();
+        let names: Vec<String> = net.named_variables().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, expected_order(kind), "{kind:?}");
+        assert_eq!(names.len(), net.vs.variables().len(), "{kind:?}: every variable has its place");
+        let prunable: Vec<String> = prunable_layers(&net, &PrunePolicy::default()).into_iter().map(|(n, _)| n).collect();
+        let expected: Vec<String> = expected_order(kind)
+            .into_iter()
+            .filter(|n| n.ends_with(".weight") && !n.contains("bn") && !n.contains("downsample.1") && !n.contains("shortcut.1"))
+            .collect();
+        assert_eq!(prunable, expected, "{kind:?}");
+        assert_eq!(prunable.last().map(String::as_str), Some("fc.weight"), "{kind:?}: the classifier comes last");
+    }
+    // The cases that name order got wrong.
+    let vgg = Network::new(ModelKind::Vgg16, CIFAR, 10, Device::Cpu, 0).unwrap();
+    let p: Vec<String> = prunable_layers(&vgg, &PrunePolicy::default()).into_iter().map(|(n, _)| n).collect();
+    assert!(p.iter().position(|n| n == "layers.3.conv.weight") < p.iter().position(|n| n == "layers.10.conv.weight"));
+    // Patterns replace the model's own choice; exclude_layers still wins.
+    let only = PrunePolicy { layers: vec!["layers.1?.conv.weight".into()], exclude_layers: vec!["layers.16.conv.weight".into()], ..Default::default() };
+    let p: Vec<String> = prunable_layers(&vgg, &only).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(p, ["layers.10.conv.weight", "layers.11.conv.weight", "layers.12.conv.weight", "layers.14.conv.weight", "layers.15.conv.weight"]);
+}

@@ -36,6 +36,8 @@ pub fn step_spec(job: &pb::JobAssignment) -> Result<StepSpec> {
         metric,
         rate: if dense { 0.0 } else { job.rate },
         level: job.level,
+        // Control jobs do not reach workers until the coordinator stores them.
+        control: None,
     })
 }
 

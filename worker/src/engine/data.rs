@@ -11,7 +11,12 @@
 //!
 //! The bundled UCI digits (1797 images) are split deterministically: the first 1500 rows train,
 //! the last 297 rows test.
+//!
+//! Your own data (ImageFolder, safetensors) is read by `custom_data`; its augmentation default and
+//! optional given mean/std come from the dataset spec.
 
+use super::custom_data;
+pub use super::custom_data::CacheUse;
 use super::models::InputShape;
 use super::rng::Rng;
 use anyhow::{anyhow, bail, Context, Result};
@@ -91,7 +96,7 @@ impl HostDataset {
             test_images,
             mean,
             std,
-            augmentable: matches!(self.name, DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::TinyImagenet),
+            augmentable: matches!(self.name, DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::TinyImagenet | DatasetKind::ImageFolder),
         }
     }
 }
@@ -119,13 +124,39 @@ fn channel_stats(images: &Tensor) -> (Tensor, Tensor) {
     (mean.to_kind(Kind::Float).reshape([1, c, 1, 1]), std.to_kind(Kind::Float).reshape([1, c, 1, 1]))
 }
 
-/// Loads the dataset a step asks for onto `device`.
+/// Loads the dataset a step asks for onto `device` (ImageFolder through the default decoded cache).
 pub fn load(spec: &DatasetSpec, device: Device) -> Result<Dataset> {
-    Ok(load_host(spec)?.to_device(device))
+    Ok(load_cached(spec, device, custom_data::default_cache_dir().as_deref())?.0)
 }
 
-/// Decodes the dataset a step asks for, on the host.
+/// [`load`] with an explicit decoded-image cache folder (`None`: no cache), saying whether it hit.
+pub fn load_cached(spec: &DatasetSpec, device: Device, cache: Option<&Path>) -> Result<(Dataset, CacheUse)> {
+    let (host, used) = load_host_cached(spec, cache)?;
+    let mut ds = host.to_device(device);
+    if let Some(a) = spec.augment {
+        ds.augmentable = a;
+    }
+    if let (Some(mean), Some(std)) = (&spec.mean, &spec.std) {
+        let c = ds.shape.channels as usize;
+        if mean.len() != c || std.len() != c {
+            bail!("dataset.mean / dataset.std give {} / {} values, but the images have {c} channel{}", mean.len(), std.len(), if c == 1 { "" } else { "s" });
+        }
+        // Given on pixels scaled to [0, 1]; the loader normalises raw 0-255 values.
+        let scaled = |v: &[f64]| Tensor::from_slice(&v.iter().map(|x| (x * 255.0) as f32).collect::<Vec<f32>>()).reshape([1, c as i64, 1, 1]).to_device(device);
+        ds.mean = scaled(mean);
+        ds.std = scaled(std);
+    }
+    Ok((ds, used))
+}
+
+/// Decodes the dataset a step asks for, on the host (ImageFolder through the default cache).
 pub fn load_host(spec: &DatasetSpec) -> Result<HostDataset> {
+    Ok(load_host_cached(spec, custom_data::default_cache_dir().as_deref())?.0)
+}
+
+/// [`load_host`] with an explicit decoded-image cache folder.
+pub fn load_host_cached(spec: &DatasetSpec, cache: Option<&Path>) -> Result<(HostDataset, CacheUse)> {
+    let mut used = CacheUse::Off;
     let path = || -> Result<PathBuf> {
         let p = spec.path.as_ref().ok_or_else(|| {
             anyhow!("dataset {} needs `path` (the folder holding its files) in [dataset]", spec.name.as_str())
@@ -142,10 +173,23 @@ pub fn load_host(spec: &DatasetSpec) -> Result<HostDataset> {
         DatasetKind::Cifar100 => load_cifar(&path()?, true)?,
         DatasetKind::Mnist => load_mnist(&path()?)?,
         DatasetKind::TinyImagenet => load_tiny_imagenet(&path()?)?,
+        DatasetKind::ImageFolder => {
+            path()?;
+            let (ds, u) = custom_data::load_image_folder(spec, cache)?;
+            used = u;
+            ds
+        }
+        DatasetKind::Safetensors => {
+            let p = spec.path.as_deref().ok_or_else(|| anyhow!("dataset safetensors needs `path`: the .safetensors file"))?;
+            custom_data::load_safetensors(Path::new(p))?
+        }
     };
+    if ds.classes < 2 {
+        bail!("{}: the labels name {} class(es); a classifier needs at least 2", spec.name.as_str(), ds.classes);
+    }
     ds.train.check(ds.shape, ds.classes, &format!("{} train split", spec.name.as_str()))?;
     ds.test.check(ds.shape, ds.classes, &format!("{} test split", spec.name.as_str()))?;
-    Ok(ds)
+    Ok((ds, used))
 }
 
 /// The bundled UCI digits: 64 pixel values (0–16) and a label per CSV row.

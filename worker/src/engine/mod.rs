@@ -6,15 +6,18 @@
 
 pub mod artifacts;
 pub mod bench;
+pub mod controls;
 pub mod cuda;
+pub mod custom_data;
 pub mod data;
 pub mod models;
 pub mod prune;
 pub mod rng;
+pub mod torchscript;
 pub mod train;
 
 use anyhow::{bail, Context, Result};
-use lth_sweep::{DatasetSpec, ImportanceMetric, ModelKind, PrunePolicy, Recipe};
+use lth_sweep::{Control, DatasetSpec, ImportanceMetric, ModelSpec, PrunePolicy, Recipe};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ pub use prune::LayerMask;
 /// Everything that determines one chain step's result (serde, so it can travel as job.json).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct StepSpec {
-    pub model: ModelKind,
+    pub model: ModelSpec,
     pub dataset: DatasetSpec,
     pub recipe: Recipe,
     pub pruning: PrunePolicy,
@@ -38,6 +41,11 @@ pub struct StepSpec {
     pub rate: f64,
     /// 0 = dense: init θ0, train to θk (rewind point), train to the end.
     pub level: u32,
+    /// A control of level `level`'s ticket instead of the ticket itself (see [`controls`]): its
+    /// `parent` input is then that ticket's weights, not level − 1's. Absent from job.json when
+    /// unset, so ticket steps serialise (and checkpoints match) as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<Control>,
 }
 
 /// Artifacts of earlier steps (safetensors files on local disk).
@@ -124,8 +132,14 @@ impl StepSpec {
                 bail!("rate {} must be in (0, 1): the fraction of remaining weights pruned per level", self.rate);
             }
             if inputs.rewind.is_none() || inputs.parent.is_none() {
-                bail!("level {} needs the seed's level-0 \"rewind\" artifact and level {}'s \"weights\" artifact", self.level, self.level - 1);
+                match self.control {
+                    None => bail!("level {} needs the seed's level-0 \"rewind\" artifact and level {}'s \"weights\" artifact", self.level, self.level - 1),
+                    Some(c) => bail!("the {c} control of level {} needs the seed's level-0 \"rewind\" artifact and level {}'s \"weights\" (the ticket it controls)", self.level, self.level),
+                }
             }
+        }
+        if self.control.is_some() && self.level == 0 {
+            bail!("controls apply to pruned levels (≥ 1); level 0 is the dense network");
         }
         if !(0.0..=1.0).contains(&self.pruning.min_keep_fraction) {
             bail!("pruning.min_keep_fraction {} must be in [0, 1]", self.pruning.min_keep_fraction);
@@ -134,22 +148,49 @@ impl StepSpec {
     }
 }
 
-/// The prunable layers of `net` under `policy`, (name, weight), in name order.
+/// The prunable layers of `net` under `policy`, (name, weight), in network order.
 pub fn prunable_layers(net: &Network, policy: &PrunePolicy) -> Vec<(String, Tensor)> {
-    net.named_parameters().into_iter().filter(|(n, t)| models::is_prunable(n, &t.size(), policy)).collect()
+    net.named_parameters().into_iter().filter(|(n, t)| net.is_prunable(n, &t.size(), policy)).collect()
 }
 
 fn f64s(t: &Tensor) -> Result<Vec<f64>> {
     Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous().flatten(0, -1))?)
 }
 
-/// Computes the level's masks from the parent's weights and masks.
-fn prune_from_parent(spec: &StepSpec, net: &Network, parent: &HashMap<String, Tensor>) -> Result<Vec<LayerMask>> {
-    let metric = spec.metric.context("pruning needs a metric")?;
+/// The prunable layers and the parent's masks of them (all ones where the parent has none).
+fn parent_masks(spec: &StepSpec, net: &Network, parent: &HashMap<String, Tensor>) -> Result<Vec<LayerMask>> {
     let layers = prunable_layers(net, &spec.pruning);
     if layers.is_empty() {
-        bail!("the pruning policy leaves no prunable layer in {}; enable prune_convs/prune_linears or shorten exclude_layers", spec.model.as_str());
+        bail!("the pruning policy leaves no prunable layer in {}; check pruning.layers, prune_convs/prune_linears and exclude_layers", spec.model.as_str());
     }
+    layers
+        .iter()
+        .map(|(name, t)| {
+            let w = parent.get(name).with_context(|| format!("parent weights lack {name}: produced by another model?"))?;
+            if w.size() != t.size() {
+                bail!("parent weight {name} has shape {:?}, the model {:?}", w.size(), t.size());
+            }
+            Ok(match parent.get(&format!("{}{name}", artifacts::MASK_PREFIX)) {
+                Some(m) => LayerMask::from_bools(name, &t.size(), &artifacts::bytes_of(m)?.iter().map(|&b| b != 0).collect::<Vec<_>>()),
+                None => LayerMask::ones(name, &t.size()),
+            })
+        })
+        .collect()
+}
+
+/// Computes the level's masks from the parent's weights and masks, in network order.
+///
+/// The pruner itself sees the layers in name order: its tie-breaks and the random metric's draws
+/// follow layer positions, and name order keeps them (hence every mask) what they were before
+/// layers were reported in network order, and independent of how a model lists its layers.
+fn prune_from_parent(spec: &StepSpec, net: &Network, parent: &HashMap<String, Tensor>) -> Result<Vec<LayerMask>> {
+    let metric = spec.metric.context("pruning needs a metric")?;
+    let mut layers = prunable_layers(net, &spec.pruning);
+    if layers.is_empty() {
+        bail!("the pruning policy leaves no prunable layer in {}; check pruning.layers, prune_convs/prune_linears and exclude_layers", spec.model.as_str());
+    }
+    let network_order: Vec<String> = layers.iter().map(|(n, _)| n.clone()).collect();
+    layers.sort_by(|a, b| a.0.cmp(&b.0));
     let mut weights = Vec::new();
     let mut masks = Vec::new();
     for (name, t) in &layers {
@@ -166,19 +207,52 @@ fn prune_from_parent(spec: &StepSpec, net: &Network, parent: &HashMap<String, Te
     }
     let views: Vec<prune::LayerWeights> =
         layers.iter().zip(&weights).zip(&masks).map(|(((n, _), w), m)| prune::LayerWeights { name: n, weights: w, mask: m }).collect();
-    prune::prune(&views, metric, spec.rate, spec.pruning.min_keep_fraction, spec.seed, spec.level)
+    let mut pruned = prune::prune(&views, metric, spec.rate, spec.pruning.min_keep_fraction, spec.seed, spec.level)?;
+    let mut in_order = Vec::with_capacity(pruned.len());
+    for name in &network_order {
+        let i = pruned.iter().position(|m| &m.name == name).context("internal error: the pruner lost a layer")?;
+        in_order.push(pruned.swap_remove(i));
+    }
+    Ok(in_order)
 }
 
 /// Level ≥ 1 set-up: prunes the parent's weights into new masks, then loads θk into `net`
 /// (every variable, BN statistics included). The caller installs the masks, which zeroes the
 /// pruned weights, so survivors start exactly at θk.
+///
+/// For a control step (`spec.control`), the masks come from the controlled ticket instead (see
+/// [`controls`]): `reinit` keeps them and leaves `net` as built (the caller built it from
+/// [`init_seed`]); `random_mask` redraws them and loads θk.
 pub fn prune_and_rewind(spec: &StepSpec, inputs: &StepInputs, net: &Network) -> Result<Vec<LayerMask>> {
     spec.validate(inputs)?;
     let parent = artifacts::read(inputs.parent.as_deref().context("level ≥ 1 needs the parent's weights")?)?;
-    let masks = prune_from_parent(spec, net, &parent)?;
+    let masks = match spec.control {
+        None => prune_from_parent(spec, net, &parent)?,
+        Some(Control::Reinit) => return parent_masks(spec, net, &parent),
+        Some(Control::RandomMask) => controls::random_masks(&parent_masks(spec, net, &parent)?, spec.seed, spec.level),
+    };
     let rewind = artifacts::read(inputs.rewind.as_deref().context("level ≥ 1 needs the rewind artifact")?)?;
     artifacts::load_variables(&net.named_variables(), &rewind, "", "rewind artifact")?;
     Ok(masks)
+}
+
+/// The seed a step's network is initialised from: the trial's, or the `reinit` control's own.
+pub fn init_seed(spec: &StepSpec) -> u64 {
+    match spec.control {
+        Some(Control::Reinit) => controls::reinit_seed(spec.seed, spec.level),
+        _ => spec.seed,
+    }
+}
+
+/// The model a step builds: the spec's, except that a `reinit` control of a TorchScript model
+/// kept at its file's values (`init = "file"`) draws a fresh initialisation all the same.
+fn model_of(spec: &StepSpec) -> ModelSpec {
+    match (&spec.model, spec.control) {
+        (ModelSpec::TorchScript(t), Some(Control::Reinit)) => {
+            ModelSpec::TorchScript(lth_sweep::TorchScriptModel { init: lth_sweep::ModelInit::Seed, ..t.clone() })
+        }
+        (m, _) => m.clone(),
+    }
 }
 
 fn spec_bytes(spec: &StepSpec) -> Vec<u8> {
@@ -224,7 +298,7 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
     spec.validate(inputs)?;
     std::fs::create_dir_all(workdir).with_context(|| format!("creating workdir {}", workdir.display()))?;
     let data = data::load(&spec.dataset, device).with_context(|| format!("loading dataset {}", spec.dataset.name.as_str()))?;
-    let net = Network::new(spec.model, data.shape, data.classes, device, spec.seed)?;
+    let net = Network::new(model_of(spec), data.shape, data.classes, device, init_seed(spec))?;
     let mut tr = train::Trainer::new(&net, &data, &spec.recipe, spec.seed, device)?;
     let ipe = tr.iterations_per_epoch;
     let total = tr.total_iterations;

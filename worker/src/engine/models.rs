@@ -8,10 +8,20 @@
 //! (seed, parameter name), on the host, then copied to the device. The same seed therefore gives the
 //! same θ0 on CPU and CUDA, whatever the order in which variables were created or how many threads
 //! run. Biases and batch-norm shifts start at 0, batch-norm scales at 1 (PyTorch's defaults).
+//!
+//! Network order: every list of variables the engine hands out (`named_variables`,
+//! `named_parameters`, hence prunable layers, masks and per-layer reports) is in the network's own
+//! order, the order PyTorch's `state_dict` lists the same module: each built-in model records its
+//! modules as it builds them (a block's convolutions, then its shortcut; the classifier last), and a
+//! TorchScript model keeps the module's parameter order. Within one module: weight, bias,
+//! running_mean, running_var. VarStore's own order (a hash map, sorted by name before) would put
+//! LeNet's output layer first and VGG's `layers.10` before `layers.2`.
 
 use super::rng::Rng;
+use super::torchscript::TorchScriptNet;
 use anyhow::{bail, Result};
-use lth_sweep::ModelKind;
+use lth_sweep::{ModelKind, ModelSpec, PrunePolicy};
+use std::cell::RefCell;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
@@ -25,9 +35,11 @@ pub struct InputShape {
 
 /// A network together with the variables it owns.
 pub struct Network {
-    pub kind: ModelKind,
+    pub kind: ModelSpec,
     pub vs: nn::VarStore,
     arch: Arch,
+    /// Every variable's name, in network order (see the module comment).
+    order: Vec<String>,
 }
 
 enum Arch {
@@ -35,16 +47,35 @@ enum Arch {
     ResNet20(ResNet20),
     Vgg(Vgg),
     Lenet(Lenet),
+    TorchScript(TorchScriptNet),
 }
 
-fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, bias: bool) -> nn::Conv2D {
+/// The modules of a built-in network in the order they are built (= PyTorch's registration order).
+type Order = RefCell<Vec<String>>;
+
+fn record(o: &Order, p: &nn::Path) {
+    o.borrow_mut().push(p.components().collect::<Vec<_>>().join("."));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(p: nn::Path, o: &Order, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, bias: bool) -> nn::Conv2D {
+    record(o, &p);
     let cfg = nn::ConvConfig { stride, padding, bias, ..Default::default() };
     nn::conv2d(p, cin, cout, k, cfg)
 }
 
-fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+fn bn(p: nn::Path, o: &Order, c: i64) -> nn::BatchNorm {
+    record(o, &p);
     nn::batch_norm2d(p, c, Default::default())
 }
+
+fn linear(p: nn::Path, o: &Order, cin: i64, cout: i64) -> nn::Linear {
+    record(o, &p);
+    nn::linear(p, cin, cout, Default::default())
+}
+
+/// A module's variables in PyTorch's order.
+const LEAVES: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];
 
 /// torchvision's BasicBlock.
 struct BasicBlock {
@@ -56,20 +87,20 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, shortcut_name: &str) -> Self {
+    fn new(p: nn::Path, o: &Order, cin: i64, cout: i64, stride: i64, shortcut_name: &str) -> Self {
+        // Built in registration order (conv1, bn1, conv2, bn2, then the shortcut), as torchvision
+        // and open_lth register them.
+        let conv1 = conv(&p / "conv1", o, cin, cout, 3, stride, 1, false);
+        let bn1 = bn(&p / "bn1", o, cout);
+        let conv2 = conv(&p / "conv2", o, cout, cout, 3, 1, 1, false);
+        let bn2 = bn(&p / "bn2", o, cout);
         let downsample = if stride != 1 || cin != cout {
             let d = &p / shortcut_name;
-            Some((conv(&d / "0", cin, cout, 1, stride, 0, false), bn(&d / "1", cout)))
+            Some((conv(&d / "0", o, cin, cout, 1, stride, 0, false), bn(&d / "1", o, cout)))
         } else {
             None
         };
-        BasicBlock {
-            conv1: conv(&p / "conv1", cin, cout, 3, stride, 1, false),
-            bn1: bn(&p / "bn1", cout),
-            conv2: conv(&p / "conv2", cout, cout, 3, 1, 1, false),
-            bn2: bn(&p / "bn2", cout),
-            downsample,
-        }
+        BasicBlock { conv1, bn1, conv2, bn2, downsample }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -93,29 +124,24 @@ struct ResNet {
 }
 
 impl ResNet {
-    fn new(p: &nn::Path, input: InputShape, classes: i64, imagenet_stem: bool) -> Self {
+    fn new(p: &nn::Path, o: &Order, input: InputShape, classes: i64, imagenet_stem: bool) -> Self {
         let conv1 = if imagenet_stem {
-            conv(p / "conv1", input.channels, 64, 7, 2, 3, false)
+            conv(p / "conv1", o, input.channels, 64, 7, 2, 3, false)
         } else {
-            conv(p / "conv1", input.channels, 64, 3, 1, 1, false)
+            conv(p / "conv1", o, input.channels, 64, 3, 1, 1, false)
         };
+        let bn1 = bn(p / "bn1", o, 64);
         let mut blocks = Vec::new();
         let mut cin = 64;
         for (i, &w) in [64i64, 128, 256, 512].iter().enumerate() {
             let layer = p / format!("layer{}", i + 1);
             for b in 0..2 {
                 let stride = if i > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(&layer / b, cin, w, stride, "downsample"));
+                blocks.push(BasicBlock::new(&layer / b, o, cin, w, stride, "downsample"));
                 cin = w;
             }
         }
-        ResNet {
-            conv1,
-            bn1: bn(p / "bn1", 64),
-            imagenet_stem,
-            blocks,
-            fc: nn::linear(p / "fc", 512, classes, Default::default()),
-        }
+        ResNet { conv1, bn1, imagenet_stem, blocks, fc: linear(p / "fc", o, 512, classes) }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -139,24 +165,21 @@ struct ResNet20 {
 }
 
 impl ResNet20 {
-    fn new(p: &nn::Path, input: InputShape, classes: i64) -> Self {
+    fn new(p: &nn::Path, o: &Order, input: InputShape, classes: i64) -> Self {
+        let conv = conv(p / "conv", o, input.channels, 16, 3, 1, 1, false);
+        let bn = bn(p / "bn", o, 16);
         let mut blocks = Vec::new();
         let mut cin = 16;
         let mut idx = 0;
         for (s, &w) in [16i64, 32, 64].iter().enumerate() {
             for b in 0..3 {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(p / "blocks" / idx, cin, w, stride, "shortcut"));
+                blocks.push(BasicBlock::new(p / "blocks" / idx, o, cin, w, stride, "shortcut"));
                 cin = w;
                 idx += 1;
             }
         }
-        ResNet20 {
-            conv: conv(p / "conv", input.channels, 16, 3, 1, 1, false),
-            bn: bn(p / "bn", 16),
-            blocks,
-            fc: nn::linear(p / "fc", 64, classes, Default::default()),
-        }
+        ResNet20 { conv, bn, blocks, fc: linear(p / "fc", o, 64, classes) }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -178,7 +201,7 @@ struct Vgg {
 const VGG16_PLAN: [i64; 17] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512];
 
 impl Vgg {
-    fn new(p: &nn::Path, input: InputShape, classes: i64) -> Self {
+    fn new(p: &nn::Path, o: &Order, input: InputShape, classes: i64) -> Self {
         let mut cin = input.channels;
         let layers = VGG16_PLAN
             .iter()
@@ -188,13 +211,13 @@ impl Vgg {
                     None
                 } else {
                     let m = p / "layers" / i;
-                    let c = conv(&m / "conv", cin, w, 3, 1, 1, true);
+                    let c = conv(&m / "conv", o, cin, w, 3, 1, 1, true);
                     cin = w;
-                    Some((c, bn(&m / "bn", w)))
+                    Some((c, bn(&m / "bn", o, w)))
                 }
             })
             .collect();
-        Vgg { layers, fc: nn::linear(p / "fc", 512, classes, Default::default()) }
+        Vgg { layers, fc: linear(p / "fc", o, 512, classes) }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -218,15 +241,10 @@ struct Lenet {
 }
 
 impl Lenet {
-    fn new(p: &nn::Path, input: InputShape, classes: i64) -> Self {
+    fn new(p: &nn::Path, o: &Order, input: InputShape, classes: i64) -> Self {
         let inp = input.channels * input.height * input.width;
-        Lenet {
-            fc_layers: vec![
-                nn::linear(p / "fc_layers" / 0, inp, 300, Default::default()),
-                nn::linear(p / "fc_layers" / 1, 300, 100, Default::default()),
-            ],
-            fc: nn::linear(p / "fc", 100, classes, Default::default()),
-        }
+        let fc_layers = vec![linear(p / "fc_layers" / 0, o, inp, 300), linear(p / "fc_layers" / 1, o, 300, 100)];
+        Lenet { fc_layers, fc: linear(p / "fc", o, 100, classes) }
     }
 
     fn forward_t(&self, x: &Tensor) -> Tensor {
@@ -239,12 +257,31 @@ impl Lenet {
 }
 
 impl Network {
-    /// Builds `kind` for `input`-shaped images and `classes` outputs on `device`, initialised from `seed`.
-    pub fn new(kind: ModelKind, input: InputShape, classes: i64, device: Device, seed: u64) -> Result<Self> {
+    /// Builds `model` for `input`-shaped images and `classes` outputs on `device`, initialised
+    /// from `seed`. A TorchScript model is loaded from its file (checked against its sha256) and
+    /// run once on a dummy batch of the dataset's shape, so a model that does not fit the data
+    /// fails here, before anything is trained or written.
+    pub fn new(model: impl Into<ModelSpec>, input: InputShape, classes: i64, device: Device, seed: u64) -> Result<Self> {
+        let kind: ModelSpec = model.into();
         if classes < 2 {
             bail!("a classifier needs at least 2 classes, got {classes}");
         }
-        if matches!(kind, ModelKind::Resnet18Imagenet) && (input.height < 32 || input.width < 32) {
+        let builtin = match &kind {
+            ModelSpec::Builtin(k) => *k,
+            ModelSpec::TorchScript(t) => {
+                let vs = nn::VarStore::new(device);
+                let (ts, order) = TorchScriptNet::load(t, &vs.root(), device)?;
+                let net = Network { kind: kind.clone(), vs, arch: Arch::TorchScript(ts), order };
+                if t.init == lth_sweep::ModelInit::Seed {
+                    net.initialise(seed);
+                }
+                if let Arch::TorchScript(ts) = &net.arch {
+                    ts.check_fits(input, classes, device)?;
+                }
+                return Ok(net);
+            }
+        };
+        if matches!(builtin, ModelKind::Resnet18Imagenet) && (input.height < 32 || input.width < 32) {
             bail!(
                 "resnet18_imagenet downsamples by 32 and needs inputs of at least 32×32, got {}×{}; use resnet18 (CIFAR stem) for small images",
                 input.height,
@@ -253,14 +290,28 @@ impl Network {
         }
         let vs = nn::VarStore::new(device);
         let p = vs.root();
-        let arch = match kind {
-            ModelKind::Resnet18 => Arch::ResNet(ResNet::new(&p, input, classes, false)),
-            ModelKind::Resnet18Imagenet => Arch::ResNet(ResNet::new(&p, input, classes, true)),
-            ModelKind::Resnet20 => Arch::ResNet20(ResNet20::new(&p, input, classes)),
-            ModelKind::Vgg16 => Arch::Vgg(Vgg::new(&p, input, classes)),
-            ModelKind::Lenet300100 => Arch::Lenet(Lenet::new(&p, input, classes)),
+        let o: Order = RefCell::new(Vec::new());
+        let arch = match builtin {
+            ModelKind::Resnet18 => Arch::ResNet(ResNet::new(&p, &o, input, classes, false)),
+            ModelKind::Resnet18Imagenet => Arch::ResNet(ResNet::new(&p, &o, input, classes, true)),
+            ModelKind::Resnet20 => Arch::ResNet20(ResNet20::new(&p, &o, input, classes)),
+            ModelKind::Vgg16 => Arch::Vgg(Vgg::new(&p, &o, input, classes)),
+            ModelKind::Lenet300100 => Arch::Lenet(Lenet::new(&p, &o, input, classes)),
         };
-        let net = Network { kind, vs, arch };
+        let vars = vs.variables();
+        let mut order = Vec::with_capacity(vars.len());
+        for module in o.into_inner() {
+            for leaf in LEAVES {
+                let name = format!("{module}.{leaf}");
+                if vars.contains_key(&name) {
+                    order.push(name);
+                }
+            }
+        }
+        if order.len() != vars.len() {
+            bail!("internal error: {} of {}'s {} variables have no place in its network order", vars.len() - order.len(), builtin.as_str(), vars.len());
+        }
+        let net = Network { kind, vs, arch, order };
         net.initialise(seed);
         Ok(net)
     }
@@ -271,17 +322,17 @@ impl Network {
             Arch::ResNet20(m) => m.forward_t(x, train),
             Arch::Vgg(m) => m.forward_t(x, train),
             Arch::Lenet(m) => m.forward_t(x),
+            Arch::TorchScript(m) => m.forward_t(x, train),
         }
     }
 
-    /// All variables (trainable and batch-norm running statistics), sorted by name.
+    /// All variables (trainable and batch-norm running statistics), in network order.
     pub fn named_variables(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        let mut vars = self.vs.variables();
+        self.order.iter().filter_map(|n| vars.remove(n).map(|t| (n.clone(), t))).collect()
     }
 
-    /// Trainable parameters, sorted by name (the optimizer's order).
+    /// Trainable parameters, in network order (the optimizer's order).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         self.named_variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
     }
@@ -290,23 +341,50 @@ impl Network {
         self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
     }
 
-    /// Kaiming-normal weights from (seed, name); see the module comment.
+    /// Whether the parameter `name` (of shape `shape`) may be pruned under `policy`: the policy's
+    /// `layers` patterns when given; else the model's own rule (conv and linear weights of a
+    /// built-in model; every trainable parameter of rank ≥ 2 of a TorchScript model, rank 2
+    /// counting as linear and higher ranks as convolutions). `exclude_layers` always wins.
+    pub fn is_prunable(&self, name: &str, shape: &[i64], policy: &PrunePolicy) -> bool {
+        if policy.exclude_layers.iter().any(|e| e == name) {
+            return false;
+        }
+        if !policy.layers.is_empty() {
+            return !shape.is_empty() && policy.layers.iter().any(|p| lth_sweep::name_matches(p, name));
+        }
+        match &self.arch {
+            Arch::TorchScript(_) => match shape.len() {
+                0 | 1 => false,
+                2 => policy.prune_linears,
+                _ => policy.prune_convs,
+            },
+            _ => is_prunable(name, shape, policy),
+        }
+    }
+
+    /// Kaiming-normal weights from (seed, name); see the module comment. For a TorchScript model
+    /// only trainable parameters are set (rank ≥ 2: Kaiming normal; rank-1 `weight`: 1; others 0);
+    /// its non-trainable state (exported buffers) keeps the file's values.
     fn initialise(&self, seed: u64) {
+        let torchscript = matches!(self.arch, Arch::TorchScript(_));
         tch::no_grad(|| {
             for (name, mut t) in self.named_variables() {
+                if torchscript && !t.requires_grad() {
+                    continue;
+                }
                 let size = t.size();
                 let leaf = name.rsplit('.').next().unwrap_or("");
-                let host = if size.len() >= 2 && leaf == "weight" {
+                let host = if size.len() >= 2 && (leaf == "weight" || torchscript) {
                     let fan_in: i64 = size[1..].iter().product();
                     let mut v = vec![0f32; t.numel()];
-                    Rng::derive(seed, &format!("init/{name}"), 0).fill_normal(&mut v, (2.0 / fan_in as f64).sqrt());
+                    Rng::derive(seed, &format!("init/{name}"), 0).fill_normal(&mut v, (2.0 / fan_in.max(1) as f64).sqrt());
                     Tensor::from_slice(&v).reshape(&size)
                 } else if leaf == "weight" || leaf == "running_var" {
                     Tensor::ones(&size, (Kind::Float, Device::Cpu))
                 } else {
                     Tensor::zeros(&size, (Kind::Float, Device::Cpu))
                 };
-                t.copy_(&host);
+                t.copy_(&host.to_kind(t.kind()));
             }
         });
     }
@@ -331,7 +409,7 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
 
 /// Whether a named variable is a weight that `policy` allows pruning (conv or linear weights only;
 /// never biases, batch-norm parameters or running statistics).
-pub fn is_prunable(name: &str, shape: &[i64], policy: &lth_sweep::PrunePolicy) -> bool {
+pub fn is_prunable(name: &str, shape: &[i64], policy: &PrunePolicy) -> bool {
     if !name.ends_with(".weight") || policy.exclude_layers.iter().any(|e| e == name) {
         return false;
     }
