@@ -4,11 +4,11 @@
 //! `train/<class>/**/*.png|jpg|jpeg` and `val/<class>/...` (or `test/<class>/...`), read as
 //! torchvision's `ImageFolder` reads them: the classes are the sorted names of the folders in
 //! `train/` (index = position), files are found recursively in sorted (folder, name) order, the
-//! extension is matched case-insensitively, and a class folder with no image is an error. Images are
-//! converted to RGB, resized to exactly [height, width] with
-//! an antialiased bilinear filter (torchvision's `Resize((h, w))`) and, with `channels = 1`,
-//! turned to grayscale as PIL's `convert("L")` does. The test split is labelled with
-//! the train split's class indices, so a `val/` that lacks a class keeps the others' labels.
+//! extension is matched case-insensitively, and a class folder with no image is an error. Images
+//! are converted to RGB, resized to exactly [height, width] with an antialiased bilinear filter
+//! (torchvision's `Resize((h, w))`) and, with `channels = 1`, turned to grayscale as PIL's
+//! `convert("L")` does. The test split is labelled with the train split's class indices, so a
+//! `val/` that lacks a class keeps the others' labels.
 //!
 //! Decoding is the slow part, so the decoded uint8 tensors are cached on the worker's disk, keyed
 //! by content: the sha256 over every file's bytes, its class and relative path, the resolution and
