@@ -185,3 +185,51 @@ fn given_mean_std_and_augmentation_flags_apply() {
     let e = data::load_cached(&wrong, Device::Cpu, None).err().unwrap().to_string();
     assert!(e.contains("images have 3 channels"), "{e}");
 }
+
+/// Benchmark (not a test; BENCHMARKS.md): loading an ImageFolder of 5,000 64×64 JPEGs with no
+/// cache, on a cold cache (hash + decode + write) and on a warm one (hash + read).
+///     cargo nextest run -p lth-worker --run-ignored only -E 'test(image_folder_cache_benchmark)' --no-capture
+#[test]
+#[ignore]
+fn image_folder_cache_benchmark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("noise");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let t = std::time::Instant::now();
+    for (split, n) in [("train", 4000), ("val", 1000)] {
+        for c in 0..10 {
+            let dir = root.join(split).join(format!("class{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n / 10 {
+                let img = image::RgbImage::from_fn(64, 64, |_, _| {
+                    let v = next();
+                    image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+                });
+                img.save(dir.join(format!("{i:04}.jpg"))).unwrap();
+            }
+        }
+    }
+    println!("wrote 5000 JPEGs in {:.1} s", t.elapsed().as_secs_f64());
+    let spec = folder_spec(&root, 64, 64);
+    let cache = tmp.path().join("cache");
+    let time = |cache: Option<&Path>| {
+        let t = std::time::Instant::now();
+        let (_, used) = data::load_host_cached(&spec, cache).unwrap();
+        (t.elapsed().as_secs_f64(), used)
+    };
+    let (none, _) = time(None);
+    let (cold, u1) = time(Some(&cache));
+    let (warm, u2) = time(Some(&cache));
+    assert!(matches!(u1, CacheUse::Miss(_)) && matches!(u2, CacheUse::Hit(_)));
+    println!(
+        "threads {} | no cache {none:.2} s | cold cache {cold:.2} s | warm cache {warm:.2} s | decode / warm = {:.1}x",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        none / warm
+    );
+}
