@@ -3,6 +3,16 @@
 //!
 //! This is the contract of `notes/engine_api.md`: the daemon serialises a [`StepSpec`] as job.json,
 //! downloads the [`StepInputs`], runs [`run_step`] in a child process, and uploads the artifacts.
+//!
+//! # Layout
+//! - `models`: the built-in networks, their initialisation and network order; `torchscript`: your
+//!   own network from a TorchScript file.
+//! - `data`: built-in dataset loaders and the on-device input pipeline; `custom_data`: ImageFolder
+//!   and safetensors datasets, and the decoded-image cache.
+//! - `prune`: importance metrics, the global threshold, masks as bitsets; `controls`: the reinit and
+//!   random-mask controls of a ticket.
+//! - `train`: the training loop and SGD; `artifacts`: safetensors files; `rng`: the version-stable
+//!   random streams; `cuda`: device start-up and autocast; `bench`: throughput measurement.
 
 pub mod artifacts;
 pub mod bench;
