@@ -34,11 +34,18 @@ fn coordinator_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let path = worker_bin().with_file_name("lth-coordinator");
-    // `cargo nextest run -p lth-worker` builds only this crate's binaries; build (or bring up to
-    // date: a binary left from before a proto change would speak an older protocol) the
-    // coordinator once per test process. Cargo's lock serialises concurrent test processes.
+    // `cargo nextest run -p lth-worker` builds only this crate's binaries. Build the coordinator
+    // when it is missing or older than a source it is built from (a binary left from before a
+    // proto change speaks an older protocol). Not unconditionally: `cargo build -p` alone unifies
+    // features differently from a workspace build and would rebuild a fresh binary for minutes.
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let newest = ["proto", "sweep/src", "coordinator/src", "migrations"].iter().filter_map(|d| newest_mtime(&root.join(d))).max();
+        if matches!((built, newest), (Some(b), Some(n)) if b >= n) {
+            return;
+        }
         let profile_dir = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "-p", "lth-coordinator", "--bin", "lth-coordinator"]);
@@ -49,6 +56,17 @@ fn coordinator_bin() -> PathBuf {
         assert!(status.success(), "building lth-coordinator failed");
     });
     path
+}
+
+/// The latest modification time of any file under `dir`.
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() { newest_mtime(&p) } else { e.metadata().and_then(|m| m.modified()).ok() };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 fn free_port() -> u16 {
