@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod config;
 pub mod group_commit;
+pub mod masks_rpc;
 pub mod server;
 pub mod service;
 pub mod store;

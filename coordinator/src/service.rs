@@ -437,6 +437,12 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                 .collect(),
         }))
     }
+
+    type StreamMasksStream = crate::masks_rpc::MaskStream;
+
+    async fn stream_masks(&self, req: Request<pb::StreamMasksRequest>) -> Result<Response<Self::StreamMasksStream>, Status> {
+        crate::masks_rpc::stream_masks(&self.0.store, req.into_inner()).await.map(Response::new)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
