@@ -82,7 +82,7 @@ grep -q "listening on" "$run/coordinator.log" || { echo "demo: lth-coordinator d
 echo "demo: coordinator on $addr (SQLite $run/lth.db)"
 
 worker_args=(daemon --gpus none --cpu-slots "$slots" --worker-id demo-cpu --cache-dir "$run/worker-cache")
-[[ -n "${LTH_DEMO_THREADS:-}" ]] && worker_args+=(--job-threads "$LTH_DEMO_THREADS")
+[[ -n "${LTH_DEMO_THREADS:-}" ]] && worker_args+=(--threads "$LTH_DEMO_THREADS")
 "$bin/lth-worker" "${worker_args[@]}" >"$run/worker.log" 2>&1 &
 worker_pid=$!
 echo "demo: CPU worker started ($slots slot(s)); logs in $run"

@@ -10,8 +10,11 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "lth-worker", version, about = "lth worker: lottery-ticket training engine and job daemon")]
 struct Cli {
-    /// libtorch intra-op threads (default: all cores). A fixed count keeps CPU runs bit-reproducible.
-    #[arg(long, global = true, env = "LTH_THREADS")]
+    /// Torch intra-op threads of each training process: `run-local` and `bench` train in this
+    /// process, the daemon gives each job (a child process) this many. Default: all cores for
+    /// run-local and bench; for the daemon, the CPU count divided by its job slots. A fixed count
+    /// keeps CPU runs bit-reproducible. (`--job-threads`, the daemon's old name for it, still works.)
+    #[arg(long, global = true, env = "LTH_THREADS", alias = "job-threads")]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -124,8 +127,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Daemon(mut args) => {
-            // `lth-worker --threads N daemon`: N torch threads per job unless --job-threads says otherwise.
-            args.job_threads = args.job_threads.or(cli.threads.map(|t| t as i32));
+            // One flag: `--threads N` is each job's thread count.
+            args.job_threads = cli.threads.map(|t| t as i32);
             lth_worker::daemon::run_daemon(args)?
         }
         Command::ExecJob(args) => std::process::exit(lth_worker::daemon::run_exec_job(args)),
@@ -175,4 +178,23 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_thread_flag_before_or_after_the_subcommand_and_under_its_old_name() {
+        for args in [&["lth-worker", "--threads", "3", "daemon"][..], &["lth-worker", "daemon", "--threads", "3"], &["lth-worker", "daemon", "--job-threads", "3"]] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.threads, Some(3), "{args:?}");
+            assert!(matches!(cli.command, Command::Daemon(_)));
+        }
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build(); // propagates the global flags into the subcommands
+        let help = cmd.find_subcommand_mut("daemon").unwrap().render_long_help().to_string();
+        assert_eq!(help.matches("--threads").count(), 1, "{help}");
+        assert!(!help.contains("--job-threads <"), "the old name is a hidden alias: {help}");
+    }
 }

@@ -62,8 +62,9 @@ pub struct DaemonArgs {
     /// Stable name of this worker. Default: `<host>-cpu` or `<host>-gpu<indices>`.
     #[arg(long, env = "LTH_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Torch intra-op threads per CPU job. Default: the CPU count divided by the CPU slots.
-    #[arg(long, env = "LTH_JOB_THREADS")]
+    /// Torch intra-op threads per job: set from lth-worker's global `--threads`, the one thread
+    /// flag. None: the CPU count divided by the job slots.
+    #[arg(skip)]
     pub job_threads: Option<i32>,
     /// How often to ask for work while slots are free and the queue was empty.
     #[arg(long, env = "LTH_POLL_SECONDS", default_value_t = 1.0)]
