@@ -43,6 +43,8 @@ pub struct LayerPoint {
     pub level: u32,
     pub layer: String,
     pub kept_fraction: f64,
+    /// The layer's weight count (the same in every seed).
+    pub total: u64,
     pub collapsed_in_seeds: u32,
     pub seeds: u32,
 }
@@ -62,7 +64,7 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 }
 
 /// Sort key for a metric name: the order metrics are declared in (paper metrics first).
-fn metric_order(name: &str) -> (usize, String) {
+pub fn metric_order(name: &str) -> (usize, String) {
     let idx = lth_sweep::ImportanceMetric::ALL
         .iter()
         .position(|m| m.as_str() == name)
@@ -126,7 +128,7 @@ pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
     let mut out = Vec::new();
     for ((metric, rate_bits, level), by_seed) in group_rows(rows) {
         let mut layer_order: Vec<String> = Vec::new();
-        let mut per_layer: BTreeMap<String, (Vec<f64>, u32)> = BTreeMap::new();
+        let mut per_layer: BTreeMap<String, (Vec<f64>, u32, u64)> = BTreeMap::new();
         for row in by_seed.values() {
             for l in row.result.iter().flat_map(|r| r.layers.iter()) {
                 if !per_layer.contains_key(&l.layer) {
@@ -136,16 +138,18 @@ pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
                 let frac = if l.total == 0 { 0.0 } else { l.kept as f64 / l.total as f64 };
                 entry.0.push(frac);
                 entry.1 += u32::from(l.collapsed);
+                entry.2 = entry.2.max(l.total);
             }
         }
         for layer in layer_order {
-            let (fracs, collapsed) = &per_layer[&layer];
+            let (fracs, collapsed, total) = &per_layer[&layer];
             out.push(LayerPoint {
                 metric: metric.1.clone(),
                 rate: f64::from_bits(rate_bits),
                 level,
                 layer,
                 kept_fraction: mean_std(fracs).0,
+                total: *total,
                 collapsed_in_seeds: *collapsed,
                 seeds: fracs.len() as u32,
             });
