@@ -1,6 +1,8 @@
-//! The command line (clap): the agreed flags of `/work/notes/cli_flags.md`, each with an
-//! environment variable where a person would set it once per shell.
+//! The command line (clap), each flag with an environment variable where a person would set it
+//! once per shell. Every argument carries help text (`tests/cli_help.rs` walks the tree).
 
+use crate::export::sink::ExportFormat;
+use crate::export::What;
 use crate::results::Format;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -18,6 +20,17 @@ pub struct Cli {
     pub coordinator: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Image formats of `lthctl report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormat {
+    /// Vector graphics (for papers and browsers).
+    Svg,
+    /// Raster images at twice the SVG's size (for slides, chat and issue trackers).
+    Png,
+    /// Both, side by side.
+    Both,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,32 +52,81 @@ pub enum Command {
     },
     /// List sweeps, newest first.
     Ls {
+        /// Show at most this many sweeps.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Job counts per state, progress per metric and the running jobs of a sweep.
-    Status { id: i64 },
-    /// Live progress bars for a sweep's running jobs; returns when the sweep finishes.
-    Watch { id: i64 },
+    Status {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+    },
+    /// Follow a sweep's running jobs until it finishes: progress bars on a terminal, one line per
+    /// event otherwise (nohup, CI, Slurm logs).
+    Watch {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+        /// Print one timestamped line per event instead of progress bars (the default when stderr
+        /// is not a terminal). A running job's progress is printed every 10%.
+        #[arg(long)]
+        lines: bool,
+    },
     /// Cancel a sweep: running jobs are stopped and nothing more is claimed.
-    Cancel { id: i64 },
+    Cancel {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+    },
     /// Pause a sweep: running jobs are stopped (and resume later from their checkpoints).
-    Pause { id: i64 },
+    Pause {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+    },
     /// Resume a paused sweep.
-    Resume { id: i64 },
+    Resume {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+    },
     /// Accuracy vs sparsity per metric: mean ± std over seeds for every (metric, rate, level).
     Results {
+        /// The sweep's id (`lthctl ls` lists them).
         id: i64,
+        /// How to print the aggregates (per-seed rows: `lthctl export`).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Write a sweep's per-seed results, per-layer statistics or masks as CSV, Parquet or JSON
+    /// lines (docs/export.md: columns, and pandas/polars recipes).
+    Export {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+        /// File format [default: from the -o file's extension, else csv].
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+        /// Which table to write.
+        #[arg(long, value_enum, default_value_t = What::Levels)]
+        what: What,
+        /// Write to this file (created complete or not at all) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// With --what masks: only these levels, e.g. `--levels 4` or `--levels 1,2` [default: all].
+        #[arg(long, value_delimiter = ',')]
+        levels: Vec<u32>,
+    },
     /// The workers the coordinator knows, with their GPUs and running jobs.
     Workers,
-    /// Write SVG plots: accuracy vs weights remaining (with seed error bars) and per-layer kept fractions.
+    /// Write the report's plots: accuracy vs weights remaining (mean ± std over seeds), per-layer
+    /// kept fractions, and ticket overlap between metrics.
     Report {
+        /// The sweep's id (`lthctl ls` lists them).
         id: i64,
-        /// Folder for the SVG files [default: lth-report-ID].
+        /// Folder for the plots [default: lth-report-ID].
         #[arg(long, env = "LTH_REPORT_DIR")]
         out: Option<PathBuf>,
+        /// Image format of the plots.
+        #[arg(long, value_enum, default_value_t = ImageFormat::Svg, env = "LTH_REPORT_FORMAT")]
+        format: ImageFormat,
+        /// Level of the ticket-overlap plot [default: the deepest level every metric reached].
+        #[arg(long)]
+        overlap_level: Option<u32>,
     },
 }

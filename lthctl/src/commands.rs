@@ -4,14 +4,13 @@
 use crate::cli::{Cli, Command};
 use crate::client::{connect, explain_status, unreachable_message, Coordinator};
 use crate::convert::{dataset_name, metric_name, spec_model_name, sweep_state_is_final, sweep_state_name, timestamp_text};
-use crate::results::{aggregate, aggregate_layers, render};
+use crate::results::{aggregate, render};
 use crate::sweep_file::{describe_grid, grid, load_sweep_file};
-use crate::watch::WatchView;
+use crate::watch::{Display, WatchView};
 use anyhow::{Context, Result};
 use indicatif::ProgressDrawTarget;
 use lth_proto::v1 as pb;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
@@ -20,7 +19,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Submit { file, dry_run, offline, token } => submit(&url, &file, dry_run, offline, token, out).await,
         Command::Ls { limit } => ls(&connect(&url).await?, limit, out).await,
         Command::Status { id } => status(&connect(&url).await?, id, out).await,
-        Command::Watch { id } => watch(&url, id, ProgressDrawTarget::stderr(), out).await,
+        Command::Watch { id, lines } => {
+            use std::io::IsTerminal;
+            let display = if lines || !std::io::stderr().is_terminal() { Display::Lines } else { Display::Bars(ProgressDrawTarget::stderr()) };
+            watch(&url, id, display, out).await
+        }
         Command::Cancel { id } => change_state(&connect(&url).await?, id, StateChange::Cancel, out).await,
         Command::Pause { id } => change_state(&connect(&url).await?, id, StateChange::Pause, out).await,
         Command::Resume { id } => change_state(&connect(&url).await?, id, StateChange::Resume, out).await,
@@ -29,8 +32,19 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             out.write_all(render(&aggregate(&rows), format)?.as_bytes())?;
             Ok(())
         }
+        Command::Export { id, format, what, output, levels } => {
+            use std::io::IsTerminal;
+            let args = crate::export::ExportArgs { sweep_id: id, format, what, output, levels };
+            let rows = crate::export::run(&connect(&url).await?, &args, std::io::stdout().is_terminal(), out).await?;
+            if let Some(path) = &args.output {
+                eprintln!("wrote {rows} rows to {}", path.display());
+            }
+            Ok(())
+        }
         Command::Workers => workers(&connect(&url).await?, out).await,
-        Command::Report { id, out: dir } => report(&connect(&url).await?, id, dir, out).await,
+        Command::Report { id, out: dir, format, overlap_level } => {
+            crate::report::report(&connect(&url).await?, id, dir, format, overlap_level, out).await
+        }
     }
 }
 
@@ -150,7 +164,7 @@ fn write_table(out: &mut dyn Write, t: comfy_table::Table) -> Result<()> {
     Ok(())
 }
 
-async fn get_sweep(coord: &Coordinator, id: i64) -> Result<pb::SweepSummary> {
+pub(crate) async fn get_sweep(coord: &Coordinator, id: i64) -> Result<pb::SweepSummary> {
     let mut c = coord.sweeps.clone();
     Ok(c.get_sweep(pb::GetSweepRequest { sweep_id: id }).await.map_err(|s| coord.explain(s, &format!("sweep {id}")))?.into_inner())
 }
@@ -183,7 +197,9 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
     )?;
     if !s.metrics.is_empty() {
         writeln!(out, "progress per metric:")?;
-        for m in &s.metrics {
+        let mut metrics: Vec<&pb::MetricProgress> = s.metrics.iter().collect();
+        metrics.sort_by_key(|m| crate::results::metric_order(&metric_name(m.metric)));
+        for m in metrics {
             let frac = if m.jobs_total == 0 { 0.0 } else { m.jobs_succeeded as f64 / m.jobs_total as f64 };
             let filled = (frac * 20.0).round() as usize;
             writeln!(
@@ -275,7 +291,7 @@ async fn change_state(coord: &Coordinator, id: i64, change: StateChange, out: &m
     Ok(())
 }
 
-async fn get_results(coord: &Coordinator, id: i64) -> Result<Vec<pb::ResultRow>> {
+pub(crate) async fn get_results(coord: &Coordinator, id: i64) -> Result<Vec<pb::ResultRow>> {
     let mut c = coord.sweeps.clone();
     Ok(c.get_results(pb::GetResultsRequest { sweep_id: id })
         .await
@@ -314,25 +330,10 @@ async fn workers(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {
     write_table(out, t)
 }
 
-async fn report(coord: &Coordinator, id: i64, dir: Option<PathBuf>, out: &mut dyn Write) -> Result<()> {
-    let s = get_sweep(coord, id).await?;
-    let rows = get_results(coord, id).await?;
-    if rows.is_empty() {
-        anyhow::bail!("sweep {id} has no results yet: jobs report a row when they finish (`lthctl status {id}` shows progress)");
-    }
-    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("lth-report-{id}")));
-    let title = format!("sweep {id} {}", s.name);
-    let files = crate::plot::write_report(&aggregate(&rows), &aggregate_layers(&rows), &title, &dir)?;
-    for f in files {
-        writeln!(out, "{}", f.display())?;
-    }
-    Ok(())
-}
-
 /// Follows a sweep until it reaches a final state, reconnecting (and resuming after the last event
 /// seen) when the stream drops. Gives up after a minute without a coordinator.
-pub async fn watch(url: &str, id: i64, target: ProgressDrawTarget, out: &mut dyn Write) -> Result<()> {
-    let mut view = WatchView::new(target);
+pub async fn watch(url: &str, id: i64, display: Display, out: &mut dyn Write) -> Result<()> {
+    let mut view = WatchView::new(display);
     let mut down_since: Option<Instant> = None;
     let give_up = Duration::from_secs(60);
     loop {
@@ -349,6 +350,9 @@ pub async fn watch(url: &str, id: i64, target: ProgressDrawTarget, out: &mut dyn
                     Ok(Some(ev)) => {
                         down_since = None;
                         view.apply(&ev);
+                        for line in view.take_lines() {
+                            writeln!(out, "{line}")?;
+                        }
                         if view.finished.is_some() {
                             return Ok::<bool, anyhow::Error>(true);
                         }

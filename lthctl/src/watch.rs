@@ -1,11 +1,15 @@
-//! `lthctl watch`: live progress bars fed by the coordinator's `WatchSweep` event stream.
+//! `lthctl watch`: live progress fed by the coordinator's `WatchSweep` event stream.
 //!
-//! `WatchView` owns the bars and applies one event at a time; it holds no connection, so the
-//! reconnecting loop (in `commands`) and the tests can drive it alike. One bar per running job
-//! (with the coordinator's ETA for it), one overall bar for the sweep; a job that leaves the
-//! running state loses its bar and leaves a line saying how it ended.
+//! `WatchView` applies one event at a time; it holds no connection, so the reconnecting loop (in
+//! `commands`) and the tests can drive it alike. Two ways to show it:
+//! - [`Display::Bars`] (a terminal): one bar per running job (with the coordinator's ETA for it),
+//!   one overall bar for the sweep; a job that leaves the running state loses its bar and leaves a
+//!   line saying how it ended.
+//! - [`Display::Lines`] (nohup, CI, Slurm logs, `--lines`): one timestamped line per event, for the
+//!   caller to print ([`WatchView::take_lines`]). Progress of a running job is thinned to one line
+//!   per 10% so a log of a long sweep stays readable; state changes always print.
 
-use crate::convert::{job_state_name, metric_name, sweep_state_is_final, sweep_state_name};
+use crate::convert::{job_state_name, metric_name, sweep_state_is_final, sweep_state_name, timestamp_text};
 use indicatif::{HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lth_proto::v1::{self as pb, sweep_event::Event};
 use std::collections::BTreeMap;
@@ -13,6 +17,12 @@ use std::time::Duration;
 
 /// Resolution of a job bar: progress arrives as a fraction in [0, 1].
 const JOB_BAR_STEPS: u64 = 1000;
+
+/// How the view shows itself.
+pub enum Display {
+    Bars(ProgressDrawTarget),
+    Lines,
+}
 
 pub struct WatchView {
     multi: MultiProgress,
@@ -29,6 +39,12 @@ pub struct WatchView {
     ended: BTreeMap<i64, i32>,
     /// The latest summary's (state, jobs ended, jobs failed).
     summary: (i32, u64, u64),
+    /// Line mode: lines not yet taken by the caller, and per running job the last progress decile
+    /// printed (absent: its start not printed yet).
+    lines: Option<Vec<String>>,
+    printed_decile: BTreeMap<i64, u64>,
+    /// Line mode: the timestamp of the event being applied.
+    at: String,
 }
 
 fn job_label(j: &pb::JobInfo) -> String {
@@ -39,8 +55,21 @@ fn job_label(j: &pb::JobInfo) -> String {
     }
 }
 
+fn eta_text(j: &pb::JobInfo) -> String {
+    if j.eta_seconds.is_finite() && j.eta_seconds > 0.0 {
+        format!("ETA {}", HumanDuration(Duration::from_secs_f64(j.eta_seconds)))
+    } else {
+        String::new()
+    }
+}
+
 impl WatchView {
-    pub fn new(target: ProgressDrawTarget) -> Self {
+    pub fn new(display: Display) -> Self {
+        let (target, lines) = match display {
+            Display::Bars(target) => (target, None),
+            // The bars still count (the caller reads `overall()`), drawn nowhere.
+            Display::Lines => (ProgressDrawTarget::hidden(), Some(Vec::new())),
+        };
         let multi = MultiProgress::with_draw_target(target);
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
@@ -49,8 +78,41 @@ impl WatchView {
                 .progress_chars("=> "),
         );
         overall.set_prefix("sweep");
-        overall.enable_steady_tick(Duration::from_millis(500));
-        WatchView { multi, overall, jobs: BTreeMap::new(), last_event_id: 0, finished: None, log: Vec::new(), ended: BTreeMap::new(), summary: (0, 0, 0) }
+        if lines.is_none() {
+            overall.enable_steady_tick(Duration::from_millis(500));
+        }
+        WatchView {
+            multi,
+            overall,
+            jobs: BTreeMap::new(),
+            last_event_id: 0,
+            finished: None,
+            log: Vec::new(),
+            ended: BTreeMap::new(),
+            summary: (0, 0, 0),
+            lines,
+            printed_decile: BTreeMap::new(),
+            at: String::new(),
+        }
+    }
+
+    /// Line mode: the lines of the events applied since the last call (empty in bar mode).
+    pub fn take_lines(&mut self) -> Vec<String> {
+        self.lines.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn line(&mut self, text: String) {
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("{} {text}", self.at));
+        }
+    }
+
+    /// "3/42 jobs done · 2 running · 0 failed"
+    fn counts_text(&self) -> String {
+        let (done, total) = self.overall();
+        let (_, _, failed) = self.summary;
+        let failed_here = self.ended.values().filter(|s| **s == pb::JobState::Failed as i32).count() as u64;
+        format!("{done}/{total} jobs done · {} running · {} failed", self.jobs.len(), failed.max(failed_here))
     }
 
     /// (job id, position in [0, 1000]) of every job that currently has a bar.
@@ -65,6 +127,7 @@ impl WatchView {
 
     pub fn apply(&mut self, event: &pb::SweepEvent) {
         self.last_event_id = self.last_event_id.max(event.event_id);
+        self.at = timestamp_text(event.at.as_ref());
         match &event.event {
             Some(Event::Sweep(s)) => self.apply_sweep(s),
             Some(Event::Job(j)) => self.apply_job(j),
@@ -86,6 +149,8 @@ impl WatchView {
             self.overall.finish();
             self.finished = Some(sweep_state_name(s.state).to_string());
         }
+        let line = format!("sweep {} {}: {} · {}", s.sweep_id, s.name, sweep_state_name(s.state), self.counts_text());
+        self.line(line);
     }
 
     fn refresh_overall(&mut self) {
@@ -122,13 +187,10 @@ impl WatchView {
             let worker = if j.worker_id.is_empty() { String::new() } else { format!(" @ {}", j.worker_id) };
             bar.set_prefix(format!("{}{}", job_label(j), worker));
             bar.set_position((j.progress.clamp(0.0, 1.0) * JOB_BAR_STEPS as f64).round() as u64);
-            let eta = if j.eta_seconds.is_finite() && j.eta_seconds > 0.0 {
-                format!("ETA {}", HumanDuration(Duration::from_secs_f64(j.eta_seconds)))
-            } else {
-                String::new()
-            };
+            let eta = eta_text(j);
             let attempt = if j.attempt > 1 { format!(" (attempt {})", j.attempt) } else { String::new() };
             bar.set_message(format!("{eta}{attempt}"));
+            self.job_progress_line(j, &worker, &attempt);
         } else if let Some(bar) = self.jobs.remove(&j.job_id) {
             bar.finish_and_clear();
             self.multi.remove(&bar);
@@ -136,14 +198,48 @@ impl WatchView {
             if !j.error.is_empty() {
                 line.push_str(&format!(": {}", j.error));
             }
-            let _ = self.multi.println(&line);
-            self.log.push(line);
+            if self.lines.is_none() {
+                let _ = self.multi.println(&line);
+            }
+            self.log.push(line.clone());
+            self.printed_decile.remove(&j.job_id);
+            self.refresh_overall();
+            let counts = self.counts_text();
+            self.line(format!("{line} ({counts})"));
+            return;
         } else if j.state == pb::JobState::Failed as i32 {
             let line = format!("{} failed: {}", job_label(j), j.error);
-            let _ = self.multi.println(&line);
-            self.log.push(line);
+            if self.lines.is_none() {
+                let _ = self.multi.println(&line);
+            }
+            self.log.push(line.clone());
+            self.line(line);
+        } else {
+            // Blocked, ready (re-queued after a lost lease or a pause), cancelled before it ran.
+            self.line(format!("{} {}", job_label(j), job_state_name(j.state)));
         }
         self.refresh_overall();
+    }
+
+    /// Line mode: "job 7 l2 rate 0.2 seed 1 level 2 running @ w1" when a job starts, then one line
+    /// each time its progress enters a new 10% step.
+    fn job_progress_line(&mut self, j: &pb::JobInfo, worker: &str, attempt: &str) {
+        if self.lines.is_none() {
+            return;
+        }
+        let progress = j.progress.clamp(0.0, 1.0);
+        let decile = (progress * 10.0).floor() as u64;
+        let text = match self.printed_decile.get(&j.job_id) {
+            None => format!("{} running{worker}{attempt}", job_label(j)),
+            Some(last) if decile > *last => {
+                let eta = eta_text(j);
+                let eta = if eta.is_empty() { String::new() } else { format!(" {eta}") };
+                format!("{} {:.0}%{eta}{worker}", job_label(j), (100.0 * progress).floor())
+            }
+            Some(_) => return,
+        };
+        self.printed_decile.insert(j.job_id, decile);
+        self.line(text);
     }
 }
 
@@ -186,7 +282,7 @@ mod tests {
 
     #[test]
     fn bars_follow_jobs_and_the_sweep() {
-        let mut v = WatchView::new(ProgressDrawTarget::hidden());
+        let mut v = WatchView::new(Display::Bars(ProgressDrawTarget::hidden()));
         v.apply(&sweep(pb::SweepState::Running, 2, 0, 4));
         assert_eq!(v.overall(), (0, 6));
         v.apply(&job(1, pb::JobState::Running, 0.25));
@@ -205,5 +301,43 @@ mod tests {
         assert_eq!(v.finished.as_deref(), Some("cancelled"));
         assert!(v.running_bars().is_empty());
         assert_eq!(v.last_event_id, 1001);
+    }
+
+    #[test]
+    fn line_mode_prints_one_line_per_event_with_progress_thinned_to_tens() {
+        let mut v = WatchView::new(Display::Lines);
+        let at = |mut e: pb::SweepEvent, secs: i64| {
+            e.at = Some(prost_types::Timestamp { seconds: 1_795_000_000 + secs, nanos: 0 });
+            e
+        };
+        v.apply(&at(sweep(pb::SweepState::Running, 0, 0, 3), 0));
+        for (i, p) in [0.0, 0.05, 0.12, 0.18, 0.31, 0.95].iter().enumerate() {
+            v.apply(&at(job(1, pb::JobState::Running, *p), 1 + i as i64));
+        }
+        v.apply(&at(job(1, pb::JobState::Succeeded, 1.0), 9));
+        let mut failed = job(2, pb::JobState::Failed, 0.0);
+        if let Some(Event::Job(j)) = &mut failed.event {
+            j.error = "CUDA out of memory".into();
+        }
+        v.apply(&at(failed, 10));
+        let lines = v.take_lines();
+        assert_eq!(
+            lines,
+            [
+                "2026-11-18 11:06:40 sweep 4 demo: running · 0/3 jobs done · 0 running · 0 failed",
+                "2026-11-18 11:06:41 job 1 l2 rate 0.2 seed 1 level 1 running @ w1",
+                // 5% stays in the first tenth; 12% and 18% share the second; 31%, 95% print.
+                "2026-11-18 11:06:43 job 1 l2 rate 0.2 seed 1 level 1 12% ETA 26 seconds @ w1",
+                "2026-11-18 11:06:45 job 1 l2 rate 0.2 seed 1 level 1 31% ETA 21 seconds @ w1",
+                "2026-11-18 11:06:46 job 1 l2 rate 0.2 seed 1 level 1 95% ETA 2 seconds @ w1",
+                "2026-11-18 11:06:49 job 1 l2 rate 0.2 seed 1 level 1 succeeded (1/3 jobs done · 0 running · 0 failed)",
+                "2026-11-18 11:06:50 job 2 l2 rate 0.2 seed 1 level 1 failed: CUDA out of memory",
+            ]
+        );
+        assert!(v.take_lines().is_empty(), "lines are taken once");
+        // Bar mode keeps no lines.
+        let mut bars = WatchView::new(Display::Bars(ProgressDrawTarget::hidden()));
+        bars.apply(&job(1, pb::JobState::Running, 0.5));
+        assert!(bars.take_lines().is_empty());
     }
 }

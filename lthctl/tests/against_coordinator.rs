@@ -75,10 +75,15 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_on(None)
+    }
+
+    /// A coordinator on the given database URL, or on SQLite in its folder.
+    fn start_on(database: Option<&str>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = dir.path().join("coordinator.log");
-        let db = format!("sqlite://{}", dir.path().join("lth.db").display());
+        let db = database.map(str::to_string).unwrap_or_else(|| format!("sqlite://{}", dir.path().join("lth.db").display()));
         let mut child = Command::new(workspace_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--db", &db])
             .arg("--artifacts")
@@ -114,7 +119,7 @@ impl Cluster {
             .args(["daemon", "--coordinator", &self.url, "--worker-id", id, "--gpus", "none"])
             .arg("--cache-dir")
             .arg(self.dir.path().join(format!("cache-{id}")))
-            .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5"])
+            .args(["--threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
@@ -126,6 +131,40 @@ impl Cluster {
     /// Runs lthctl with `--coordinator` pointing here.
     fn lthctl(&self, args: &[&str]) -> Run {
         run_lthctl(&self.url, args, self.dir.path())
+    }
+
+    /// Runs `lthctl watch ID` until it returns (the test fails rather than hangs past `secs`);
+    /// returns its stdout.
+    fn watch(&self, id: &str, extra: &[&str], secs: u64) -> String {
+        let mut watch = Command::new(lthctl_bin())
+            .arg("watch")
+            .arg(id)
+            .args(extra)
+            .env("LTH_COORDINATOR", &self.url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = watch.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+            s
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            if let Some(s) = watch.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = watch.kill();
+                panic!("watch did not return within {secs} s\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let out = reader.join().unwrap();
+        assert!(status.success(), "watch failed: {out}\n{}", self.logs());
+        out
     }
 
     fn logs(&self) -> String {
@@ -217,9 +256,12 @@ fn the_sweep_lifecycle_without_workers() {
     let out = c.lthctl(&["status", &id.to_string()]).expect_ok("status");
     assert!(out.contains(&format!("sweep {id} \"digits-lenet\": running")), "{out}");
     assert!(out.contains("10 trials, 42 jobs: 0 succeeded, 0 running"), "{out}");
-    for m in ["magnitude", "l1", "l2", "softmax", "min_max"] {
-        assert!(out.contains(&format!("  {m} ")), "no progress line for {m}: {out}");
-    }
+    // Progress per metric in the paper's order (the coordinator sends them alphabetically).
+    let at: Vec<usize> = ["magnitude", "l1", "l2", "softmax", "min_max"]
+        .iter()
+        .map(|m| out.find(&format!("  {m} ")).unwrap_or_else(|| panic!("no progress line for {m}: {out}")))
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "metrics not in paper order: {out}");
 
     // No results yet: every format says so in its own way; report refuses with advice.
     let table = c.lthctl(&["results", &id.to_string()]).expect_ok("results");
@@ -268,6 +310,18 @@ fn a_stopped_coordinator_gives_advice() {
     let out = run_lthctl(&format!("http://127.0.0.1:{port}"), &["submit", &examples_file("digits-lenet.toml"), "--dry-run", "--offline"], dir.path())
         .expect_ok("offline dry run");
     assert!(out.contains("42 = 2 dense"), "{out}");
+
+    // `lthctl ... | head`: the reader leaves before lthctl writes; lthctl exits quietly.
+    let mut child = Command::new(lthctl_bin())
+        .args(["submit", &examples_file("digits-lenet.toml"), "--dry-run", "--offline"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "a closed pipe is not an error: {:?} {stderr}", out.status);
 }
 
 /// A small digits sweep (2 dense + 2 metrics × 2 seeds × 2 levels = 10 jobs) trained by a real CPU
@@ -302,29 +356,17 @@ checkpoint_every = "0it"
     let out = c.lthctl(&["submit", sweep.to_str().unwrap()]).expect_ok("submit");
     let id = sweep_id(&out).to_string();
 
-    // watch returns when the sweep finishes (bounded: the test fails rather than hangs).
-    let mut watch = Command::new(lthctl_bin())
-        .args(["watch", &id])
-        .env("LTH_COORDINATOR", &c.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(s) = watch.try_wait().unwrap() {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = watch.kill();
-            panic!("watch did not return within 240 s\n{}", c.logs());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut watch_out = String::new();
-    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut watch_out).unwrap();
-    assert!(status.success(), "watch failed: {watch_out}\n{}", c.logs());
+    // watch returns when the sweep finishes; its output is not a terminal here.
+    let watch_out = c.watch(&id, &[], 240);
     assert!(watch_out.contains(&format!("sweep {id} succeeded: 10/10 jobs finished")), "{watch_out}\n{}", c.logs());
+    // Not a terminal: one timestamped line per event instead of bars, every job's start and end.
+    for job in ["dense seed 1", "magnitude rate 0.5 seed 2 level 2", "softmax rate 0.5 seed 1 level 1"] {
+        assert!(watch_out.lines().any(|l| l.contains(job) && l.contains(" running")), "no start of {job}: {watch_out}");
+        assert!(watch_out.lines().any(|l| l.contains(job) && l.contains(" succeeded (")), "no end of {job}: {watch_out}");
+    }
+    let first = watch_out.lines().next().unwrap_or_default();
+    assert!(first.len() > 20 && first.as_bytes()[4] == b'-' && first.as_bytes()[13] == b':', "lines carry a timestamp: {first}");
+    assert!(watch_out.contains("10/10 jobs done"), "{watch_out}");
 
     let out = c.lthctl(&["status", &id]).expect_ok("status");
     assert!(out.contains("10 jobs: 10 succeeded"), "{out}");
@@ -346,13 +388,185 @@ checkpoint_every = "0it"
     let report_dir = c.dir.path().join("report");
     let out = c.lthctl(&["report", &id, "--out", report_dir.to_str().unwrap()]).expect_ok("report");
     let files: Vec<&str> = out.lines().collect();
-    assert_eq!(files.len(), 2, "{out}");
+    assert_eq!(files.len(), 3, "{out}");
     let acc = std::fs::read_to_string(files[0]).unwrap();
-    assert!(acc.starts_with("<svg") && acc.contains("magnitude") && acc.contains("softmax"));
+    assert!(acc.starts_with("<svg") && acc.contains("magnitude") && acc.contains("softmax") && acc.contains("dense: "));
     let heat = std::fs::read_to_string(files[1]).unwrap();
-    // LeNet-300-100 has three prunable layers, named in each of the two metric panels.
-    assert!(heat.matches(".weight").count() >= 6, "layer names missing from the heatmap");
+    // LeNet-300-100 has three prunable layers, named once per row of panels (".weight" dropped).
+    assert!(heat.contains("layer names without") && heat.matches("fc_layers.").count() >= 2, "layer names missing from the heatmap");
+    // The overlap at the deepest level both metrics reached (2): masks streamed from the coordinator.
+    assert!(files[2].ends_with("ticket_overlap.svg"), "{out}");
+    let overlap = std::fs::read_to_string(files[2]).unwrap();
+    assert!(overlap.contains("at level 2 (25.0% of weights remaining, rate 0.5)"), "{overlap}");
+    let png_dir = c.dir.path().join("png");
+    let out = c.lthctl(&["report", &id, "--out", png_dir.to_str().unwrap(), "--format", "png", "--overlap-level", "1"]).expect_ok("png report");
+    assert_eq!(out.lines().filter(|f| f.ends_with(".png")).count(), 3, "{out}");
+    let overlap = std::fs::read(png_dir.join("ticket_overlap.png")).unwrap();
+    assert_eq!(&overlap[..4], b"\x89PNG");
+    let err = c.lthctl(&["report", &id, "--out", png_dir.to_str().unwrap(), "--overlap-level", "7"]).expect_err("overlap at a level not run");
+    assert!(err.contains("no two metrics have masks at level 7"), "{err}");
+
+    check_exports(&c, &id, &points, 3);
 
     let out = c.lthctl(&["workers"]).expect_ok("workers");
     assert!(out.contains("w1"), "{out}");
+}
+
+/// A fresh Postgres database (on `LTH_TEST_DATABASE_URL`, as the coordinator's tests use),
+/// dropped afterwards. Made with `psql`, which ships with every Postgres.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create() -> PgDatabase {
+        let admin = std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+        let name = format!("lthctl_test_{}_{}", std::process::id(), free_port());
+        let out = Command::new("psql").args([&admin, "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE {name}")]).output().expect("run psql");
+        assert!(out.status.success(), "cannot create a test database at {admin} (set LTH_TEST_DATABASE_URL): {}", String::from_utf8_lossy(&out.stderr));
+        let (head, _) = admin.rsplit_once('/').expect("a database URL ends in /DATABASE");
+        PgDatabase { url: format!("{head}/{name}"), admin, name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql").args([&self.admin, "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)]).output();
+    }
+}
+
+/// Every row of a Parquet file written by `lthctl export`, read back with the parquet crate.
+fn read_parquet(path: &Path) -> (Vec<String>, Vec<parquet::record::Row>) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let columns = reader.metadata().file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+    let rows = reader.get_row_iter(None).unwrap().map(|r| r.unwrap()).collect();
+    (columns, rows)
+}
+
+/// `lthctl export` of a finished sweep in every format and table, checked against `results` and
+/// against itself (layers vs masks); `layers` is the network's prunable layer count.
+fn check_exports(c: &Cluster, id: &str, points: &[lthctl::results::ResultPoint], layers: usize) {
+    use parquet::record::RowAccessor;
+    let dir = c.dir.path().join("exports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let expected_rows: usize = points.iter().map(|p| p.seeds as usize).sum();
+
+    // Levels as Parquet: one row per (metric, rate, seed, level); the mean over seeds is `results`.
+    let out = c.lthctl(&["export", id, "-o", &path("levels.parquet")]).expect_ok("export levels");
+    assert!(out.is_empty(), "a file export writes nothing to stdout: {out}");
+    let (columns, rows) = read_parquet(&dir.join("levels.parquet"));
+    assert_eq!(columns[..6], ["sweep_id", "metric", "rate", "seed", "level", "job_id"]);
+    assert!(columns.contains(&"test_accuracy".to_string()) && columns.contains(&"wall_seconds".to_string()));
+    assert_eq!(rows.len(), expected_rows);
+    let col = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    for p in points {
+        let accs: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.get_string(col("metric")).unwrap() == &p.metric && r.get_long(col("level")).unwrap() == p.level as i64)
+            .map(|r| r.get_double(col("test_accuracy")).unwrap())
+            .collect();
+        assert_eq!(accs.len(), p.seeds as usize, "{p:?}");
+        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+        assert!((mean - p.accuracy_mean).abs() < 1e-12, "{p:?}: {accs:?}");
+    }
+    // Paper order: the first metric of the sweep's results first.
+    assert_eq!(rows[0].get_string(col("metric")).unwrap(), &points[0].metric);
+
+    // The same table as CSV on stdout, and as JSON lines.
+    let csv_text = c.lthctl(&["export", id, "--format", "csv"]).expect_ok("export csv");
+    let mut lines = csv_text.lines();
+    assert_eq!(lines.next().unwrap().split(',').collect::<Vec<_>>(), columns);
+    assert_eq!(lines.count(), expected_rows);
+    let jsonl = c.lthctl(&["export", id, "--format", "jsonl", "--what", "layers"]).expect_ok("export layers jsonl");
+    let layer_rows: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(layer_rows.len(), expected_rows * layers);
+    for r in &layer_rows {
+        let (kept, total) = (r["kept"].as_i64().unwrap(), r["total"].as_i64().unwrap());
+        assert!((r["kept_fraction"].as_f64().unwrap() - kept as f64 / total as f64).abs() < 1e-12, "{r}");
+    }
+
+    // Masks: each job once (level 0 as `dense`), the bits agree with the per-layer counts.
+    c.lthctl(&["export", id, "--what", "masks", "-o", &path("masks.parquet")]).expect_ok("export masks");
+    let (columns, masks) = read_parquet(&dir.join("masks.parquet"));
+    assert_eq!(columns.last().unwrap(), "bits");
+    let col = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    let jobs: std::collections::BTreeSet<i64> = layer_rows.iter().map(|r| r["job_id"].as_i64().unwrap()).collect();
+    assert_eq!(masks.len(), jobs.len() * layers);
+    for m in &masks {
+        let bits = m.get_bytes(col("bits")).unwrap().data();
+        let (kept, total) = (m.get_long(col("kept")).unwrap(), m.get_long(col("total")).unwrap());
+        assert_eq!(bits.len() as i64, (total + 7) / 8);
+        assert_eq!(bits.iter().map(|b| b.count_ones() as i64).sum::<i64>(), kept);
+        let (job, layer) = (m.get_long(col("job_id")).unwrap(), m.get_string(col("layer")).unwrap());
+        let counted = layer_rows.iter().find(|r| r["job_id"].as_i64() == Some(job) && r["layer"].as_str() == Some(layer)).unwrap();
+        assert_eq!(counted["kept"].as_i64(), Some(kept));
+        let level = m.get_long(col("level")).unwrap();
+        assert_eq!(m.get_string(col("metric")).unwrap() == "dense", level == 0);
+    }
+    // One level only, as hex in CSV.
+    let csv_masks = c.lthctl(&["export", id, "--what", "masks", "--levels", "1"]).expect_ok("masks csv");
+    assert_eq!(csv_masks.lines().count() - 1, masks.iter().filter(|m| m.get_long(col("level")).unwrap() == 1).count());
+
+    // Bad requests say what to do and leave no file behind.
+    let err = c.lthctl(&["export", id, "--levels", "1"]).expect_err("--levels without masks");
+    assert!(err.contains("--what masks"), "{err}");
+    let err = c.lthctl(&["export", id, "-o", &path("levels.txt")]).expect_err("unknown extension");
+    assert!(err.contains("--format csv, parquet or jsonl"), "{err}");
+    let err = c.lthctl(&["export", "987654", "-o", &path("none.csv")]).expect_err("missing sweep");
+    assert!(err.contains("lthctl ls"), "{err}");
+    let missing = dir.join("no-such-folder").join("x.parquet");
+    let err = c.lthctl(&["export", id, "-o", missing.to_str().unwrap()]).expect_err("missing folder");
+    assert!(err.contains("cannot create"), "{err}");
+    let left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut left_sorted = left.clone();
+    left_sorted.sort();
+    assert_eq!(left_sorted, ["levels.parquet", "masks.parquet"], "a failed export left files: {left:?}");
+}
+
+/// The export and the overlap plot on Postgres (the default store is SQLite; a cluster runs on
+/// Postgres): a small real sweep, two metrics, one seed.
+#[test]
+fn export_and_overlap_on_postgres() {
+    let db = PgDatabase::create();
+    let mut c = Cluster::start_on(Some(&db.url));
+    c.start_worker("w1");
+    let sweep = c.dir.path().join("pg.toml");
+    std::fs::write(
+        &sweep,
+        r#"
+name = "pg-digits"
+model = "lenet300100"
+metrics = ["l2", "magnitude"]
+rates = [0.5]
+seeds = [3]
+levels = 2
+[dataset]
+name = "digits"
+[recipe]
+length = "1ep"
+batch_size = 64
+lr = 0.05
+rewind = "0it"
+augment = false
+checkpoint_every = "0it"
+"#,
+    )
+    .unwrap();
+    let id = sweep_id(&c.lthctl(&["submit", sweep.to_str().unwrap()]).expect_ok("submit")).to_string();
+    let out = c.watch(&id, &["--lines"], 180);
+    assert!(out.contains(&format!("sweep {id} succeeded: 5/5 jobs finished")), "{out}\n{}", c.logs());
+    let json = c.lthctl(&["results", &id, "--format", "json"]).expect_ok("results");
+    let points: Vec<lthctl::results::ResultPoint> = serde_json::from_str(&json).unwrap();
+    // Paper order, whatever the sweep file's order.
+    assert_eq!(points[0].metric, "magnitude");
+    check_exports(&c, &id, &points, 3);
+    let report = c.dir.path().join("report");
+    let out = c.lthctl(&["report", &id, "--out", report.to_str().unwrap()]).expect_ok("report");
+    let overlap = std::fs::read_to_string(report.join("ticket_overlap.svg")).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(overlap.contains("magnitude") && overlap.contains("l2") && overlap.contains("at level 2"), "{overlap}");
+    drop(c);
 }
