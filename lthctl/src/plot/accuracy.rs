@@ -221,11 +221,18 @@ pub fn accuracy_vs_sparsity(points: &[ResultPoint], title: &str, path: &Path) ->
     legend_area
         .draw(&Text::new(note, (12, y + 8), ("sans-serif", 13).into_font().color(&DENSE).pos(Pos::new(HPos::Left, VPos::Center))))
         .map_err(plot_err)?;
+    let mut note_y = y + 28;
+    if dense.is_some_and(|(_, std, _)| std > 0.0) {
+        legend_area
+            .draw(&Text::new("grey band: dense ± 1 std", (12, note_y), ("sans-serif", 13).into_font().color(&DENSE).pos(Pos::new(HPos::Left, VPos::Center))))
+            .map_err(plot_err)?;
+        note_y += 20;
+    }
     if !several_rates {
         legend_area
             .draw(&Text::new(
                 format!("rate {} per level", rates[0]),
-                (12, y + 28),
+                (12, note_y),
                 ("sans-serif", 13).into_font().color(&DENSE).pos(Pos::new(HPos::Left, VPos::Center)),
             ))
             .map_err(plot_err)?;
