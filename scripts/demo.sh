@@ -97,6 +97,6 @@ echo
 "$bin/lthctl" results "$sweep_id"
 echo
 echo "demo: plots:"
-"$bin/lthctl" report "$sweep_id" --out "$run/report"
+"$bin/lthctl" report "$sweep_id" --out "$run/report" --format both
 echo
 echo "demo: done in $(( $(date +%s) - started )) s (SQL: sqlite3 $run/lth.db 'SELECT * FROM accuracy_vs_sparsity')"
