@@ -187,7 +187,7 @@ def slurm_job(bin_dir, tmp, port):
         "LTH_COORDINATOR": f"http://127.0.0.1:{port}",
         "LTH_WORKER_BIN": os.path.join(bin_dir, "lth-worker"),
         # Two daemons share this machine's 2 cores: one torch thread each.
-        "LTH_JOB_THREADS": "1",
+        "LTH_THREADS": "1",
         # What Slurm sets for the batch script:
         "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node1,node2",
         "LTH_TEST_SRUN_PIDS": pids,
