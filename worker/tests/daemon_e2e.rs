@@ -651,3 +651,53 @@ async fn cancelling_a_sweep_stops_its_jobs_within_ten_seconds() {
         assert!(w.child.try_wait().unwrap().is_none(), "the daemon {} keeps running after the cancel", w.name);
     }
 }
+
+/// The worker's artifact cache is not trusted by file name (issue 9, failure 3): flipped low bits
+/// in cached θk/weights files would otherwise train silently different tickets that are recorded
+/// as succeeded. A second sweep reuses the first one's dense job (same seed and recipe), so its
+/// level job takes the rewind point and the dense weights from w1's cache: the corrupted entries
+/// must be detected, evicted and downloaded again, and the results must equal run-local's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_cache_entries_are_evicted_and_fetched_again() {
+    let mut c = Cluster::new(10).await;
+    c.start_worker("w1");
+    let first = sweep_toml("e2e-cache-first", "\"magnitude\"", "5", 1, "2ep");
+    let id1 = c.submit(&first).await;
+    c.wait_for_state(id1, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
+
+    let cache = c.dir.path().join("cache-w1/artifacts/sha256");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(entries.len() >= 2, "the level job cached the dense job's rewind and weights: {entries:?}");
+    for path in &entries {
+        // Same length, low bits of the last floats flipped: the file still parses.
+        let mut bytes = std::fs::read(path).unwrap();
+        let n = bytes.len();
+        for b in &mut bytes[n - 64..] {
+            *b ^= 1;
+        }
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    let second = sweep_toml("e2e-cache-second", "\"l2\"", "5", 1, "2ep");
+    let sweep_file = c.dir.path().join("second.toml");
+    std::fs::write(&sweep_file, &second).unwrap();
+    let id2 = c.submit(&second).await;
+    c.wait_for_state(id2, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
+
+    for e in std::fs::read_dir(&cache).unwrap() {
+        let path = e.unwrap().path();
+        let (actual, _) = lth_worker::daemon::artifacts::sha256_file(&path).unwrap();
+        assert_eq!(path.file_name().unwrap().to_string_lossy(), actual, "a cache entry whose bytes do not match its name survived");
+    }
+    let log = c.worker("w1").log_text();
+    assert!(log.contains("no longer matches its sha256"), "the eviction is logged");
+
+    let pool = c.db.pool().await;
+    let stored = stored_results(&pool, id2).await;
+    let local = run_local(c.dir.path(), &sweep_file, "l2", 5, 1);
+    assert_eq!(stored.len(), local.len());
+    for (d, l) in stored.iter().zip(&local) {
+        assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
+        assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
+    }
+}

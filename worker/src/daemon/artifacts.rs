@@ -5,13 +5,16 @@
 //! is verified before it becomes visible (written to a temporary name, renamed into place), so a
 //! cut connection or a corrupt store never feeds a job a bad file. The cache is content-addressed
 //! (`<cache>/sha256/<hex>`): the same θk serves every trial of a seed without another download.
+//! Cached files are re-verified on every use and the cache is bounded (LRU); see `ArtifactCache`.
 
 use super::rpc::Client;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use lth_proto::v1::{ArtifactChunk, ArtifactRef, DownloadArtifactRequest, JobLease};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Status;
 
@@ -57,30 +60,186 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), total))
 }
 
-/// Local content-addressed store of downloaded artifacts.
+/// Local content-addressed store of downloaded artifacts (`<root>/sha256/<hex>`).
+///
+/// Nothing in it is trusted by name: every use re-hashes the file, and an entry whose bytes no
+/// longer match its name (a flipped bit on disk, a truncated copy, someone editing the folder) is
+/// evicted and downloaded again. Hashing is ~1-2 GB/s per core, so even a ResNet-18 θk (45 MB)
+/// costs tens of milliseconds next to a job that trains for minutes.
+///
+/// The folder is bounded: after each download the least recently used entries (by mtime, which
+/// every use refreshes) go until the total is under `max_bytes`. Entries in use by a running job
+/// are pinned (`CachedArtifact` holds the pin) and never evicted, so a job's inputs cannot vanish
+/// between its prepare phase and the moment its process opens them.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     root: PathBuf,
+    max_bytes: Option<u64>,
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A verified cache entry, pinned against eviction while this value lives.
+#[derive(Debug)]
+pub struct CachedArtifact {
+    pub path: PathBuf,
+    _pin: Pin,
+}
+
+#[derive(Debug)]
+struct Pin {
+    sha: String,
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pins.get_mut(&self.sha) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.sha);
+            }
+        }
+    }
+}
+
+/// What a cache lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Present, and its bytes hash to its name.
+    Verified,
+    /// Not in the cache.
+    Missing,
+    /// Present but corrupt: it was removed (the actual digest is given).
+    Evicted { actual: String },
+}
+
+/// What `ArtifactCache::evict` removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Eviction {
+    pub removed: Vec<String>,
+    pub freed_bytes: u64,
+    pub kept_bytes: u64,
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl ArtifactCache {
-    pub fn new(root: PathBuf) -> std::io::Result<Self> {
+    /// A cache in `root`, bounded to `max_bytes` (None: unbounded). Partial downloads left by an
+    /// earlier run (a daemon killed mid-download) are removed once an hour old; younger ones may
+    /// belong to another daemon sharing the folder.
+    pub fn new(root: PathBuf, max_bytes: Option<u64>) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("sha256"))?;
-        Ok(ArtifactCache { root })
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            for e in entries.flatten() {
+                if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(ArtifactCache { root, max_bytes, pins: Arc::default() })
     }
 
     pub fn path_for(&self, sha256: &str) -> PathBuf {
         self.root.join("sha256").join(sha256)
     }
 
-    /// The cached file for `artifact`, downloading (and verifying) it first if needed.
-    pub async fn fetch(&self, client: &mut Client, artifact: &ArtifactRef) -> Result<PathBuf, TransferError> {
+    fn pin(&self, sha: &str) -> Pin {
+        *self.pins.lock().unwrap_or_else(|e| e.into_inner()).entry(sha.to_string()).or_insert(0) += 1;
+        Pin { sha: sha.to_string(), pins: self.pins.clone() }
+    }
+
+    fn is_pinned(&self, sha: &str) -> bool {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner()).contains_key(sha)
+    }
+
+    /// Checks the entry `sha` against its name (blocking: call from a blocking thread). A
+    /// verified entry's mtime is refreshed (it is the LRU clock); a corrupt one is removed.
+    pub fn lookup(&self, sha: &str) -> std::io::Result<Lookup> {
+        let path = self.path_for(sha);
+        let actual = match sha256_file(&path) {
+            Ok((actual, _)) => actual,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Missing),
+            Err(e) => return Err(e),
+        };
+        if actual.eq_ignore_ascii_case(sha) {
+            if let Ok(f) = std::fs::File::options().write(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            Ok(Lookup::Verified)
+        } else {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            Ok(Lookup::Evicted { actual })
+        }
+    }
+
+    /// Removes least recently used, unpinned entries until the cache holds at most `max_bytes`.
+    pub fn evict(&self, max_bytes: u64) -> std::io::Result<Eviction> {
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(self.root.join("sha256"))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            entries.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), name, meta.len()));
+        }
+        let mut total: u64 = entries.iter().map(|e| e.2).sum();
+        entries.sort();
+        let mut out = Eviction::default();
+        for (_, name, len) in entries {
+            if total <= max_bytes {
+                break;
+            }
+            if self.is_pinned(&name) {
+                continue;
+            }
+            match std::fs::remove_file(self.path_for(&name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            total -= len;
+            out.freed_bytes += len;
+            out.removed.push(name);
+        }
+        out.kept_bytes = total;
+        Ok(out)
+    }
+
+    /// The cached, verified file for `artifact`, downloading (and verifying) it first if needed.
+    /// The returned value pins the entry against eviction until it is dropped.
+    pub async fn fetch(&self, client: &mut Client, artifact: &ArtifactRef) -> Result<CachedArtifact, TransferError> {
         let sha = artifact.sha256.to_ascii_lowercase();
-        if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let path = self.path_for(&sha);
-            if path.exists() {
-                tracing::debug!(job = artifact.job_id, name = %artifact.name, "artifact cache hit");
-                return Ok(path);
+        if is_sha256_hex(&sha) {
+            let pin = self.pin(&sha);
+            let this = self.clone();
+            let s = sha.clone();
+            let found = tokio::task::spawn_blocking(move || this.lookup(&s))
+                .await
+                .map_err(|e| TransferError::Local(e.into()))?
+                .map_err(|e| TransferError::Local(anyhow::Error::new(e).context("cannot read the artifact cache")))?;
+            match found {
+                Lookup::Verified => {
+                    tracing::debug!(job = artifact.job_id, name = %artifact.name, "artifact cache hit (sha256 verified)");
+                    return Ok(CachedArtifact { path: self.path_for(&sha), _pin: pin });
+                }
+                Lookup::Evicted { actual } => tracing::warn!(
+                    job = artifact.job_id,
+                    name = %artifact.name,
+                    expected = %sha,
+                    actual = %actual,
+                    "a cached artifact no longer matches its sha256 (corrupted on disk); evicted it and downloading it again"
+                ),
+                Lookup::Missing => {}
             }
         }
         let tmp_dir = self.root.join("tmp");
@@ -95,9 +254,25 @@ impl ArtifactCache {
                 return Err(e);
             }
         };
+        let pin = self.pin(&digest);
         let path = self.path_for(&digest);
         tokio::fs::rename(&tmp, &path).await.map_err(|e| TransferError::Local(e.into()))?;
-        Ok(path)
+        if let Some(max) = self.max_bytes {
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.evict(max)).await {
+                Ok(Ok(ev)) if !ev.removed.is_empty() => tracing::info!(
+                    removed = ev.removed.len(),
+                    freed_bytes = ev.freed_bytes,
+                    kept_bytes = ev.kept_bytes,
+                    max_bytes = max,
+                    "artifact cache over its size limit: least recently used entries removed"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "artifact cache eviction failed"),
+                Err(e) => tracing::warn!(error = %e, "artifact cache eviction failed"),
+            }
+        }
+        Ok(CachedArtifact { path, _pin: pin })
     }
 }
 
@@ -227,4 +402,90 @@ pub fn check_nonempty(path: &Path) -> anyhow::Result<()> {
         bail!("{} is empty", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Writes `bytes` into the cache under their sha256, with the given age (LRU clock).
+    fn put(cache: &ArtifactCache, bytes: &[u8], age_s: u64) -> String {
+        let sha = hex::encode(Sha256::digest(bytes));
+        let path = cache.path_for(&sha);
+        std::fs::write(&path, bytes).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+        sha
+    }
+
+    #[test]
+    fn a_corrupted_entry_is_evicted_and_a_good_one_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), None).unwrap();
+        let good = put(&cache, b"theta_k weights", 100);
+        let bad = put(&cache, b"trained weights", 100);
+        // One flipped low bit, same length: what a bad disk or a stray write does.
+        let mut bytes = std::fs::read(cache.path_for(&bad)).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(cache.path_for(&bad), &bytes).unwrap();
+
+        assert_eq!(cache.lookup(&good).unwrap(), Lookup::Verified);
+        let age = SystemTime::now().duration_since(std::fs::metadata(cache.path_for(&good)).unwrap().modified().unwrap()).unwrap();
+        assert!(age < Duration::from_secs(10), "a verified use refreshes the LRU clock (age {age:?})");
+        match cache.lookup(&bad).unwrap() {
+            Lookup::Evicted { actual } => assert_eq!(actual, hex::encode(Sha256::digest(&bytes))),
+            other => panic!("corrupt entry not evicted: {other:?}"),
+        }
+        assert!(!cache.path_for(&bad).exists(), "the corrupt file is gone");
+        assert_eq!(cache.lookup(&bad).unwrap(), Lookup::Missing);
+    }
+
+    #[test]
+    fn eviction_removes_least_recently_used_unpinned_entries_down_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), Some(250)).unwrap();
+        let oldest = put(&cache, &[1u8; 100], 400);
+        let old_pinned = put(&cache, &[2u8; 100], 300);
+        let middle = put(&cache, &[3u8; 100], 200);
+        let newest = put(&cache, &[4u8; 100], 100);
+        let pin = cache.pin(&old_pinned);
+
+        let ev = cache.evict(250).unwrap();
+        // 400 bytes → at most 250: the two oldest unpinned go; the pinned one stays though older.
+        assert_eq!(ev.removed, vec![oldest.clone(), middle.clone()]);
+        assert_eq!((ev.freed_bytes, ev.kept_bytes), (200, 200));
+        assert!(cache.path_for(&old_pinned).exists() && cache.path_for(&newest).exists());
+
+        drop(pin);
+        let ev = cache.evict(150).unwrap();
+        assert_eq!(ev.removed, vec![old_pinned], "unpinned now, and the oldest");
+        assert_eq!(cache.evict(150).unwrap(), Eviction { removed: vec![], freed_bytes: 0, kept_bytes: 100 });
+    }
+
+    #[test]
+    fn pins_count_per_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), None).unwrap();
+        let sha = put(&cache, b"x", 0);
+        let (a, b) = (cache.pin(&sha), cache.pin(&sha));
+        drop(a);
+        assert!(cache.is_pinned(&sha), "still pinned by the second job");
+        drop(b);
+        assert!(!cache.is_pinned(&sha));
+    }
+
+    #[test]
+    fn stale_partial_downloads_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let (stale, fresh) = (dir.path().join("tmp/7-weights-1-0"), dir.path().join("tmp/8-weights-2-0"));
+        std::fs::write(&stale, b"half a file").unwrap();
+        std::fs::write(&fresh, b"a download in flight").unwrap();
+        let f = std::fs::File::options().write(true).open(&stale).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(7200)).unwrap();
+        ArtifactCache::new(dir.path().to_path_buf(), None).unwrap();
+        assert!(!stale.exists(), "an hour-old partial download is removed");
+        assert!(fresh.exists(), "a fresh one may be another daemon's download in flight");
+    }
 }

@@ -7,7 +7,7 @@
 //! write; a shutdown lets the child finish or checkpoint, uploads the checkpoint, and hands the job
 //! back.
 
-use super::artifacts::{self, ArtifactCache, TransferError};
+use super::artifacts::{self, ArtifactCache, CachedArtifact, TransferError};
 use super::child;
 use super::convert;
 use super::events::ChildEvent;
@@ -60,7 +60,8 @@ pub enum Outcome {
 }
 
 enum Prepared {
-    Ready { job_file: PathBuf },
+    /// The job file, and the cached inputs, pinned against cache eviction while the job runs.
+    Ready { job_file: PathBuf, inputs: Vec<CachedArtifact> },
     /// A deterministic problem with the job itself.
     Invalid(String),
     /// A problem getting the inputs; another attempt may succeed.
@@ -89,8 +90,8 @@ pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
             return outcome;
         }
     };
-    let job_file = match prepared {
-        Prepared::Ready { job_file } => job_file,
+    let (job_file, _inputs) = match prepared {
+        Prepared::Ready { job_file, inputs } => (job_file, inputs),
         Prepared::LeaseLost => return finish_dropped(&ctx, &workdir, "lease lost while fetching inputs"),
         Prepared::Invalid(msg) => return fail(&ctx, lease, &workdir, format!("invalid job: {msg}"), false).await,
         Prepared::Unavailable(msg) => return fail(&ctx, lease, &workdir, format!("cannot fetch inputs: {msg}"), true).await,
@@ -249,8 +250,9 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
     let client = ctx.client.clone();
     let mut rewind = None;
     let mut parent = None;
+    let mut pinned = Vec::new();
     for input in &job.inputs {
-        let path = match retry_transfer("download input", || {
+        let cached = match retry_transfer("download input", || {
             let mut c = client.clone();
             let cache = ctx.cache.clone();
             let input = input.clone();
@@ -262,6 +264,8 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
             Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => return Prepared::LeaseLost,
             Err(e) => return Prepared::Unavailable(format!("artifact {:?} of job {}: {e}", input.name, input.job_id)),
         };
+        let path = cached.path.clone();
+        pinned.push(cached);
         match input.name.as_str() {
             "rewind" => rewind = Some(path),
             "weights" => parent = Some(path),
@@ -310,7 +314,7 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
     };
     let path = workdir.join("job.json");
     match file.write(&path) {
-        Ok(()) => Prepared::Ready { job_file: path },
+        Ok(()) => Prepared::Ready { job_file: path, inputs: pinned },
         Err(e) => Prepared::Unavailable(format!("{e:#}")),
     }
 }

@@ -55,6 +55,10 @@ pub struct DaemonArgs {
     /// Default: $XDG_CACHE_HOME/lth-worker or ~/.cache/lth-worker.
     #[arg(long, env = "LTH_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Size limit of the artifact cache in GiB (0: no limit). Beyond it the least recently used
+    /// entries are removed after each download; inputs of running jobs are never removed.
+    #[arg(long, env = "LTH_CACHE_MAX_GIB", default_value_t = 50.0)]
+    pub cache_max_gib: f64,
     /// Folder holding libtorch_cuda.so (a torch install's `torch/lib`), dlopened by each job on a
     /// GPU node. Default: found through `python3 -c 'import torch'`.
     #[arg(long, env = "LTH_TORCH_LIB_DIR")]

@@ -38,8 +38,19 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let slots = host::plan_slots(&inventory.gpus, &selection, args.slots_per_gpu, args.cpu_slots)?;
     let worker_id = args.worker_id.clone().unwrap_or_else(|| host::default_worker_id(&inventory.host, &slots));
     let cache_dir = args.cache_dir.clone().unwrap_or_else(host::default_cache_dir);
-    let cache = ArtifactCache::new(cache_dir.join("artifacts"))
+    if !(args.cache_max_gib >= 0.0 && args.cache_max_gib.is_finite()) {
+        anyhow::bail!("--cache-max-gib must be a number of GiB ≥ 0 (0: no limit), got {}", args.cache_max_gib);
+    }
+    let cache_max_bytes = (args.cache_max_gib > 0.0).then(|| (args.cache_max_gib * (1u64 << 30) as f64) as u64);
+    let cache = ArtifactCache::new(cache_dir.join("artifacts"), cache_max_bytes)
         .with_context(|| format!("cannot create the artifact cache in {} (pass --cache-dir)", cache_dir.display()))?;
+    if let Some(max) = cache_max_bytes {
+        // The limit may have shrunk since the last run.
+        let ev = cache.evict(max).with_context(|| format!("cannot trim the artifact cache in {}", cache_dir.display()))?;
+        if !ev.removed.is_empty() {
+            tracing::info!(removed = ev.removed.len(), freed_bytes = ev.freed_bytes, "artifact cache trimmed to its size limit");
+        }
+    }
     let jobs_dir = cache_dir.join("jobs").join(sanitize(&worker_id));
     std::fs::create_dir_all(&jobs_dir).with_context(|| format!("cannot create {}", jobs_dir.display()))?;
     let threads = args.job_threads.or_else(|| Some((inventory.cpus as usize / slots.len()).max(1) as i32));
