@@ -98,7 +98,7 @@ impl ArtifactStore {
         S: futures::Stream<Item = Result<Bytes, tonic::Status>> + Unpin,
     {
         let path = self.full(key);
-        let upload = self.store.put_multipart(&path).await.map_err(|e| tonic::Status::unavailable(format!("object store: {e}")))?;
+        let upload = self.store.put_multipart(&path).await.map_err(|e| lth_proto::errors::unavailable(format!("object store: {e}")))?;
         let mut writer = WriteMultipart::new(upload);
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
@@ -114,7 +114,7 @@ impl ArtifactStore {
             bytes += chunk.len() as u64;
             writer.write(&chunk);
         }
-        writer.finish().await.map_err(|e| tonic::Status::unavailable(format!("object store: {e}")))?;
+        writer.finish().await.map_err(|e| lth_proto::errors::unavailable(format!("object store: {e}")))?;
         let actual = hex::encode(hasher.finalize());
         if let Some(declared) = declared_bytes.filter(|d| *d != bytes) {
             let _ = self.store.delete(&path).await;

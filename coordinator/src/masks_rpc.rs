@@ -48,7 +48,7 @@ fn masks_sql(postgres: bool, jobs: usize) -> String {
 
 fn db_status(e: sqlx::Error) -> Status {
     tracing::error!(error = %e, "reading masks");
-    Status::unavailable(format!("database error while reading masks: {e}; retry"))
+    lth_proto::errors::unavailable(format!("database error while reading masks: {e}; retry"))
 }
 
 /// One page of masks, keyed by the result job that holds them.
@@ -142,10 +142,10 @@ pub async fn stream_masks(store: &Store, req: pb::StreamMasksRequest) -> Result<
     let levels: Vec<i32> = req
         .levels
         .iter()
-        .map(|l| i32::try_from(*l).map_err(|_| Status::invalid_argument(format!("level {l} is out of range"))))
+        .map(|l| i32::try_from(*l).map_err(|_| lth_proto::errors::invalid_argument(format!("level {l} is out of range"))))
         .collect::<Result<_, _>>()?;
     if !sweep_exists(store, sweep_id).await? {
-        return Err(Status::not_found(format!("sweep {sweep_id} does not exist: `lthctl ls` lists the sweeps")));
+        return Err(lth_proto::errors::not_found(format!("sweep {sweep_id} does not exist: `lthctl ls` lists the sweeps")));
     }
     let jobs = read_jobs(store, sweep_id, &levels).await?;
     let store = store.clone();

@@ -71,17 +71,24 @@ impl Coordinator {
 }
 
 /// The gRPC status for a store error.
+/// Every status carries the error's reason code (an ErrorInfo in the details, see
+/// `lth_proto::errors`); the message is for people.
 pub fn status(e: StoreError) -> Status {
-    match e {
-        StoreError::NotFound(m) => Status::not_found(m),
-        StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
-        StoreError::AlreadyExists(m) => Status::already_exists(m),
-        StoreError::InvalidArgument(m) => Status::invalid_argument(m),
-        other => {
-            tracing::error!(error = %other, "store error");
-            Status::unavailable(other.to_string())
+    use tonic::Code;
+    let reason = e.reason();
+    let code = match &e {
+        StoreError::NotFound(_) => Code::NotFound,
+        StoreError::FailedPrecondition(_) | StoreError::UnknownWorker(_) | StoreError::StaleLease(_) | StoreError::MissingUploads(_) => {
+            Code::FailedPrecondition
         }
-    }
+        StoreError::AlreadyExists(_) => Code::AlreadyExists,
+        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_) => {
+            tracing::error!(error = %e, "store error");
+            Code::Unavailable
+        }
+    };
+    lth_proto::errors::error_status(code, reason, e.to_string())
 }
 
 fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -222,7 +229,7 @@ fn artifact_ref(a: &ArtifactRow) -> pb::ArtifactRef {
 }
 
 fn lease_of(l: Option<pb::JobLease>) -> Result<Lease, Status> {
-    let l = l.ok_or_else(|| Status::invalid_argument("lease is missing: send the (job_id, attempt) from the assignment"))?;
+    let l = l.ok_or_else(|| lth_proto::errors::invalid_argument("lease is missing: send the (job_id, attempt) from the assignment"))?;
     Ok(Lease { job_id: l.job_id, attempt: l.attempt as i32 })
 }
 
@@ -244,8 +251,8 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> 
 impl pb::sweep_service_server::SweepService for SweepSvc {
     async fn submit_sweep(&self, req: Request<pb::SubmitSweepRequest>) -> Result<Response<pb::SubmitSweepResponse>, Status> {
         let req = req.into_inner();
-        let wire = req.spec.ok_or_else(|| Status::invalid_argument("spec is missing: send the sweep spec to submit"))?;
-        let spec = SweepSpec::try_from(&wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let wire = req.spec.ok_or_else(|| lth_proto::errors::invalid_argument("spec is missing: send the sweep spec to submit"))?;
+        let spec = SweepSpec::try_from(&wire).map_err(|e| lth_proto::errors::invalid_argument(e.to_string()))?;
         let out = if req.dry_run {
             self.0.store.plan_sweep(&spec).await
         } else {
@@ -298,7 +305,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = req.into_inner();
-        let state = pb::JobState::try_from(req.state).map_err(|_| Status::invalid_argument(format!("unknown job state {}", req.state)))?;
+        let state = pb::JobState::try_from(req.state).map_err(|_| lth_proto::errors::invalid_argument(format!("unknown job state {}", req.state)))?;
         self.0.store.get_sweep(req.sweep_id).await.map_err(status)?;
         let jobs = self.0.store.list_jobs(req.sweep_id, job_state_name(state)).await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_info).collect() }))
@@ -498,7 +505,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let r = req.into_inner();
         if r.worker_id.trim().is_empty() {
-            return Err(Status::invalid_argument("worker_id is empty: use a stable id such as host name plus GPU set"));
+            return Err(lth_proto::errors::invalid_argument("worker_id is empty: use a stable id such as host name plus GPU set"));
         }
         self.0
             .store
@@ -568,7 +575,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn complete_job(&self, req: Request<pb::CompleteJobRequest>) -> Result<Response<pb::Ack>, Status> {
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
-        let result = r.result.ok_or_else(|| Status::invalid_argument("result is missing: send the level's result with the completion"))?;
+        let result = r.result.ok_or_else(|| lth_proto::errors::invalid_argument("result is missing: send the level's result with the completion"))?;
         let input = ResultInput::from(result);
         let accuracy = input.test_accuracy;
         // The store refuses, in the completing statement itself, a stale lease and a completion
@@ -596,19 +603,19 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let first = stream
             .message()
             .await?
-            .ok_or_else(|| Status::invalid_argument("empty upload: the first chunk must name the lease, the artifact and its sha256"))?;
+            .ok_or_else(|| lth_proto::errors::invalid_argument("empty upload: the first chunk must name the lease, the artifact and its sha256"))?;
         let lease = lease_of(first.lease)?;
         let name = first.name.clone();
         if !valid_artifact_name(&name) {
-            return Err(Status::invalid_argument(format!(
+            return Err(lth_proto::errors::invalid_argument(format!(
                 "artifact name {name:?} is not allowed: use \"rewind\", \"weights\", \"checkpoint\" (letters, digits, _ - .)"
             )));
         }
         if first.sha256.len() != 64 || !first.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument("the first chunk's sha256 must be the artifact's 64-digit hex digest"));
+            return Err(lth_proto::errors::invalid_argument("the first chunk's sha256 must be the artifact's 64-digit hex digest"));
         }
         if !self.0.store.lease_is_current(lease).await.map_err(status)? {
-            return Err(status(StoreError::FailedPrecondition(format!("lease {lease} is not current: the upload was refused"))));
+            return Err(status(StoreError::StaleLease(format!("lease {lease} is not current: the upload was refused"))));
         }
         let declared_bytes = if first.total_bytes > 0 { Some(first.total_bytes) } else { None };
         let head = futures::stream::once(futures::future::ready(Ok::<bytes::Bytes, Status>(bytes::Bytes::from(first.data))));
@@ -633,7 +640,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn download_artifact(&self, req: Request<pb::DownloadArtifactRequest>) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let r = req.into_inner();
         let a = self.0.store.find_artifact(r.job_id, &r.name).await.map_err(status)?;
-        let source = self.0.artifacts.get_stream(&a.uri).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let source = self.0.artifacts.get_stream(&a.uri).await.map_err(|e| lth_proto::errors::unavailable(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ArtifactChunk, Status>>(4);
         tokio::spawn(async move {
             let mut source = Box::pin(source);
@@ -667,7 +674,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Status::unavailable(format!("object store: {e}")))).await;
+                        let _ = tx.send(Err(lth_proto::errors::unavailable(format!("object store: {e}")))).await;
                         return;
                     }
                 }

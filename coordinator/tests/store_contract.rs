@@ -204,7 +204,7 @@ async fn stale_attempt_is_rejected_and_changes_nothing(store: Store) {
     assert_eq!(new.job.attempt, old.job.attempt + 1);
     let stale = lease_of(&old);
 
-    let is_fp = |r: Result<(), StoreError>| matches!(r, Err(StoreError::FailedPrecondition(_)));
+    let is_fp = |r: Result<(), StoreError>| matches!(r, Err(StoreError::StaleLease(_)));
     assert!(is_fp(store.complete_job(stale, &fabricated_result(&old)).await));
     assert!(is_fp(store.fail_job(stale, "boom", true).await));
     let p = lth_coordinator::store::ProgressInput {
@@ -300,7 +300,7 @@ async fn pause_and_resume(store: Store) {
     assert_eq!(aborts, vec![(lease_of(&running), AbortReason::Paused)]);
     assert!(matches!(
         store.complete_job(lease_of(&running), &fabricated_result(&running)).await,
-        Err(StoreError::FailedPrecondition(_))
+        Err(StoreError::StaleLease(_))
     ));
     assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'aborted'").await, 1);
 
@@ -400,7 +400,7 @@ async fn bad_results_are_rejected(store: Store) {
     // Nothing was written and the lease still holds.
     assert!(store.lease_is_current(lease_of(&c)).await.unwrap());
     store.complete_job(lease_of(&c), &fabricated_result(&c)).await.unwrap();
-    assert!(matches!(store.claim_jobs("nobody", 1, LEASE).await, Err(StoreError::FailedPrecondition(_))));
+    assert!(matches!(store.claim_jobs("nobody", 1, LEASE).await, Err(StoreError::UnknownWorker(_))));
 }
 
 /// One batch of claims and one of completions, with every kind of outcome mixed in: each call
@@ -415,7 +415,7 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     assert_eq!(got.len(), 4);
     let mut got = got.into_iter();
     let a = got.next().unwrap().unwrap();
-    assert!(matches!(got.next().unwrap(), Err(StoreError::FailedPrecondition(m)) if m.contains("ghost")));
+    assert!(matches!(got.next().unwrap(), Err(StoreError::UnknownWorker(m)) if m.contains("ghost")));
     let b = got.next().unwrap().unwrap();
     assert!(got.next().unwrap().unwrap().is_empty());
     // The first request gets the first jobs in priority order; only the 3 dense jobs are ready.
@@ -436,9 +436,9 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     ];
     let outcomes = store.complete_jobs(&items).await.unwrap();
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
-    assert!(matches!(outcomes[1], Err(StoreError::FailedPrecondition(_))), "a wrong attempt is stale");
+    assert!(matches!(outcomes[1], Err(StoreError::StaleLease(_))), "a wrong attempt is stale");
     assert!(matches!(outcomes[2], Err(StoreError::InvalidArgument(_))), "a bad result is refused");
-    assert!(matches!(outcomes[3], Err(StoreError::FailedPrecondition(_))), "the same lease twice: the second is stale");
+    assert!(matches!(outcomes[3], Err(StoreError::StaleLease(_))), "the same lease twice: the second is stale");
     assert!(outcomes[4].is_ok(), "{:?}", outcomes[4]);
 
     assert_eq!(store.get_job(a[1].job.id).await.unwrap().state, "running", "untouched by the stale and the bad completion");
@@ -480,13 +480,13 @@ async fn completion_requires_this_attempts_uploads_and_claims_carry_them(store: 
     let d1 = claim_one(&store, "w").await;
     assert_eq!(d1.job.kind, "dense");
     match one(must_upload(&d1)).await {
-        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("\"rewind\", \"weights\"") && m.contains("UploadArtifact"), "{m}"),
+        Err(StoreError::MissingUploads(m)) => assert!(m.contains("\"rewind\", \"weights\"") && m.contains("UploadArtifact"), "{m}"),
         other => panic!("a completion without uploads must be refused: {other:?}"),
     }
     upload(&store, &d1, "weights").await;
     upload(&store, &d1, "checkpoint").await;
     match one(must_upload(&d1)).await {
-        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("[\"rewind\"]"), "only rewind is missing: {m}"),
+        Err(StoreError::MissingUploads(m)) => assert!(m.contains("[\"rewind\"]"), "only rewind is missing: {m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(store.get_job(d1.job.id).await.unwrap().state, "running", "a refused completion changes nothing");
@@ -500,12 +500,12 @@ async fn completion_requires_this_attempts_uploads_and_claims_carry_them(store: 
     assert_eq!((ck.job_id, ck.attempt, ck.name.as_str()), (d1.job.id, 1, "checkpoint"));
     assert!(d2.rewind.is_none() && d2.weights.is_none(), "a dense job downloads nothing");
     match one(must_upload(&d2)).await {
-        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("\"rewind\", \"weights\""), "attempt 1's weights do not count: {m}"),
+        Err(StoreError::MissingUploads(m)) => assert!(m.contains("\"rewind\", \"weights\""), "attempt 1's weights do not count: {m}"),
         other => panic!("{other:?}"),
     }
     // Stale and unknown leases are told apart from missing uploads.
     match one(Completion { lease: lease_of(&d1), ..must_upload(&d1) }).await {
-        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("not current") && m.contains("attempt 2"), "{m}"),
+        Err(StoreError::StaleLease(m)) => assert!(m.contains("not current") && m.contains("attempt 2"), "{m}"),
         other => panic!("{other:?}"),
     }
     let ghost = Completion { lease: Lease { job_id: 1 << 40, attempt: 1 }, ..must_upload(&d2) };
@@ -522,7 +522,7 @@ async fn completion_requires_this_attempts_uploads_and_claims_carry_them(store: 
     assert_eq!(wt.uri, format!("file:///artifacts/{}/2/weights", d1.job.id));
     assert!(l1.resume_checkpoint.is_none());
     match one(must_upload(&l1)).await {
-        Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("[\"weights\"]"), "a level job owes its weights: {m}"),
+        Err(StoreError::MissingUploads(m)) => assert!(m.contains("[\"weights\"]"), "a level job owes its weights: {m}"),
         other => panic!("{other:?}"),
     }
     upload(&store, &l1, "weights").await;
@@ -567,8 +567,8 @@ async fn artifact_records_in_one_batch_keep_their_own_outcome(store: Store) {
         .await
         .unwrap();
     assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
-    assert!(matches!(&out[1], Err(StoreError::FailedPrecondition(m)) if m.contains("not current")), "{out:?}");
-    assert!(matches!(&out[3], Err(StoreError::FailedPrecondition(_))), "{out:?}");
+    assert!(matches!(&out[1], Err(StoreError::StaleLease(m)) if m.contains("not current")), "{out:?}");
+    assert!(matches!(&out[3], Err(StoreError::StaleLease(_))), "{out:?}");
     assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts").await, 2);
     assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts WHERE attempt = 1 AND bytes = 7").await, 2);
     // One file twice in one batch: on Postgres the statement fails and writes nothing (SQLite
@@ -802,7 +802,7 @@ async fn group_commit_survives_the_database_dropping_its_connections() {
                     loop {
                         let c = Completion { lease: lease_of(&j), result: fabricated_result(&j), require_uploads: false };
                         match gc.complete(c).await {
-                            Ok(()) | Err(StoreError::FailedPrecondition(_)) => break,
+                            Ok(()) | Err(StoreError::StaleLease(_)) => break,
                             Err(StoreError::Db(_)) => {
                                 errors += 1;
                                 tokio::time::sleep(Duration::from_millis(20)).await;

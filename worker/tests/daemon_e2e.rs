@@ -278,6 +278,13 @@ impl TestDb {
     async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.url).await.unwrap()
     }
+
+    /// Drops the database and creates it empty under the same name (a store reset).
+    async fn recreate(&self) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {}", self.name)).execute(&mut conn).await.unwrap();
+    }
 }
 
 impl Drop for TestDb {
@@ -700,4 +707,28 @@ async fn corrupted_cache_entries_are_evicted_and_fetched_again() {
         assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
         assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
     }
+}
+
+/// Issue 9, failure 1: after the coordinator's store is reset (database dropped and created
+/// empty, coordinator restarted on it) the running daemon is unknown to it. The coordinator says
+/// so with the UNKNOWN_WORKER reason code and the daemon registers again; before reason codes it
+/// read the FAILED_PRECONDITION as a lost lease and backed off forever, so no later sweep ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_register_again_after_the_store_is_reset_and_finish_the_next_sweep() {
+    let mut c = Cluster::new(10).await;
+    c.start_worker("w1");
+    let before = c.submit(&sweep_toml("e2e-reset-before", "\"magnitude\"", "1", 1, "2ep")).await;
+    c.wait_for_state(before, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
+
+    drop(c.coordinator.take());
+    c.db.recreate().await;
+    c.start_coordinator();
+    let after = c.submit(&sweep_toml("e2e-reset-after", "\"l1\"", "2", 1, "2ep")).await;
+    c.wait_for_state(after, pb::SweepState::Succeeded, Duration::from_secs(120)).await;
+
+    let pool = c.db.pool().await;
+    assert_one_result_per_trial_level(&pool, after, 2).await;
+    let workers: Vec<String> = sqlx::query_scalar("SELECT worker_id FROM workers").fetch_all(&pool).await.unwrap();
+    assert_eq!(workers, vec!["w1".to_string()], "the daemon registered with the reset store");
+    assert!(c.worker("w1").log_text().contains("does not know this worker; registering again"));
 }

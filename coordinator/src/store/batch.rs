@@ -73,10 +73,10 @@ impl Refusal {
             // The row changed between the statement's snapshot and its update (a concurrent
             // expiry or cancel): nothing more specific to say.
             Refusal::Stale { state, attempt } if state == "running" && attempt == lease.attempt => stale(lease),
-            Refusal::Stale { state, attempt } => StoreError::FailedPrecondition(format!(
+            Refusal::Stale { state, attempt } => StoreError::StaleLease(format!(
                 "lease {lease} is not current (job is {state} at attempt {attempt}): stop this attempt, its result was not recorded"
             )),
-            Refusal::MissingUploads(names) => StoreError::FailedPrecondition(format!(
+            Refusal::MissingUploads(names) => StoreError::MissingUploads(format!(
                 "job {} completed without uploading {names:?} in attempt {}: upload them with UploadArtifact, then complete",
                 lease.job_id, lease.attempt
             )),

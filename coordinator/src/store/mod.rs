@@ -26,12 +26,20 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("{0}")]
     NotFound(String),
-    /// The caller's lease (job, attempt) is no longer current, or the object is in a state that
-    /// forbids the operation.
+    /// The object is in a state that forbids the operation (pausing a finished sweep, …).
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The worker is not registered (never was, or the store was reset): register again.
+    #[error("{0}")]
+    UnknownWorker(String),
+    /// The caller's lease (job, attempt) is no longer the job's current running attempt.
+    #[error("{0}")]
+    StaleLease(String),
+    /// A completion came before the uploads the job's children need.
+    #[error("{0}")]
+    MissingUploads(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("cannot open the database: {0}")]
@@ -40,6 +48,23 @@ pub enum StoreError {
     Migrate(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// The machine-readable cause sent to clients with this error.
+    pub fn reason(&self) -> lth_proto::v1::ErrorReason {
+        use lth_proto::v1::ErrorReason as R;
+        match self {
+            StoreError::NotFound(_) => R::NotFound,
+            StoreError::FailedPrecondition(_) => R::Refused,
+            StoreError::AlreadyExists(_) => R::AlreadyExists,
+            StoreError::InvalidArgument(_) => R::InvalidArgument,
+            StoreError::UnknownWorker(_) => R::UnknownWorker,
+            StoreError::StaleLease(_) => R::StaleLease,
+            StoreError::MissingUploads(_) => R::MissingUploads,
+            StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_) => R::StoreUnavailable,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -58,7 +83,7 @@ impl std::fmt::Display for Lease {
 }
 
 fn stale(lease: Lease) -> StoreError {
-    StoreError::FailedPrecondition(format!(
+    StoreError::StaleLease(format!(
         "lease {lease} is not current (the lease was lost, the job was re-queued, or the sweep was paused or cancelled): stop this attempt and claim again"
     ))
 }
@@ -1407,7 +1432,7 @@ impl Store {
 }
 
 fn unknown_worker(worker_id: &str) -> StoreError {
-    StoreError::FailedPrecondition(format!("worker {worker_id:?} is not registered: call RegisterWorker first"))
+    StoreError::UnknownWorker(format!("worker {worker_id:?} is not registered: call RegisterWorker first"))
 }
 
 /// `NULL` for every job column, typed for Postgres, for the claim query's sentinel row.

@@ -42,7 +42,18 @@ pub enum Failure {
     Permanent,
 }
 
+/// Decides from the status's reason code (`lth_proto::errors`), never from its message. Statuses
+/// without one come from the transport, a proxy or an older coordinator: the gRPC code decides.
 pub fn classify(status: &Status) -> Failure {
+    use lth_proto::v1::ErrorReason as R;
+    if let Some(reason) = lth_proto::errors::error_reason(status) {
+        return match reason {
+            R::UnknownWorker => Failure::UnknownWorker,
+            R::StaleLease => Failure::LeaseLost,
+            R::StoreUnavailable => Failure::Transient,
+            R::MissingUploads | R::NotFound | R::Refused | R::InvalidArgument | R::AlreadyExists | R::Unspecified => Failure::Permanent,
+        };
+    }
     match status.code() {
         Code::FailedPrecondition => Failure::LeaseLost,
         Code::Unavailable
@@ -52,11 +63,8 @@ pub fn classify(status: &Status) -> Failure {
         | Code::ResourceExhausted
         | Code::Aborted => Failure::Transient,
         // A message from a coordinator that lost its connection mid-call comes back as Internal
-        // with an h2/transport text; the call can be retried.
+        // with an h2/transport text (tonic's own, not ours); the call can be retried.
         Code::Internal if is_transport_error(status) => Failure::Transient,
-        Code::NotFound | Code::Unauthenticated if status.message().to_ascii_lowercase().contains("worker") => {
-            Failure::UnknownWorker
-        }
         _ => Failure::Permanent,
     }
 }
@@ -132,11 +140,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_codes() {
+    fn classifies_by_reason_code_not_by_message() {
+        use lth_proto::errors::error_status;
+        use lth_proto::v1::ErrorReason as R;
+        let with = |code, reason, msg: &str| classify(&error_status(code, reason, msg));
+        assert_eq!(with(Code::FailedPrecondition, R::UnknownWorker, "worker \"w1\" is not registered"), Failure::UnknownWorker);
+        assert_eq!(with(Code::FailedPrecondition, R::StaleLease, "lease job 3 attempt 1 is not current"), Failure::LeaseLost);
+        assert_eq!(with(Code::FailedPrecondition, R::MissingUploads, "upload weights first"), Failure::Permanent);
+        assert_eq!(with(Code::Unavailable, R::StoreUnavailable, "database error"), Failure::Transient);
+        assert_eq!(with(Code::NotFound, R::NotFound, "no artifact for worker w1"), Failure::Permanent, "the word worker means nothing");
+        // Without a reason code: the gRPC code decides (transport errors, proxies, old coordinators).
         assert_eq!(classify(&Status::failed_precondition("stale attempt")), Failure::LeaseLost);
         assert_eq!(classify(&Status::unavailable("down")), Failure::Transient);
-        assert_eq!(classify(&Status::not_found("unknown worker w1")), Failure::UnknownWorker);
-        assert_eq!(classify(&Status::not_found("no artifact")), Failure::Permanent);
+        assert_eq!(classify(&Status::not_found("unknown worker w1")), Failure::Permanent);
         assert_eq!(classify(&Status::invalid_argument("bad")), Failure::Permanent);
     }
 
