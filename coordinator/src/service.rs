@@ -593,6 +593,15 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         Ok(Response::new(pb::Ack {}))
     }
 
+    async fn release_job(&self, req: Request<pb::ReleaseJobRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let lease = lease_of(r.lease)?;
+        let reason: String = r.reason.chars().take(1000).collect();
+        self.0.store.release_job(lease, &reason).await.map_err(status)?;
+        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, reason = %reason, "job released by its worker; claimable again");
+        Ok(Response::new(pb::Ack {}))
+    }
+
     /// The first chunk names the lease, artifact and digest; the data is streamed into the object
     /// store, verified, and only then recorded (fenced by the lease).
     async fn upload_artifact(

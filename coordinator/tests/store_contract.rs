@@ -39,6 +39,7 @@ contract!(
     grid_shares_level_zero_per_seed,
     no_job_claimed_twice_by_eight_claimers,
     expired_lease_requeues_as_lost,
+    a_released_job_is_claimable_at_once_and_costs_no_attempt,
     stale_attempt_is_rejected_and_changes_nothing,
     retry_limit_holds_then_fails_trial_and_descendants,
     non_retryable_failure_fails_at_once,
@@ -190,6 +191,36 @@ async fn expired_lease_requeues_as_lost(store: Store) {
     assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'lost'").await, 1);
     let again = claim_one(&store, "w").await;
     assert_eq!((again.job.id, again.job.attempt), (c.job.id, 2));
+}
+
+/// ReleaseJob (issue 9, failure 8): a worker shutting down hands its job back; the job is
+/// claimable at once, and the attempt is neither a failure nor a loss.
+async fn a_released_job_is_claimable_at_once_and_costs_no_attempt(store: Store) {
+    let mut s = spec(&["magnitude"], &[0.2], &[0], 1);
+    s.max_attempts = 1;
+    store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    register(&store, "other").await;
+    let c = claim_one(&store, "w").await;
+    store.release_job(lease_of(&c), "the worker shut down mid-job").await.unwrap();
+    let j = store.get_job(c.job.id).await.unwrap();
+    assert_eq!((j.state.as_str(), j.lost_count, j.error_count, j.worker_id.clone()), ("ready", 0, 0, None));
+    let closed = format!(
+        "SELECT count(*) FROM job_attempts WHERE job_id = {} AND attempt = 1 AND outcome = 'aborted' \
+          AND error = 'released by the worker: the worker shut down mid-job'",
+        c.job.id
+    );
+    assert_eq!(scalar(&store, &closed).await, 1, "the attempt is closed as aborted, with the reason");
+
+    // Claimable without waiting for any lease; max_attempts = 1 still allows it (no failure).
+    let again = claim_one(&store, "other").await;
+    assert_eq!((again.job.id, again.job.attempt), (c.job.id, 2));
+    // The old lease is stale now, for a release as for anything else; nothing changes.
+    assert!(matches!(store.release_job(lease_of(&c), "late").await, Err(StoreError::StaleLease(_))));
+    assert_eq!(store.get_job(c.job.id).await.unwrap().state, "running");
+    store.complete_job(lease_of(&again), &fabricated_result(&again)).await.unwrap();
+    assert!(matches!(store.release_job(lease_of(&again), "after").await, Err(StoreError::StaleLease(_))));
+    assert_eq!(store.get_job(c.job.id).await.unwrap().state, "succeeded");
 }
 
 async fn stale_attempt_is_rejected_and_changes_nothing(store: Store) {

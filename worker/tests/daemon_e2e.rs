@@ -732,3 +732,69 @@ async fn daemons_register_again_after_the_store_is_reset_and_finish_the_next_swe
     assert_eq!(workers, vec!["w1".to_string()], "the daemon registered with the reset store");
     assert!(c.worker("w1").log_text().contains("does not know this worker; registering again"));
 }
+
+/// ReleaseJob (issue 9, failure 8): SIGTERM to a daemon mid-job checkpoints the job, uploads the
+/// checkpoint and hands the job back; it is claimable at once (not after its 60 s lease), counts
+/// neither as failed nor as lost, and another worker resumes it to run-local's exact results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stopped_mid_job_hands_the_job_back_at_once() {
+    let mut c = Cluster::new(60).await;
+    c.start_worker("leaving");
+    let text = sweep_toml("e2e-release", "\"l1\"", "6", 1, "60ep");
+    let sweep_file = c.dir.path().join("sweep.toml");
+    std::fs::write(&sweep_file, &text).unwrap();
+    let sweep_id = c.submit(&text).await;
+    let pool = c.db.pool().await;
+
+    let found = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    wait_until("the level-1 job to run and checkpoint on the leaving worker", Duration::from_secs(180), || {
+        let pool = pool.clone();
+        let found = found.clone();
+        async move {
+            let row: Option<(i64,)> = sqlx::query_as(
+                "SELECT j.id FROM jobs j JOIN artifacts a ON a.job_id = j.id AND a.name = 'checkpoint' \
+                  WHERE j.sweep_id = $1 AND j.level = 1 AND j.state = 'running' AND j.worker_id = 'leaving'",
+            )
+            .bind(sweep_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            if let Some((id,)) = row {
+                found.store(id, std::sync::atomic::Ordering::SeqCst);
+            }
+            row.is_some()
+        }
+    })
+    .await;
+    let job = found.load(std::sync::atomic::Ordering::SeqCst);
+    c.worker("leaving").signal(libc::SIGTERM);
+    let status = c.worker("leaving").wait_exit(Duration::from_secs(60)).expect("the daemon stops on SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+    // Handed back before the daemon exited: ready now, 60 s before its lease would have ended.
+    let (state, lost, errors): (String, i32, i32) =
+        sqlx::query_as("SELECT state, lost_count, error_count FROM jobs WHERE id = $1").bind(job).fetch_one(&pool).await.unwrap();
+    assert_eq!((state.as_str(), lost, errors), ("ready", 0, 0), "released, not failed or lost");
+
+    c.start_worker("staying");
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(50)).await;
+    let attempts: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT worker_id, outcome, error FROM job_attempts WHERE job_id = $1 ORDER BY attempt")
+            .bind(job)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!((attempts[0].0.as_str(), attempts[0].1.as_str()), ("leaving", "aborted"), "{attempts:?}");
+    assert!(attempts[0].2.as_deref().unwrap_or("").contains("released by the worker"), "{attempts:?}");
+    assert_eq!((attempts[1].0.as_str(), attempts[1].1.as_str()), ("staying", "succeeded"), "{attempts:?}");
+    assert!(c.worker("staying").log_text().contains("resuming from the checkpoint"), "the next attempt resumed");
+
+    assert_one_result_per_trial_level(&pool, sweep_id, 2).await;
+    let stored = stored_results(&pool, sweep_id).await;
+    let local = run_local(c.dir.path(), &sweep_file, "l1", 6, 1);
+    assert_eq!(stored.len(), local.len());
+    for (d, l) in stored.iter().zip(&local) {
+        assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
+        assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
+    }
+}

@@ -1234,6 +1234,44 @@ impl Store {
         })
     }
 
+    /// Gives a running job back on the worker's request (shutdown): the job is ready again at
+    /// once, the attempt is closed as `aborted` with the reason, and neither the job's error
+    /// count nor its lost count grows, so a worker restart never uses up a job's attempts.
+    pub async fn release_job(&self, lease: Lease, reason: &str) -> Result<()> {
+        let error = format!("released by the worker: {reason}");
+        both!(self, |pool, d, DB| {
+            let now = d.now;
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query(
+                "UPDATE jobs SET state = 'ready', worker_id = NULL, lease_expires_at = NULL \
+                  WHERE id = $1 AND attempt = $2 AND state = 'running' RETURNING sweep_id",
+            )
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Err(stale(lease)) };
+            let sweep_id: i64 = row.try_get("sweep_id")?;
+            sqlx::query(&format!(
+                "UPDATE job_attempts SET outcome = 'aborted', finished_at = {now}, error = $3 WHERE job_id = $1 AND attempt = $2"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .bind(&error)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, detail) VALUES ($1, $2, 'state', 'ready', $3, $4)")
+                .bind(sweep_id)
+                .bind(lease.job_id)
+                .bind(lease.attempt)
+                .bind(Json(serde_json::json!({ "released": reason })))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     /// Re-queues jobs whose lease expired (counted as lost, not as failed) and closes sweeps with
     /// no open jobs left (a backstop for completions that raced each other).
     pub async fn reap(&self) -> Result<ReapReport> {

@@ -526,17 +526,42 @@ async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: Stri
     outcome
 }
 
-/// Hands a job back on shutdown. FailJob would count the attempt as a failure against the
-/// sweep's max_attempts (a worker restart is not the job's fault), and the protocol has no
-/// "release" call, so the job is simply left to its lease: when the daemon stops heartbeating the
-/// coordinator's reaper re-queues it (counted as lost, not failed) and the next attempt resumes
-/// from the uploaded checkpoint.
-async fn release(_ctx: &JobContext, lease: pb::JobLease, why: &str) {
-    tracing::info!(
-        job = lease.job_id,
-        attempt = lease.attempt,
-        "handing the job back: {why}; it is re-queued when its lease expires"
-    );
+/// Hands a job back on shutdown with ReleaseJob: the coordinator re-queues it at once, without
+/// counting the attempt as failed (a worker restart is not the job's fault) or lost, and the next
+/// attempt resumes from the uploaded checkpoint. If the call cannot be made (the coordinator is
+/// away past the grace period, or too old to know ReleaseJob) the job is left to its lease, which
+/// the reaper re-queues when it expires.
+async fn release(ctx: &JobContext, lease: pb::JobLease, why: &str) {
+    let req = pb::ReleaseJobRequest { lease: Some(lease), reason: why.to_string() };
+    // Short: the checkpoint upload before it already used the shutdown budget.
+    let deadline = Duration::from_secs(10);
+    let sent = tokio::time::timeout(
+        deadline,
+        rpc::retry_transient("ReleaseJob", || {
+            let mut c = ctx.client.clone();
+            let req = req.clone();
+            async move { c.release_job(req).await }
+        }),
+    )
+    .await;
+    match sent {
+        Ok(Ok(_)) => tracing::info!(job = lease.job_id, attempt = lease.attempt, "job handed back: {why}; claimable again at once"),
+        Ok(Err(s)) if rpc::classify(&s) == Failure::LeaseLost => {
+            tracing::info!(job = lease.job_id, attempt = lease.attempt, "job not handed back: its lease was already gone")
+        }
+        Ok(Err(s)) => tracing::warn!(
+            job = lease.job_id,
+            attempt = lease.attempt,
+            code = ?s.code(),
+            error = %s.message(),
+            "ReleaseJob was refused; the job is re-queued when its lease expires"
+        ),
+        Err(_) => tracing::warn!(
+            job = lease.job_id,
+            attempt = lease.attempt,
+            "ReleaseJob did not reach the coordinator within {deadline:?}; the job is re-queued when its lease expires"
+        ),
+    }
 }
 
 fn finish_dropped(ctx: &JobContext, workdir: &Path, why: &str) -> Outcome {
