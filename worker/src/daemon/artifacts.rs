@@ -64,8 +64,9 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
 ///
 /// Nothing in it is trusted by name: every use re-hashes the file, and an entry whose bytes no
 /// longer match its name (a flipped bit on disk, a truncated copy, someone editing the folder) is
-/// evicted and downloaded again. Hashing is ~1-2 GB/s per core, so even a ResNet-18 θk (45 MB)
-/// costs tens of milliseconds next to a job that trains for minutes.
+/// evicted and downloaded again. The cost is small next to a job that trains for minutes: a
+/// ResNet-18 θk is 45 MB, which `sha256sum` hashed in 0.15 s of CPU on the 2-core dev machine
+/// under load (the sha2 crate uses the SHA-NI instructions where the CPU has them).
 ///
 /// The folder is bounded: after each download the least recently used entries (by mtime, which
 /// every use refreshes) go until the total is under `max_bytes`. Entries in use by a running job
