@@ -20,6 +20,7 @@ pub mod controls;
 pub mod cuda;
 pub mod custom_data;
 pub mod data;
+pub mod fused;
 pub mod models;
 pub mod prune;
 pub mod rng;
