@@ -48,6 +48,7 @@ fi
 [ -n "$baseline" ] && [ -f "$baseline" ] || { echo "cpu-bench.sh: torch_cpu_baseline.py not found; pass --baseline PATH" >&2; exit 1; }
 "$python" -c 'import torch' 2>/dev/null || { echo "cpu-bench.sh: $python has no torch; python3 -m venv V && V/bin/pip install torch==2.11.0, then --python V/bin/python" >&2; exit 1; }
 
+export PYTHONWARNINGS=ignore::UserWarning  # torch warns that numpy is absent; irrelevant here
 : > "$out"
 echo "# lth: $bin (--step $step); PyTorch: $("$python" -c 'import torch; print(torch.__version__)') ($baseline)"
 echo "# $(nproc) CPUs; load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds"

@@ -128,6 +128,8 @@ fn parse_precision(s: &str) -> Result<Precision> {
 }
 
 fn main() -> Result<()> {
+    // Before anything allocates much: job children (exec-job), run-local and bench alike.
+    engine::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Daemon(mut args) => {
