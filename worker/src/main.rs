@@ -81,6 +81,10 @@ enum Command {
         /// Print one JSON object per configuration instead of a table.
         #[arg(long)]
         json: bool,
+        /// Optimizer step: fused (libtorch's _fused_sgd_ and _foreach_mul_ through the shim, the
+        /// engine's default) or per-tensor (the reference tensor ops).
+        #[arg(long, default_value = "fused")]
+        step: String,
     },
     /// Serve a coordinator with this machine's job slots (GPUs or CPU).
     Daemon(lth_worker::daemon::DaemonArgs),
@@ -124,6 +128,8 @@ fn parse_precision(s: &str) -> Result<Precision> {
 }
 
 fn main() -> Result<()> {
+    // Before anything allocates much: job children (exec-job), run-local and bench alike.
+    engine::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Daemon(mut args) => {
@@ -138,7 +144,8 @@ fn main() -> Result<()> {
             let args = lth_worker::local::LocalChain { sweep_file: sweep, metric, rate, seed, levels, out };
             lth_worker::local::run(&args, device)?;
         }
-        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json } => {
+        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json, step } => {
+            let step_impl = engine::train::StepImpl::parse(&step)?;
             let device = device_for(device, torch_lib_dir.as_deref())?;
             engine::configure_threads(cli.threads);
             if !json {
@@ -152,7 +159,7 @@ fn main() -> Result<()> {
                 for &batch in &batches {
                     for p in &precisions {
                         let precision = parse_precision(p)?;
-                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images };
+                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images, step_impl };
                         let r = engine::bench::run(&cfg)?;
                         if json {
                             println!("{}", serde_json::to_string(&r)?);

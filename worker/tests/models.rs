@@ -88,9 +88,11 @@ fn cifar_resnet18_forward_backward_on_cpu() {
         steps: 1,
         epoch_images: 4,
         test_images: 2,
+        step_impl: lth_worker::engine::train::StepImpl::Fused,
     })
     .unwrap();
     assert!(r.step_images_per_second > 0.0 && r.epoch_seconds.unwrap() > 0.0);
+    assert_eq!(r.step, "fused");
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use super::data::{HostDataset, HostSplit};
 use super::models::{InputShape, Network};
 use super::rng::Rng;
-use super::train::Trainer;
+use super::train::{StepImpl, Trainer};
 use anyhow::Result;
 use lth_sweep::{DatasetKind, LrSchedule, ModelKind, Precision, Recipe, TrainLength};
 use serde::Serialize;
@@ -25,6 +25,8 @@ pub struct BenchConfig {
     /// Training images of the synthetic epoch (0: skip the epoch measurement).
     pub epoch_images: u32,
     pub test_images: u32,
+    /// The optimizer step asked for (the engine falls back to per-tensor where the shim refuses).
+    pub step_impl: StepImpl,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -35,6 +37,8 @@ pub struct BenchResult {
     pub device: String,
     pub channels_last: bool,
     pub threads: i32,
+    /// The optimizer step that ran: "fused" or "per-tensor".
+    pub step: String,
     pub step_images_per_second: f64,
     pub step_ms: f64,
     pub epoch_images: u32,
@@ -96,6 +100,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     let net = Network::new(cfg.model, shape, classes, cfg.device, 0)?;
     let mut tr = Trainer::new(&net, &data, &recipe, 0, cfg.device)?;
+    tr.step_impl = cfg.step_impl;
     let policy = lth_sweep::PrunePolicy::default();
     let masks: Vec<(String, Vec<u8>)> = super::prunable_layers(&net, &policy)
         .into_iter()
@@ -105,6 +110,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         })
         .collect();
     tr.set_masks(&masks)?;
+    let step_used = tr.step_impl_in_use();
 
     // Pure step time on one fixed, already-normalised batch.
     let plan = data.epoch_plan(0, 0, true);
@@ -140,6 +146,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         device: format!("{:?}", cfg.device).to_lowercase(),
         channels_last: tr.channels_last,
         threads: tch::get_num_threads(),
+        step: step_used.as_str().to_string(),
         step_images_per_second: cfg.batch as f64 / step_s,
         step_ms: step_s * 1e3,
         epoch_images: if cfg.epoch_images > 0 { (tr.iterations_per_epoch * cfg.batch as u64) as u32 } else { 0 },

@@ -20,6 +20,7 @@ pub mod controls;
 pub mod cuda;
 pub mod custom_data;
 pub mod data;
+pub mod fused;
 pub mod models;
 pub mod prune;
 pub mod rng;
@@ -125,6 +126,32 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
     tch::set_num_threads(n as i32);
     n
+}
+
+/// glibc's malloc for a training process: libtorch's CPU tensors come from malloc, and with
+/// glibc's defaults every freed block above the (dynamic) mmap threshold or at the top of the heap
+/// above 128 KiB goes back to the kernel, so the next step's activations and gradients arrive as
+/// fresh pages — ~8,900 page faults per ResNet-20 b32 step (BENCHMARKS.md, "Allocator"). A fixed
+/// 32 MiB mmap threshold (glibc's maximum) and a 512 MiB trim threshold keep those blocks in the
+/// heap (a training process's footprint is its steady-state peak anyway). Skipped when the
+/// environment already tunes malloc (GLIBC_TUNABLES with glibc.malloc.*, MALLOC_*_ variables) or
+/// sets LTH_MALLOC_TUNING=0. Returns whether the tuning was applied. (A Rust global allocator
+/// would not help: libtorch allocates through malloc, not through Rust.)
+pub fn tune_allocator() -> bool {
+    let env_tunes = std::env::var("GLIBC_TUNABLES").map(|v| v.contains("glibc.malloc.")).unwrap_or(false)
+        || std::env::vars_os().any(|(k, _)| k.to_str().is_some_and(|k| k.starts_with("MALLOC_") && k.ends_with('_')));
+    if env_tunes || std::env::var("LTH_MALLOC_TUNING").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes malloc's parameters; called before threads allocate.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }
 
 impl StepSpec {

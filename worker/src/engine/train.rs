@@ -1,9 +1,11 @@
-//! The training loop: SGD with momentum / Nesterov / weight decay written as tensor ops (so that
-//! the momentum buffers are ours to checkpoint), step and cosine schedules with linear warmup,
-//! masks re-applied after every optimizer step, autocast and channels-last on CUDA, and no host
+//! The training loop: SGD with momentum / Nesterov / weight decay on momentum buffers of our own
+//! (so that they are ours to checkpoint) — libtorch's fused `_fused_sgd_` through the C++ shim
+//! (`engine::fused`), or per-tensor tensor ops as the fallback —, step and cosine schedules with
+//! linear warmup, masks re-applied after every optimizer step, autocast and channels-last on CUDA, and no host
 //! synchronisation inside an epoch (the loss is summed on the device and read once per epoch).
 
 use super::cuda;
+use super::fused::{self, FusedStep};
 use super::data::Dataset;
 use super::models::{self, Network};
 use anyhow::{bail, Result};
@@ -35,6 +37,35 @@ pub struct DeviceMask {
     pub mask: Tensor,
 }
 
+/// How the optimizer step, the mask multiply and the gradient zeroing run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepImpl {
+    /// One `at::_fused_sgd_` over all parameters and `at::_foreach_mul_` for the masks (the
+    /// shim), gradients set to none before backward; the optimizer allocates nothing per step. Falls back
+    /// to `PerTensor`, with one log line, where the shim refuses the tensors.
+    Fused,
+    /// The reference: per-parameter tensor ops (d = g + wd·p; buf = m·buf + d; …), one multiply
+    /// per mask, one zero_ per gradient.
+    PerTensor,
+}
+
+impl StepImpl {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "fused" => Ok(StepImpl::Fused),
+            "per-tensor" | "per_tensor" => Ok(StepImpl::PerTensor),
+            _ => bail!("unknown step implementation {s:?} (expected fused or per-tensor)"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepImpl::Fused => "fused",
+            StepImpl::PerTensor => "per-tensor",
+        }
+    }
+}
+
 /// The mutable state of a training run that a checkpoint must capture beyond the variables.
 pub struct Progress {
     /// Optimizer steps done (absolute: a level ≥ 1 starts at the rewind point k).
@@ -61,6 +92,12 @@ pub struct Trainer<'a> {
     pub autocast: Option<i8>,
     /// Static loss scale for fp16 (gradients are unscaled inside the SGD step).
     pub loss_scale: f64,
+    /// The step's implementation (default `Fused`); see `step_impl_in_use` for what runs.
+    pub step_impl: StepImpl,
+    /// The shim's lists (built on the first fused step; dropped when the masks change).
+    fused: Option<FusedStep>,
+    /// Why the shim refused these tensors (then the per-tensor step runs).
+    fused_refused: Option<String>,
 }
 
 /// What the training loop reports after each step, for the caller's bookkeeping.
@@ -119,6 +156,9 @@ impl<'a> Trainer<'a> {
             channels_last,
             autocast,
             loss_scale: if autocast == Some(cuda::SCALAR_HALF) { 128.0 } else { 1.0 },
+            step_impl: StepImpl::Fused,
+            fused: None,
+            fused_refused: None,
         })
     }
 
@@ -126,6 +166,8 @@ impl<'a> Trainer<'a> {
     pub fn set_masks(&mut self, masks: &[(String, Vec<u8>)]) -> Result<()> {
         let vars = self.net.vs.variables();
         self.masks.clear();
+        self.fused = None;
+        self.fused_refused = None;
         for (name, bytes) in masks {
             let Some(w) = vars.get(name) else { bail!("mask for unknown layer {name}") };
             if bytes.len() != w.numel() {
@@ -190,10 +232,56 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// The shim's step for the current parameters and masks, built on first use; None where the
+    /// per-tensor path runs (chosen, or the shim refused these tensors: logged once).
+    fn fused_step(&mut self) -> Option<&mut FusedStep> {
+        if self.step_impl != StepImpl::Fused || self.fused_refused.is_some() {
+            return None;
+        }
+        if self.fused.is_none() {
+            let weights: Vec<&Tensor> = self.masks.iter().map(|m| &m.weight).collect();
+            let masks: Vec<&Tensor> = self.masks.iter().map(|m| &m.mask).collect();
+            let built = match fused::unsupported(&self.params, &weights, &masks) {
+                Some(why) => Err(anyhow::anyhow!(why)),
+                None => FusedStep::new(&self.params, &self.momentum, &weights, &masks, self.loss_scale),
+            };
+            match built {
+                Ok(f) => self.fused = Some(f),
+                Err(e) => {
+                    eprintln!("lth-worker: fused SGD not used ({e:#}); training with the per-tensor step");
+                    self.fused_refused = Some(format!("{e:#}"));
+                    return None;
+                }
+            }
+        }
+        self.fused.as_mut()
+    }
+
+    /// What the next step runs: `Fused` only where it was asked for and the shim accepted the tensors.
+    pub fn step_impl_in_use(&mut self) -> StepImpl {
+        if self.fused_step().is_some() { StepImpl::Fused } else { StepImpl::PerTensor }
+    }
+
     /// One optimizer step on a prepared batch, masks re-applied; returns the (device) loss.
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<Tensor> {
         let out = self.forward(x, true)?;
         let loss = out.to_kind(Kind::Float).cross_entropy_for_logits(y);
+        let (wd, mom, nesterov) = (self.recipe.weight_decay, self.recipe.momentum, self.recipe.nesterov);
+        let loss_scale = self.loss_scale;
+        if let Some(f) = self.fused_step() {
+            // Gradients set to none (PyTorch's zero_grad default): backward stores its result as
+            // the gradient instead of adding it to zeros — one memset and one add pass fewer per
+            // parameter (LeNet b128: 1.97 → 1.72 ms CPU per step, BENCHMARKS.md).
+            f.clear_grad()?;
+            if loss_scale != 1.0 {
+                (&loss * loss_scale).backward();
+            } else {
+                loss.backward();
+            }
+            f.sgd(wd, mom, lr, nesterov)?;
+            f.apply_masks()?;
+            return Ok(loss.detach());
+        }
         self.zero_grad();
         if self.loss_scale != 1.0 {
             (&loss * self.loss_scale).backward();
