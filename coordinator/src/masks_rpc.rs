@@ -23,9 +23,10 @@ pub type MaskStream = Pin<Box<dyn Stream<Item = Result<pb::LayerMask, Status>> +
 const JOBS_PER_PAGE: usize = 8;
 
 /// (job id as GetResults names it, job whose results it carries): a reused job's results, masks
-/// included, live under the job it reuses.
+/// included, live under the job it reuses. Tickets only: a control's mask is its ticket's
+/// (reinit) or a random one (random_mask), and clients label masks by (metric, rate, seed, level).
 fn jobs_sql(levels: usize) -> String {
-    let mut sql = String::from("SELECT DISTINCT job_id, result_job_id FROM trial_levels WHERE sweep_id = $1");
+    let mut sql = String::from("SELECT DISTINCT job_id, result_job_id FROM trial_levels WHERE sweep_id = $1 AND control IS NULL");
     if levels > 0 {
         let placeholders: Vec<String> = (0..levels).map(|i| format!("${}", i + 2)).collect();
         sql.push_str(&format!(" AND level IN ({})", placeholders.join(", ")));
@@ -181,7 +182,7 @@ mod tests {
 
     #[test]
     fn statements_number_their_placeholders() {
-        assert_eq!(jobs_sql(0), "SELECT DISTINCT job_id, result_job_id FROM trial_levels WHERE sweep_id = $1 ORDER BY job_id");
+        assert_eq!(jobs_sql(0), "SELECT DISTINCT job_id, result_job_id FROM trial_levels WHERE sweep_id = $1 AND control IS NULL ORDER BY job_id");
         assert!(jobs_sql(2).contains("AND level IN ($2, $3) ORDER BY job_id"));
         assert!(masks_sql(false, 3).contains("job_id IN ($1, $2, $3)"));
         assert!(masks_sql(true, 1).contains("substring(varbit_send(bits) from 5) AS bits"));

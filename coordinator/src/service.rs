@@ -134,6 +134,15 @@ fn metric_i32(m: Option<&str>) -> i32 {
     m.and_then(|m| ImportanceMetric::parse(m).ok()).map(|m| m.to_proto_i32()).unwrap_or(0)
 }
 
+/// A job's `control` column as the protocol's enum (UNSPECIFIED for a ticket).
+fn control_i32(c: Option<&str>) -> i32 {
+    match c.map(lth_sweep::Control::parse) {
+        Some(Ok(lth_sweep::Control::Reinit)) => pb::Control::Reinit as i32,
+        Some(Ok(lth_sweep::Control::RandomMask)) => pb::Control::RandomMask as i32,
+        _ => pb::Control::Unspecified as i32,
+    }
+}
+
 fn job_kind(k: &str) -> i32 {
     (if k == "dense" { pb::JobKind::Dense } else { pb::JobKind::Level }) as i32
 }
@@ -156,6 +165,7 @@ pub fn job_info(j: &JobRow) -> pb::JobInfo {
         error_count: j.error_count as u32,
         parent_job_id: j.parent_job_id.unwrap_or(0),
         content_hash: j.content_hash.clone(),
+        control: control_i32(j.control.as_deref()),
     }
 }
 
@@ -419,6 +429,8 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                     seed: r.seed as u64,
                     level: r.level as u32,
                     job_id: r.job_id,
+                    control: control_i32(r.control.as_deref()),
+                    schedule: r.schedule.clone().unwrap_or_default(),
                     result: Some(pb::LevelResult {
                         sparsity: r.sparsity,
                         test_accuracy: r.test_accuracy,
@@ -496,6 +508,7 @@ impl WorkerSvc {
             resume_checkpoint: c.resume_checkpoint.as_ref().map(artifact_ref),
             lease_expires_at: j.lease_expires_at.map(ts),
             content_hash: j.content_hash.clone(),
+            control: control_i32(j.control.as_deref()),
         })
     }
 }

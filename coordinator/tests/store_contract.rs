@@ -51,6 +51,7 @@ contract!(
     group_commit_hands_each_job_out_once_and_finishes_the_sweep,
     completion_requires_this_attempts_uploads_and_claims_carry_them,
     artifact_records_in_one_batch_keep_their_own_outcome,
+    controls_and_rate_schedules_are_stored_run_and_reused,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -865,4 +866,78 @@ async fn group_commit_survives_the_database_dropping_its_connections() {
         errors as u64 + claims.retried_alone + completions.retried_alone > 0,
         "no statement was caught in flight: the test proved nothing"
     );
+}
+
+/// Controls are jobs of their own (children of the level they control, at its rate), a scheduled
+/// trial's levels carry their own rates, the trial closes with its last open job (a control may
+/// outlive the last level), the views and results show controls beside tickets, and a second
+/// identical sweep reuses everything.
+async fn controls_and_rate_schedules_are_stored_run_and_reused(store: Store) {
+    let mut s = spec(&["magnitude"], &[0.2], &[0], 2);
+    // The schedule starts at the constant trial's rate: two trials share (metric, rate, seed).
+    s.rates.push(lth_sweep::Rate::Schedule(vec![0.2, 0.5]));
+    s.controls = vec![lth_sweep::Control::Reinit, lth_sweep::Control::RandomMask];
+    s.control_levels = vec![1, 2];
+    s.validate().unwrap();
+    let plan = store.plan_sweep(&s).await.unwrap();
+    assert_eq!((plan.trials, plan.jobs, plan.dense_jobs), (2, 1 + 2 * 2 + 2 * 2 * 2, 1));
+    let out = store.submit_sweep(&s, Some("controls")).await.unwrap();
+    assert_eq!((out.trials, out.jobs, out.jobs_reused), (2, 13, 0));
+    let jobs = store.list_jobs(out.sweep_id, None).await.unwrap();
+    let tickets: Vec<_> = jobs.iter().filter(|j| j.kind == "level" && j.control.is_none()).collect();
+    let controls: Vec<_> = jobs.iter().filter(|j| j.control.is_some()).collect();
+    assert_eq!((tickets.len(), controls.len()), (4, 8));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM trials WHERE schedule IS NOT NULL").await, 1);
+    // Per-level rates: the scheduled trial's level 2 prunes 50%, the constant one's 20%.
+    let mut rates: Vec<(i32, f64)> = tickets.iter().map(|j| (j.level, j.rate)).collect();
+    rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(rates, vec![(1, 0.2), (1, 0.2), (2, 0.2), (2, 0.5)]);
+    for c in &controls {
+        let parent = jobs.iter().find(|j| Some(j.id) == c.parent_job_id).unwrap();
+        assert_eq!((parent.control.as_deref(), parent.level, parent.rate, parent.trial_id), (None, c.level, c.rate, c.trial_id));
+        assert_eq!((c.state.as_str(), c.dense_job_id), ("blocked", parent.dense_job_id));
+    }
+
+    // Run everything but hold the controls back: the trials stay open until their controls finish.
+    register(&store, "w").await;
+    let mut held = Vec::new();
+    loop {
+        let claimed = store.claim_jobs("w", 8, LEASE).await.unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        for c in claimed {
+            if c.job.control.is_some() {
+                held.push(c);
+            } else {
+                store.complete_job(lease_of(&c), &fabricated_result(&c)).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(held.len(), 8);
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {} AND state = 'running'", out.sweep_id)).await, 2);
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "running");
+    for c in &held {
+        store.complete_job(lease_of(c), &fabricated_result(c)).await.unwrap();
+    }
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {} AND state = 'succeeded'", out.sweep_id)).await, 2);
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
+
+    // Results: per trial, levels 0..=2 of the ticket and both controls at levels 1 and 2.
+    let rows = store.results(out.sweep_id).await.unwrap();
+    assert_eq!(rows.len(), 2 * (3 + 4));
+    assert_eq!(rows.iter().filter(|r| r.control.as_deref() == Some("reinit")).count(), 4);
+    assert_eq!(rows.iter().filter(|r| r.schedule.as_deref() == Some(&[0.2, 0.5][..])).count(), 7);
+    let sid = out.sweep_id;
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM accuracy_vs_sparsity WHERE sweep_id = {sid}")).await, 14);
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM accuracy_vs_sparsity WHERE sweep_id = {sid} AND control IS NULL")).await, 6);
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM layer_kept_fraction WHERE sweep_id = {sid} AND control = 'random_mask'")).await, 4 * 2);
+
+    // The same study again reuses every job, controls included.
+    let mut again = s.clone();
+    again.name = "again".into();
+    let second = store.submit_sweep(&again, None).await.unwrap();
+    assert_eq!((second.jobs, second.jobs_reused), (13, 13));
+    assert_eq!(store.get_sweep(second.sweep_id).await.unwrap().state, "succeeded");
+    assert_eq!(store.results(second.sweep_id).await.unwrap().len(), rows.len());
 }

@@ -235,6 +235,8 @@ pub async fn run(coord: &Coordinator, args: &ExportArgs, stdout_is_terminal: boo
         .map_err(|s| coord.explain(s, &format!("the results of sweep {id}")))?
         .into_inner()
         .rows;
+    // Tickets only (controls are in `lthctl results` and the SQL views).
+    let rows = crate::results::tickets(&rows);
     let (schema, source) = match args.what {
         What::Levels => (levels_schema(), Source::Records(level_records(id, &rows))),
         What::Layers => (layers_schema(), Source::Records(layer_records(id, &rows))),

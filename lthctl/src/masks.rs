@@ -222,9 +222,9 @@ mod tests {
     #[test]
     fn labels_name_dense_jobs_once() {
         let rows = vec![
-            pb::ResultRow { metric: pb::ImportanceMetric::L2 as i32, rate: 0.2, seed: 4, level: 0, job_id: 7, result: None },
-            pb::ResultRow { metric: pb::ImportanceMetric::L1 as i32, rate: 0.2, seed: 4, level: 0, job_id: 7, result: None },
-            pb::ResultRow { metric: pb::ImportanceMetric::L1 as i32, rate: 0.2, seed: 4, level: 1, job_id: 9, result: None },
+            pb::ResultRow { metric: pb::ImportanceMetric::L2 as i32, rate: 0.2, seed: 4, level: 0, job_id: 7, result: None, ..Default::default() },
+            pb::ResultRow { metric: pb::ImportanceMetric::L1 as i32, rate: 0.2, seed: 4, level: 0, job_id: 7, result: None, ..Default::default() },
+            pb::ResultRow { metric: pb::ImportanceMetric::L1 as i32, rate: 0.2, seed: 4, level: 1, job_id: 9, result: None, ..Default::default() },
         ];
         let l = job_labels(&rows);
         assert_eq!(l[&7], JobLabel { metric: "dense".into(), rate: 0.0, seed: 4, level: 0 });

@@ -56,7 +56,8 @@ async fn overlaps(coord: &Coordinator, id: i64, rows: &[lth_proto::v1::ResultRow
 
 pub async fn report(coord: &Coordinator, id: i64, dir: Option<PathBuf>, format: ImageFormat, overlap_level: Option<u32>, out: &mut dyn Write) -> Result<()> {
     let s = get_sweep(coord, id).await?;
-    let rows = get_results(coord, id).await?;
+    // The plots are about tickets; `lthctl results` shows the controls beside them.
+    let rows = crate::results::tickets(&get_results(coord, id).await?);
     if rows.is_empty() {
         anyhow::bail!("sweep {id} has no results yet: jobs report a row when they finish (`lthctl status {id}` shows progress)");
     }

@@ -33,6 +33,39 @@ pub struct ResultPoint {
     pub accuracy_min: f64,
     pub accuracy_max: f64,
     pub seeds: u32,
+    /// "ticket", or the control ("reinit", "random_mask") trained beside it at this level.
+    #[serde(default = "ticket")]
+    pub control: String,
+    /// A scheduled trial's per-level rates ("0.5 0.3 0.3"; `rate` is the first); empty for a
+    /// constant rate.
+    #[serde(default)]
+    pub schedule: String,
+}
+
+fn ticket() -> String {
+    TICKET.to_string()
+}
+
+/// The `control` of a ticket's point.
+pub const TICKET: &str = "ticket";
+
+/// The control a row belongs to: "ticket" or the control's name.
+pub fn control_name(row: &pb::ResultRow) -> String {
+    match pb::Control::try_from(row.control) {
+        Ok(pb::Control::Reinit) => "reinit".into(),
+        Ok(pb::Control::RandomMask) => "random_mask".into(),
+        Ok(pb::Control::Unspecified) => TICKET.into(),
+        Err(_) => format!("control#{}", row.control),
+    }
+}
+
+fn schedule_label(row: &pb::ResultRow) -> String {
+    row.schedule.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" ")
+}
+
+/// The ticket rows alone (what the plots, the masks and `lthctl export` are about).
+pub fn tickets(rows: &[pb::ResultRow]) -> Vec<pb::ResultRow> {
+    rows.iter().filter(|r| r.control == pb::Control::Unspecified as i32).cloned().collect()
 }
 
 /// Kept fraction of one layer at one (metric, rate, level), mean over seeds.
@@ -72,26 +105,30 @@ pub fn metric_order(name: &str) -> (usize, String) {
     (idx, name.to_string())
 }
 
-/// (metric, rate as ordered bits, level) → seed → row. Keyed by seed so that a seed never counts
-/// twice however the coordinator reports level 0.
-type Grouped<'a> = BTreeMap<((usize, String), u64, u32), BTreeMap<u64, &'a pb::ResultRow>>;
+/// (metric, rate as ordered bits, schedule, level, control) → seed → row. Keyed by seed so that a
+/// seed never counts twice however the coordinator reports level 0. The ticket sorts before its
+/// controls ("ticket" is keyed as the empty string).
+type Key = ((usize, String), u64, String, u32, String);
+type Grouped<'a> = BTreeMap<Key, BTreeMap<u64, &'a pb::ResultRow>>;
 
 fn group_rows(rows: &[pb::ResultRow]) -> Grouped<'_> {
     let mut groups: Grouped<'_> = BTreeMap::new();
     let rate_key = |r: f64| r.to_bits();
+    let control_key = |r: &pb::ResultRow| if r.control == 0 { String::new() } else { control_name(r) };
     // Rows that name a metric first, so they win over shared dense rows.
     for row in rows.iter().filter(|r| metric_from_proto(r.metric).is_some() && r.result.is_some()) {
-        let key = (metric_order(&metric_name(row.metric)), rate_key(row.rate), row.level);
+        let key = (metric_order(&metric_name(row.metric)), rate_key(row.rate), schedule_label(row), row.level, control_key(row));
         groups.entry(key).or_default().insert(row.seed, row);
     }
-    let series: Vec<((usize, String), u64)> = {
-        let mut s: Vec<_> = groups.keys().map(|(m, r, _)| (m.clone(), *r)).collect();
+    // The ticket series (controls have no level 0 of their own).
+    let series: Vec<((usize, String), u64, String)> = {
+        let mut s: Vec<_> = groups.keys().filter(|k| k.4.is_empty()).map(|(m, r, sc, _, _)| (m.clone(), *r, sc.clone())).collect();
         s.dedup();
         s
     };
     for dense in rows.iter().filter(|r| metric_from_proto(r.metric).is_none() && r.level == 0 && r.result.is_some()) {
-        for (metric, rate) in &series {
-            groups.entry((metric.clone(), *rate, 0)).or_default().entry(dense.seed).or_insert(dense);
+        for (metric, rate, schedule) in &series {
+            groups.entry((metric.clone(), *rate, schedule.clone(), 0, String::new())).or_default().entry(dense.seed).or_insert(dense);
         }
     }
     groups
@@ -101,7 +138,7 @@ fn group_rows(rows: &[pb::ResultRow]) -> Grouped<'_> {
 pub fn aggregate(rows: &[pb::ResultRow]) -> Vec<ResultPoint> {
     group_rows(rows)
         .into_iter()
-        .map(|((metric, rate_bits, level), by_seed)| {
+        .map(|((metric, rate_bits, schedule, level, control), by_seed)| {
             let results: Vec<&pb::LevelResult> = by_seed.values().filter_map(|r| r.result.as_ref()).collect();
             let acc: Vec<f64> = results.iter().map(|r| r.test_accuracy).collect();
             let (sparsity, _) = mean_std(&results.iter().map(|r| r.sparsity).collect::<Vec<_>>());
@@ -117,6 +154,8 @@ pub fn aggregate(rows: &[pb::ResultRow]) -> Vec<ResultPoint> {
                 accuracy_min: acc.iter().copied().fold(f64::INFINITY, f64::min),
                 accuracy_max: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 seeds: acc.len() as u32,
+                control: if control.is_empty() { ticket() } else { control },
+                schedule,
             }
         })
         .collect()
@@ -126,7 +165,10 @@ pub fn aggregate(rows: &[pb::ResultRow]) -> Vec<ResultPoint> {
 /// order the engine reports them in (network order).
 pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
     let mut out = Vec::new();
-    for ((metric, rate_bits, level), by_seed) in group_rows(rows) {
+    for ((metric, rate_bits, _schedule, level, control), by_seed) in group_rows(rows) {
+        if !control.is_empty() {
+            continue;
+        }
         let mut layer_order: Vec<String> = Vec::new();
         let mut per_layer: BTreeMap<String, (Vec<f64>, u32, u64)> = BTreeMap::new();
         for row in by_seed.values() {
@@ -179,22 +221,23 @@ pub fn render_table(points: &[ResultPoint]) -> String {
     if points.is_empty() {
         return "no results yet: jobs report a row when they finish (`lthctl status ID` shows progress)\n".to_string();
     }
+    // Controls go in columns of their own beside the ticket of the same (metric, rate, level).
+    let mut controls: Vec<&str> = points.iter().filter(|p| p.control != TICKET).map(|p| p.control.as_str()).collect();
+    controls.sort_unstable();
+    controls.dedup();
+    let control_of = |t: &ResultPoint, c: &str| {
+        points.iter().find(|p| p.control == c && p.metric == t.metric && p.rate == t.rate && p.schedule == t.schedule && p.level == t.level)
+    };
+    let scheduled = points.iter().any(|p| !p.schedule.is_empty());
+    let mut header: Vec<String> =
+        ["metric", "rate", "level", "remaining %", "sparsity %", "accuracy % (mean ± std)", "min %", "max %", "seeds"].map(String::from).to_vec();
+    header.extend(controls.iter().map(|c| format!("{c} %")));
     let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::NOTHING).set_header(vec![
-        "metric",
-        "rate",
-        "level",
-        "remaining %",
-        "sparsity %",
-        "accuracy % (mean ± std)",
-        "min %",
-        "max %",
-        "seeds",
-    ]);
-    for p in points {
-        table.add_row(vec![
+    table.load_preset(comfy_table::presets::NOTHING).set_header(header.clone());
+    for p in points.iter().filter(|p| p.control == TICKET) {
+        let mut cells = vec![
             p.metric.clone(),
-            format!("{}", p.rate),
+            if scheduled && !p.schedule.is_empty() { format!("[{}]", p.schedule.replace(' ', ", ")) } else { format!("{}", p.rate) },
             p.level.to_string(),
             format!("{:.2}", p.weights_remaining_percent),
             format!("{:.2}", 100.0 * p.sparsity),
@@ -202,9 +245,16 @@ pub fn render_table(points: &[ResultPoint]) -> String {
             format!("{:.2}", 100.0 * p.accuracy_min),
             format!("{:.2}", 100.0 * p.accuracy_max),
             p.seeds.to_string(),
-        ]);
+        ];
+        for c in &controls {
+            cells.push(match control_of(p, c) {
+                Some(q) => format!("{:.2} ± {:.2}", 100.0 * q.accuracy_mean, 100.0 * q.accuracy_std),
+                None => String::new(),
+            });
+        }
+        table.add_row(cells);
     }
-    for i in [1, 2, 3, 4, 5, 6, 7, 8] {
+    for i in 1..header.len() {
         if let Some(c) = table.column_mut(i) {
             c.set_cell_alignment(comfy_table::CellAlignment::Right);
         }
@@ -221,7 +271,7 @@ pub fn render_csv(points: &[ResultPoint]) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if points.is_empty() {
         // Still write the header, so scripts see the columns.
-        w.write_record(["metric", "rate", "level", "sparsity", "weights_remaining_percent", "accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "seeds"])?;
+        w.write_record(["metric", "rate", "level", "sparsity", "weights_remaining_percent", "accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "seeds", "control", "schedule"])?;
     }
     for p in points {
         w.serialize(p)?;
@@ -249,6 +299,8 @@ pub(crate) mod tests {
             seed,
             level,
             job_id: 0,
+            control: 0,
+            schedule: vec![],
             result: Some(pb::LevelResult {
                 sparsity,
                 test_accuracy: acc,
@@ -365,5 +417,32 @@ pub(crate) mod tests {
         assert!(t.contains("90.51 ± 0.01"), "{t}");
         assert!(t.contains("10.74"), "{t}"); // 0.8^10 = 10.74% remaining
         assert!(render_table(&[]).contains("no results yet"));
+    }
+
+    #[test]
+    fn controls_sit_beside_their_ticket() {
+        use pb::ImportanceMetric::L1;
+        let mut rows = vec![row(pb::ImportanceMetric::Unspecified, 0.0, 1, 0, 0.95)];
+        for seed in [1u64, 2] {
+            rows.push(row(L1, 0.2, seed, 1, 0.93));
+            rows.push(pb::ResultRow { control: pb::Control::Reinit as i32, ..row(L1, 0.2, seed, 1, 0.80 + 0.02 * seed as f64) });
+            rows.push(pb::ResultRow { control: pb::Control::RandomMask as i32, ..row(L1, 0.2, seed, 1, 0.70) });
+        }
+        let pts = aggregate(&rows);
+        let labels: Vec<(u32, &str)> = pts.iter().map(|p| (p.level, p.control.as_str())).collect();
+        assert_eq!(labels, [(0, "ticket"), (1, "ticket"), (1, "random_mask"), (1, "reinit")], "the dense level is the ticket's alone");
+        let reinit = &pts[3];
+        assert!((reinit.accuracy_mean - 0.83).abs() < 1e-12 && reinit.seeds == 2);
+        let t = render_table(&pts);
+        let header = t.lines().next().unwrap();
+        assert!(header.contains("random_mask %") && header.contains("reinit %"), "{t}");
+        let level1 = t.lines().find(|l| l.contains("93.00 ±")).unwrap();
+        assert!(level1.contains("70.00 ± 0.00") && level1.contains("83.00 ± 1.41"), "{t}");
+        assert_eq!(t.lines().count(), 3, "controls are columns, not rows: {t}");
+        let csv_text = render(&pts, Format::Csv).unwrap();
+        assert_eq!(parse_csv(&csv_text).unwrap().iter().filter(|p| p.control == "reinit").count(), 1);
+        assert_eq!(tickets(&rows).len(), 3);
+        // A table without controls has no control columns.
+        assert!(!render_table(&aggregate(&tickets(&rows))).contains("reinit"));
     }
 }

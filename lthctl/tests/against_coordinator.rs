@@ -267,7 +267,7 @@ fn the_sweep_lifecycle_without_workers() {
     let table = c.lthctl(&["results", &id.to_string()]).expect_ok("results");
     assert!(table.contains("no results yet"), "{table}");
     let csv = c.lthctl(&["results", &id.to_string(), "--format", "csv"]).expect_ok("results csv");
-    assert_eq!(csv.trim(), "metric,rate,level,sparsity,weights_remaining_percent,accuracy_mean,accuracy_std,accuracy_min,accuracy_max,seeds");
+    assert_eq!(csv.trim(), "metric,rate,level,sparsity,weights_remaining_percent,accuracy_mean,accuracy_std,accuracy_min,accuracy_max,seeds,control,schedule");
     let json = c.lthctl(&["results", &id.to_string(), "--format", "json"]).expect_ok("results json");
     assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&json).unwrap().len(), 0);
     let err = c.lthctl(&["report", &id.to_string()]).expect_err("report of an empty sweep");

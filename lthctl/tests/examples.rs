@@ -45,17 +45,11 @@ fn every_example_parses_and_validates() {
         // lth-sweep's own reader (what the workers' run-local uses) agrees.
         let again = SweepSpec::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(again, loaded.spec);
-        // And the wire form converts back to the same spec, except what the coordinator refuses
-        // until its store runs it (controls, rate schedules), which it refuses by name.
+        // And the wire form converts back to the same spec (controls and rate schedules included:
+        // the coordinator's store runs them).
         let wire = lth_proto::v1::SweepSpec::from(&loaded.spec);
-        let store_runs_it = loaded.spec.controls.is_empty() && loaded.spec.rates.iter().all(|r| r.schedule().is_none());
-        match SweepSpec::try_from(&wire) {
-            Ok(back) => {
-                assert!(store_runs_it, "{name}");
-                assert_eq!(back, loaded.spec, "{name}");
-            }
-            Err(e) => assert!(!store_runs_it && e.to_string().contains("run-local"), "{name}: {e}"),
-        }
+        let back = SweepSpec::try_from(&wire).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back, loaded.spec, "{name}");
         if PAPER_EXAMPLES.contains(&name.as_str()) {
             assert_eq!(loaded.spec.metrics, ImportanceMetric::PAPER.to_vec(), "{name} should run the paper's five metrics");
             assert_eq!(loaded.spec.rates, vec![Rate::Constant(0.2)], "{name}: the paper prunes 20% per level");

@@ -386,15 +386,6 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
                 Err(e) => errs.push(e),
             }
         }
-        // Until the store creates control jobs and stores per-level rates, a coordinator must not
-        // accept sweeps it would run wrongly (schedules) or only in part (controls). Sweeps with
-        // either run through `lth-worker run-local` meanwhile.
-        if !p.rate_schedules.is_empty() {
-            errs.push("spec.rate_schedules: the coordinator does not run per-level rate schedules yet; run this sweep with `lth-worker run-local`, or use constant rates".into());
-        }
-        if !p.controls.is_empty() || !p.control_levels.is_empty() {
-            errs.push("spec.controls: the coordinator does not run reinit / random_mask controls yet; run them with `lth-worker run-local`, or drop `controls`".into());
-        }
         let mut rates: Vec<Rate> = p.rates.iter().map(|&r| Rate::Constant(r)).collect();
         rates.extend(p.rate_schedules.iter().map(|s| Rate::Schedule(s.rates.clone())));
         let (Some(model), Some(dataset), Some(recipe)) = (model, dataset, recipe) else {

@@ -108,8 +108,8 @@ pub struct TrialPlan {
     pub dense_hash: String,
     /// Levels 1..=L in order.
     pub levels: Vec<LevelPlan>,
-    /// Controls, by level then in the sweep's `controls` order. The store does not create these
-    /// jobs yet (the control plane rejects sweeps with controls until it does).
+    /// Controls, by level then in the sweep's `controls` order; the store creates them as
+    /// children of the level they control.
     pub controls: Vec<ControlPlan>,
 }
 
@@ -127,10 +127,9 @@ impl SweepPlan {
     pub fn control_jobs(&self) -> usize {
         self.trials.iter().map(|t| t.controls.len()).sum()
     }
-    /// Dense and level jobs: what the store creates today. Controls are counted apart
-    /// ([`SweepPlan::control_jobs`]) until the store creates them too.
+    /// Every job the store creates: dense, level and control jobs.
     pub fn total_jobs(&self) -> usize {
-        self.dense.len() + self.level_jobs()
+        self.dense.len() + self.level_jobs() + self.control_jobs()
     }
 }
 

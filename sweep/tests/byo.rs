@@ -35,8 +35,8 @@ fn controls_expand_to_children_of_the_levels_they_control() {
     let s = spec(&DIGITS.replace("levels = 4", "levels = 4\ncontrols = [\"reinit\", \"randomly_prune\"]\ncontrol_levels = [4, 2]"));
     assert_eq!(s.controls, vec![Control::Reinit, Control::RandomMask]);
     let plan = s.expand();
-    // Controls are counted apart: the store creates dense and level jobs only, for now.
-    assert_eq!((plan.total_jobs(), plan.control_jobs()), (2 + 2 * 2 * 4, 2 * 2 * 2 * 2));
+    // Every job the store creates: 2 dense, 2 trials × 2 seeds × 4 levels, and per trial 2 levels × 2 controls.
+    assert_eq!((plan.total_jobs(), plan.control_jobs()), (2 + 2 * 2 * 4 + 2 * 2 * 2 * 2, 2 * 2 * 2 * 2));
     let mut hashes: Vec<&str> = plan.dense.iter().map(|d| d.content_hash.as_str()).collect();
     for t in &plan.trials {
         assert_eq!(t.controls.iter().map(|c| (c.level, c.control)).collect::<Vec<_>>(), vec![
@@ -238,7 +238,7 @@ fn pruning_layer_patterns_are_checked() {
 }
 
 #[test]
-fn the_wire_carries_models_datasets_and_patterns_and_refuses_what_the_store_cannot_run() {
+fn the_wire_carries_models_datasets_patterns_schedules_and_controls() {
     let tmp = tempfile::tempdir().unwrap();
     write_model(tmp.path(), b"model bytes");
     let sweep = tmp.path().join("s.toml");
@@ -257,11 +257,12 @@ fn the_wire_carries_models_datasets_and_patterns_and_refuses_what_the_store_cann
     both.model = lth_proto::v1::Model::Vgg16 as i32;
     assert!(SweepSpec::try_from(&both).unwrap_err().to_string().contains("both `model` and `torchscript`"));
 
-    // Schedules and controls travel, but a coordinator refuses them until its store runs them.
+    // Schedules and controls travel and come back as sent.
     let c = spec(&DIGITS.replace("rates = [0.2]", "rates = [0.2, [0.5, 0.3]]").replace("levels = 4", "levels = 4\ncontrols = [\"random_mask\"]\ncontrol_levels = [2]"));
     let wire = lth_proto::v1::SweepSpec::from(&c);
     assert_eq!((wire.rates.clone(), wire.rate_schedules.len(), wire.controls.len(), wire.control_levels.clone()), (vec![0.2], 1, 1, vec![2]));
-    let err = SweepSpec::try_from(&wire).unwrap_err().to_string();
-    assert!(err.contains("does not run per-level rate schedules yet") && err.contains("run-local"), "{err}");
-    assert!(err.contains("does not run reinit / random_mask controls yet"), "{err}");
+    assert_eq!(SweepSpec::try_from(&wire).unwrap(), c);
+    let mut bad = wire.clone();
+    bad.controls.push(0);
+    assert!(SweepSpec::try_from(&bad).unwrap_err().to_string().contains("unspecified control"));
 }

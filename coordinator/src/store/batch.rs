@@ -456,7 +456,7 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
     let row = sqlx::query(&format!(
         "UPDATE jobs SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = {now}, lease_expires_at = NULL \
           WHERE id = $1 AND attempt = $2 AND state = 'running' \
-         RETURNING sweep_id, trial_id, kind, level"
+         RETURNING sweep_id, trial_id"
     ))
     .bind(lease.job_id)
     .bind(lease.attempt)
@@ -465,7 +465,6 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
     let Some(row) = row else { return Ok(Err(Refusal::Stale { state, attempt })) };
     let sweep_id: i64 = row.try_get("sweep_id")?;
     let trial_id: Option<i64> = row.try_get("trial_id")?;
-    let level: i32 = row.try_get("level")?;
     sqlx::query(&format!("UPDATE job_attempts SET outcome = 'succeeded', finished_at = {now} WHERE job_id = $1 AND attempt = $2"))
         .bind(lease.job_id)
         .bind(lease.attempt)
@@ -506,11 +505,15 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
         .execute(&mut *conn)
         .await?;
     if let Some(trial_id) = trial_id {
-        sqlx::query("UPDATE trials SET state = 'succeeded' WHERE id = $1 AND levels = $2 AND state = 'running'")
-            .bind(trial_id)
-            .bind(level)
-            .execute(&mut *conn)
-            .await?;
+        // The trial closes with its last open job: its last level, or a control still running
+        // after it. (This job is already succeeded in this transaction.)
+        sqlx::query(
+            "UPDATE trials SET state = 'succeeded' WHERE id = $1 AND state = 'running' \
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.trial_id = $1 AND j.state <> 'succeeded')",
+        )
+        .bind(trial_id)
+        .execute(&mut *conn)
+        .await?;
     }
     sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) VALUES ($1, $2, 'state', 'succeeded', $3, 1)")
         .bind(sweep_id)
@@ -598,7 +601,9 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                    JOIN done ON done.id = m.job_id), \
          unblocked AS (UPDATE jobs c SET state = 'ready' FROM done WHERE c.parent_job_id = done.id AND c.state = 'blocked'), \
          trial AS (UPDATE trials t SET state = 'succeeded' FROM done \
-                    WHERE t.id = done.trial_id AND t.levels = done.level AND t.state = 'running'), \
+                    WHERE t.id = done.trial_id AND t.state = 'running' \
+                      AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.trial_id = t.id AND o.state <> 'succeeded' \
+                                        AND NOT EXISTS (SELECT 1 FROM done d2 WHERE d2.id = o.id))), \
          ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress) \
                 SELECT sweep_id, id, 'state', 'succeeded', attempt, 1 FROM done RETURNING id), \
          fin AS (UPDATE sweeps SET finished_at = now(), state = {FINAL_SWEEP_STATE} \

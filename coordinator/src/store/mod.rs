@@ -145,11 +145,14 @@ pub struct JobRow {
     pub progress: f64,
     pub eta_seconds: Option<f64>,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// NULL for a ticket (dense or level job); "reinit" or "random_mask" for a control of the
+    /// level it is a child of.
+    pub control: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "id, sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
      state, attempt, worker_id, error_count, lost_count, last_error, content_hash, reused_from, progress, \
-     eta_seconds, lease_expires_at";
+     eta_seconds, lease_expires_at, control";
 
 macro_rules! job_from_row {
     ($r:expr) => {{
@@ -176,6 +179,7 @@ macro_rules! job_from_row {
             progress: r.try_get("progress")?,
             eta_seconds: r.try_get("eta_seconds")?,
             lease_expires_at: r.try_get("lease_expires_at")?,
+            control: r.try_get("control")?,
         }
     }};
 }
@@ -345,6 +349,10 @@ pub struct ResultRow {
     pub wall_seconds: f64,
     pub iterations: i64,
     pub layers: Vec<LayerStatsRow>,
+    /// None for the ticket, else the control ("reinit", "random_mask") of this (trial, level).
+    pub control: Option<String>,
+    /// The trial's per-level rates when it runs a schedule (`rate` is then the first).
+    pub schedule: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -527,6 +535,32 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(30));
+            // Migrations run on a connection of their own with foreign keys off: rebuilding a
+            // table (SQLite's way to change a constraint) drops the old one, which with foreign
+            // keys on would cascade-delete its children. The keys are checked once migrated.
+            {
+                use sqlx::ConnectOptions;
+                let mut mc = conn.clone().foreign_keys(false).connect().await.map_err(|e| {
+                    StoreError::Connect(format!(
+                        "cannot open SQLite database {shown}: {e}. Check that the directory exists and is writable"
+                    ))
+                })?;
+                sqlite_fns::register(&mut mc).await?;
+                sqlx::migrate!("../migrations/sqlite").run(&mut mc).await.map_err(|e| {
+                    StoreError::Migrate(format!(
+                        "{e} (database {shown}). The schema was left as it was; move this file away to start fresh, or fix the failing migration"
+                    ))
+                })?;
+                let broken = sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut mc).await?;
+                if !broken.is_empty() {
+                    return Err(StoreError::Migrate(format!(
+                        "database {shown}: {} rows violate foreign keys after migrating (PRAGMA foreign_key_check lists them)",
+                        broken.len()
+                    )));
+                }
+                use sqlx::Connection;
+                mc.close().await?;
+            }
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.min(8))
                 .after_connect(|conn, _meta| Box::pin(async move { sqlite_fns::register(conn).await }))
@@ -537,11 +571,6 @@ impl Store {
                         "cannot open SQLite database {shown}: {e}. Check that the directory exists and is writable"
                     ))
                 })?;
-            sqlx::migrate!("../migrations/sqlite").run(&pool).await.map_err(|e| {
-                StoreError::Migrate(format!(
-                    "{e} (database {shown}). The schema was left as it was; move this file away to start fresh, or fix the failing migration"
-                ))
-            })?;
             Ok(Store::Sqlite(pool))
         } else {
             Err(StoreError::Connect(format!(
@@ -573,6 +602,7 @@ impl Store {
             .iter()
             .map(|d| d.content_hash.as_str())
             .chain(plan.trials.iter().flat_map(|t| t.levels.iter().map(|l| l.content_hash.as_str())))
+            .chain(plan.trials.iter().flat_map(|t| t.controls.iter().map(|c| c.content_hash.as_str())))
             .collect();
         let reusable = both!(self, |pool, d, DB| {
             let mut conn = pool.acquire().await?;
@@ -650,6 +680,7 @@ impl Store {
                 .iter()
                 .map(|d| d.content_hash.clone())
                 .chain(plan.trials.iter().flat_map(|t| t.levels.iter().map(|l| l.content_hash.clone())))
+                .chain(plan.trials.iter().flat_map(|t| t.controls.iter().map(|c| c.content_hash.clone())))
                 .collect();
             let mut reusable: HashMap<String, i64> = HashMap::new();
             for chunk in all_hashes.chunks(BIND_ROWS) {
@@ -698,10 +729,16 @@ impl Store {
             }
 
             // Trials.
-            let mut trial_ids: HashMap<(String, u64, i64), i64> = HashMap::new();
+            // (metric, rate, seed, schedule) -> trial id
+            type TrialKey = (String, u64, i64, Option<String>);
+            let trial_key = |t: &lth_sweep::TrialPlan| -> TrialKey {
+                (t.metric.as_str().to_string(), t.rate.to_bits(), t.seed as i64, schedule_to_db(&t.schedule))
+            };
+            let mut trial_ids: HashMap<TrialKey, i64> = HashMap::new();
             for chunk in plan.trials.chunks(BIND_ROWS) {
-                let mut qb =
-                    QueryBuilder::<DB>::new("INSERT INTO trials (sweep_id, metric, rate, seed, levels, dense_job_id, state) ");
+                let mut qb = QueryBuilder::<DB>::new(
+                    "INSERT INTO trials (sweep_id, metric, rate, seed, levels, dense_job_id, state, schedule) ",
+                );
                 qb.push_values(chunk, |mut b, t| {
                     b.push_bind(sweep_id)
                         .push_bind(t.metric.as_str())
@@ -709,16 +746,28 @@ impl Store {
                         .push_bind(t.seed as i64)
                         .push_bind(t.levels.len() as i32)
                         .push_bind(ids[&t.dense_hash].0)
-                        .push_bind("running");
+                        .push_bind("running")
+                        .push_bind(schedule_to_db(&t.schedule));
                 });
-                qb.push(" RETURNING id, metric, rate, seed");
+                qb.push(" RETURNING id, metric, rate, seed, schedule");
                 for r in qb.build().fetch_all(&mut *tx).await? {
                     let rate: f64 = r.try_get("rate")?;
-                    trial_ids.insert((r.try_get("metric")?, rate.to_bits(), r.try_get("seed")?), r.try_get("id")?);
+                    trial_ids.insert((r.try_get("metric")?, rate.to_bits(), r.try_get("seed")?, r.try_get("schedule")?), r.try_get("id")?);
                 }
             }
 
-            // Levels, one depth at a time so that each level's parent id is known.
+            // Levels, one depth at a time so that each level's parent id is known. Parents are
+            // looked up within the trial: two trials of one sweep can hold identical jobs (a
+            // constant 0.2 and a schedule starting at 0.2 agree on level 1), and each keeps its own.
+            // (trial id, level) -> (job id, succeeded)
+            let mut level_ids: HashMap<(i64, u32), (i64, bool)> = HashMap::new();
+            let parent_of = |level_ids: &HashMap<(i64, u32), (i64, bool)>, t: &lth_sweep::TrialPlan, level: u32| -> (i64, bool) {
+                if level == 0 {
+                    ids[&t.dense_hash]
+                } else {
+                    level_ids[&(trial_ids[&trial_key(t)], level)]
+                }
+            };
             let max_level = plan.trials.iter().map(|t| t.levels.len()).max().unwrap_or(0);
             for depth in 0..max_level {
                 let rows: Vec<(&lth_sweep::TrialPlan, &lth_sweep::LevelPlan)> =
@@ -730,7 +779,7 @@ impl Store {
                     );
                     qb.push_values(chunk, |mut b, (t, l)| {
                         let reused = reusable.get(&l.content_hash).copied();
-                        let (parent_id, parent_done) = ids[&l.parent_hash];
+                        let (parent_id, parent_done) = parent_of(&level_ids, t, l.level - 1);
                         let state = if reused.is_some() {
                             "succeeded"
                         } else if parent_done {
@@ -739,11 +788,11 @@ impl Store {
                             "blocked"
                         };
                         b.push_bind(sweep_id)
-                            .push_bind(trial_ids[&(t.metric.as_str().to_string(), t.rate.to_bits(), t.seed as i64)])
+                            .push_bind(trial_ids[&trial_key(t)])
                             .push_bind("level")
                             .push_bind(t.seed as i64)
                             .push_bind(t.metric.as_str())
-                            .push_bind(t.rate)
+                            .push_bind(l.rate)
                             .push_bind(l.level as i32)
                             .push_bind(parent_id)
                             .push_bind(ids[&t.dense_hash].0)
@@ -753,12 +802,52 @@ impl Store {
                             .push_bind(l.content_hash.clone())
                             .push_bind(reused);
                     });
-                    qb.push(" RETURNING id, content_hash, state");
+                    qb.push(" RETURNING id, trial_id, level, state");
                     for r in qb.build().fetch_all(&mut *tx).await? {
                         let st: String = r.try_get("state")?;
-                        ids.insert(r.try_get("content_hash")?, (r.try_get("id")?, st == "succeeded"));
+                        let level: i32 = r.try_get("level")?;
+                        level_ids.insert((r.try_get("trial_id")?, level as u32), (r.try_get("id")?, st == "succeeded"));
                     }
                 }
+            }
+
+            // Controls: children of the level they control (whose "weights" hold the ticket's
+            // mask), at that level and its rate; reused by content hash like any job.
+            let controls: Vec<(&lth_sweep::TrialPlan, &lth_sweep::ControlPlan)> =
+                plan.trials.iter().flat_map(|t| t.controls.iter().map(move |c| (t, c))).collect();
+            for chunk in controls.chunks(BIND_ROWS) {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "INSERT INTO jobs (sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
+                     state, priority, max_attempts, content_hash, reused_from, control) ",
+                );
+                qb.push_values(chunk, |mut b, (t, c)| {
+                    let reused = reusable.get(&c.content_hash).copied();
+                    let (parent_id, parent_done) = parent_of(&level_ids, t, c.level);
+                    let state = if reused.is_some() {
+                        "succeeded"
+                    } else if parent_done {
+                        "ready"
+                    } else {
+                        "blocked"
+                    };
+                    let rate = t.levels.iter().find(|l| l.level == c.level).map(|l| l.rate).unwrap_or(t.rate);
+                    b.push_bind(sweep_id)
+                        .push_bind(trial_ids[&trial_key(t)])
+                        .push_bind("level")
+                        .push_bind(t.seed as i64)
+                        .push_bind(t.metric.as_str())
+                        .push_bind(rate)
+                        .push_bind(c.level as i32)
+                        .push_bind(parent_id)
+                        .push_bind(ids[&t.dense_hash].0)
+                        .push_bind(state)
+                        .push_bind(priority)
+                        .push_bind(max_attempts)
+                        .push_bind(c.content_hash.clone())
+                        .push_bind(reused)
+                        .push_bind(c.control.as_str());
+                });
+                qb.build().execute(&mut *tx).await?;
             }
 
             let now = d.now;
@@ -1303,6 +1392,17 @@ impl Store {
                     .await?;
                 lost.push(l);
             }
+            // A trial closes when its last open job completes. Two completion batches that finish
+            // a trial's last two jobs concurrently (a control beside a later level) each see the
+            // other's job still running; close such trials here.
+            sqlx::query(
+                "UPDATE trials SET state = 'succeeded' WHERE state = 'running' \
+                   AND EXISTS (SELECT 1 FROM jobs j WHERE j.trial_id = trials.id) \
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.trial_id = trials.id AND j.state <> 'succeeded') \
+                   AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = trials.dense_job_id AND j.state = 'succeeded')",
+            )
+            .execute(&mut *tx)
+            .await?;
             let finished_sweeps = finalize_sweeps!(tx, d, None::<i64>);
             tx.commit().await?;
             Ok(ReapReport { lost, finished_sweeps })
@@ -1373,7 +1473,7 @@ impl Store {
                 "SELECT e.id AS event_id, e.at, e.kind AS event_kind, e.job_state, e.attempt AS event_attempt, e.progress AS event_progress, \
                         j.id, j.sweep_id, j.trial_id, j.kind, j.seed, j.metric, j.rate, j.level, j.parent_job_id, j.dense_job_id, \
                         j.state, j.attempt, j.worker_id, j.error_count, j.lost_count, j.last_error, j.content_hash, j.reused_from, \
-                        j.progress, j.eta_seconds, j.lease_expires_at \
+                        j.progress, j.eta_seconds, j.lease_expires_at, j.control \
                    FROM events e LEFT JOIN jobs j ON j.id = e.job_id \
                   WHERE e.sweep_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3",
             )
@@ -1421,8 +1521,8 @@ impl Store {
         both!(self, |pool, d, DB| {
             let rows = sqlx::query(
                 "SELECT metric, rate, seed, level, job_id, result_job_id, sparsity, test_accuracy, test_loss, train_loss, \
-                        epochs, wall_seconds, iterations \
-                   FROM trial_results WHERE sweep_id = $1 ORDER BY metric, rate, seed, level",
+                        epochs, wall_seconds, iterations, control, schedule \
+                   FROM trial_results WHERE sweep_id = $1 ORDER BY metric, rate, schedule, seed, level, control",
             )
             .bind(sweep_id)
             .fetch_all(pool)
@@ -1462,11 +1562,24 @@ impl Store {
                     wall_seconds: r.try_get("wall_seconds")?,
                     iterations: r.try_get("iterations")?,
                     layers: layers.get(&result_job_id).cloned().unwrap_or_default(),
+                    control: r.try_get("control")?,
+                    schedule: schedule_from_db(r.try_get("schedule")?)?,
                 });
             }
             Ok(out)
         })
     }
+}
+
+/// A trial's `schedule` column (a JSON array of rates) as numbers.
+fn schedule_from_db(text: Option<String>) -> Result<Option<Vec<f64>>> {
+    text.map(|t| serde_json::from_str::<Vec<f64>>(&t).map_err(|e| StoreError::Db(sqlx::Error::Decode(format!("trials.schedule {t:?}: {e}").into()))))
+        .transpose()
+}
+
+/// A trial's schedule as stored in `trials.schedule`; None for a constant rate.
+fn schedule_to_db(schedule: &Option<Vec<f64>>) -> Option<String> {
+    schedule.as_ref().map(|v| serde_json::to_string(v).expect("rates serialise"))
 }
 
 fn unknown_worker(worker_id: &str) -> StoreError {
@@ -1476,7 +1589,7 @@ fn unknown_worker(worker_id: &str) -> StoreError {
 /// `NULL` for every job column, typed for Postgres, for the claim query's sentinel row.
 const NULL_JOB_COLUMNS_PG: &str = "NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::text, NULL::double precision, \
      NULL::integer, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::integer, NULL::integer, NULL::text, \
-     NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz";
+     NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz, NULL::text";
 
 /// The sweep's state, locking the row on Postgres; NotFound when it does not exist.
 macro_rules! sweep_state {

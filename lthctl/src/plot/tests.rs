@@ -48,6 +48,7 @@ fn study() -> Vec<pb::ResultRow> {
                         level,
                         job_id: job,
                         result: Some(pb::LevelResult { sparsity: 1.0 - remaining, test_accuracy: acc, layers, ..Default::default() }),
+                        ..Default::default()
                     });
                 }
             }

@@ -7,7 +7,7 @@
 use crate::engine::{LevelReport, StepSpec};
 use anyhow::{anyhow, bail, Result};
 use lth_proto::v1 as pb;
-use lth_sweep::{ImportanceMetric, SweepSpec};
+use lth_sweep::{Control, ImportanceMetric, SweepSpec};
 
 /// The engine's description of the job's chain step. The sweep spec goes through `lth_sweep`'s own
 /// proto conversion (with its validation), so the worker reads exactly what lthctl submitted.
@@ -36,8 +36,12 @@ pub fn step_spec(job: &pb::JobAssignment) -> Result<StepSpec> {
         metric,
         rate: if dense { 0.0 } else { job.rate },
         level: job.level,
-        // Control jobs do not reach workers until the coordinator stores them.
-        control: None,
+        control: match pb::Control::try_from(job.control) {
+            Ok(pb::Control::Unspecified) => None,
+            Ok(pb::Control::Reinit) => Some(Control::Reinit),
+            Ok(pb::Control::RandomMask) => Some(Control::RandomMask),
+            Err(_) => bail!("job {} names an unknown control number {}", job.job_id, job.control),
+        },
     })
 }
 
@@ -111,6 +115,12 @@ mod tests {
         job.kind = pb::JobKind::Dense as i32;
         job.level = 0;
         job.metric = 0;
+        job.control = pb::Control::RandomMask as i32;
+        assert_eq!(step_spec(&job).unwrap().control, Some(Control::RandomMask));
+        job.control = 7;
+        assert!(step_spec(&job).unwrap_err().to_string().contains("unknown control"));
+        job.control = 0;
+
         let dense = step_spec(&job).unwrap();
         assert_eq!((dense.metric, dense.rate, dense.level), (None, 0.0, 0));
 
