@@ -7,7 +7,8 @@
 //! `kill -9` of a worker mid-job re-queues the job after its lease and the other worker finishes it
 //! (resuming from the uploaded checkpoint) with the same results and no duplicate rows; a
 //! coordinator restarted mid-sweep is reconnected to and the sweep completes; a cancelled sweep's
-//! jobs stop within 10 s and nothing more is claimed.
+//! jobs stop within 10 s and nothing more is claimed. Controls and a rate schedule run through the
+//! daemon exactly as through run-local (issue 13).
 //!
 //! The coordinator binary is taken from the same target folder as lth-worker (built on demand with
 //! cargo when missing), or from LTH_COORDINATOR_BIN.
@@ -481,6 +482,87 @@ async fn two_workers_finish_a_sweep_with_run_local_results() {
             assert_eq!(d.sparsity, l.sparsity, "{metric} level {}: sparsity", l.level);
             assert_eq!(d.layers, l.layers, "{metric} level {}: masks", l.level);
         }
+    }
+}
+
+/// Controls and a per-level rate schedule through the coordinator and a daemon: the store creates
+/// the reinit and random_mask jobs as children of the level they control, the daemon trains them
+/// from the ticket's weights, and SQL holds ticket, reinit and random_mask rows per controlled
+/// level, equal bit for bit to `lth-worker run-local` on the same schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_and_a_rate_schedule_run_through_the_daemon_like_run_local() {
+    let mut c = Cluster::new(10).await;
+    c.start_worker("w1");
+    let text = sweep_toml("e2e-controls", "\"magnitude\"", "2", 2, "2ep")
+        .replace("rates = [0.2]", "rates = [[0.5, 0.3]]")
+        .replace("levels = 2\n", "levels = 2\ncontrols = [\"reinit\", \"random_mask\"]\ncontrol_levels = [1, 2]\n");
+    let sweep_file = c.dir.path().join("sweep.toml");
+    std::fs::write(&sweep_file, &text).unwrap();
+    let sweep_id = c.submit(&text).await;
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(300)).await;
+    let pool = c.db.pool().await;
+
+    // (level, control, accuracy, sparsity, per-layer (name, kept, bits)) as stored.
+    type Row = (i32, String, f64, f64, Vec<(String, i64, String)>);
+    let mut stored: Vec<Row> = Vec::new();
+    for r in sqlx::query(
+        "SELECT level, COALESCE(control, 'ticket') AS label, result_job_id, test_accuracy, sparsity, schedule FROM trial_results \
+          WHERE sweep_id = $1 ORDER BY level, control NULLS FIRST",
+    )
+    .bind(sweep_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    {
+        assert_eq!(r.get::<Option<String>, _>("schedule").as_deref(), Some("[0.5,0.3]"));
+        let layers = sqlx::query("SELECT layer, kept, bits::text AS bits FROM masks WHERE job_id = $1 ORDER BY ordinal")
+            .bind(r.get::<i64, _>("result_job_id"))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.get::<String, _>("layer"), m.get::<i64, _>("kept"), m.get::<String, _>("bits")))
+            .collect();
+        stored.push((r.get("level"), r.get("label"), r.get("test_accuracy"), r.get("sparsity"), layers));
+    }
+    let labels: Vec<(i32, &str)> = stored.iter().map(|r| (r.0, r.1.as_str())).collect();
+    assert_eq!(labels, [(0, "ticket"), (1, "ticket"), (1, "random_mask"), (1, "reinit"), (2, "ticket"), (2, "random_mask"), (2, "reinit")]);
+    // Level 1 pruned 50%, level 2 30% of the rest: 1 - 0.5 * 0.7 = 65% sparsity.
+    let rates: Vec<(i32, f64)> =
+        sqlx::query_as("SELECT level, rate FROM jobs WHERE sweep_id = $1 AND kind = 'level' AND control IS NULL ORDER BY level")
+            .bind(sweep_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rates, [(1, 0.5), (2, 0.3)]);
+    assert!((stored[4].3 - 0.65).abs() < 0.01, "level-2 sparsity {}", stored[4].3);
+    for level in [1, 2] {
+        let of = |control: &str| stored.iter().find(|r| r.0 == level && r.1 == control).unwrap();
+        let (ticket, reinit, random) = (of("ticket"), of("reinit"), of("random_mask"));
+        // reinit keeps the ticket's mask; random_mask keeps its per-layer counts, not its bits.
+        assert_eq!(reinit.4, ticket.4, "level {level}: reinit trains the ticket's mask");
+        assert_eq!(random.4.iter().map(|l| (&l.0, l.1)).collect::<Vec<_>>(), ticket.4.iter().map(|l| (&l.0, l.1)).collect::<Vec<_>>());
+        assert_ne!(random.4, ticket.4, "level {level}: random_mask draws another mask");
+    }
+
+    // The same chain through run-local: every row bit for bit.
+    let out = c.dir.path().join("local-controls");
+    let status = Command::new(worker_bin())
+        .args(["--threads", "1", "run-local"])
+        .arg(&sweep_file)
+        .args(["--metric", "magnitude", "--rate", "0.5,0.3", "--seed", "2", "--levels", "2", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "run-local failed");
+    for row in &stored {
+        let folder = if row.1 == "ticket" { format!("level-{}", row.0) } else { format!("level-{}-{}", row.0, row.1) };
+        let report: LevelReport = serde_json::from_slice(&std::fs::read(out.join(&folder).join("report.json")).unwrap()).unwrap();
+        assert_eq!(row.2.to_bits(), report.test_accuracy.to_bits(), "{folder}: accuracy");
+        let layers: Vec<(String, i64, String)> =
+            report.layers.iter().map(|l| (l.name.clone(), l.kept as i64, bit_string(&l.mask_bits, l.total))).collect();
+        assert_eq!(row.4, layers, "{folder}: masks");
     }
 }
 
