@@ -30,6 +30,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Results { id, format } => {
             let rows = get_results(&connect(&url).await?, id).await?;
             out.write_all(render(&aggregate(&rows), format)?.as_bytes())?;
+            if let Some(w) = crate::results::dead_class_warning(&rows) {
+                // CSV and JSON stay machine-readable: the warning goes to stderr there.
+                match format {
+                    crate::results::Format::Table => write!(out, "\n{}", w.replace("sweep_id = ID", &format!("sweep_id = {id}")))?,
+                    _ => eprint!("{}", w.replace("sweep_id = ID", &format!("sweep_id = {id}"))),
+                }
+            }
             Ok(())
         }
         Command::Export { id, format, what, output, levels } => {
@@ -195,6 +202,13 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
         c.failed,
         c.cancelled
     )?;
+    if s.tickets_with_dead_classes > 0 {
+        writeln!(
+            out,
+            "warning: {} ticket(s) have dead output classes (every weight into the class pruned); `lthctl results {id}` lists them",
+            s.tickets_with_dead_classes
+        )?;
+    }
     if !s.metrics.is_empty() {
         writeln!(out, "progress per metric:")?;
         let mut metrics: Vec<&pb::MetricProgress> = s.metrics.iter().collect();

@@ -158,6 +158,52 @@ pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
     out
 }
 
+/// A ticket whose classifier has output classes with their whole fan-in pruned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadClasses {
+    pub metric: String,
+    pub rate: f64,
+    pub seed: u64,
+    pub level: u32,
+    pub dead: u64,
+    pub classes: u64,
+}
+
+/// Tickets with dead classes, in metric, rate, seed, level order (the worker's unit counts).
+pub fn dead_class_tickets(rows: &[pb::ResultRow]) -> Vec<DeadClasses> {
+    let mut out: Vec<DeadClasses> = rows
+        .iter()
+        .filter_map(|r| {
+            let l = r.result.as_ref()?.layers.iter().find(|l| l.output_layer && l.dead_outputs > 0)?;
+            Some(DeadClasses { metric: metric_name(r.metric), rate: r.rate, seed: r.seed, level: r.level, dead: l.dead_outputs, classes: l.outputs })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (metric_order(&a.metric), a.seed, a.level).cmp(&(metric_order(&b.metric), b.seed, b.level)).then(a.rate.total_cmp(&b.rate))
+    });
+    out
+}
+
+/// The warning `lthctl results` prints when tickets have dead classes (None when none do).
+pub fn dead_class_warning(rows: &[pb::ResultRow]) -> Option<String> {
+    let dead = dead_class_tickets(rows);
+    if dead.is_empty() {
+        return None;
+    }
+    let mut s = format!(
+        "warning: {} ticket(s) have dead output classes (every weight into the class pruned: the network cannot predict it from its input):\n",
+        dead.len()
+    );
+    for d in dead.iter().take(10) {
+        s.push_str(&format!("  {} rate {} seed {} level {}: {} of {} classes dead\n", d.metric, d.rate, d.seed, d.level, d.dead, d.classes));
+    }
+    if dead.len() > 10 {
+        s.push_str(&format!("  … and {} more\n", dead.len() - 10));
+    }
+    s.push_str("  per layer: SELECT * FROM dead_units WHERE sweep_id = ID (docs/sql.md)\n");
+    Some(s)
+}
+
 /// Output formats of `lthctl results`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -259,6 +305,19 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn dead_classes_are_listed_once_per_ticket() {
+        let mut rows = vec![row(pb::ImportanceMetric::L1, 0.2, 1, 3, 0.5), row(pb::ImportanceMetric::L1, 0.2, 1, 4, 0.4)];
+        assert_eq!(dead_class_warning(&rows), None);
+        let fc = pb::LayerStats { layer: "fc.weight".into(), kept: 10, total: 40, outputs: 10, dead_outputs: 3, inputs: 4, output_layer: true, ..Default::default() };
+        let hidden = pb::LayerStats { layer: "fc_layers.0.weight".into(), kept: 1, total: 40, outputs: 10, dead_outputs: 9, inputs: 4, ..Default::default() };
+        rows[1].result.as_mut().unwrap().layers = vec![hidden.clone(), fc];
+        rows[0].result.as_mut().unwrap().layers = vec![hidden];
+        let w = dead_class_warning(&rows).unwrap();
+        assert!(w.starts_with("warning: 1 ticket(s) have dead output classes"), "{w}");
+        assert!(w.contains("l1 rate 0.2 seed 1 level 4: 3 of 10 classes dead"), "{w}");
     }
 
     #[test]
