@@ -440,7 +440,22 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         let id = req.into_inner().sweep_id;
         self.0.store.get_sweep(id).await.map_err(status)?;
         let rows = self.0.store.results(id).await.map_err(status)?;
+        let accuracy = self.0.store.accuracy(id).await.map_err(status)?;
         Ok(Response::new(pb::GetResultsResponse {
+            accuracy: accuracy
+                .into_iter()
+                .map(|a| pb::AccuracyPoint {
+                    metric: metric_i32(Some(&a.metric)),
+                    rate: a.rate,
+                    level: a.level as u32,
+                    sparsity: a.sparsity,
+                    mean_accuracy: a.mean_accuracy,
+                    std_accuracy: a.std_accuracy.unwrap_or(0.0),
+                    min_accuracy: a.min_accuracy,
+                    max_accuracy: a.max_accuracy,
+                    seeds: a.seeds as u32,
+                })
+                .collect(),
             rows: rows
                 .into_iter()
                 .map(|r| pb::ResultRow {

@@ -349,3 +349,38 @@ async fn sqlite_dead_units_are_stored_and_counted() {
     let db = TestDb::sqlite().await;
     dead_units_are_stored_and_counted(db.store().await).await;
 }
+
+/// GetResults' aggregates are the accuracy_vs_sparsity view: mean, sample std, min, max over the
+/// per-seed rows of the same sweep, level 0 once per (metric, rate), on both backends.
+async fn accuracy_rows_aggregate_the_seeds(store: Store) {
+    let sweep = demo_sweep(&store).await;
+    let rows = store.results(sweep).await.unwrap();
+    let acc = store.accuracy(sweep).await.unwrap();
+    assert_eq!(acc.len(), 5 * 5, "5 metrics × levels 0-4");
+    for a in &acc {
+        let v: Vec<f64> = rows.iter().filter(|r| r.metric == a.metric && r.rate == a.rate && r.level == a.level).map(|r| r.test_accuracy).collect();
+        assert_eq!(a.seeds, 2);
+        let mean = v.iter().sum::<f64>() / 2.0;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 1.0).sqrt();
+        assert!((a.mean_accuracy - mean).abs() < 1e-12, "{a:?}");
+        assert!((a.std_accuracy.unwrap() - std).abs() < 1e-9, "{a:?} vs {std}");
+        assert_eq!((a.min_accuracy, a.max_accuracy), (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
+        assert!((a.sparsity - (1.0 - 0.8f64.powi(a.level))).abs() < 1e-12);
+    }
+    let order: Vec<(String, i32)> = acc.iter().map(|a| (a.metric.clone(), a.level)).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+}
+
+#[tokio::test]
+async fn postgres_accuracy_rows_aggregate_the_seeds() {
+    let db = TestDb::postgres().await;
+    accuracy_rows_aggregate_the_seeds(db.store().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_accuracy_rows_aggregate_the_seeds() {
+    let db = TestDb::sqlite().await;
+    accuracy_rows_aggregate_the_seeds(db.store().await).await;
+}

@@ -1,9 +1,11 @@
 //! Accuracy vs sparsity per metric: the numbers a Lottery-Ticket study reports.
 //!
-//! `GetResults` returns one row per (metric, rate, seed, level). Papers report the mean ± standard
-//! deviation over seeds at each level, so this module groups rows by (metric, rate, level) and
-//! aggregates over seeds, then renders the result as a table, CSV or JSON. The per-layer kept
-//! fractions (for the heatmap) are aggregated here too.
+//! `GetResults` returns one row per (metric, rate, seed, level) and the rows of the
+//! `accuracy_vs_sparsity` view: the mean ± standard deviation over seeds at each level, as papers
+//! report them and as SQL users read them. `points` takes the view's rows (one aggregation source
+//! of truth); `aggregate` does the same over the per-seed rows, for coordinators that predate the
+//! view's rows in GetResults. Rendering as a table, CSV or JSON; the per-layer kept fractions (for
+//! the heatmap) are aggregated here.
 //!
 //! The dense level 0 is shared by every trial of a seed. A coordinator may report it once per seed
 //! with no metric; such rows are copied into every (metric, rate) series so each curve starts at
@@ -120,6 +122,34 @@ pub fn aggregate(rows: &[pb::ResultRow]) -> Vec<ResultPoint> {
             }
         })
         .collect()
+}
+
+/// The points `lthctl results` and `report` show: the coordinator's rows of the accuracy_vs_sparsity
+/// view (the aggregation SQL users read), ordered by metric (paper order), rate, level. Only a
+/// coordinator older than that field sends none; then the same aggregation runs here on the
+/// per-seed rows.
+pub fn points(resp: &pb::GetResultsResponse) -> Vec<ResultPoint> {
+    if resp.accuracy.is_empty() {
+        return aggregate(&resp.rows);
+    }
+    let mut out: Vec<ResultPoint> = resp
+        .accuracy
+        .iter()
+        .map(|a| ResultPoint {
+            metric: metric_name(a.metric),
+            rate: a.rate,
+            level: a.level,
+            sparsity: a.sparsity,
+            weights_remaining_percent: 100.0 * (1.0 - a.sparsity),
+            accuracy_mean: a.mean_accuracy,
+            accuracy_std: a.std_accuracy,
+            accuracy_min: a.min_accuracy,
+            accuracy_max: a.max_accuracy,
+            seeds: a.seeds,
+        })
+        .collect();
+    out.sort_by(|a, b| metric_order(&a.metric).cmp(&metric_order(&b.metric)).then(a.rate.total_cmp(&b.rate)).then(a.level.cmp(&b.level)));
+    out
 }
 
 /// Per-layer kept fraction, mean over seeds, for every (metric, rate, level, layer). Layers keep the
@@ -305,6 +335,34 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn points_are_the_views_rows_in_paper_order() {
+        let rows = vec![row(pb::ImportanceMetric::L1, 0.2, 1, 1, 0.5)];
+        let a = |metric: pb::ImportanceMetric, rate: f64, level: u32, mean: f64| pb::AccuracyPoint {
+            metric: metric as i32,
+            rate,
+            level,
+            sparsity: 0.2 * level as f64,
+            mean_accuracy: mean,
+            std_accuracy: 0.01,
+            min_accuracy: mean - 0.01,
+            max_accuracy: mean + 0.01,
+            seeds: 2,
+        };
+        // The view orders metrics by name; lthctl shows the paper's order (magnitude before l1).
+        let resp = pb::GetResultsResponse {
+            rows: rows.clone(),
+            accuracy: vec![a(pb::ImportanceMetric::L1, 0.2, 1, 0.7), a(pb::ImportanceMetric::Magnitude, 0.2, 1, 0.8), a(pb::ImportanceMetric::Magnitude, 0.1, 1, 0.9)],
+        };
+        let p = points(&resp);
+        assert_eq!(p.iter().map(|p| (p.metric.as_str(), p.rate)).collect::<Vec<_>>(), [("magnitude", 0.1), ("magnitude", 0.2), ("l1", 0.2)]);
+        assert_eq!((p[2].accuracy_mean, p[2].accuracy_std, p[2].accuracy_min, p[2].seeds), (0.7, 0.01, 0.7 - 0.01, 2));
+        assert!((p[2].weights_remaining_percent - 80.0).abs() < 1e-12);
+        // Without the view's rows (an older coordinator) the same numbers come from the per-seed rows.
+        let old = pb::GetResultsResponse { rows: rows.clone(), accuracy: vec![] };
+        assert_eq!(points(&old), aggregate(&rows));
     }
 
     #[test]

@@ -373,6 +373,21 @@ pub struct ResultRow {
     pub layers: Vec<LayerStatsRow>,
 }
 
+/// One row of the accuracy_vs_sparsity view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccuracyRow {
+    pub metric: String,
+    pub rate: f64,
+    pub level: i32,
+    pub sparsity: f64,
+    pub mean_accuracy: f64,
+    /// NULL in the view for a single seed.
+    pub std_accuracy: Option<f64>,
+    pub min_accuracy: f64,
+    pub max_accuracy: f64,
+    pub seeds: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReapReport {
     pub lost: Vec<Lease>,
@@ -1443,6 +1458,34 @@ impl Store {
         both!(self, |pool, d, DB| {
             let v: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM events WHERE sweep_id = $1").bind(sweep_id).fetch_one(pool).await?;
             Ok(v.unwrap_or(0))
+        })
+    }
+
+    /// The accuracy_vs_sparsity view of one sweep, as SQL users see it, ordered by metric, rate, level.
+    pub async fn accuracy(&self, sweep_id: i64) -> Result<Vec<AccuracyRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(
+                "SELECT metric, rate, level, sparsity, mean_accuracy, std_accuracy, min_accuracy, max_accuracy, seeds \
+                   FROM accuracy_vs_sparsity WHERE sweep_id = $1 ORDER BY metric, rate, level",
+            )
+            .bind(sweep_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(AccuracyRow {
+                    metric: r.try_get("metric")?,
+                    rate: r.try_get("rate")?,
+                    level: r.try_get("level")?,
+                    sparsity: r.try_get("sparsity")?,
+                    mean_accuracy: r.try_get("mean_accuracy")?,
+                    std_accuracy: r.try_get("std_accuracy")?,
+                    min_accuracy: r.try_get("min_accuracy")?,
+                    max_accuracy: r.try_get("max_accuracy")?,
+                    seeds: r.try_get("seeds")?,
+                });
+            }
+            Ok(out)
         })
     }
 
