@@ -8,7 +8,7 @@ use crate::artifacts::ArtifactStore;
 use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
     AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
-    SweepInfo, WorkerRegistration,
+    SweepInfo, UnitStats, WorkerRegistration,
 };
 use futures::{Stream, StreamExt};
 use lth_proto::v1 as pb;
@@ -191,6 +191,7 @@ fn summary(s: &SweepInfo) -> pb::SweepSummary {
         created_at: Some(ts(s.created_at)),
         finished_at: s.finished_at.map(ts),
         trials: s.trials,
+        tickets_with_dead_classes: s.tickets_with_dead_classes,
     }
 }
 
@@ -208,7 +209,21 @@ impl From<pb::LevelResult> for ResultInput {
             layers: r
                 .layers
                 .into_iter()
-                .map(|l| LayerInput { name: l.layer, kept: l.kept, total: l.total, bits: l.mask_bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
+                .map(|l| LayerInput {
+                    units: (l.outputs > 0).then_some(UnitStats {
+                        outputs: l.outputs,
+                        dead_outputs: l.dead_outputs,
+                        inputs: l.inputs,
+                        dead_inputs: l.dead_inputs,
+                        output_layer: l.output_layer,
+                    }),
+                    name: l.layer,
+                    kept: l.kept,
+                    total: l.total,
+                    bits: l.mask_bits,
+                    collapsed: l.collapsed,
+                    weight_norm: l.weight_norm,
+                })
                 .collect(),
         }
     }
@@ -228,7 +243,22 @@ impl From<ResultInput> for pb::LevelResult {
             layers: r
                 .layers
                 .into_iter()
-                .map(|l| pb::LayerStats { layer: l.name, kept: l.kept, total: l.total, mask_bits: l.bits, collapsed: l.collapsed, weight_norm: l.weight_norm })
+                .map(|l| {
+                    let u = l.units.unwrap_or_default();
+                    pb::LayerStats {
+                        layer: l.name,
+                        kept: l.kept,
+                        total: l.total,
+                        mask_bits: l.bits,
+                        collapsed: l.collapsed,
+                        weight_norm: l.weight_norm,
+                        outputs: u.outputs,
+                        dead_outputs: u.dead_outputs,
+                        inputs: u.inputs,
+                        dead_inputs: u.dead_inputs,
+                        output_layer: u.output_layer,
+                    }
+                })
                 .collect(),
         }
     }
@@ -420,7 +450,22 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         let id = req.into_inner().sweep_id;
         self.0.store.get_sweep(id).await.map_err(status)?;
         let rows = self.0.store.results(id).await.map_err(status)?;
+        let accuracy = self.0.store.accuracy(id).await.map_err(status)?;
         Ok(Response::new(pb::GetResultsResponse {
+            accuracy: accuracy
+                .into_iter()
+                .map(|a| pb::AccuracyPoint {
+                    metric: metric_i32(Some(&a.metric)),
+                    rate: a.rate,
+                    level: a.level as u32,
+                    sparsity: a.sparsity,
+                    mean_accuracy: a.mean_accuracy,
+                    std_accuracy: a.std_accuracy.unwrap_or(0.0),
+                    min_accuracy: a.min_accuracy,
+                    max_accuracy: a.max_accuracy,
+                    seeds: a.seeds as u32,
+                })
+                .collect(),
             rows: rows
                 .into_iter()
                 .map(|r| pb::ResultRow {
@@ -449,6 +494,11 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                                 mask_bits: Vec::new(),
                                 collapsed: l.collapsed,
                                 weight_norm: l.weight_norm,
+                                outputs: l.units.map_or(0, |u| u.outputs),
+                                dead_outputs: l.units.map_or(0, |u| u.dead_outputs),
+                                inputs: l.units.map_or(0, |u| u.inputs),
+                                dead_inputs: l.units.map_or(0, |u| u.dead_inputs),
+                                output_layer: l.units.is_some_and(|u| u.output_layer),
                             })
                             .collect(),
                     }),

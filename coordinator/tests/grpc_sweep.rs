@@ -59,6 +59,7 @@ fn result_for(a: &pb::JobAssignment) -> pb::LevelResult {
                 mask_bits: pack(&bits),
                 collapsed: kept == 0,
                 weight_norm: kept as f64 * 0.1,
+                ..Default::default()
             }
         })
         .collect::<Vec<_>>();

@@ -4,7 +4,7 @@
 use crate::cli::{Cli, Command};
 use crate::client::{connect, explain_status, unreachable_message, Coordinator};
 use crate::convert::{dataset_name, metric_name, spec_model_name, sweep_state_is_final, sweep_state_name, timestamp_text};
-use crate::results::{aggregate, render};
+use crate::results::{points, render};
 use crate::sweep_file::{describe_grid, grid, load_sweep_file};
 use crate::watch::{Display, WatchView};
 use anyhow::{Context, Result};
@@ -28,8 +28,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Pause { id } => change_state(&connect(&url).await?, id, StateChange::Pause, out).await,
         Command::Resume { id } => change_state(&connect(&url).await?, id, StateChange::Resume, out).await,
         Command::Results { id, format } => {
-            let rows = get_results(&connect(&url).await?, id).await?;
-            out.write_all(render(&aggregate(&rows), format)?.as_bytes())?;
+            let resp = get_results(&connect(&url).await?, id).await?;
+            out.write_all(render(&points(&resp), format)?.as_bytes())?;
+            if let Some(w) = crate::results::dead_class_warning(&resp.rows) {
+                // CSV and JSON stay machine-readable: the warning goes to stderr there.
+                match format {
+                    crate::results::Format::Table => write!(out, "\n{}", w.replace("sweep_id = ID", &format!("sweep_id = {id}")))?,
+                    _ => eprint!("{}", w.replace("sweep_id = ID", &format!("sweep_id = {id}"))),
+                }
+            }
             Ok(())
         }
         Command::Export { id, format, what, output, levels } => {
@@ -53,6 +60,7 @@ async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool,
     let local = grid(&loaded.spec);
     if dry_run && offline {
         writeln!(out, "{}", describe_grid(&loaded.spec, &local))?;
+        write!(out, "{}", crate::estimate::describe(&loaded.spec, local.dense_jobs, local.level_jobs + local.control_jobs))?;
         writeln!(out, "dry run (offline): nothing submitted; the coordinator also reuses jobs it has already run (drop --offline to see how many)")?;
         return Ok(());
     }
@@ -91,6 +99,14 @@ async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool,
                 local.jobs(),
                 local.trials
             )?;
+        }
+        let to_run = resp.jobs.saturating_sub(resp.jobs_reused);
+        if resp.jobs_reused == 0 {
+            write!(out, "{}", crate::estimate::describe(&loaded.spec, resp.dense_jobs, to_run.saturating_sub(resp.dense_jobs)))?;
+        } else {
+            // Which kinds the reused jobs are is not reported: count every remaining job from the rewind point.
+            write!(out, "{}", crate::estimate::describe(&loaded.spec, 0, to_run))?;
+            writeln!(out, "  (the {} reused jobs are not counted; the {to_run} others are counted from the rewind point)", resp.jobs_reused)?;
         }
         writeln!(out, "dry run: nothing submitted")?;
         return Ok(());
@@ -195,6 +211,13 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
         c.failed,
         c.cancelled
     )?;
+    if s.tickets_with_dead_classes > 0 {
+        writeln!(
+            out,
+            "warning: {} ticket(s) have dead output classes (every weight into the class pruned); `lthctl results {id}` lists them",
+            s.tickets_with_dead_classes
+        )?;
+    }
     if !s.metrics.is_empty() {
         writeln!(out, "progress per metric:")?;
         let mut metrics: Vec<&pb::MetricProgress> = s.metrics.iter().collect();
@@ -291,13 +314,13 @@ async fn change_state(coord: &Coordinator, id: i64, change: StateChange, out: &m
     Ok(())
 }
 
-pub(crate) async fn get_results(coord: &Coordinator, id: i64) -> Result<Vec<pb::ResultRow>> {
+/// GetResults: per-seed rows and the accuracy_vs_sparsity view's rows.
+pub(crate) async fn get_results(coord: &Coordinator, id: i64) -> Result<pb::GetResultsResponse> {
     let mut c = coord.sweeps.clone();
     Ok(c.get_results(pb::GetResultsRequest { sweep_id: id })
         .await
         .map_err(|s| coord.explain(s, &format!("the results of sweep {id}")))?
-        .into_inner()
-        .rows)
+        .into_inner())
 }
 
 async fn workers(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {

@@ -8,7 +8,9 @@
 //! - `commands`: what each subcommand does, writing to the given output.
 //! - `client`: connecting to the coordinator; gRPC failures as advice.
 //! - `sweep_file`, `convert`: reading and checking sweep files; names of wire values.
-//! - `results`: aggregates over seeds (mean ± std) and their table/CSV/JSON rendering.
+//! - `results`: the accuracy_vs_sparsity rows GetResults sends (mean ± std over seeds), their
+//!   table/CSV/JSON rendering, per-layer aggregates and the dead-class warning.
+//! - `estimate`: images to train and CPU-hours for `submit --dry-run` (bench figures).
 //! - `export`: `lthctl export`: per-seed levels, per-layer stats and masks as CSV, JSON lines
 //!   or Parquet (`export::table` the typed columns, `export::sink` the three writers).
 //! - `masks`: the `StreamMasks` client, and ticket overlap computed from masks.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod convert;
+pub mod estimate;
 pub mod export;
 pub mod masks;
 pub mod output;

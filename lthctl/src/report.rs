@@ -8,7 +8,7 @@ use crate::cli::ImageFormat;
 use crate::client::Coordinator;
 use crate::commands::{get_results, get_sweep};
 use crate::masks::{self, MasksNotServed, Overlap};
-use crate::results::{aggregate, aggregate_layers, ResultPoint};
+use crate::results::{aggregate_layers, ResultPoint};
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -57,13 +57,15 @@ async fn overlaps(coord: &Coordinator, id: i64, rows: &[lth_proto::v1::ResultRow
 pub async fn report(coord: &Coordinator, id: i64, dir: Option<PathBuf>, format: ImageFormat, overlap_level: Option<u32>, out: &mut dyn Write) -> Result<()> {
     let s = get_sweep(coord, id).await?;
     // The plots are about tickets; `lthctl results` shows the controls beside them.
-    let rows = crate::results::tickets(&get_results(coord, id).await?);
+    let mut resp = get_results(coord, id).await?;
+    resp.rows = crate::results::tickets(&resp.rows);
+    let rows = resp.rows.clone();
     if rows.is_empty() {
         anyhow::bail!("sweep {id} has no results yet: jobs report a row when they finish (`lthctl status {id}` shows progress)");
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(format!("lth-report-{id}")));
     let title = format!("sweep {id} {}", s.name);
-    let points = aggregate(&rows);
+    let points = crate::results::points(&resp);
     let overlaps = match overlaps(coord, id, &rows, &points, overlap_level).await {
         Ok(o) => o,
         Err(e) if e.downcast_ref::<MasksNotServed>().is_some() => {
@@ -82,6 +84,7 @@ pub async fn report(coord: &Coordinator, id: i64, dir: Option<PathBuf>, format: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::aggregate;
     use crate::results::tests::row;
     use lth_proto::v1::ImportanceMetric as M;
 

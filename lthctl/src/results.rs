@@ -1,9 +1,11 @@
 //! Accuracy vs sparsity per metric: the numbers a Lottery-Ticket study reports.
 //!
-//! `GetResults` returns one row per (metric, rate, seed, level). Papers report the mean ± standard
-//! deviation over seeds at each level, so this module groups rows by (metric, rate, level) and
-//! aggregates over seeds, then renders the result as a table, CSV or JSON. The per-layer kept
-//! fractions (for the heatmap) are aggregated here too.
+//! `GetResults` returns one row per (metric, rate, seed, level) and the rows of the
+//! `accuracy_vs_sparsity` view: the mean ± standard deviation over seeds at each level, as papers
+//! report them and as SQL users read them. `points` takes the view's rows (one aggregation source
+//! of truth); `aggregate` does the same over the per-seed rows, for coordinators that predate the
+//! view's rows in GetResults. Rendering as a table, CSV or JSON; the per-layer kept fractions (for
+//! the heatmap) are aggregated here.
 //!
 //! The dense level 0 is shared by every trial of a seed. A coordinator may report it once per seed
 //! with no metric; such rows are copied into every (metric, rate) series so each curve starts at
@@ -161,6 +163,38 @@ pub fn aggregate(rows: &[pb::ResultRow]) -> Vec<ResultPoint> {
         .collect()
 }
 
+/// The points `lthctl results` and `report` show: the coordinator's rows of the accuracy_vs_sparsity
+/// view (the aggregation SQL users read), ordered by metric (paper order), rate, level. Only a
+/// coordinator older than that field sends none; then the same aggregation runs here on the
+/// per-seed rows. The field holds the tickets of constant-rate trials only, so a sweep with
+/// controls or rate schedules is aggregated here too, from the same rows the view reads.
+pub fn points(resp: &pb::GetResultsResponse) -> Vec<ResultPoint> {
+    let controls_or_schedules = resp.rows.iter().any(|r| r.control != pb::Control::Unspecified as i32 || !r.schedule.is_empty());
+    if resp.accuracy.is_empty() || controls_or_schedules {
+        return aggregate(&resp.rows);
+    }
+    let mut out: Vec<ResultPoint> = resp
+        .accuracy
+        .iter()
+        .map(|a| ResultPoint {
+            metric: metric_name(a.metric),
+            rate: a.rate,
+            level: a.level,
+            sparsity: a.sparsity,
+            weights_remaining_percent: 100.0 * (1.0 - a.sparsity),
+            accuracy_mean: a.mean_accuracy,
+            accuracy_std: a.std_accuracy,
+            accuracy_min: a.min_accuracy,
+            accuracy_max: a.max_accuracy,
+            seeds: a.seeds,
+            control: ticket(),
+            schedule: String::new(),
+        })
+        .collect();
+    out.sort_by(|a, b| metric_order(&a.metric).cmp(&metric_order(&b.metric)).then(a.rate.total_cmp(&b.rate)).then(a.level.cmp(&b.level)));
+    out
+}
+
 /// Per-layer kept fraction, mean over seeds, for every (metric, rate, level, layer). Layers keep the
 /// order the engine reports them in (network order).
 pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
@@ -198,6 +232,52 @@ pub fn aggregate_layers(rows: &[pb::ResultRow]) -> Vec<LayerPoint> {
         }
     }
     out
+}
+
+/// A ticket whose classifier has output classes with their whole fan-in pruned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadClasses {
+    pub metric: String,
+    pub rate: f64,
+    pub seed: u64,
+    pub level: u32,
+    pub dead: u64,
+    pub classes: u64,
+}
+
+/// Tickets with dead classes, in metric, rate, seed, level order (the worker's unit counts).
+pub fn dead_class_tickets(rows: &[pb::ResultRow]) -> Vec<DeadClasses> {
+    let mut out: Vec<DeadClasses> = rows
+        .iter()
+        .filter_map(|r| {
+            let l = r.result.as_ref()?.layers.iter().find(|l| l.output_layer && l.dead_outputs > 0)?;
+            Some(DeadClasses { metric: metric_name(r.metric), rate: r.rate, seed: r.seed, level: r.level, dead: l.dead_outputs, classes: l.outputs })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (metric_order(&a.metric), a.seed, a.level).cmp(&(metric_order(&b.metric), b.seed, b.level)).then(a.rate.total_cmp(&b.rate))
+    });
+    out
+}
+
+/// The warning `lthctl results` prints when tickets have dead classes (None when none do).
+pub fn dead_class_warning(rows: &[pb::ResultRow]) -> Option<String> {
+    let dead = dead_class_tickets(rows);
+    if dead.is_empty() {
+        return None;
+    }
+    let mut s = format!(
+        "warning: {} ticket(s) have dead output classes (every weight into the class pruned: the network cannot predict it from its input):\n",
+        dead.len()
+    );
+    for d in dead.iter().take(10) {
+        s.push_str(&format!("  {} rate {} seed {} level {}: {} of {} classes dead\n", d.metric, d.rate, d.seed, d.level, d.dead, d.classes));
+    }
+    if dead.len() > 10 {
+        s.push_str(&format!("  … and {} more\n", dead.len() - 10));
+    }
+    s.push_str("  per layer: SELECT * FROM dead_units WHERE sweep_id = ID (docs/sql.md)\n");
+    Some(s)
 }
 
 /// Output formats of `lthctl results`.
@@ -311,6 +391,47 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn points_are_the_views_rows_in_paper_order() {
+        let rows = vec![row(pb::ImportanceMetric::L1, 0.2, 1, 1, 0.5)];
+        let a = |metric: pb::ImportanceMetric, rate: f64, level: u32, mean: f64| pb::AccuracyPoint {
+            metric: metric as i32,
+            rate,
+            level,
+            sparsity: 0.2 * level as f64,
+            mean_accuracy: mean,
+            std_accuracy: 0.01,
+            min_accuracy: mean - 0.01,
+            max_accuracy: mean + 0.01,
+            seeds: 2,
+        };
+        // The view orders metrics by name; lthctl shows the paper's order (magnitude before l1).
+        let resp = pb::GetResultsResponse {
+            rows: rows.clone(),
+            accuracy: vec![a(pb::ImportanceMetric::L1, 0.2, 1, 0.7), a(pb::ImportanceMetric::Magnitude, 0.2, 1, 0.8), a(pb::ImportanceMetric::Magnitude, 0.1, 1, 0.9)],
+        };
+        let p = points(&resp);
+        assert_eq!(p.iter().map(|p| (p.metric.as_str(), p.rate)).collect::<Vec<_>>(), [("magnitude", 0.1), ("magnitude", 0.2), ("l1", 0.2)]);
+        assert_eq!((p[2].accuracy_mean, p[2].accuracy_std, p[2].accuracy_min, p[2].seeds), (0.7, 0.01, 0.7 - 0.01, 2));
+        assert!((p[2].weights_remaining_percent - 80.0).abs() < 1e-12);
+        // Without the view's rows (an older coordinator) the same numbers come from the per-seed rows.
+        let old = pb::GetResultsResponse { rows: rows.clone(), accuracy: vec![] };
+        assert_eq!(points(&old), aggregate(&rows));
+    }
+
+    #[test]
+    fn dead_classes_are_listed_once_per_ticket() {
+        let mut rows = vec![row(pb::ImportanceMetric::L1, 0.2, 1, 3, 0.5), row(pb::ImportanceMetric::L1, 0.2, 1, 4, 0.4)];
+        assert_eq!(dead_class_warning(&rows), None);
+        let fc = pb::LayerStats { layer: "fc.weight".into(), kept: 10, total: 40, outputs: 10, dead_outputs: 3, inputs: 4, output_layer: true, ..Default::default() };
+        let hidden = pb::LayerStats { layer: "fc_layers.0.weight".into(), kept: 1, total: 40, outputs: 10, dead_outputs: 9, inputs: 4, ..Default::default() };
+        rows[1].result.as_mut().unwrap().layers = vec![hidden.clone(), fc];
+        rows[0].result.as_mut().unwrap().layers = vec![hidden];
+        let w = dead_class_warning(&rows).unwrap();
+        assert!(w.starts_with("warning: 1 ticket(s) have dead output classes"), "{w}");
+        assert!(w.contains("l1 rate 0.2 seed 1 level 4: 3 of 10 classes dead"), "{w}");
     }
 
     #[test]

@@ -108,6 +108,15 @@ fn pruned_weights_are_exactly_zero_after_training_and_survivors_start_from_theta
             assert_eq!(nonzero_pruned, 0, "{}: pruned weights must be exactly zero", layer.name);
             assert_eq!(mask.sum(Kind::Int64).int64_value(&[]) as u64, layer.kept);
             assert!(!layer.collapsed);
+            // Dead units as the report has them = rows / columns of the stored mask with no 1.
+            let shape = mask.size();
+            let m2 = mask.to_kind(Kind::Int64).reshape([shape[0], shape[1], -1]).sum_dim_intlist([2i64].as_slice(), false, Kind::Int64);
+            let size = m2.size();
+            let dead_out = m2.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64).eq(0).sum(Kind::Int64).int64_value(&[]) as u64;
+            let dead_in = m2.sum_dim_intlist([0i64].as_slice(), false, Kind::Int64).eq(0).sum(Kind::Int64).int64_value(&[]) as u64;
+            assert_eq!((layer.outputs, layer.inputs), (size[0] as u64, size[1] as u64), "{}", layer.name);
+            assert_eq!((layer.dead_outputs, layer.dead_inputs), (dead_out, dead_in), "{}", layer.name);
+            assert_eq!(layer.output_layer, layer.name == "fc.weight", "{}", layer.name);
         }
         assert!((rep.sparsity - (1.0 - 0.5f64.powi(level as i32))).abs() < 1e-4);
     }

@@ -200,3 +200,20 @@ fn every_model_lists_its_layers_in_network_order() {
     let p: Vec<String> = prunable_layers(&vgg, &only).into_iter().map(|(n, _)| n).collect();
     assert_eq!(p, ["layers.10.conv.weight", "layers.11.conv.weight", "layers.12.conv.weight", "layers.14.conv.weight", "layers.15.conv.weight"]);
 }
+
+#[test]
+fn dead_classes_of_a_lenet_mask_counted_by_hand() {
+    use lth_worker::engine::{classifier_name, layer_report, LayerMask};
+    let digits = InputShape { channels: 1, height: 8, width: 8 };
+    let net = Network::new(ModelKind::Lenet300100, digits, 10, Device::Cpu, 0).unwrap();
+    assert_eq!(classifier_name(&net, 10).as_deref(), Some("fc.weight"));
+    assert_eq!(classifier_name(&net, 7), None, "fc has 10 outputs, not 7");
+    // fc.weight is 10 × 100: prune classes 3 and 7 entirely, and input 42 in every class.
+    let keep: Vec<bool> = (0..1000).map(|i| { let (class, input) = (i / 100, i % 100); class != 3 && class != 7 && input != 42 }).collect();
+    let r = layer_report(&LayerMask::from_bools("fc.weight", &[10, 100], &keep), 1.0, true);
+    assert_eq!((r.outputs, r.dead_outputs, r.inputs, r.dead_inputs, r.output_layer), (10, 2, 100, 1, true));
+    assert_eq!(r.kept, 8 * 99);
+    // The hidden layer fc_layers.1 (100 × 300) with nothing pruned has no dead units.
+    let r = layer_report(&LayerMask::ones("fc_layers.1.weight", &[100, 300]), 1.0, false);
+    assert_eq!((r.outputs, r.dead_outputs, r.inputs, r.dead_inputs, r.output_layer), (100, 0, 300, 0, false));
+}

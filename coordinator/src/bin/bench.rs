@@ -116,7 +116,7 @@ fn result(level: i32) -> ResultInput {
         for i in 0..kept as usize {
             bits[i / 8] |= 0x80 >> (i % 8);
         }
-        LayerInput { name: name.into(), kept, total, bits, collapsed: false, weight_norm: 1.0 }
+        LayerInput { name: name.into(), kept, total, bits, collapsed: false, weight_norm: 1.0, units: None }
     };
     ResultInput {
         sparsity: if level == 0 { 0.0 } else { 0.2 },

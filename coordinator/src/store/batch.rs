@@ -362,6 +362,9 @@ async fn sqlite_attach_artifacts(conn: &mut SqliteConnection, jobs: Vec<JobRow>)
         .collect())
 }
 
+/// Mask rows per SQLite INSERT: 13 parameters each, well under SQLite's 32,766-parameter limit.
+const MASK_ROWS_PER_INSERT: usize = 500;
+
 /// The columns of an artifact row, in the order `artifact_from_row!` and the claim's NULL
 /// placeholders use.
 const ARTIFACT_FIELDS: [&str; 6] = ["job_id", "name", "attempt", "uri", "sha256", "bytes"];
@@ -484,19 +487,24 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
     .bind(result.iterations as i64)
     .execute(&mut *conn)
     .await?;
-    for (ci, chunk) in result.layers.chunks(500).enumerate() {
+    for (ci, chunk) in result.layers.chunks(MASK_ROWS_PER_INSERT).enumerate() {
         let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) ",
+            "INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) ",
         );
         qb.push_values(chunk.iter().enumerate(), |mut b, (i, l)| {
             b.push_bind(lease.job_id)
                 .push_bind(l.name.clone())
-                .push_bind((ci * 500 + i) as i32)
+                .push_bind((ci * MASK_ROWS_PER_INSERT + i) as i32)
                 .push_bind(l.kept as i64)
                 .push_bind(l.total as i64)
                 .push_bind(l.bits.clone())
                 .push_bind(l.collapsed)
-                .push_bind(l.weight_norm);
+                .push_bind(l.weight_norm)
+                .push_bind(l.units.map(|u| u.outputs as i64))
+                .push_bind(l.units.map(|u| u.dead_outputs as i64))
+                .push_bind(l.units.map(|u| u.inputs as i64))
+                .push_bind(l.units.map(|u| u.dead_inputs as i64))
+                .push_bind(l.units.map(|u| u.output_layer));
         });
         qb.build().execute(&mut *conn).await?;
     }
@@ -543,6 +551,8 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
     let (mut sparsity, mut acc, mut test_loss, mut train_loss, mut epochs, mut wall, mut iters) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let layers: usize = todo.iter().map(|&i| items[i].result.layers.len()).sum();
+    let (mut u_out, mut u_dead_out, mut u_in, mut u_dead_in, mut u_final): (Vec<Option<i64>>, Vec<Option<i64>>, Vec<Option<i64>>, Vec<Option<i64>>, Vec<Option<bool>>) =
+        (Vec::with_capacity(layers), Vec::with_capacity(layers), Vec::with_capacity(layers), Vec::with_capacity(layers), Vec::with_capacity(layers));
     let (mut m_job, mut m_layer, mut m_ord, mut m_kept, mut m_total, mut m_bits, mut m_collapsed, mut m_norm) = (
         Vec::with_capacity(layers),
         Vec::with_capacity(layers),
@@ -574,6 +584,11 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
             m_bits.push(layer.bits.as_slice());
             m_collapsed.push(layer.collapsed);
             m_norm.push(layer.weight_norm);
+            u_out.push(layer.units.map(|u| u.outputs as i64));
+            u_dead_out.push(layer.units.map(|u| u.dead_outputs as i64));
+            u_in.push(layer.units.map(|u| u.inputs as i64));
+            u_dead_in.push(layer.units.map(|u| u.dead_inputs as i64));
+            u_final.push(layer.units.map(|u| u.output_layer));
         }
     }
     let rows = sqlx::query(&format!(
@@ -593,11 +608,13 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
          res AS (INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
                  SELECT i.job_id, i.sparsity, i.test_accuracy, i.test_loss, i.train_loss, i.epochs, i.wall_seconds, i.iterations \
                    FROM input i JOIN done ON done.id = i.job_id), \
-         msk AS (INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) \
+         msk AS (INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
                  SELECT m.job_id, m.layer, m.ordinal, m.kept, m.total, \
-                        substring(('x' || encode(m.bits, 'hex'))::bit varying from 1 for m.total::int), m.collapsed, m.weight_norm \
-                   FROM unnest($10::bigint[], $11::text[], $12::int[], $13::bigint[], $14::bigint[], $15::bytea[], $16::bool[], $17::float8[]) \
-                        AS m(job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm) \
+                        substring(('x' || encode(m.bits, 'hex'))::bit varying from 1 for m.total::int), m.collapsed, m.weight_norm, \
+                        m.outputs, m.dead_outputs, m.inputs, m.dead_inputs, m.output_layer \
+                   FROM unnest($10::bigint[], $11::text[], $12::int[], $13::bigint[], $14::bigint[], $15::bytea[], $16::bool[], $17::float8[], \
+                               $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bool[]) \
+                        AS m(job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
                    JOIN done ON done.id = m.job_id), \
          unblocked AS (UPDATE jobs c SET state = 'ready' FROM done WHERE c.parent_job_id = done.id AND c.state = 'blocked'), \
          trial AS (UPDATE trials t SET state = 'succeeded' FROM done \
@@ -635,6 +652,11 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
     .bind(&require)
     .bind(uploads_needed("dense"))
     .bind(uploads_needed("level"))
+    .bind(&u_out)
+    .bind(&u_dead_out)
+    .bind(&u_in)
+    .bind(&u_dead_in)
+    .bind(&u_final)
     .fetch_all(pool)
     .await?;
     let mut refused = std::collections::HashMap::with_capacity(rows.len());

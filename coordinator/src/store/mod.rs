@@ -120,6 +120,8 @@ pub struct SweepInfo {
     pub jobs: JobCounts,
     /// (metric, level jobs, level jobs succeeded)
     pub metrics: Vec<(String, u64, u64)>,
+    /// Tickets (trial × level) with a dead output class (the dead_units view).
+    pub tickets_with_dead_classes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -216,6 +218,19 @@ pub struct LayerInput {
     pub bits: Vec<u8>,
     pub collapsed: bool,
     pub weight_norm: f64,
+    /// Dead units, when the worker reports them.
+    pub units: Option<UnitStats>,
+}
+
+/// Unit-level collapse of one layer's mask (see `LayerStats` in the proto).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnitStats {
+    pub outputs: u64,
+    pub dead_outputs: u64,
+    pub inputs: u64,
+    pub dead_inputs: u64,
+    /// The classifier: its dead outputs are dead classes.
+    pub output_layer: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -265,6 +280,15 @@ impl ResultInput {
             }
             if ones != l.kept {
                 return bad(format!("layer {:?}: mask has {ones} bits set but kept = {}", l.name, l.kept));
+            }
+            if let Some(u) = &l.units {
+                let block = u.outputs.saturating_mul(u.inputs.max(1));
+                if u.dead_outputs > u.outputs || u.dead_inputs > u.inputs || block == 0 || l.total % block != 0 {
+                    return bad(format!(
+                        "layer {:?}: units (outputs {}, dead {}; inputs {}, dead {}) do not fit a weight of {} entries",
+                        l.name, u.outputs, u.dead_outputs, u.inputs, u.dead_inputs, l.total
+                    ));
+                }
             }
         }
         Ok(())
@@ -331,6 +355,8 @@ pub struct LayerStatsRow {
     pub total: i64,
     pub collapsed: bool,
     pub weight_norm: f64,
+    /// None for rows of workers that did not report dead units.
+    pub units: Option<UnitStats>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,6 +379,21 @@ pub struct ResultRow {
     pub control: Option<String>,
     /// The trial's per-level rates when it runs a schedule (`rate` is then the first).
     pub schedule: Option<Vec<f64>>,
+}
+
+/// One row of the accuracy_vs_sparsity view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccuracyRow {
+    pub metric: String,
+    pub rate: f64,
+    pub level: i32,
+    pub sparsity: f64,
+    pub mean_accuracy: f64,
+    /// NULL in the view for a single seed.
+    pub std_accuracy: Option<f64>,
+    pub min_accuracy: f64,
+    pub max_accuracy: f64,
+    pub seeds: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -958,6 +999,10 @@ impl Store {
             {
                 metrics.push((m.try_get("metric")?, m.try_get::<i64, _>("n")? as u64, m.try_get::<i64, _>("done")? as u64));
             }
+            let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT DISTINCT trial_id, level FROM dead_units WHERE sweep_id = $1 AND dead_classes > 0) t")
+                .bind(sweep_id)
+                .fetch_one(pool)
+                .await?;
             Ok(SweepInfo {
                 id: r.try_get("id")?,
                 name: r.try_get("name")?,
@@ -968,6 +1013,7 @@ impl Store {
                 trials: r.try_get::<i64, _>("trials")? as u64,
                 jobs: counts,
                 metrics,
+                tickets_with_dead_classes: dead as u64,
             })
         })
     }
@@ -1515,6 +1561,36 @@ impl Store {
         })
     }
 
+    /// The accuracy_vs_sparsity view of one sweep, as SQL users see it, ordered by metric, rate,
+    /// level: the tickets of constant-rate trials (clients aggregate controls and schedules from
+    /// the per-seed rows, which carry both).
+    pub async fn accuracy(&self, sweep_id: i64) -> Result<Vec<AccuracyRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(
+                "SELECT metric, rate, level, sparsity, mean_accuracy, std_accuracy, min_accuracy, max_accuracy, seeds \
+                   FROM accuracy_vs_sparsity WHERE sweep_id = $1 AND control IS NULL AND schedule IS NULL ORDER BY metric, rate, level",
+            )
+            .bind(sweep_id)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(AccuracyRow {
+                    metric: r.try_get("metric")?,
+                    rate: r.try_get("rate")?,
+                    level: r.try_get("level")?,
+                    sparsity: r.try_get("sparsity")?,
+                    mean_accuracy: r.try_get("mean_accuracy")?,
+                    std_accuracy: r.try_get("std_accuracy")?,
+                    min_accuracy: r.try_get("min_accuracy")?,
+                    max_accuracy: r.try_get("max_accuracy")?,
+                    seeds: r.try_get("seeds")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// One row per finished (trial, level), level 0 included for every trial, with per-layer
     /// kept/total (no mask bits).
     pub async fn results(&self, sweep_id: i64) -> Result<Vec<ResultRow>> {
@@ -1528,7 +1604,8 @@ impl Store {
             .fetch_all(pool)
             .await?;
             let layer_rows = sqlx::query(
-                "SELECT m.job_id, m.layer, m.kept, m.total, m.collapsed, m.weight_norm FROM masks m \
+                "SELECT m.job_id, m.layer, m.kept, m.total, m.collapsed, m.weight_norm, \
+                        m.outputs, m.dead_outputs, m.inputs, m.dead_inputs, m.output_layer FROM masks m \
                   WHERE m.job_id IN (SELECT result_job_id FROM trial_levels WHERE sweep_id = $1) ORDER BY m.job_id, m.ordinal",
             )
             .bind(sweep_id)
@@ -1542,6 +1619,16 @@ impl Store {
                     total: r.try_get("total")?,
                     collapsed: r.try_get("collapsed")?,
                     weight_norm: r.try_get("weight_norm")?,
+                    units: match r.try_get::<Option<i64>, _>("outputs")? {
+                        None => None,
+                        Some(outputs) => Some(UnitStats {
+                            outputs: outputs as u64,
+                            dead_outputs: r.try_get::<Option<i64>, _>("dead_outputs")?.unwrap_or(0) as u64,
+                            inputs: r.try_get::<Option<i64>, _>("inputs")?.unwrap_or(0) as u64,
+                            dead_inputs: r.try_get::<Option<i64>, _>("dead_inputs")?.unwrap_or(0) as u64,
+                            output_layer: r.try_get::<Option<bool>, _>("output_layer")?.unwrap_or(false),
+                        }),
+                    },
                 });
             }
             let mut out = Vec::with_capacity(rows.len());

@@ -131,7 +131,7 @@ pub fn fabricated_result(job: &ClaimedJob) -> ResultInput {
     let layer = |name: &str, total: usize, collapse: bool| {
         let kept = if collapse { 0 } else { ((total as f64) * keep).round().max(1.0) as usize };
         let bits: Vec<bool> = (0..total).map(|i| ((i + salt) % total) < kept).collect();
-        LayerInput { name: name.into(), kept: kept as u64, total: total as u64, bits: pack(&bits), collapsed: collapse, weight_norm: 1.5 }
+        LayerInput { name: name.into(), kept: kept as u64, total: total as u64, bits: pack(&bits), collapsed: collapse, weight_norm: 1.5, units: None }
     };
     ResultInput {
         sparsity: 1.0 - keep,

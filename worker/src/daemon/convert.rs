@@ -65,6 +65,11 @@ pub fn level_result(r: &LevelReport) -> pb::LevelResult {
                 mask_bits: l.mask_bits.clone().into(),
                 collapsed: l.collapsed,
                 weight_norm: l.weight_norm,
+                outputs: l.outputs,
+                dead_outputs: l.dead_outputs,
+                inputs: l.inputs,
+                dead_inputs: l.dead_inputs,
+                output_layer: l.output_layer,
             })
             .collect(),
     }

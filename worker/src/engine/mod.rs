@@ -36,7 +36,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use cuda::init_device;
 pub use models::{InputShape, Network};
-pub use prune::LayerMask;
+pub use prune::{LayerMask, UnitCounts};
 
 /// Everything that determines one chain step's result (serde, so it can travel as job.json).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -87,6 +87,21 @@ pub struct LayerReport {
     pub collapsed: bool,
     /// L2 norm of the layer's trained (masked) weights.
     pub weight_norm: f64,
+    /// Output units (neurons, filters: the weight's first dimension) and how many of them have
+    /// their whole fan-in pruned; inputs (second dimension) and how many no kept weight reads
+    /// (`LayerMask::units`). Reports written before these fields read as 0.
+    #[serde(default)]
+    pub outputs: u64,
+    #[serde(default)]
+    pub dead_outputs: u64,
+    #[serde(default)]
+    pub inputs: u64,
+    #[serde(default)]
+    pub dead_inputs: u64,
+    /// The classifier: the network's last weight of rank ≥ 2 with one output per class. Its dead
+    /// outputs are dead classes, which the network can never predict from its input.
+    #[serde(default)]
+    pub output_layer: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -325,6 +340,30 @@ fn write_checkpoint(path: &Path, spec: &StepSpec, tr: &train::Trainer, progress:
     artifacts::write_atomic(path, &t)
 }
 
+/// The per-layer report of one mask: counts, bits and dead units.
+pub fn layer_report(m: &LayerMask, weight_norm: f64, output_layer: bool) -> LayerReport {
+    let u = m.units();
+    LayerReport {
+        name: m.name.clone(),
+        kept: m.kept,
+        total: m.total,
+        collapsed: m.kept == 0,
+        mask_bits: m.bits.clone(),
+        weight_norm,
+        outputs: u.outputs,
+        dead_outputs: u.dead_outputs,
+        inputs: u.inputs,
+        dead_inputs: u.dead_inputs,
+        output_layer,
+    }
+}
+
+/// The classifier's weight: the last parameter of rank ≥ 2 in network order, if it has one output
+/// per class (`fc.weight` in every built-in model).
+pub fn classifier_name(net: &Network, classes: i64) -> Option<String> {
+    net.named_parameters().into_iter().rev().find(|(_, t)| t.dim() >= 2).filter(|(_, t)| t.size()[0] == classes).map(|(n, _)| n)
+}
+
 fn masks_of(tr: &train::Trainer) -> Result<Vec<(String, Vec<u8>)>> {
     tr.masks.iter().map(|m| Ok((m.name.clone(), artifacts::bytes_of(&m.mask.contiguous())?))).collect()
 }
@@ -442,19 +481,13 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
     let masks = masks_of(&tr)?;
     let mut out: Vec<(String, Tensor)> = net.named_variables();
     let vars = net.vs.variables();
+    let classifier = classifier_name(&net, data.classes);
     let mut layers = Vec::new();
     for (name, bytes) in &masks {
         let w = &vars[name];
         out.push((format!("{}{name}", artifacts::MASK_PREFIX), Tensor::from_slice(bytes).reshape(w.size())));
         let m = LayerMask::from_bools(name, &w.size(), &bytes.iter().map(|&b| b != 0).collect::<Vec<_>>());
-        layers.push(LayerReport {
-            name: name.clone(),
-            kept: m.kept,
-            total: m.total,
-            collapsed: m.kept == 0,
-            mask_bits: m.bits,
-            weight_norm: w.to_kind(Kind::Double).norm().double_value(&[]),
-        });
+        layers.push(layer_report(&m, w.to_kind(Kind::Double).norm().double_value(&[]), classifier.as_deref() == Some(name.as_str())));
     }
     let weights_path = workdir.join(WEIGHTS_FILE);
     artifacts::write_atomic(&weights_path, &out)?;

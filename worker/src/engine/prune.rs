@@ -59,10 +59,52 @@ impl LayerMask {
         (0..self.total as usize).map(|i| self.get(i)).collect()
     }
 
+    /// Units whose every connection is pruned. A weight of shape [out, in, k...] (linear: [out, in];
+    /// conv: [out, in, kh, kw]) has `out` output units (neurons, filters), each dead when its whole
+    /// fan-in (in × k... weights) is pruned, and `in` inputs, each dead when no kept weight reads it
+    /// (for every output and kernel position). A 1-D parameter counts its entries as outputs with
+    /// no inputs; a scalar has neither.
+    pub fn units(&self) -> UnitCounts {
+        let dims: Vec<usize> = self.shape.iter().map(|&d| d.max(0) as usize).collect();
+        let (outs, ins, k) = match dims.len() {
+            0 => return UnitCounts::default(),
+            1 => (dims[0], 0, 0),
+            _ => (dims[0], dims[1], dims[2..].iter().product::<usize>()),
+        };
+        if ins == 0 {
+            let dead = (0..outs).filter(|&o| !self.get(o)).count() as u64;
+            return UnitCounts { outputs: outs as u64, dead_outputs: dead, inputs: 0, dead_inputs: 0 };
+        }
+        let mut input_alive = vec![false; ins];
+        let mut dead_outputs = 0u64;
+        for o in 0..outs {
+            let mut alive = false;
+            for (i, seen) in input_alive.iter_mut().enumerate() {
+                let base = (o * ins + i) * k;
+                if (base..base + k).any(|x| self.get(x)) {
+                    alive = true;
+                    *seen = true;
+                }
+            }
+            dead_outputs += u64::from(!alive);
+        }
+        let dead_inputs = input_alive.iter().filter(|a| !**a).count() as u64;
+        UnitCounts { outputs: outs as u64, dead_outputs, inputs: ins as u64, dead_inputs }
+    }
+
     /// 0/1 bytes, one per weight (the form stored in safetensors files).
     pub fn to_bytes(&self) -> Vec<u8> {
         (0..self.total as usize).map(|i| self.get(i) as u8).collect()
     }
+}
+
+/// Dead units of one layer's mask (see [`LayerMask::units`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnitCounts {
+    pub outputs: u64,
+    pub dead_outputs: u64,
+    pub inputs: u64,
+    pub dead_inputs: u64,
 }
 
 /// A layer as the pruner sees it.
@@ -210,5 +252,36 @@ mod tests {
         assert_eq!(m.bits, vec![0b1000_0001, 0b1000_0000]);
         assert_eq!((m.kept, m.total), (3, 9));
         assert!(m.get(8) && !m.get(1));
+    }
+
+    #[test]
+    fn dead_units_of_a_linear_mask_counted_by_hand() {
+        // 3 outputs × 4 inputs, kept: (0, 0) and (2, 1). Row 1 is all pruned (a dead output);
+        // columns 2 and 3 are pruned in every row (dead inputs).
+        #[rustfmt::skip]
+        let keep = [
+            true,  false, false, false,
+            false, false, false, false,
+            false, true,  false, false,
+        ];
+        let u = LayerMask::from_bools("fc.weight", &[3, 4], &keep).units();
+        assert_eq!(u, UnitCounts { outputs: 3, dead_outputs: 1, inputs: 4, dead_inputs: 2 });
+        assert_eq!(LayerMask::ones("fc.weight", &[3, 4]).units(), UnitCounts { outputs: 3, dead_outputs: 0, inputs: 4, dead_inputs: 0 });
+        let none = LayerMask::from_bools("fc.weight", &[3, 4], &[false; 12]).units();
+        assert_eq!(none, UnitCounts { outputs: 3, dead_outputs: 3, inputs: 4, dead_inputs: 4 });
+    }
+
+    #[test]
+    fn dead_units_of_a_conv_mask_counted_by_hand() {
+        // 3 filters × 2 input channels × 2×2 kernels (8 weights per filter). Filter 0 keeps one
+        // weight of channel 1; filter 1 keeps nothing; filter 2 keeps one weight of channel 1.
+        // Channel 0 is read by no kept weight.
+        let mut keep = vec![false; 3 * 2 * 4];
+        keep[4 + 3] = true; // filter 0, channel 1, kernel position (1, 1)
+        keep[2 * 8 + 4] = true; // filter 2, channel 1, kernel position (0, 0)
+        let u = LayerMask::from_bools("conv.weight", &[3, 2, 2, 2], &keep).units();
+        assert_eq!(u, UnitCounts { outputs: 3, dead_outputs: 1, inputs: 2, dead_inputs: 1 });
+        // A 1-D parameter: its entries are outputs.
+        assert_eq!(LayerMask::from_bools("bn.weight", &[3], &[true, false, false]).units(), UnitCounts { outputs: 3, dead_outputs: 2, inputs: 0, dead_inputs: 0 });
     }
 }
