@@ -12,7 +12,10 @@ use std::time::Duration;
 
 #[derive(Parser, Debug, Clone, Default)]
 #[command(name = "lth-coordinator", version, about = "lth coordinator: schedules Lottery-Ticket sweeps onto worker daemons")]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML file with any of the settings below (keys as the flags, with underscores).
     #[arg(long, env = "LTH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -44,6 +47,51 @@ pub struct Args {
     /// database round trip; 1 turns group commit off [default: 64].
     #[arg(long, env = "LTH_MAX_BATCH")]
     pub max_batch: Option<u32>,
+    /// File of accepted tokens, one `ROLE NAME sha256:HEX` a line (hashes only; see `token create`).
+    /// The same lines may come in the LTH_AUTH_TOKENS variable instead. Without tokens every caller
+    /// is admin, and only a loopback --listen is allowed unless --insecure.
+    #[arg(long, env = "LTH_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "LTH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "LTH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS for workers: WorkerService calls must present a client certificate signed by
+    /// this CA (PEM). Needs --tls-cert.
+    #[arg(long, env = "LTH_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback --listen without tokens: anyone who reaches the port is admin.
+    #[arg(long, env = "LTH_INSECURE")]
+    pub insecure: bool,
+}
+
+/// Subcommands beside serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Manage tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Ask a coordinator's health service; exit 0 when SERVING, 1 otherwise (for HEALTHCHECK and probes).
+    Healthcheck {
+        /// The coordinator to ask (https:// for TLS; LTH_TLS_CA names its CA).
+        #[arg(long, env = "LTH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+        coordinator: String,
+    },
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum TokenCommand {
+    /// Print a new random token and the line to add to the auth file (which keeps only its hash).
+    Create {
+        /// The token's role.
+        #[arg(long)]
+        role: crate::auth::Role,
+        /// A name for the token (recorded as a sweep's owner and in the audit log) [default: the role].
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +115,11 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     db_max_connections: Option<u32>,
     max_batch: Option<u32>,
+    auth_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    insecure: Option<bool>,
 }
 
 /// The resolved settings.
@@ -81,6 +134,23 @@ pub struct Config {
     pub log_format: LogFormat,
     pub db_max_connections: u32,
     pub max_batch: u32,
+    pub auth_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+/// Secure by default: without tokens, refuse to listen where others can reach, unless told.
+pub fn check_exposure(listen: SocketAddr, tokens: usize, insecure: bool) -> anyhow::Result<()> {
+    if tokens == 0 && !insecure && !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {listen} without tokens: anyone who reaches that address could submit, cancel and forge results. \
+             Give tokens (--auth-file or LTH_AUTH_TOKENS; `lth-coordinator token create --role admin` makes one), \
+             listen on loopback (127.0.0.1), or pass --insecure to accept that"
+        );
+    }
+    Ok(())
 }
 
 impl Args {
@@ -104,7 +174,18 @@ impl Args {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             db_max_connections: self.db_max_connections.or(file.db_max_connections).unwrap_or(16),
             max_batch: self.max_batch.or(file.max_batch).unwrap_or(64),
+            auth_file: self.auth_file.clone().or(file.auth_file),
+            tls_cert: self.tls_cert.clone().or(file.tls_cert),
+            tls_key: self.tls_key.clone().or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
+            insecure: self.insecure || file.insecure.unwrap_or(false),
         };
+        if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+            anyhow::bail!("--tls-cert and --tls-key go together: give both (certificate chain and its key, PEM) or neither");
+        }
+        if cfg.tls_client_ca.is_some() && cfg.tls_cert.is_none() {
+            anyhow::bail!("--tls-client-ca (mutual TLS) needs TLS: give --tls-cert and --tls-key too");
+        }
         if cfg.lease.is_zero() || cfg.heartbeat.is_zero() || cfg.reap_interval.is_zero() {
             anyhow::bail!("--lease-seconds, --heartbeat-seconds and --reap-interval-seconds must be at least 1");
         }
@@ -151,5 +232,18 @@ mod tests {
         assert_eq!(Args::default().resolve().unwrap().max_batch, 64);
         let err = Args { max_batch: Some(0), ..Default::default() }.resolve().unwrap_err().to_string();
         assert!(err.contains("--max-batch"), "{err}");
+        let err = Args { tls_cert: Some("c.pem".into()), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(err.contains("--tls-key"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_needs_tokens_or_insecure() {
+        let any: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let err = check_exposure(any, 0, false).unwrap_err().to_string();
+        assert!(err.contains("refusing to listen on 0.0.0.0:50051 without tokens") && err.contains("--insecure"), "{err}");
+        check_exposure(any, 1, false).unwrap();
+        check_exposure(any, 0, true).unwrap();
+        check_exposure("127.0.0.1:1".parse().unwrap(), 0, false).unwrap();
+        check_exposure("[::1]:1".parse().unwrap(), 0, false).unwrap();
     }
 }

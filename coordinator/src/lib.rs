@@ -4,8 +4,10 @@
 //! runs where, so that no job is lost or run twice. Several coordinators may share one Postgres.
 
 pub mod artifacts;
+pub mod auth;
 pub mod config;
 pub mod group_commit;
+pub mod health;
 pub mod masks_rpc;
 pub mod server;
 pub mod service;

@@ -3,6 +3,7 @@
 //! an ephemeral port.
 
 use crate::artifacts::ArtifactStore;
+use crate::auth::{AuthLayer, AuthPolicy};
 use crate::service::{Coordinator, ServiceOptions, SweepSvc, WorkerSvc};
 use crate::store::Store;
 use lth_proto::v1 as pb;
@@ -43,13 +44,43 @@ pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::wa
     }
 }
 
+/// Who may call, over which transport, and how health is probed.
+pub struct Security {
+    pub auth: AuthPolicy,
+    /// Some: serve TLS (rustls) with this certificate (and client CA for mutual TLS).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// How often the health service probes the database.
+    pub health_probe: Duration,
+}
+
+impl Default for Security {
+    /// No tokens, plaintext: what the tests and the loopback demo use.
+    fn default() -> Self {
+        Security { auth: AuthPolicy::open(), tls: None, health_probe: Duration::from_secs(2) }
+    }
+}
+
 /// Serves both services on `listener` until `shutdown` completes, then drains in-flight calls.
+/// No tokens, plaintext: [`serve_with`] sets those.
 pub async fn serve(
     store: Store,
     artifacts: ArtifactStore,
     opts: ServiceOptions,
     reap_interval: Duration,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(store, artifacts, opts, reap_interval, listener, Security::default(), shutdown).await
+}
+
+/// [`serve`] with tokens, TLS and the health probe interval from `security`.
+pub async fn serve_with(
+    store: Store,
+    artifacts: ArtifactStore,
+    opts: ServiceOptions,
+    reap_interval: Duration,
+    listener: TcpListener,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let coord: Arc<Coordinator> = Coordinator::new(store.clone(), artifacts, opts);
@@ -62,7 +93,8 @@ pub async fn serve(
         .build_v1()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let reaper = tokio::spawn(run_reaper(store.clone(), reap_interval, stop_rx));
+    let reaper = tokio::spawn(run_reaper(store.clone(), reap_interval, stop_rx.clone()));
+    let probe = tokio::spawn(crate::health::run_probe(store.clone(), health_reporter, security.health_probe, stop_rx));
 
     let sweep = pb::sweep_service_server::SweepServiceServer::new(SweepSvc(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
@@ -77,7 +109,12 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
+        .layer(AuthLayer(Arc::new(security.auth)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sweep)
@@ -86,6 +123,7 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = reaper.await;
+    let _ = probe.await;
     result?;
     Ok(())
 }

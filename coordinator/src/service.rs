@@ -5,6 +5,7 @@
 //! the object store, and turning the events table into a live WatchSweep stream.
 
 use crate::artifacts::ArtifactStore;
+use crate::auth::{caller, Identity, Role};
 use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
     AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
@@ -192,6 +193,7 @@ fn summary(s: &SweepInfo) -> pb::SweepSummary {
         finished_at: s.finished_at.map(ts),
         trials: s.trials,
         tickets_with_dead_classes: s.tickets_with_dead_classes,
+        owner: s.owner.clone().unwrap_or_default(),
     }
 }
 
@@ -273,6 +275,12 @@ fn lease_of(l: Option<pb::JobLease>) -> Result<Lease, Status> {
     Ok(Lease { job_id: l.job_id, attempt: l.attempt as i32 })
 }
 
+/// The audit log: one line per state-changing call, naming who did what to which sweep or job.
+/// Target `lth::audit`, so it can be routed or filtered on its own (`RUST_LOG=lth::audit=info`).
+fn audit(who: &Identity, action: &str, sweep_id: Option<i64>, job_id: Option<i64>) {
+    tracing::info!(target: "lth::audit", who = %who.name, role = who.role.as_str(), action, sweep_id, job_id, "audit");
+}
+
 fn sweep_terminal(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled")
 }
@@ -287,19 +295,39 @@ pub struct SweepSvc(pub Arc<Coordinator>);
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SweepEvent, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
 
+impl SweepSvc {
+    /// A submitter may change only the sweeps it submitted; an admin any.
+    async fn check_owner(&self, who: &Identity, sweep_id: i64, verb: &str) -> Result<(), Status> {
+        if who.role == Role::Admin {
+            return Ok(());
+        }
+        let s = self.0.store.get_sweep(sweep_id).await.map_err(status)?;
+        if s.owner.as_deref() == Some(who.name.as_str()) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "sweep {sweep_id} belongs to {}: a submitter token ({:?}) may {verb} only its own sweeps; this needs role admin",
+            s.owner.as_deref().map(|o| format!("{o:?}")).unwrap_or_else(|| "no recorded owner".into()),
+            who.name
+        )))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::sweep_service_server::SweepService for SweepSvc {
     async fn submit_sweep(&self, req: Request<pb::SubmitSweepRequest>) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let who = caller(&req);
         let req = req.into_inner();
         let wire = req.spec.ok_or_else(|| lth_proto::errors::invalid_argument("spec is missing: send the sweep spec to submit"))?;
         let spec = SweepSpec::try_from(&wire).map_err(|e| lth_proto::errors::invalid_argument(e.to_string()))?;
         let out = if req.dry_run {
             self.0.store.plan_sweep(&spec).await
         } else {
-            self.0.store.submit_sweep(&spec, Some(req.client_token.as_str())).await
+            self.0.store.submit_sweep_as(&spec, Some(req.client_token.as_str()), Some(who.name.as_str())).await
         }
         .map_err(status)?;
         if out.created {
+            audit(&who, "submit", Some(out.sweep_id), None);
             tracing::info!(sweep_id = out.sweep_id, name = %spec.name, jobs = out.jobs, reused = out.jobs_reused, "sweep submitted");
         }
         Ok(Response::new(pb::SubmitSweepResponse {
@@ -323,22 +351,31 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
     }
 
     async fn cancel_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepSummary>, Status> {
+        let who = caller(&req);
         let id = req.into_inner().sweep_id;
+        self.check_owner(&who, id, "cancel").await?;
         self.0.store.cancel_sweep(id).await.map_err(status)?;
+        audit(&who, "cancel", Some(id), None);
         tracing::info!(sweep_id = id, "sweep cancelled");
         self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
     }
 
     async fn pause_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepSummary>, Status> {
+        let who = caller(&req);
         let id = req.into_inner().sweep_id;
+        self.check_owner(&who, id, "pause").await?;
         self.0.store.pause_sweep(id).await.map_err(status)?;
+        audit(&who, "pause", Some(id), None);
         tracing::info!(sweep_id = id, "sweep paused");
         self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
     }
 
     async fn resume_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::SweepSummary>, Status> {
+        let who = caller(&req);
         let id = req.into_inner().sweep_id;
+        self.check_owner(&who, id, "resume").await?;
         self.0.store.resume_sweep(id).await.map_err(status)?;
+        audit(&who, "resume", Some(id), None);
         tracing::info!(sweep_id = id, "sweep resumed");
         self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
     }
@@ -566,6 +603,7 @@ impl WorkerSvc {
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         if r.worker_id.trim().is_empty() {
             return Err(lth_proto::errors::invalid_argument("worker_id is empty: use a stable id such as host name plus GPU set"));
@@ -584,6 +622,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             .await
             .map_err(status)?;
         tracing::info!(worker_id = %r.worker_id, "worker registered");
+        audit(&who, "register_worker", None, None);
         Ok(Response::new(pb::RegisterWorkerResponse {
             lease_seconds: self.0.opts.lease.as_secs().max(1) as u32,
             heartbeat_seconds: self.0.opts.heartbeat.as_secs().max(1) as u32,
@@ -636,6 +675,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     }
 
     async fn complete_job(&self, req: Request<pb::CompleteJobRequest>) -> Result<Response<pb::Ack>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
         let result = r.result.ok_or_else(|| lth_proto::errors::invalid_argument("result is missing: send the level's result with the completion"))?;
@@ -645,14 +685,17 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         // whose attempt has not uploaded what the next levels download.
         self.0.queue.complete(Completion { lease, result: input, require_uploads: true }).await.map_err(status)?;
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
+        audit(&who, "complete_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
     }
 
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::Ack>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
         self.0.store.fail_job(lease, &r.error, r.retryable).await.map_err(status)?;
         tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, retryable = r.retryable, error = %r.error, "job attempt failed");
+        audit(&who, "fail_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -671,6 +714,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         &self,
         req: Request<tonic::Streaming<pb::ArtifactChunk>>,
     ) -> Result<Response<pb::UploadArtifactResponse>, Status> {
+        let who = caller(&req);
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -702,6 +746,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             return Err(status(e));
         }
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, name = %name, bytes = stored.bytes, "artifact stored");
+        audit(&who, "upload_artifact", None, Some(lease.job_id));
         Ok(Response::new(pb::UploadArtifactResponse {
             artifact: Some(pb::ArtifactRef { job_id: lease.job_id, name, sha256: stored.sha256, bytes: stored.bytes }),
         }))

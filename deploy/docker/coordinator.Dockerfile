@@ -33,7 +33,8 @@ USER 10001:10001
 WORKDIR /var/lib/lth
 # Defaults for a container: SQLite and local artifacts under /var/lib/lth (mount a volume there);
 # a cluster sets LTH_DB=postgres://... and LTH_ARTIFACTS=s3://... instead. The listen address is
-# the container's, reachable only through the ports you publish.
+# the container's, reachable only through the ports you publish. Without tokens the coordinator
+# refuses a non-loopback listen: give LTH_AUTH_TOKENS / LTH_AUTH_FILE, or LTH_INSECURE=true.
 ENV LTH_LISTEN=0.0.0.0:50051 \
     LTH_DB=sqlite:///var/lib/lth/lth.db \
     LTH_ARTIFACTS=/var/lib/lth/artifacts \

@@ -18,6 +18,10 @@ pub struct Cli {
     /// The coordinator's gRPC address.
     #[arg(long, global = true, env = "LTH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// File holding this client's token (first line). Without it the token comes from LTH_TOKEN.
+    /// https:// coordinators: LTH_TLS_CA names the CA file (default: the system's roots).
+    #[arg(long, global = true, env = "LTH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -2,16 +2,36 @@
 //! to do next.
 
 use anyhow::{anyhow, Result};
+use lth_proto::client::{scheme_hint, ClientOptions, TokenInterceptor};
 use lth_proto::v1::sweep_service_client::SweepServiceClient;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// The client stub: every call carries the token.
+pub type SweepClient = SweepServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// A connected `SweepService` client and the URL it was reached at (for messages).
 #[derive(Clone)]
 pub struct Coordinator {
     pub url: String,
-    pub sweeps: SweepServiceClient<Channel>,
+    pub sweeps: SweepClient,
+}
+
+/// `--token-file` of this invocation (set once by `commands::run`; None: the environment's).
+static TOKEN_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+pub fn set_token_file(path: Option<PathBuf>) {
+    *TOKEN_FILE.lock().unwrap() = path;
+}
+
+/// Token and TLS settings: `--token-file`, else LTH_TOKEN_FILE / LTH_TOKEN; LTH_TLS_CA ….
+pub fn client_options() -> Result<ClientOptions> {
+    let file = TOKEN_FILE.lock().unwrap().clone();
+    ClientOptions::from_env(file.as_deref())
 }
 
 /// Accepts `host:port` as shorthand for `http://host:port`.
@@ -30,28 +50,22 @@ pub fn unreachable_message(url: &str) -> String {
 }
 
 pub async fn connect(url: &str) -> Result<Coordinator> {
-    let url = normalize_url(url);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow!("invalid coordinator URL {url:?} ({e}): write it as http://HOST:PORT, e.g. http://127.0.0.1:50051"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| anyhow!("{} ({})", unreachable_message(&url), error_chain(&e)))?;
-    Ok(Coordinator { url, sweeps: SweepServiceClient::new(channel) })
+    connect_with(url, &client_options()?).await
 }
 
-/// "transport error: tcp connect error: Connection refused (os error 111)": tonic's own Display
-/// stops at the first, least useful, level.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
+/// [`connect`] with explicit token and TLS settings. `https://` means TLS; a plaintext/TLS
+/// mismatch is named as such.
+pub async fn connect_with(url: &str, opts: &ClientOptions) -> Result<Coordinator> {
+    let url = normalize_url(url);
+    let endpoint = opts.endpoint(&url)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| {
+        let chain = lth_proto::client::error_chain(&e);
+        match scheme_hint(&url, &chain) {
+            Some(hint) => anyhow!("{hint} ({chain})"),
+            None => anyhow!("{} ({chain})", unreachable_message(&url)),
         }
-        source = s.source();
-    }
-    parts.join(": ")
+    })?;
+    Ok(Coordinator { url, sweeps: SweepServiceClient::with_interceptor(channel, opts.interceptor()?) })
 }
 
 impl Coordinator {
@@ -64,6 +78,11 @@ impl Coordinator {
 pub fn explain_status(url: &str, status: Status, what: &str) -> anyhow::Error {
     let msg = status.message();
     match status.code() {
+        Code::Unauthenticated => anyhow!("the coordinator at {url} refused {what}: {msg}"),
+        Code::PermissionDenied => anyhow!("the coordinator at {url} refused {what}: {msg}; ask its admin for a token with that role"),
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Internal if scheme_hint(url, msg).is_some() => {
+            anyhow!("{} ({msg})", scheme_hint(url, msg).unwrap_or_default())
+        }
         Code::Unavailable | Code::Cancelled => anyhow!("{} ({msg})", unreachable_message(url)),
         Code::DeadlineExceeded => anyhow!("the coordinator at {url} did not answer in time for {what}: it may be overloaded; try again"),
         Code::NotFound => anyhow!("{what}: not found ({msg}): `lthctl ls` lists the sweeps"),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let url = cli.coordinator.clone();
+    crate::client::set_token_file(cli.token_file.clone());
     match cli.command {
         Command::Submit { file, dry_run, offline, token } => submit(&url, &file, dry_run, offline, token, out).await,
         Command::Ls { limit } => ls(&connect(&url).await?, limit, out).await,
@@ -149,13 +150,14 @@ async fn ls(coord: &Coordinator, limit: u32, out: &mut dyn Write) -> Result<()> 
         writeln!(out, "no sweeps yet: submit one with `lthctl submit examples/digits-lenet.toml`")?;
         return Ok(());
     }
-    let mut t = plain_table(&["id", "name", "state", "model", "dataset", "jobs done", "failed", "created (UTC)"]);
+    let mut t = plain_table(&["id", "name", "owner", "state", "model", "dataset", "jobs done", "failed", "created (UTC)"]);
     for s in sweeps {
         let c = s.jobs.unwrap_or_default();
         let spec = s.spec.clone().unwrap_or_default();
         t.add_row(vec![
             s.sweep_id.to_string(),
             s.name.clone(),
+            owner_text(&s.owner).to_string(),
             sweep_state_name(s.state).to_string(),
             spec_model_name(&spec),
             dataset_name(spec.dataset.as_ref().map(|d| d.name).unwrap_or(0)),
@@ -165,6 +167,14 @@ async fn ls(coord: &Coordinator, limit: u32, out: &mut dyn Write) -> Result<()> 
         ]);
     }
     write_table(out, t)
+}
+
+fn owner_text(owner: &str) -> &str {
+    if owner.is_empty() {
+        "-"
+    } else {
+        owner
+    }
 }
 
 fn plain_table(header: &[&str]) -> comfy_table::Table {
@@ -198,7 +208,13 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
         spec_model_name(&spec),
         dataset_name(spec.dataset.as_ref().map(|d| d.name).unwrap_or(0))
     )?;
-    writeln!(out, "created {}   finished {}", timestamp_text(s.created_at.as_ref()), timestamp_text(s.finished_at.as_ref()))?;
+    writeln!(
+        out,
+        "owner {}   created {}   finished {}",
+        owner_text(&s.owner),
+        timestamp_text(s.created_at.as_ref()),
+        timestamp_text(s.finished_at.as_ref())
+    )?;
     writeln!(
         out,
         "{} trials, {} jobs: {} succeeded, {} running, {} ready, {} blocked, {} failed, {} cancelled",

@@ -3,6 +3,8 @@
 //! Kept in its own crate (as Ballista does) so that lthctl, the coordinator and the worker agree on
 //! one definition and none of them has to link the others.
 
+pub mod client;
+
 pub mod v1 {
     tonic::include_proto!("lth.v1");
 

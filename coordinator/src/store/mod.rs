@@ -117,6 +117,8 @@ pub struct SweepInfo {
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub trials: u64,
+    /// The token name that submitted it (None for sweeps from before owners were recorded).
+    pub owner: Option<String>,
     pub jobs: JobCounts,
     /// (metric, level jobs, level jobs succeeded)
     pub metrics: Vec<(String, u64, u64)>,
@@ -627,6 +629,14 @@ impl Store {
         }
     }
 
+    /// One trivial statement: does the database answer? (The health probe.)
+    pub async fn ping(&self) -> Result<()> {
+        both!(self, |pool, d, DB| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
     pub async fn close(&self) {
         both!(self, |pool, d, DB| { pool.close().await })
     }
@@ -678,6 +688,11 @@ impl Store {
     /// spec is refused. Jobs whose content hash matches a succeeded job are created succeeded,
     /// pointing at that job's results (`reused_from`).
     pub async fn submit_sweep(&self, spec: &SweepSpec, client_token: Option<&str>) -> Result<SubmitOutcome> {
+        self.submit_sweep_as(spec, client_token, None).await
+    }
+
+    /// [`Store::submit_sweep`], recording `owner` (the submitting token's name) on the sweep.
+    pub async fn submit_sweep_as(&self, spec: &SweepSpec, client_token: Option<&str>, owner: Option<&str>) -> Result<SubmitOutcome> {
         let client_token = client_token.filter(|t| !t.is_empty());
         let plan = spec.expand();
         both!(self, |pool, d, DB| {
@@ -695,14 +710,15 @@ impl Store {
                 }
             }
             let inserted = sqlx::query(&format!(
-                "INSERT INTO sweeps (client_token, name, spec, state, priority, max_attempts) \
-                 VALUES ($1, $2, $3, 'running', $4, $5) ON CONFLICT (client_token) DO NOTHING RETURNING id"
+                "INSERT INTO sweeps (client_token, name, spec, state, priority, max_attempts, owner) \
+                 VALUES ($1, $2, $3, 'running', $4, $5, $6) ON CONFLICT (client_token) DO NOTHING RETURNING id"
             ))
             .bind(client_token)
             .bind(&spec.name)
             .bind(Json(spec))
             .bind(spec.priority)
             .bind(spec.max_attempts as i32)
+            .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = inserted else {
@@ -964,7 +980,7 @@ impl Store {
 
     pub async fn get_sweep(&self, sweep_id: i64) -> Result<SweepInfo> {
         both!(self, |pool, d, DB| {
-            let Some(r) = sqlx::query("SELECT id, name, state, spec, created_at, finished_at, (SELECT count(*) FROM trials WHERE sweep_id = sweeps.id) AS trials FROM sweeps WHERE id = $1")
+            let Some(r) = sqlx::query("SELECT id, name, state, spec, created_at, finished_at, owner, (SELECT count(*) FROM trials WHERE sweep_id = sweeps.id) AS trials FROM sweeps WHERE id = $1")
                 .bind(sweep_id)
                 .fetch_optional(pool)
                 .await?
@@ -1011,6 +1027,7 @@ impl Store {
                 created_at: r.try_get("created_at")?,
                 finished_at: r.try_get("finished_at")?,
                 trials: r.try_get::<i64, _>("trials")? as u64,
+                owner: r.try_get("owner")?,
                 jobs: counts,
                 metrics,
                 tickets_with_dead_classes: dead as u64,

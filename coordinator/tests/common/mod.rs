@@ -152,3 +152,55 @@ pub async fn scalar(store: &Store, sql: &str) -> i64 {
         Store::Sqlite(p) => sqlx::query(sql).fetch_one(p).await.unwrap().try_get::<i64, _>(0).unwrap(),
     }
 }
+
+/// Test certificates (rcgen): a CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate, all signed by that CA, written as PEM files in `dir`.
+pub struct Pki {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    /// A second, unrelated CA (a client certificate it signed must be refused).
+    pub other_ca_client_cert: std::path::PathBuf,
+    pub other_ca_client_key: std::path::PathBuf,
+}
+
+pub fn make_pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_pair = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca, ca_key) = ca_pair("lth test CA");
+    let (other, other_key) = ca_pair("some other CA");
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, issuer: &rcgen::Certificate, issuer_key: &KeyPair| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        p.distinguished_name.push(DnType::CommonName, "lth test");
+        let cert = p.signed_by(&key, issuer, issuer_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (sc, sk) = leaf(vec!["localhost".into(), "127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth, &ca, &ca_key);
+    let (cc, ck) = leaf(vec!["worker.test".into()], ExtendedKeyUsagePurpose::ClientAuth, &ca, &ca_key);
+    let (oc, ok) = leaf(vec!["worker.test".into()], ExtendedKeyUsagePurpose::ClientAuth, &other, &other_key);
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &sc),
+        server_key: write("server.key", &sk),
+        client_cert: write("client.pem", &cc),
+        client_key: write("client.key", &ck),
+        other_ca_client_cert: write("other-client.pem", &oc),
+        other_ca_client_key: write("other-client.key", &ok),
+    }
+}

@@ -38,9 +38,13 @@ use std::path::PathBuf;
 /// `lth-worker daemon`: serve a coordinator with this machine's job slots.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address (https:// for TLS: LTH_TLS_CA names its CA, and
+    /// LTH_TLS_CLIENT_CERT / LTH_TLS_CLIENT_KEY this worker's certificate for mutual TLS).
     #[arg(long, env = "LTH_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// File holding the worker's token (role worker). Without it the token comes from LTH_TOKEN.
+    #[arg(long, env = "LTH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Which GPUs to use: `all` (every GPU nvidia-smi lists), `none` (CPU only), or indices `0,1`.
     #[arg(long, env = "LTH_GPUS", default_value = "all")]
     pub gpus: String,

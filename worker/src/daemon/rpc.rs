@@ -5,26 +5,31 @@
 //! exponential backoff), lease lost (FAILED_PRECONDITION: the job is no longer ours, kill it and
 //! drop it), unknown worker (register again), or permanent (a bug or bad data: report it).
 
+use lth_proto::client::{ClientOptions, TokenInterceptor};
 use lth_proto::v1::worker_service_client::WorkerServiceClient;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Messages carry masks (ResNet-18: 1.4 MB as bits) and artifact chunks; allow generous sizes.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-pub type Client = WorkerServiceClient<Channel>;
+/// Every call carries the worker's token (LTH_TOKEN / --token-file).
+pub type Client = WorkerServiceClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// A lazily connecting channel: tonic reconnects by itself once the coordinator is back.
-pub fn connect(url: &str) -> anyhow::Result<Client> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("--coordinator {url:?} is not a valid URL ({e}); write it like http://127.0.0.1:50051"))?
+/// `https://` means TLS (LTH_TLS_CA; LTH_TLS_CLIENT_CERT/KEY for mutual TLS).
+pub fn connect(url: &str, opts: &ClientOptions) -> anyhow::Result<Client> {
+    let endpoint = opts
+        .endpoint(url)
+        .map_err(|e| anyhow::anyhow!("--coordinator {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Some(Duration::from_secs(20)))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     let channel = endpoint.connect_lazy();
-    Ok(WorkerServiceClient::new(channel)
+    Ok(WorkerServiceClient::with_interceptor(channel, opts.interceptor()?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -154,6 +159,8 @@ mod tests {
         assert_eq!(classify(&Status::unavailable("down")), Failure::Transient);
         assert_eq!(classify(&Status::not_found("unknown worker w1")), Failure::Permanent);
         assert_eq!(classify(&Status::invalid_argument("bad")), Failure::Permanent);
+        assert_eq!(classify(&Status::unauthenticated("/lth.v1.WorkerService/ClaimJobs needs a token with role worker or admin")), Failure::Permanent);
+        assert_eq!(classify(&Status::permission_denied("needs role worker")), Failure::Permanent);
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let jobs_dir = cache_dir.join("jobs").join(sanitize(&worker_id));
     std::fs::create_dir_all(&jobs_dir).with_context(|| format!("cannot create {}", jobs_dir.display()))?;
     let threads = args.job_threads.or_else(|| Some((inventory.cpus as usize / slots.len()).max(1) as i32));
-    let client = rpc::connect(&args.coordinator)?;
+    let client_opts = lth_proto::client::ClientOptions::from_env(args.token_file.as_deref())?;
+    let client = rpc::connect(&args.coordinator, &client_opts)?;
     let exe = std::env::current_exe().context("cannot locate the lth-worker binary for exec-job")?;
 
     let registration = pb::RegisterWorkerRequest {
@@ -81,7 +82,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     spawn_signal_handler(shutdown_tx.clone());
 
     let reply = tokio::select! {
-        r = register(&client, &registration) => r?,
+        r = first_register(&client, &registration, &args.coordinator) => r?,
         _ = shutdown_rx.wait_for(|s| *s) => {
             tracing::info!("shut down before registering");
             return Ok(());
@@ -226,6 +227,36 @@ fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>
         shared.free_slots.lock().unwrap().push(slot);
         shared.slot_freed.notify_one();
     });
+}
+
+/// The first registration: like [`register`], but a plaintext/TLS mismatch (https:// to a
+/// plaintext coordinator, http:// to a TLS one) that repeats is an error, not a wait.
+async fn first_register(client: &Client, req: &pb::RegisterWorkerRequest, url: &str) -> anyhow::Result<pb::RegisterWorkerResponse> {
+    let mut mismatches = 0;
+    loop {
+        let mut c = client.clone();
+        let attempt = tokio::time::timeout(Duration::from_secs(30), c.register_worker(req.clone())).await;
+        match attempt {
+            Ok(Ok(reply)) => return Ok(reply.into_inner()),
+            Ok(Err(status)) => {
+                let text = format!("{status:?}");
+                if let Some(hint) = lth_proto::client::scheme_hint(url, &text) {
+                    mismatches += 1;
+                    if mismatches >= 3 {
+                        anyhow::bail!("{hint} ({})", status.message());
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                if rpc::classify(&status) != Failure::Transient {
+                    anyhow::bail!("the coordinator refused registration ({:?}): {}", status.code(), status.message());
+                }
+                // Unreachable for now: the usual patient retry.
+                return register(client, req).await;
+            }
+            Err(_) => return register(client, req).await,
+        }
+    }
 }
 
 /// Registers, retrying while the coordinator is unreachable.
