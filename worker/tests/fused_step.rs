@@ -152,8 +152,8 @@ fn fused_equals_per_tensor_resnet20_every_step_of_50() {
     let plan = data.epoch_plan(3, 0, false);
     for i in 0..50 {
         let (x, y) = data.train_batch(&plan, (i % 2) as i64, 4, false);
-        tf.train_step(&x, &y, recipe.lr).unwrap();
-        tr.train_step(&x, &y, recipe.lr).unwrap();
+        let _ = tf.train_step(&x, &y, recipe.lr).unwrap();
+        let _ = tr.train_step(&x, &y, recipe.lr).unwrap();
         for (((name, a), (_, b)), (ba, bb)) in tf.params.iter().zip(&tr.params).zip(tf.momentum.iter().zip(&tr.momentum)) {
             assert_close(&format!("step {i}: {name}"), &a.detach(), &b.detach());
             assert_close(&format!("step {i}: momentum of {name}"), ba, bb);
