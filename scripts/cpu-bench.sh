@@ -45,7 +45,7 @@ if [ -z "$baseline" ]; then
   done
 fi
 [ -x "$bin" ] || { echo "cpu-bench.sh: no lth-worker at $bin; build it: cargo build --release -p lth-worker (or pass --bin)" >&2; exit 1; }
-[ -n "$baseline" ] && [ -f "$baseline" ] || { echo "cpu-bench.sh: torch_cpu_baseline.py not found; pass --baseline PATH" >&2; exit 1; }
+if [ -z "$baseline" ] || [ ! -f "$baseline" ]; then echo "cpu-bench.sh: torch_cpu_baseline.py not found; pass --baseline PATH" >&2; exit 1; fi
 "$python" -c 'import torch' 2>/dev/null || { echo "cpu-bench.sh: $python has no torch; python3 -m venv V && V/bin/pip install torch==2.11.0, then --python V/bin/python" >&2; exit 1; }
 
 export PYTHONWARNINGS=ignore::UserWarning  # torch warns that numpy is absent; irrelevant here

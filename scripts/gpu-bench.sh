@@ -39,14 +39,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ -z "$bin" ]; then
-  for c in "$root/lth-worker" "$root/target/release/lth-worker"; do [ -x "$c" ] && { bin=$c; break; }; done
+  for c in "$root/lth-worker" "$root/target/release/lth-worker"; do if [ -x "$c" ]; then bin=$c; break; fi; done
 fi
-[ -n "$bin" ] && [ -x "$bin" ] || { echo "gpu-bench.sh: no lth-worker binary; pass --bin (build one elsewhere: cargo build --release -p lth-worker)" >&2; exit 1; }
+if [ -z "$bin" ] || [ ! -x "$bin" ]; then echo "gpu-bench.sh: no lth-worker binary; pass --bin (build one elsewhere: cargo build --release -p lth-worker)" >&2; exit 1; fi
 if [ -z "$bench_dir" ]; then
-  for c in "$root/../shared/bench" /work/shared/bench; do [ -f "$c/torch_small_baseline.py" ] && { bench_dir=$c; break; }; done
+  for c in "$root/../shared/bench" /work/shared/bench; do if [ -f "$c/torch_small_baseline.py" ]; then bench_dir=$c; break; fi; done
 fi
-[ -n "$bench_dir" ] && [ -f "$bench_dir/torch_small_baseline.py" ] && [ -f "$bench_dir/torch_baseline.py" ] \
-  || { echo "gpu-bench.sh: torch_small_baseline.py / torch_baseline.py not found; pass --bench-dir" >&2; exit 1; }
+if [ -z "$bench_dir" ] || [ ! -f "$bench_dir/torch_small_baseline.py" ] || [ ! -f "$bench_dir/torch_baseline.py" ]; then
+  echo "gpu-bench.sh: torch_small_baseline.py / torch_baseline.py not found; pass --bench-dir" >&2; exit 1
+fi
 torch_lib=$("$python" -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")' 2>/dev/null) \
   || { echo "gpu-bench.sh: $python has no torch; install torch==2.11.0 or pass --python" >&2; exit 1; }
 # The binary links libtorch_cpu & co.; on a node without the build machine's libtorch folder the
