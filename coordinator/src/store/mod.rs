@@ -837,13 +837,7 @@ impl Store {
                     qb.push_values(chunk, |mut b, (t, l)| {
                         let reused = reusable.get(&l.content_hash).copied();
                         let (parent_id, parent_done) = parent_of(&level_ids, t, l.level - 1);
-                        let state = if reused.is_some() {
-                            "succeeded"
-                        } else if parent_done {
-                            "ready"
-                        } else {
-                            "blocked"
-                        };
+                        let state = initial_job_state(reused.is_some(), parent_done);
                         b.push_bind(sweep_id)
                             .push_bind(trial_ids[&trial_key(t)])
                             .push_bind("level")
@@ -880,13 +874,7 @@ impl Store {
                 qb.push_values(chunk, |mut b, (t, c)| {
                     let reused = reusable.get(&c.content_hash).copied();
                     let (parent_id, parent_done) = parent_of(&level_ids, t, c.level);
-                    let state = if reused.is_some() {
-                        "succeeded"
-                    } else if parent_done {
-                        "ready"
-                    } else {
-                        "blocked"
-                    };
+                    let state = initial_job_state(reused.is_some(), parent_done);
                     let rate = t.levels.iter().find(|l| l.level == c.level).map(|l| l.rate).unwrap_or(t.rate);
                     b.push_bind(sweep_id)
                         .push_bind(trial_ids[&trial_key(t)])
@@ -1684,6 +1672,16 @@ fn schedule_from_db(text: Option<String>) -> Result<Option<Vec<f64>>> {
 /// A trial's schedule as stored in `trials.schedule`; None for a constant rate.
 fn schedule_to_db(schedule: &Option<Vec<f64>>) -> Option<String> {
     schedule.as_ref().map(|v| serde_json::to_string(v).expect("rates serialise"))
+}
+
+/// The state a job is created in: done already when reused, ready when its parent is done,
+/// else blocked until its parent completes.
+fn initial_job_state(reused: bool, parent_done: bool) -> &'static str {
+    match (reused, parent_done) {
+        (true, _) => "succeeded",
+        (false, true) => "ready",
+        (false, false) => "blocked",
+    }
 }
 
 fn unknown_worker(worker_id: &str) -> StoreError {
