@@ -70,7 +70,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 started=$(date +%s)
-"$bin/lth-coordinator" --listen "$addr" --db "sqlite://$run/lth.db" --artifacts "$run/artifacts" \
+"$bin/lth-coordinator" --listen "$addr" --http-listen 127.0.0.1:0 --db "sqlite://$run/lth.db" --artifacts "$run/artifacts" \
   >"$run/coordinator.log" 2>&1 &
 coordinator_pid=$!
 for _ in $(seq 1 300); do

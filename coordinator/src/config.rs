@@ -65,6 +65,34 @@ pub struct Args {
     /// Allow a non-loopback --listen without tokens: anyone who reaches the port is admin.
     #[arg(long, env = "LTH_INSECURE")]
     pub insecure: bool,
+    /// Address of the HTTP port (health, metrics, dashboard), or `off` [default: 127.0.0.1:50052].
+    /// It follows the same rule as --listen: beyond loopback only with tokens or --insecure.
+    #[arg(long, env = "LTH_HTTP_LISTEN", value_parser = parse_http_listen)]
+    pub http_listen: Option<HttpListen>,
+}
+
+/// `--http-listen`: an address, or `off` for no HTTP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HttpListen {
+    Off,
+    On(SocketAddr),
+}
+
+impl TryFrom<String> for HttpListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_http_listen(&s)
+    }
+}
+
+fn parse_http_listen(s: &str) -> Result<HttpListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen::Off);
+    }
+    s.parse::<SocketAddr>()
+        .map(HttpListen::On)
+        .map_err(|e| format!("{s:?} is neither an address like 127.0.0.1:50052 nor `off`: {e}"))
 }
 
 /// Subcommands beside serving.
@@ -120,6 +148,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     insecure: Option<bool>,
+    http_listen: Option<HttpListen>,
 }
 
 /// The resolved settings.
@@ -139,6 +168,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub insecure: bool,
+    /// None: no HTTP port.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Secure by default: without tokens, refuse to listen where others can reach, unless told.
@@ -179,6 +210,11 @@ impl Args {
             tls_key: self.tls_key.clone().or(file.tls_key),
             tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
             insecure: self.insecure || file.insecure.unwrap_or(false),
+            http_listen: match self.http_listen.or(file.http_listen) {
+                None => Some("127.0.0.1:50052".parse().unwrap()),
+                Some(HttpListen::On(a)) => Some(a),
+                Some(HttpListen::Off) => None,
+            },
         };
         if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
             anyhow::bail!("--tls-cert and --tls-key go together: give both (certificate chain and its key, PEM) or neither");
@@ -221,6 +257,9 @@ mod tests {
         assert_eq!(c.lease, Duration::from_secs(20));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http_listen, Some("127.0.0.1:50052".parse().unwrap()));
+        assert_eq!(Args { http_listen: Some(HttpListen::Off), ..Default::default() }.resolve().unwrap().http_listen, None);
+        assert!(parse_http_listen("nowhere").unwrap_err().contains("`off`"));
 
         std::fs::write(&path, "leese_seconds = 60\n").unwrap();
         let err = Args { config: Some(path), ..Default::default() }.resolve().unwrap_err().to_string();

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod group_commit;
 pub mod health;
+pub mod http;
 pub mod masks_rpc;
 pub mod server;
 pub mod service;

@@ -130,9 +130,11 @@ async fn main() -> ExitCode {
     init_logs(cfg.log_format);
     let security = match (load_tokens(&cfg), tls_config(&cfg)) {
         (Ok(tokens), Ok(tls)) => {
-            if let Err(e) = check_exposure(cfg.listen, tokens.len(), cfg.insecure) {
-                eprintln!("lth-coordinator: {e}");
-                return ExitCode::from(2);
+            for addr in std::iter::once(cfg.listen).chain(cfg.http_listen) {
+                if let Err(e) = check_exposure(addr, tokens.len(), cfg.insecure) {
+                    eprintln!("lth-coordinator: {e}");
+                    return ExitCode::from(2);
+                }
             }
             if tokens.is_empty() && !cfg.listen.ip().is_loopback() {
                 tracing::warn!(listen = %cfg.listen, "--insecure: no tokens, anyone who reaches this address is admin");
@@ -167,12 +169,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut security = security;
+    if let Some(http_addr) = cfg.http_listen {
+        match tokio::net::TcpListener::bind(http_addr).await {
+            Ok(l) => security.http = Some(l),
+            Err(e) => {
+                eprintln!("lth-coordinator: cannot serve HTTP on {http_addr}: {e} (pick another --http-listen, or `--http-listen off`)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let http_addr = security.http.as_ref().and_then(|l| l.local_addr().ok());
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.listen.to_string());
     let tokens = security.auth.tokens.as_ref().map(|t| t.len()).unwrap_or(0);
     let tls = if security.tls.is_none() { "off" } else if cfg.tls_client_ca.is_some() { "mutual" } else { "on" };
     tracing::info!(db = %redact_url(&cfg.db), backend = store.backend_name(), artifacts = %cfg.artifacts, tokens, tls, "coordinator ready");
     tracing::info!(addr = %addr, "listening on {addr}");
     // The readiness line on stdout, for scripts and tests (the logs are on stderr).
+    if let Some(h) = http_addr {
+        tracing::info!(addr = %h, "HTTP (health, metrics, dashboard) on http://{h}/");
+        println!("lth-coordinator http on {h}");
+    }
     println!("lth-coordinator listening on {addr}");
     let opts = ServiceOptions {
         lease: cfg.lease,

@@ -51,12 +51,15 @@ pub struct Security {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// How often the health service probes the database.
     pub health_probe: Duration,
+    /// Some: also serve the HTTP port (health, metrics, dashboard) on this listener, with the
+    /// same tokens. Its exposure is checked by the caller, as the gRPC listener's is.
+    pub http: Option<TcpListener>,
 }
 
 impl Default for Security {
     /// No tokens, plaintext: what the tests and the loopback demo use.
     fn default() -> Self {
-        Security { auth: AuthPolicy::open(), tls: None, health_probe: Duration::from_secs(2) }
+        Security { auth: AuthPolicy::open(), tls: None, health_probe: Duration::from_secs(2), http: None }
     }
 }
 
@@ -109,12 +112,20 @@ pub async fn serve_with(
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    let auth = Arc::new(security.auth);
+    let http = security.http.map(|listener| {
+        let state = Arc::new(crate::http::HttpState { coord: coord.clone(), auth: auth.clone() });
+        let mut stop = stop_tx.subscribe();
+        tokio::spawn(crate::http::serve(listener, crate::http::router(state), async move {
+            let _ = stop.changed().await;
+        }))
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tls)?;
     }
     let result = builder
-        .layer(AuthLayer(Arc::new(security.auth)))
+        .layer(AuthLayer(auth))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sweep)
@@ -124,6 +135,12 @@ pub async fn serve_with(
     let _ = stop_tx.send(true);
     let _ = reaper.await;
     let _ = probe.await;
+    if let Some(mut http) = http {
+        // Long-lived responses (event streams) would hold a graceful shutdown open forever.
+        if tokio::time::timeout(Duration::from_secs(2), &mut http).await.is_err() {
+            http.abort();
+        }
+    }
     result?;
     Ok(())
 }

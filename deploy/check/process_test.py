@@ -216,7 +216,7 @@ def main():
         url = f"http://127.0.0.1:{port}"
         clog = os.path.join(tmp, "coordinator.log")
         coord = subprocess.Popen(
-            [os.path.join(bin_dir, "lth-coordinator"), "--listen", f"127.0.0.1:{port}", "--db", db_url,
+            [os.path.join(bin_dir, "lth-coordinator"), "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0", "--db", db_url,
              "--artifacts", os.path.join(tmp, "artifacts"), "--lease-seconds", "15", "--heartbeat-seconds", "2"],
             stdout=open(clog, "w"), stderr=subprocess.STDOUT)
         procs.append(("coordinator", coord))

@@ -85,7 +85,7 @@ impl Cluster {
         let log = dir.path().join("coordinator.log");
         let db = database.map(str::to_string).unwrap_or_else(|| format!("sqlite://{}", dir.path().join("lth.db").display()));
         let mut child = Command::new(workspace_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--db", &db])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0", "--db", &db])
             .arg("--artifacts")
             .arg(dir.path().join("artifacts"))
             .args(["--lease-seconds", "10", "--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])

@@ -160,7 +160,7 @@ impl Cluster {
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         let log = self.dir.path().join(format!("coordinator-{n}.log"));
         let mut child = Command::new(coordinator_bin())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--http-listen", "127.0.0.1:0"])
             .args(["--db", &self.db.url])
             .arg("--artifacts")
             .arg(self.dir.path().join("artifacts"))
