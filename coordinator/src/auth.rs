@@ -158,10 +158,13 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 impl Tokens {
-    /// Parses the auth file format (see the module docs). `origin` names the source in errors.
+    /// Parses the auth file format (see the module docs): entries separated by newlines or `;`.
+    /// `origin` names the source in errors ("line N" counts entries).
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Tokens> {
         let mut entries: Vec<Entry> = Vec::new();
-        for (i, line) in text.lines().enumerate() {
+        // `;` separates entries too, so that one-line values (a compose .env file, a Kubernetes
+        // Secret read as a variable) can carry several.
+        for (i, line) in text.split(['\n', ';']).enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -359,6 +362,10 @@ mod tests {
 
         let err = Tokens::parse(&format!("worker pool {t}\n"), "f").unwrap_err().to_string();
         assert!(err.contains("f line 1") && err.contains("never the token itself"), "{err}");
+        let one_line = format!("{};{}", auth_line(Role::Worker, "pool", &t), auth_line(Role::Admin, "me", "other"));
+        let tokens = Tokens::parse(&one_line, "LTH_AUTH_TOKENS").unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens.lookup("other").unwrap().role, Role::Admin);
         let err = Tokens::parse("boss x sha256:00\n", "f").unwrap_err().to_string();
         assert!(err.contains("unknown role"), "{err}");
     }

@@ -13,6 +13,12 @@ use std::time::Duration;
 #[derive(Parser, Debug, Clone, Default)]
 #[command(name = "lth-coordinator", version, about = "lth coordinator: schedules Lottery-Ticket sweeps onto worker daemons")]
 #[command(args_conflicts_with_subcommands = true)]
+#[command(after_help = "Environment (besides the flags' own):\n  \
+    LTH_AUTH_TOKENS      accepted tokens as in --auth-file (`ROLE NAME sha256:HEX`, newline or `;` between); both may be given\n  \
+    LTH_TOKEN            `healthcheck` and lthctl: the token itself (LTH_TOKEN_FILE beats it)\n  \
+    LTH_TLS_CA           `healthcheck`: CA certificate (PEM) of an https:// coordinator\n  \
+    LTH_TLS_CLIENT_CERT  `healthcheck`: client certificate (PEM) for mutual TLS\n  \
+    LTH_TLS_CLIENT_KEY   its private key (PEM)")]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -70,8 +70,24 @@ class Failure(Exception):
     pass
 
 
+def make_token(bin_dir, role, name):
+    """`lth-coordinator token create`, as deploy/env.example tells the admin to run it."""
+    out = subprocess.run([os.path.join(bin_dir, "lth-coordinator"), "token", "create", "--role", role, "--name", name],
+                         capture_output=True, text=True, check=True).stdout
+    token = re.search(r"^token: (\S+)$", out, re.M)
+    line = re.search(r"^auth-file line: (.+)$", out, re.M)
+    if not token or not line:
+        raise Failure(f"cannot read `token create` output: {out!r}")
+    return token.group(1), line.group(1)
+
+
+# Every lthctl call of the test is an admin's (set in main()).
+LTHCTL_ENV = {}
+
+
 def lthctl(bin_dir, url, *args, timeout=60):
-    r = subprocess.run([os.path.join(bin_dir, "lthctl"), "--coordinator", url, *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([os.path.join(bin_dir, "lthctl"), "--coordinator", url, *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **LTHCTL_ENV})
     if r.returncode != 0:
         raise Failure(f"lthctl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
     return r.stdout
@@ -140,9 +156,8 @@ def stop(name, p, grace):
         raise Failure(f"{name} exited {rc} on SIGTERM (expected a clean 0)")
 
 
-def compose_worker(bin_dir, tmp, port):
-    """The compose worker-cpu service as a plain process."""
-    env_file = df.read_env_file(os.path.join(ROOT, "deploy/env.example"))
+def compose_worker(bin_dir, tmp, port, env_file):
+    """The compose worker-cpu service as a plain process, with deploy/.env's values `env_file`."""
     c = df.compose(ROOT, env_file)
     svc = c["services"]["worker-cpu"]
     argv, st = df.compose_argv(ROOT, svc)
@@ -171,7 +186,7 @@ def compose_worker(bin_dir, tmp, port):
     return p, grace
 
 
-def slurm_job(bin_dir, tmp, port):
+def slurm_job(bin_dir, tmp, port, worker_token):
     """deploy/slurm/lth-worker.sbatch as sbatch would start it, on a two-node 'allocation'."""
     fake = os.path.join(tmp, "slurm-bin")
     os.makedirs(fake)
@@ -180,12 +195,16 @@ def slurm_job(bin_dir, tmp, port):
     slurm_tmp = os.path.join(tmp, "slurm-tmp")
     os.makedirs(slurm_tmp)
     pids = os.path.join(tmp, "srun.pids")
+    token_file = os.path.join(tmp, "worker-token")
+    with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(worker_token + "\n")
     env = {
         "PATH": fake + os.pathsep + os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", tmp), "USER": "lth-test", "TMPDIR": slurm_tmp,
         # What the admin exports before sbatch (deploy/README.md, Slurm):
         "LTH_COORDINATOR": f"http://127.0.0.1:{port}",
         "LTH_WORKER_BIN": os.path.join(bin_dir, "lth-worker"),
+        "LTH_TOKEN_FILE": token_file,
         # Two daemons share this machine's 2 cores: one torch thread each.
         "LTH_THREADS": "1",
         # What Slurm sets for the batch script:
@@ -214,11 +233,18 @@ def main():
     try:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        # deploy/.env as env.example tells the admin to fill it: a worker and an admin token.
+        env_file = df.read_env_file(os.path.join(ROOT, "deploy/env.example"))
+        worker_token, worker_line = make_token(bin_dir, "worker", "compose-workers")
+        admin_token, admin_line = make_token(bin_dir, "admin", "admin")
+        env_file.update(LTH_AUTH_TOKENS=f"{worker_line};{admin_line}", LTH_WORKER_TOKEN=worker_token, LTH_ADMIN_TOKEN=admin_token)
+        LTHCTL_ENV["LTH_TOKEN"] = admin_token
+        coordinator_env = df.compose_environment(df.compose(ROOT, env_file)["services"]["coordinator"])
         clog = os.path.join(tmp, "coordinator.log")
         coord = subprocess.Popen(
             [os.path.join(bin_dir, "lth-coordinator"), "--listen", f"127.0.0.1:{port}", "--http-listen", "127.0.0.1:0", "--db", db_url,
              "--artifacts", os.path.join(tmp, "artifacts"), "--lease-seconds", "15", "--heartbeat-seconds", "2"],
-            stdout=open(clog, "w"), stderr=subprocess.STDOUT)
+            stdout=open(clog, "w"), stderr=subprocess.STDOUT, env={**os.environ, "LTH_AUTH_TOKENS": coordinator_env["LTH_AUTH_TOKENS"]})
         procs.append(("coordinator", coord))
         for _ in range(300):
             if "listening on" in open(clog).read():
@@ -228,17 +254,22 @@ def main():
             time.sleep(0.1)
         else:
             raise Failure("coordinator did not start in 30 s")
-        log(f"coordinator on {url}, Postgres database {database}")
+        log(f"coordinator on {url}, Postgres database {database}, tokens from the compose file's LTH_AUTH_TOKENS")
+        # Tokens are enforced: a call without one is refused.
+        r = subprocess.run([os.path.join(bin_dir, "lthctl"), "--coordinator", url, "ls"], capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("LTH_TOKEN")})
+        if r.returncode == 0:
+            raise Failure("lthctl ls without a token succeeded against a coordinator with tokens")
 
         t = time.monotonic()
-        worker, grace = compose_worker(bin_dir, tmp, port)
+        worker, grace = compose_worker(bin_dir, tmp, port, env_file)
         procs.append(("compose worker-cpu", worker))
         run_sweep(bin_dir, url, small_sweep(os.path.join(tmp, "compose.toml"), "deploy-compose", "magnitude", 1), [("compose worker-cpu", worker)], [])
         stop("compose worker-cpu", worker, grace)
         log(f"compose worker-cpu: sweep done, stopped cleanly on SIGTERM ({time.monotonic() - t:.0f} s)")
 
         t = time.monotonic()
-        job, pids = slurm_job(bin_dir, tmp, port)
+        job, pids = slurm_job(bin_dir, tmp, port, worker_token)
         procs.append(("slurm job", job))
         run_sweep(bin_dir, url, small_sweep(os.path.join(tmp, "slurm.toml"), "deploy-slurm", "l2", 2), [("slurm job", job)],
                   ["slurm-4242-node1", "slurm-4242-node2"])

@@ -30,7 +30,7 @@ KUSTOMIZATIONS = ["deploy/k8s/base", "deploy/k8s/overlays/dev", "deploy/k8s/over
 # Oldest Kubernetes the manifests are meant for, and the newest schema kubernetes-validate bundles.
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
 # Secrets the admin creates (overlays/production); every other referenced Secret must be rendered.
-EXTERNAL_SECRETS = {"lth-db", "lth-artifacts"}
+EXTERNAL_SECRETS = {"lth-db", "lth-artifacts", "lth-auth", "lth-worker-token"}
 NAMESPACE = "lth"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "RuntimeClass", "PriorityClass", "StorageClass", "PersistentVolume"}
 SHELL_SCRIPTS = ["scripts/*.sh", "deploy/check/*.sh", "deploy/slurm/*.sbatch"]
@@ -119,6 +119,16 @@ def check_k8s_policy(root, tools):
                     if ref and ("ConfigMap", ref["name"]) not in names:
                         errors.append(f"{cw}: envFrom ConfigMap {ref['name']!r} is not rendered")
                 key = df.image_key(image)
+                if key and key.startswith("lth-coordinator") and o["kind"] == "Deployment":
+                    env = df.container_env_values(c, objs)
+                    if env.get("LTH_INSECURE", "").lower() in ("true", "1", "yes"):
+                        errors.append(f"{cw}: LTH_INSECURE is set: the coordinator must take tokens (LTH_AUTH_TOKENS / LTH_AUTH_FILE), not run open")
+                    if not ({"LTH_AUTH_TOKENS", "LTH_AUTH_FILE"} & ({e["name"] for e in c.get("env", [])} | set(env))):
+                        errors.append(f"{cw}: no LTH_AUTH_TOKENS or LTH_AUTH_FILE: without tokens it refuses to listen on the pod network")
+                if key and key.startswith("lth-worker") and o["kind"] == "DaemonSet":
+                    env_names = {e["name"] for e in c.get("env", [])} | set(df.container_env_values(c, objs))
+                    if not {"LTH_TOKEN", "LTH_TOKEN_FILE"} & env_names:
+                        errors.append(f"{cw}: no LTH_TOKEN or LTH_TOKEN_FILE: the coordinator refuses workers without a worker token")
                 if key and key.startswith("lth-worker") and o["kind"] == "DaemonSet":
                     env = df.container_env_values(c, objs)
                     grace = float(env.get("LTH_SHUTDOWN_GRACE_SECONDS", 60))
@@ -179,6 +189,14 @@ def check_compose_policy(root, tools):
                 errors.append(f"service {name}: stop_grace_period {stop} must exceed LTH_SHUTDOWN_GRACE_SECONDS {grace:g} + 20 s")
             if not any(str(v).split(":")[1:2] == ["/data"] for v in s.get("volumes", [])):
                 errors.append(f"service {name}: needs the dataset volume at /data")
+    coord_env = df.compose_environment(services.get("coordinator", {}))
+    if str(coord_env.get("LTH_INSECURE", "")).lower() in ("true", "1", "yes"):
+        errors.append("service coordinator: LTH_INSECURE is set: give it LTH_AUTH_TOKENS instead of running open")
+    if "LTH_AUTH_TOKENS" not in coord_env and "LTH_AUTH_FILE" not in coord_env:
+        errors.append("service coordinator: no LTH_AUTH_TOKENS or LTH_AUTH_FILE")
+    for name, svc in services.items():
+        if name.startswith("worker") and not {"LTH_TOKEN", "LTH_TOKEN_FILE"} & set(df.compose_environment(svc)):
+            errors.append(f"service {name}: no LTH_TOKEN or LTH_TOKEN_FILE (a worker token)")
     if "ports" in services.get("postgres", {}):
         errors.append("service postgres: must not be published on the host")
     profiles = {p for s in services.values() for p in s.get("profiles", [])}
@@ -310,6 +328,10 @@ def help_of(bin_dir, program, subcommands):
     if section:
         commands = {l.split()[0] for l in section.group(1).splitlines() if l.strip()}
     env = set(re.findall(r"\[env: (\w+)=", text))
+    # Variables read outside clap, listed in the help's "Environment" section.
+    section = re.search(r"^Environment[^\n]*:\n((?:[ \t]+\S[^\n]*\n?)+)", text, re.M)
+    if section:
+        env |= set(re.findall(r"^\s+(LTH_[A-Z0-9_]+)\s", section.group(1), re.M))
     return flags, commands, env
 
 
@@ -440,8 +462,13 @@ BROKEN = [
      "--slots-per-gpu \"$LTH_SLOTS_PER_GPU\"", "--slots-per-gpus \"$LTH_SLOTS_PER_GPU\"", "no flag --slots-per-gpus"),
     ("misspelled flag in the compose worker", check_flag_drift, "deploy/docker-compose.yml",
      '"--cpu-slots", "1"', '"--cpu-slot", "1"', "no flag --cpu-slot"),
-    ("HEALTHCHECK calling a missing lthctl flag", check_flag_drift, "deploy/docker/coordinator.Dockerfile",
-     '"ls", "--limit", "1"', '"ls", "--max", "1"', "no flag --max"),
+    ("HEALTHCHECK calling a misspelled flag", check_flag_drift, "deploy/docker/coordinator.Dockerfile",
+     '"healthcheck", "--coordinator"', '"healthcheck", "--coordinater"', "no flag --coordinater"),
+    ("Kubernetes coordinator opened with LTH_INSECURE", check_k8s_policy, "deploy/k8s/base/coordinator.env",
+     "LTH_LOG_FORMAT=json", "LTH_LOG_FORMAT=json\nLTH_INSECURE=true", "LTH_INSECURE is set"),
+    ("compose workers without a token", check_compose_policy, "deploy/docker-compose.yml",
+     '      LTH_TOKEN: ${LTH_WORKER_TOKEN:?set LTH_WORKER_TOKEN in deploy/.env (see deploy/env.example)}\n    # Each',
+     "    # Each", "no LTH_TOKEN or LTH_TOKEN_FILE"),
 ]
 
 

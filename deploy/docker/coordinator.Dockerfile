@@ -38,12 +38,12 @@ WORKDIR /var/lib/lth
 ENV LTH_LISTEN=0.0.0.0:50051 \
     LTH_DB=sqlite:///var/lib/lth/lth.db \
     LTH_ARTIFACTS=/var/lib/lth/artifacts \
-    LTH_LOG_FORMAT=json
-EXPOSE 50051
+    LTH_LOG_FORMAT=json \
+    LTH_HTTP_LISTEN=0.0.0.0:50052
+EXPOSE 50051 50052
 VOLUME ["/var/lib/lth"]
-# Health: a real read through the coordinator's SweepService (and so its database).
-# When the security issue's `lth-coordinator healthcheck` subcommand lands, this line becomes:
-#   HEALTHCHECK ... CMD ["lth-coordinator", "healthcheck"]
+# Health: the coordinator's own gRPC health service, which says SERVING only while the database
+# answers (`lth-coordinator healthcheck` exits 0 on SERVING; the health service needs no token).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["lthctl", "--coordinator", "http://127.0.0.1:50051", "ls", "--limit", "1"]
+  CMD ["lth-coordinator", "healthcheck", "--coordinator", "http://127.0.0.1:50051"]
 ENTRYPOINT ["lth-coordinator"]

@@ -12,7 +12,10 @@ use std::path::PathBuf;
     name = "lthctl",
     version,
     about = "Submit, watch and analyse Lottery-Ticket pruning sweeps run by an lth coordinator",
-    after_help = "Start with `lthctl submit examples/digits-lenet.toml --dry-run --offline` to see what a sweep expands to."
+    after_help = concat!(
+        "Start with `lthctl submit examples/digits-lenet.toml --dry-run --offline` to see what a sweep expands to.\n\n",
+        lth_proto::client_env_help!()
+    )
 )]
 pub struct Cli {
     /// The coordinator's gRPC address.

@@ -10,6 +10,19 @@
 //!   asks workers for mutual TLS (`--tls-client-ca`).
 
 use std::path::{Path, PathBuf};
+
+/// The `--help` section naming the variables [`ClientOptions::from_env`] reads (a literal, so
+/// binaries can `concat!` it into their `after_help`; deploy/check's flag-drift test reads it).
+#[macro_export]
+macro_rules! client_env_help {
+    () => {
+        "Environment (besides the flags' own):\n  \
+         LTH_TOKEN            the token itself (LTH_TOKEN_FILE / --token-file beat it)\n  \
+         LTH_TLS_CA           CA certificate (PEM) for an https:// coordinator [default: the system's roots]\n  \
+         LTH_TLS_CLIENT_CERT  client certificate (PEM), for a coordinator that requires mutual TLS\n  \
+         LTH_TLS_CLIENT_KEY   its private key (PEM)"
+    };
+}
 use std::str::FromStr;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;

@@ -87,6 +87,7 @@ enum Command {
         step: String,
     },
     /// Serve a coordinator with this machine's job slots (GPUs or CPU).
+    #[command(after_help = lth_proto::client_env_help!())]
     Daemon(lth_worker::daemon::DaemonArgs),
     /// Run one job from its job.json (the daemon starts this in a child process).
     ExecJob(lth_worker::daemon::ExecJobArgs),
