@@ -101,7 +101,7 @@ pub fn need_of(path: &str) -> Need {
     }
     match path.strip_prefix("/lth.v1.SweepService/") {
         Some("SubmitSweep" | "CancelSweep" | "PauseSweep" | "ResumeSweep") => Need::Submit,
-        Some("GetSweep" | "ListSweeps" | "ListJobs" | "ListWorkers" | "WatchSweep" | "GetResults" | "StreamMasks") => Need::View,
+        Some("GetSweep" | "ListSweeps" | "ListJobs" | "ListWorkers" | "WatchSweep" | "GetResults" | "GetThroughput" | "StreamMasks") => Need::View,
         _ => Need::Admin,
     }
 }

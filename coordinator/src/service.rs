@@ -227,6 +227,7 @@ impl From<pb::LevelResult> for ResultInput {
                     weight_norm: l.weight_norm,
                 })
                 .collect(),
+            device: r.device,
         }
     }
 }
@@ -262,6 +263,7 @@ impl From<ResultInput> for pb::LevelResult {
                     }
                 })
                 .collect(),
+            device: r.device,
         }
     }
 }
@@ -483,6 +485,25 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    async fn get_throughput(&self, _req: Request<pb::GetThroughputRequest>) -> Result<Response<pb::GetThroughputResponse>, Status> {
+        let rows = self.0.store.measured_throughput().await.map_err(status)?;
+        Ok(Response::new(pb::GetThroughputResponse {
+            rows: rows
+                .into_iter()
+                .map(|t| pb::ThroughputRow {
+                    model: t.model,
+                    batch_size: t.batch_size,
+                    precision: t.precision,
+                    device: t.device,
+                    jobs: t.jobs,
+                    images: t.images,
+                    seconds: t.seconds,
+                    images_per_second: t.images_per_second,
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_results(&self, req: Request<pb::GetResultsRequest>) -> Result<Response<pb::GetResultsResponse>, Status> {
         let id = req.into_inner().sweep_id;
         self.0.store.get_sweep(id).await.map_err(status)?;
@@ -538,6 +559,8 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                                 output_layer: l.units.is_some_and(|u| u.output_layer),
                             })
                             .collect(),
+                        // GetResults rows carry no device (measured_throughput has it).
+                        device: String::new(),
                     }),
                 })
                 .collect(),

@@ -87,6 +87,7 @@ fn demo_result(metric: Option<&str>, seed: i64, level: i32) -> ResultInput {
             layer("fc_layers.1.weight", 4, 6, false, None, false),
             layer("fc.weight", 3, 4, collapse, dead_class, true),
         ],
+        device: "cpu".into(),
     }
 }
 
@@ -201,6 +202,7 @@ fn result_with_layers(names: &[&str]) -> ResultInput {
         wall_seconds: 1.0,
         iterations: 1,
         layers: names.iter().map(|n| LayerInput { name: (*n).into(), kept: 8, total: 8, bits: vec![0xff], collapsed: false, weight_norm: 1.0, units: None }).collect(),
+        device: String::new(),
     }
 }
 

@@ -74,6 +74,7 @@ fn result_for(a: &pb::JobAssignment) -> pb::LevelResult {
         wall_seconds: 0.5,
         iterations: 60,
         layers,
+        device: "cuda Test GPU".into(),
     }
 }
 

@@ -61,7 +61,7 @@ async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool,
     let local = grid(&loaded.spec);
     if dry_run && offline {
         writeln!(out, "{}", describe_grid(&loaded.spec, &local))?;
-        write!(out, "{}", crate::estimate::describe(&loaded.spec, local.dense_jobs, local.level_jobs + local.control_jobs))?;
+        write!(out, "{}", crate::estimate::describe(&loaded.spec, local.dense_jobs, local.level_jobs + local.control_jobs, None))?;
         writeln!(out, "dry run (offline): nothing submitted; the coordinator also reuses jobs it has already run (drop --offline to see how many)")?;
         return Ok(());
     }
@@ -102,11 +102,19 @@ async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool,
             )?;
         }
         let to_run = resp.jobs.saturating_sub(resp.jobs_reused);
+        // Measured throughput; a coordinator that cannot say (older version) leaves the bench figures.
+        let measured = match coord.sweeps.get_throughput(pb::GetThroughputRequest {}).await {
+            Ok(r) => r.into_inner().rows,
+            Err(s) => {
+                writeln!(out, "note: no measured throughput from the coordinator ({:?}: {}); estimating from bench figures", s.code(), s.message())?;
+                Vec::new()
+            }
+        };
         if resp.jobs_reused == 0 {
-            write!(out, "{}", crate::estimate::describe(&loaded.spec, resp.dense_jobs, to_run.saturating_sub(resp.dense_jobs)))?;
+            write!(out, "{}", crate::estimate::describe(&loaded.spec, resp.dense_jobs, to_run.saturating_sub(resp.dense_jobs), Some(&measured)))?;
         } else {
             // Which kinds the reused jobs are is not reported: count every remaining job from the rewind point.
-            write!(out, "{}", crate::estimate::describe(&loaded.spec, 0, to_run))?;
+            write!(out, "{}", crate::estimate::describe(&loaded.spec, 0, to_run, Some(&measured)))?;
             writeln!(out, "  (the {} reused jobs are not counted; the {to_run} others are counted from the rewind point)", resp.jobs_reused)?;
         }
         writeln!(out, "dry run: nothing submitted")?;

@@ -408,8 +408,27 @@ checkpoint_every = "0it"
 
     check_exports(&c, &id, &points, 3);
 
+    check_measured_estimate(&c, &sweep, 10);
+
     let out = c.lthctl(&["workers"]).expect_ok("workers");
     assert!(out.contains("w1"), "{out}");
+}
+
+/// After `jobs` finished on a CPU worker, a dry run of the same sweep with a new seed estimates
+/// from what they measured (the measured_throughput view), not from the bench figures.
+fn check_measured_estimate(c: &Cluster, sweep: &Path, jobs: usize) {
+    let text = std::fs::read_to_string(sweep).unwrap();
+    let new_seed = c.dir.path().join("new-seed.toml");
+    let replaced = with_new_seed(&text);
+    std::fs::write(&new_seed, replaced).unwrap();
+    let out = c.lthctl(&["submit", new_seed.to_str().unwrap(), "--dry-run"]).expect_ok("dry run");
+    assert!(out.contains("  cpu: ") && out.contains(&format!("(source: measured by {jobs} finished job(s) on the coordinator's workers, lenet300100 at batch 64, fp32")), "{out}");
+    assert!(!out.contains("bench figure") && out.contains("gpu: no estimate: no finished job of this model and precision has run on a GPU worker yet"), "{out}");
+}
+
+/// The sweep file with its `seeds = [...]` line replaced by a seed no test uses.
+fn with_new_seed(text: &str) -> String {
+    text.lines().map(|l| if l.starts_with("seeds = ") { "seeds = [77]".to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n")
 }
 
 /// A fresh Postgres database (on `LTH_TEST_DATABASE_URL`, as the coordinator's tests use),
@@ -568,5 +587,6 @@ checkpoint_every = "0it"
     let out = c.lthctl(&["report", &id, "--out", report.to_str().unwrap()]).expect_ok("report");
     let overlap = std::fs::read_to_string(report.join("ticket_overlap.svg")).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(overlap.contains("magnitude") && overlap.contains("l2") && overlap.contains("at level 2"), "{overlap}");
+    check_measured_estimate(&c, &sweep, 5);
     drop(c);
 }

@@ -309,12 +309,24 @@ impl Store {
                     refused
                 }
             };
+            let mut devices: Vec<(i64, &str)> = Vec::new();
             for &i in &todo {
                 let l = items[i].lease;
                 out[i] = Some(match refused.remove(&l) {
-                    None => Ok(()),
+                    None => {
+                        let device = items[i].result.device.as_str();
+                        if !device.is_empty() {
+                            devices.push((l.job_id, device));
+                        }
+                        Ok(())
+                    }
                     Some(why) => Err(why.into_error(l)),
                 });
+            }
+            // After the completions committed, and never failing them: a job without a device
+            // row only goes unmeasured.
+            if let Err(e) = self.record_devices(&devices).await {
+                tracing::warn!(error = %e, jobs = devices.len(), "could not record where finished jobs ran; their throughput goes unmeasured");
             }
         }
         Ok(out.into_iter().map(|o| o.expect("every item has an outcome")).collect())

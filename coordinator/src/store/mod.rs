@@ -10,6 +10,8 @@
 //! transaction). The `both!` macro compiles each operation once per backend.
 
 mod sqlite_fns;
+mod throughput;
+pub use throughput::Throughput;
 
 use chrono::{DateTime, Utc};
 use lth_sweep::{ImportanceMetric, SweepSpec};
@@ -245,6 +247,8 @@ pub struct ResultInput {
     pub wall_seconds: f64,
     pub iterations: u64,
     pub layers: Vec<LayerInput>,
+    /// Where it ran ("cpu", "cuda <GPU name>"); empty when the worker did not say.
+    pub device: String,
 }
 
 impl ResultInput {
@@ -257,6 +261,9 @@ impl ResultInput {
         }
         if !(0.0..=1.0).contains(&self.test_accuracy) {
             return bad(format!("result.test_accuracy = {} is outside [0, 1]", self.test_accuracy));
+        }
+        if self.device.len() > 128 || self.device.chars().any(|c| c.is_control()) {
+            return bad(format!("result.device must be at most 128 printable characters (got {} bytes)", self.device.len()));
         }
         let mut names = std::collections::HashSet::new();
         for l in &self.layers {

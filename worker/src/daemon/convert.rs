@@ -72,6 +72,8 @@ pub fn level_result(r: &LevelReport) -> pb::LevelResult {
                 output_layer: l.output_layer,
             })
             .collect(),
+        // The daemon knows the slot's device and fills it in.
+        device: String::new(),
     }
 }
 

@@ -37,6 +37,21 @@ pub struct JobContext {
     pub kill_grace: Duration,
     pub shutdown_grace: Duration,
     pub keep_workdirs: bool,
+    /// GPU names by nvidia-smi index, for the device a finished job reports ("cuda NVIDIA H200").
+    pub gpu_names: std::collections::HashMap<u32, String>,
+}
+
+impl JobContext {
+    /// Where a job on `slot` runs, as CompleteJob reports it: "cpu" or "cuda <GPU name>".
+    pub fn device_label(&self, slot: Slot) -> String {
+        match slot.gpu {
+            None => "cpu".to_string(),
+            Some(i) => match self.gpu_names.get(&i) {
+                Some(name) if !name.is_empty() => format!("cuda {name}"),
+                _ => "cuda".to_string(),
+            },
+        }
+    }
 }
 
 /// Why a job must stop before it ends by itself.
@@ -197,7 +212,7 @@ pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
 
     if let (Some(output), true) = (finished, status.success()) {
         uploader.abort();
-        return complete(&ctx, lease, &workdir, output, &mut stop).await;
+        return complete(&ctx, lease, &workdir, output, ctx.device_label(slot), &mut stop).await;
     }
 
     if shutdown_deadline.is_some() || matches!(*stop.borrow(), Some(Stop::Shutdown)) {
@@ -451,6 +466,7 @@ async fn complete(
     lease: pb::JobLease,
     workdir: &Path,
     output: StepOutput,
+    device: String,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Outcome {
     let work = async {
@@ -464,7 +480,8 @@ async fn complete(
             .await?;
             refs.push(r);
         }
-        let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(convert::level_result(&output.report)), artifacts: refs };
+        let result = pb::LevelResult { device: device.clone(), ..convert::level_result(&output.report) };
+        let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: refs };
         rpc::retry_transient("CompleteJob", || {
             let mut c = ctx.client.clone();
             let req = req.clone();

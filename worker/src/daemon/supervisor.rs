@@ -109,6 +109,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         kill_grace: Duration::from_secs_f64(args.kill_grace_seconds.max(0.0)),
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
         keep_workdirs: args.keep_workdirs,
+        gpu_names: inventory.gpus.iter().map(|g| (g.index, g.name.clone())).collect(),
     });
 
     let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
