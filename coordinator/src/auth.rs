@@ -245,7 +245,12 @@ impl AuthPolicy {
 
     /// The caller's identity for a call to `path`, or the refusal.
     pub fn check(&self, path: &str, authorization: Option<&[u8]>, has_client_cert: bool) -> Result<Option<Identity>, Status> {
-        let need = need_of(path);
+        self.check_need(need_of(path), path, authorization, has_client_cert)
+    }
+
+    /// [`check`](Self::check) for a call that needs `need`; `path` names it in messages (the HTTP
+    /// port's routes use this with their own needs).
+    pub fn check_need(&self, need: Need, path: &str, authorization: Option<&[u8]>, has_client_cert: bool) -> Result<Option<Identity>, Status> {
         if need == Need::Open {
             return Ok(None);
         }
