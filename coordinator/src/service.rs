@@ -321,11 +321,18 @@ impl SweepSvc {
         if s.owner.as_deref() == Some(who.name.as_str()) {
             return Ok(());
         }
-        Err(Status::permission_denied(format!(
+        let message = format!(
             "sweep {sweep_id} belongs to {}: a submitter token ({:?}) may {verb} only its own sweeps; this needs role admin",
             s.owner.as_deref().map(|o| format!("{o:?}")).unwrap_or_else(|| "no recorded owner".into()),
             who.name
-        )))
+        );
+        let owner = s.owner.unwrap_or_default();
+        Err(lth_proto::errors::error_status_with(
+            tonic::Code::PermissionDenied,
+            pb::ErrorReason::NotOwner,
+            message,
+            &[("needed_roles", "admin"), ("owner", owner.as_str()), ("role", who.role.as_str()), ("token", who.name.as_str())],
+        ))
     }
 }
 
