@@ -28,8 +28,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use subtle::ConstantTimeEq;
+use lth_proto::v1::ErrorReason;
 use tonic::body::Body;
-use tonic::Status;
+use tonic::{Code, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Role {
@@ -76,6 +77,17 @@ pub enum Need {
 }
 
 impl Need {
+    /// The roles that satisfy this need, comma-separated: the `needed_roles` metadata of refusals.
+    pub fn role_list(self) -> &'static str {
+        match self {
+            Need::Open => "",
+            Need::View => "viewer,submitter,admin",
+            Need::Submit => "submitter,admin",
+            Need::Work => "worker,admin",
+            Need::Admin => "admin",
+        }
+    }
+
     /// The roles that satisfy this need, for error messages.
     pub fn roles(self) -> &'static str {
         match self {
@@ -245,38 +257,51 @@ impl AuthPolicy {
 
     /// The caller's identity for a call to `path`, or the refusal.
     pub fn check(&self, path: &str, authorization: Option<&[u8]>, has_client_cert: bool) -> Result<Option<Identity>, Status> {
-        let need = need_of(path);
+        self.check_need(need_of(path), path, authorization, has_client_cert)
+    }
+
+    /// [`check`](Self::check) for a call that needs `need`; `path` names it in messages (the HTTP
+    /// port's routes use this with their own needs).
+    pub fn check_need(&self, need: Need, path: &str, authorization: Option<&[u8]>, has_client_cert: bool) -> Result<Option<Identity>, Status> {
         if need == Need::Open {
             return Ok(None);
         }
+        let refuse = |code: Code, reason: ErrorReason, message: String, who: Option<&Identity>| {
+            let mut meta = vec![("needed_roles", need.role_list()), ("method", path)];
+            if let Some(who) = who {
+                meta.push(("role", who.role.as_str()));
+                meta.push(("token", who.name.as_str()));
+            }
+            lth_proto::errors::error_status_with(code, reason, message, &meta)
+        };
         if need == Need::Work && self.require_worker_cert && !has_client_cert {
-            return Err(Status::unauthenticated(format!(
+            return Err(refuse(Code::Unauthenticated, ErrorReason::ClientCertRequired, format!(
                 "{path} needs a client certificate: this coordinator requires mutual TLS for worker calls (--tls-client-ca); set LTH_TLS_CLIENT_CERT and LTH_TLS_CLIENT_KEY"
-            )));
+            ), None));
         }
         let Some(tokens) = &self.tokens else {
             return Ok(Some(Identity::anonymous()));
         };
         let Some(header) = authorization else {
-            return Err(Status::unauthenticated(format!(
+            return Err(refuse(Code::Unauthenticated, ErrorReason::MissingToken, format!(
                 "{path} needs a token with role {}: none was sent (set LTH_TOKEN or LTH_TOKEN_FILE)",
                 need.roles()
-            )));
+            ), None));
         };
         let token = std::str::from_utf8(header).ok().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
         let Some(identity) = token.and_then(|t| tokens.lookup(t)) else {
-            return Err(Status::unauthenticated(format!(
+            return Err(refuse(Code::Unauthenticated, ErrorReason::UnknownToken, format!(
                 "{path} needs a token with role {}: the token sent is not one this coordinator knows",
                 need.roles()
-            )));
+            ), None));
         };
         if !allows(identity.role, need) {
-            return Err(Status::permission_denied(format!(
+            return Err(refuse(Code::PermissionDenied, ErrorReason::RoleRefused, format!(
                 "{path} needs role {}; the token {:?} has role {}",
                 need.roles(),
                 identity.name,
                 identity.role.as_str()
-            )));
+            ), Some(&identity)));
         }
         Ok(Some(identity))
     }

@@ -13,6 +13,7 @@
 //! that a crash could lose. When a batch fails as a whole (a database error), each of its calls
 //! is retried alone, so one bad item fails only its own caller.
 
+use crate::http::metrics::names as M;
 use crate::store::{ArtifactRecord, ClaimRequest, ClaimedJob, Completion, Store, StoreError};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,18 +90,18 @@ impl GroupCommit {
         let (completions, complete_rx) = mpsc::unbounded_channel();
         let (claim_counters, complete_counters) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
         let s = store.clone();
-        tokio::spawn(run_batcher(claim_rx, opts, claim_counters.clone(), move |reqs: Arc<[ClaimRequest]>| {
+        tokio::spawn(run_batcher(claim_rx, opts, claim_counters.clone(), "claim", move |reqs: Arc<[ClaimRequest]>| {
             let s = s.clone();
             async move { s.claim_jobs_batch(&reqs).await }
         }));
         let s = store.clone();
-        tokio::spawn(run_batcher(complete_rx, opts, complete_counters.clone(), move |items: Arc<[Completion]>| {
+        tokio::spawn(run_batcher(complete_rx, opts, complete_counters.clone(), "complete", move |items: Arc<[Completion]>| {
             let s = s.clone();
             async move { s.complete_jobs(&items).await }
         }));
         let (records, record_rx) = mpsc::unbounded_channel();
         let s = store.clone();
-        tokio::spawn(run_batcher(record_rx, opts, Arc::new(Counters::default()), move |recs: Arc<[ArtifactRecord]>| {
+        tokio::spawn(run_batcher(record_rx, opts, Arc::new(Counters::default()), "record", move |recs: Arc<[ArtifactRecord]>| {
             let s = s.clone();
             async move { s.record_artifacts(&recs).await }
         }));
@@ -152,6 +153,7 @@ async fn run_batcher<Item, T, F, Fut>(
     mut rx: mpsc::UnboundedReceiver<(Item, Reply<T>)>,
     opts: GroupCommitOptions,
     counters: Arc<Counters>,
+    kind: &'static str,
     exec: F,
 )
 where
@@ -174,12 +176,16 @@ where
         let exec = exec.clone();
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters.calls.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        metrics::histogram!(M::BATCH_SIZE, "kind" => kind).record(batch.len() as f64);
         let counters = counters.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let (items, replies): (Vec<Item>, Vec<Reply<T>>) = batch.into_iter().unzip();
             let items: Arc<[Item]> = items.into();
-            match exec(items.clone()).await {
+            let t0 = std::time::Instant::now();
+            let result = exec(items.clone()).await;
+            metrics::histogram!(M::BATCH_SECONDS, "kind" => kind).record(t0.elapsed().as_secs_f64());
+            match result {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(outcome);
@@ -191,6 +197,7 @@ where
                 Err(e) => {
                     tracing::warn!(error = %e, calls = items.len(), "batch failed; retrying its calls one by one");
                     counters.retried_alone.fetch_add(items.len() as u64, Ordering::Relaxed);
+                    metrics::counter!(M::BATCH_RETRIED_ALONE, "kind" => kind).increment(items.len() as u64);
                     for (item, reply) in items.iter().zip(replies) {
                         let outcome = match exec(Arc::from([item.clone()])).await {
                             Ok(mut v) => v.pop().expect("one outcome per call"),
@@ -235,7 +242,7 @@ mod tests {
             }
         };
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run_batcher(rx, GroupCommitOptions { max_batch: 64, in_flight: 1 }, counters.clone(), exec));
+        tokio::spawn(run_batcher(rx, GroupCommitOptions { max_batch: 64, in_flight: 1 }, counters.clone(), "test", exec));
 
         let mut replies = Vec::new();
         for i in 10..20u32 {

@@ -27,6 +27,7 @@ pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::wa
         }
         match store.reap().await {
             Ok(r) => {
+                metrics::counter!(crate::http::metrics::names::LEASES_LOST).increment(r.lost.len() as u64);
                 for l in &r.lost {
                     tracing::warn!(job_id = l.job_id, attempt = l.attempt, "lease expired: job re-queued (worker lost)");
                 }
@@ -34,7 +35,12 @@ pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::wa
                     tracing::info!(sweep_id = s, "sweep finished");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "reaper pass failed; retrying next interval"),
+            Err(e) => {
+                if let crate::store::StoreError::Db(db) = &e {
+                    crate::http::metrics::count_db_error(crate::http::metrics::db_error_kind(db));
+                }
+                tracing::error!(error = %e, "reaper pass failed; retrying next interval")
+            }
         }
         match store.vacuum_jobs_if_needed().await {
             Ok(Some(v)) => tracing::debug!(dead_rows = v.dead_rows, took_ms = v.took.as_millis() as u64, "vacuumed the jobs table"),
@@ -86,6 +92,10 @@ pub async fn serve_with(
     security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before the services exist, so that their first calls are counted.
+    if let Some(handle) = crate::http::metrics::install() {
+        crate::http::metrics::spawn_upkeep(handle);
+    }
     let coord: Arc<Coordinator> = Coordinator::new(store.clone(), artifacts, opts);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::sweep_service_server::SweepServiceServer<SweepSvc>>().await;

@@ -71,6 +71,18 @@ impl Coordinator {
     }
 }
 
+use crate::http::metrics::names as M;
+
+/// The `outcome` label of a latency histogram: ok, refused (the caller's lease, worker or request)
+/// or error (the database).
+fn outcome<T>(r: &Result<T, StoreError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_)) => "error",
+        Err(_) => "refused",
+    }
+}
+
 /// The gRPC status for a store error.
 /// Every status carries the error's reason code (an ErrorInfo in the details, see
 /// `lth_proto::errors`); the message is for people.
@@ -86,6 +98,10 @@ pub fn status(e: StoreError) -> Status {
         StoreError::InvalidArgument(_) => Code::InvalidArgument,
         StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_) => {
             tracing::error!(error = %e, "store error");
+            crate::http::metrics::count_db_error(match &e {
+                StoreError::Db(db) => crate::http::metrics::db_error_kind(db),
+                _ => "connection",
+            });
             Code::Unavailable
         }
     };
@@ -307,11 +323,18 @@ impl SweepSvc {
         if s.owner.as_deref() == Some(who.name.as_str()) {
             return Ok(());
         }
-        Err(Status::permission_denied(format!(
+        let message = format!(
             "sweep {sweep_id} belongs to {}: a submitter token ({:?}) may {verb} only its own sweeps; this needs role admin",
             s.owner.as_deref().map(|o| format!("{o:?}")).unwrap_or_else(|| "no recorded owner".into()),
             who.name
-        )))
+        );
+        let owner = s.owner.unwrap_or_default();
+        Err(lth_proto::errors::error_status_with(
+            tonic::Code::PermissionDenied,
+            pb::ErrorReason::NotOwner,
+            message,
+            &[("needed_roles", "admin"), ("owner", owner.as_str()), ("role", who.role.as_str()), ("token", who.name.as_str())],
+        ))
     }
 }
 
@@ -654,7 +677,11 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
 
     async fn claim_jobs(&self, req: Request<pb::ClaimJobsRequest>) -> Result<Response<pb::ClaimJobsResponse>, Status> {
         let r = req.into_inner();
-        let claimed = self.0.queue.claim(&r.worker_id, r.free_slots.min(MAX_CLAIM), self.0.opts.lease).await.map_err(status)?;
+        let t0 = std::time::Instant::now();
+        let claimed = self.0.queue.claim(&r.worker_id, r.free_slots.min(MAX_CLAIM), self.0.opts.lease).await;
+        metrics::histogram!(M::CLAIM_SECONDS, "outcome" => outcome(&claimed)).record(t0.elapsed().as_secs_f64());
+        let claimed = claimed.map_err(status)?;
+        metrics::counter!(M::JOBS_CLAIMED).increment(claimed.len() as u64);
         let mut jobs = Vec::with_capacity(claimed.len());
         for c in claimed {
             tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %r.worker_id, "job claimed");
@@ -706,7 +733,11 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let accuracy = input.test_accuracy;
         // The store refuses, in the completing statement itself, a stale lease and a completion
         // whose attempt has not uploaded what the next levels download.
-        self.0.queue.complete(Completion { lease, result: input, require_uploads: true }).await.map_err(status)?;
+        let t0 = std::time::Instant::now();
+        let done = self.0.queue.complete(Completion { lease, result: input, require_uploads: true }).await;
+        metrics::histogram!(M::COMPLETE_SECONDS, "outcome" => outcome(&done)).record(t0.elapsed().as_secs_f64());
+        done.map_err(status)?;
+        metrics::counter!(M::JOBS_COMPLETED).increment(1);
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
         audit(&who, "complete_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
@@ -717,6 +748,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
         self.0.store.fail_job(lease, &r.error, r.retryable).await.map_err(status)?;
+        metrics::counter!(M::JOB_FAILURES, "retryable" => if r.retryable { "true" } else { "false" }).increment(1);
         tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, retryable = r.retryable, error = %r.error, "job attempt failed");
         audit(&who, "fail_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
@@ -727,6 +759,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let lease = lease_of(r.lease)?;
         let reason: String = r.reason.chars().take(1000).collect();
         self.0.store.release_job(lease, &reason).await.map_err(status)?;
+        metrics::counter!(M::JOBS_RELEASED).increment(1);
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, reason = %reason, "job released by its worker; claimable again");
         Ok(Response::new(pb::Ack {}))
     }
@@ -769,6 +802,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             return Err(status(e));
         }
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, name = %name, bytes = stored.bytes, "artifact stored");
+        metrics::counter!(M::ARTIFACT_BYTES, "direction" => "in").increment(stored.bytes);
         audit(&who, "upload_artifact", None, Some(lease.job_id));
         Ok(Response::new(pb::UploadArtifactResponse {
             artifact: Some(pb::ArtifactRef { job_id: lease.job_id, name, sha256: stored.sha256, bytes: stored.bytes }),
@@ -787,6 +821,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             let mut first = true;
             let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
             let send = |data: Vec<u8>, first: &mut bool| {
+                metrics::counter!(M::ARTIFACT_BYTES, "direction" => "out").increment(data.len() as u64);
                 let chunk = if *first {
                     *first = false;
                     pb::ArtifactChunk {

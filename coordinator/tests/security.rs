@@ -66,11 +66,11 @@ fn spec_proto() -> pb::SweepSpec {
 
 /// Every method of both services, called with a request that gets past authorisation; the
 /// outcome's code (Ok if the call succeeded).
-async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'static str, Code)> {
-    fn code<T>(r: Result<T, tonic::Status>) -> Code {
+async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'static str, (Code, Option<pb::ErrorReason>))> {
+    fn code<T>(r: Result<T, tonic::Status>) -> (Code, Option<pb::ErrorReason>) {
         match r {
-            Ok(_) => Code::Ok,
-            Err(e) => e.code(),
+            Ok(_) => (Code::Ok, None),
+            Err(e) => (e.code(), lth_proto::errors::error_reason(&e)),
         }
     }
     let r = |id| pb::SweepRef { sweep_id: id };
@@ -134,11 +134,12 @@ async fn each_role_is_allowed_exactly_its_calls_and_owners_are_enforced() {
         ("admin", [VIEW, SUBMIT, WORK].concat()),
     ] {
         let (mut s, mut w) = clients(&url, &with_token(&tokens[name])).await.unwrap();
-        for (method, code) in call_all(&mut s, &mut w, sub.sweep_id).await {
+        for (method, (code, reason)) in call_all(&mut s, &mut w, sub.sweep_id).await {
             if allowed.contains(&method) {
                 assert!(!matches!(code, Code::PermissionDenied | Code::Unauthenticated), "{name} must be allowed {method}, got {code:?}");
             } else {
                 assert_eq!(code, Code::PermissionDenied, "{name} must be refused {method}");
+                assert_eq!(reason, Some(pb::ErrorReason::RoleRefused), "{name} refused {method}: the reason says why");
             }
         }
     }
@@ -150,15 +151,31 @@ async fn each_role_is_allowed_exactly_its_calls_and_owners_are_enforced() {
     assert!(e.message().contains("needs role submitter or admin") && e.message().contains("has role viewer"), "{}", e.message());
 
     // No token, and an unknown token: UNAUTHENTICATED, every method of both services.
-    for opts in [ClientOptions::default(), with_token("lth_not-a-token")] {
+    for (opts, why) in [(ClientOptions::default(), pb::ErrorReason::MissingToken), (with_token("lth_not-a-token"), pb::ErrorReason::UnknownToken)] {
         let (mut s, mut w) = clients(&url, &opts).await.unwrap();
-        for (method, code) in call_all(&mut s, &mut w, sub.sweep_id).await {
+        for (method, (code, reason)) in call_all(&mut s, &mut w, sub.sweep_id).await {
             assert_eq!(code, Code::Unauthenticated, "{method} without a valid token");
+            assert_eq!(reason, Some(why), "{method} without a valid token");
         }
     }
     let (mut anon, _) = clients(&url, &ClientOptions::default()).await.unwrap();
     let e = anon.list_sweeps(pb::ListSweepsRequest { limit: 1 }).await.unwrap_err();
     assert!(e.message().contains("needs a token with role viewer, submitter or admin: none was sent"), "{}", e.message());
+    assert_eq!(lth_proto::errors::error_metadata(&e, "needed_roles").as_deref(), Some("viewer,submitter,admin"));
+    assert_eq!(lth_proto::errors::error_metadata(&e, "method").as_deref(), Some("/lth.v1.SweepService/ListSweeps"));
+    let advice = lth_proto::errors::auth_advice(&e).unwrap();
+    assert!(advice.contains("needs a token with role viewer, submitter or admin") && advice.contains("LTH_TOKEN"), "{advice}");
+
+    // A refused role: the metadata names the roles needed and the token's own (lthctl and the
+    // worker print auth_advice).
+    let (_, mut viewer_w) = clients(&url, &with_token(&tokens["viewer"])).await.unwrap();
+    let e = viewer_w.claim_jobs(pb::ClaimJobsRequest { worker_id: "x".into(), free_slots: 1 }).await.unwrap_err();
+    assert_eq!(lth_proto::errors::error_reason(&e), Some(pb::ErrorReason::RoleRefused));
+    assert_eq!(lth_proto::errors::error_metadata(&e, "needed_roles").as_deref(), Some("worker,admin"));
+    assert_eq!(lth_proto::errors::error_metadata(&e, "role").as_deref(), Some("viewer"));
+    assert_eq!(lth_proto::errors::error_metadata(&e, "token").as_deref(), Some("viewer"));
+    let advice = lth_proto::errors::auth_advice(&e).unwrap();
+    assert!(advice.contains("needs role worker or admin") && advice.contains("has role viewer"), "{advice}");
 
     // Health needs no token.
     let channel = tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
@@ -174,6 +191,9 @@ async fn each_role_is_allowed_exactly_its_calls_and_owners_are_enforced() {
     ] {
         assert_eq!(e.code(), Code::PermissionDenied);
         assert!(e.message().contains("belongs to \"alice\"") && e.message().contains("only its own sweeps"), "{}", e.message());
+        assert_eq!(lth_proto::errors::error_reason(&e), Some(pb::ErrorReason::NotOwner));
+        assert_eq!(lth_proto::errors::error_metadata(&e, "owner").as_deref(), Some("alice"));
+        assert_eq!(lth_proto::errors::error_metadata(&e, "needed_roles").as_deref(), Some("admin"));
     }
     let paused = alice.pause_sweep(pb::SweepRef { sweep_id: sub.sweep_id }).await.unwrap().into_inner();
     assert_eq!(paused.state(), pb::SweepState::Paused);
@@ -296,6 +316,8 @@ async fn mutual_tls_requires_a_client_certificate_for_worker_calls() {
     let e = w.register_worker(reg()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("needs a client certificate") && e.message().contains("LTH_TLS_CLIENT_CERT"), "{}", e.message());
+    assert_eq!(lth_proto::errors::error_reason(&e), Some(pb::ErrorReason::ClientCertRequired));
+    assert_eq!(lth_proto::errors::error_metadata(&e, "needed_roles").as_deref(), Some("worker,admin"));
 
     // A certificate from the right CA: worker calls work.
     let with_cert = ClientOptions { tls_cert: Some(pki.client_cert.clone()), tls_key: Some(pki.client_key.clone()), ..no_cert.clone() };

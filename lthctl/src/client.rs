@@ -77,6 +77,10 @@ impl Coordinator {
 
 pub fn explain_status(url: &str, status: Status, what: &str) -> anyhow::Error {
     let msg = status.message();
+    // Auth refusals: the reason and its metadata say which role is needed.
+    if let Some(advice) = lth_proto::errors::auth_advice(&status) {
+        return anyhow!("the coordinator at {url} refused {what}: {advice}");
+    }
     match status.code() {
         Code::Unauthenticated => anyhow!("the coordinator at {url} refused {what}: {msg}"),
         Code::PermissionDenied => anyhow!("the coordinator at {url} refused {what}: {msg}; ask its admin for a token with that role"),
@@ -99,6 +103,19 @@ pub fn explain_status(url: &str, status: Status, what: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_refusals_name_the_role_needed() {
+        let s = lth_proto::errors::error_status_with(
+            Code::PermissionDenied,
+            lth_proto::v1::ErrorReason::RoleRefused,
+            "any text",
+            &[("needed_roles", "submitter,admin"), ("role", "viewer"), ("token", "ro"), ("method", "/lth.v1.SweepService/SubmitSweep")],
+        );
+        let back = Status::with_details(s.code(), s.message().to_string(), s.details().to_vec().into());
+        let text = explain_status("http://c:1", back, "the submit").to_string();
+        assert!(text.contains("refused the submit") && text.contains("needs role submitter or admin") && text.contains("has role viewer"), "{text}");
+    }
 
     #[test]
     fn shorthand_urls_get_a_scheme() {

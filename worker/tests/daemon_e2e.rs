@@ -193,9 +193,14 @@ impl Cluster {
     }
 
     fn start_worker(&mut self, id: &str) {
+        self.start_worker_with(id, &[]);
+    }
+
+    fn start_worker_with(&mut self, id: &str, extra: &[&str]) {
         let log = self.dir.path().join(format!("{id}.log"));
         let child = Command::new(worker_bin())
             .args(["daemon", "--coordinator", &self.url(), "--worker-id", id, "--gpus", "none"])
+            .args(extra)
             .arg("--cache-dir")
             .arg(self.dir.path().join(format!("cache-{id}")))
             .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5", "--kill-grace-seconds", "1"])
@@ -879,4 +884,97 @@ async fn a_daemon_stopped_mid_job_hands_the_job_back_at_once() {
         assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
         assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// GET `path` over plain HTTP/1.1: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+}
+
+/// The sum of the samples of `name` whose label text contains every one of `labels` (`k="v"`).
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut hit = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (n, l) = series.split_once('{').unwrap_or((series, ""));
+        if n == name && labels.iter().all(|want| l.contains(want)) {
+            *hit.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    hit
+}
+
+/// The address a process printed after `prefix` in `log`, waiting for it.
+fn printed_addr(log: &Path, prefix: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find_map(|l| l.strip_prefix(prefix)) {
+            return line.trim().to_string();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no {prefix:?} in {}:\n{text}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_and_the_coordinator_export_metrics_of_a_real_job() {
+    let mut c = Cluster::new(10).await;
+    c.start_worker_with("w-metrics", &["--metrics-listen", "127.0.0.1:0"]);
+    let log = c.worker("w-metrics").log.clone();
+    let addr = printed_addr(&log, "lth-worker metrics on ");
+    let (code, body) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    // No NVIDIA library on a CPU node: GPU series are off, with a log line saying so.
+    let nvml = sample(&body, "lth_worker_nvml_up", &[]).expect("lth_worker_nvml_up is always exported");
+    if nvml == 0.0 {
+        assert!(c.worker("w-metrics").log_text().contains("NVML is not available"), "the NVML-absent log line");
+        assert_eq!(sample(&body, "lth_worker_gpu_utilization_ratio", &[]), None);
+    }
+
+    let text = sweep_toml("e2e-metrics", "\"magnitude\"", "3", 1, "20ep");
+    let sweep_id = c.submit(&text).await;
+    let pool = c.db.pool().await;
+    wait_until("the dense job to report progress", Duration::from_secs(120), || {
+        let pool = pool.clone();
+        async move { jobs_training(&pool, sweep_id).await > 0 }
+    })
+    .await;
+    // During the job: slot 0 is busy and its throughput and step time are exported.
+    let (_, during) = http_get(&addr, "/metrics");
+    assert_eq!(sample(&during, "lth_worker_jobs_running", &["slot=\"0\""]), Some(1.0), "{during}");
+    assert!(sample(&during, "lth_worker_images_per_second", &["slot=\"0\""]).unwrap_or(0.0) > 0.0, "{during}");
+
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(300)).await;
+    let (_, after) = http_get(&addr, "/metrics");
+    assert_eq!(sample(&after, "lth_worker_jobs_running", &["slot=\"0\""]), Some(0.0), "{after}");
+    assert_eq!(sample(&after, "lth_worker_job_duration_seconds_count", &["outcome=\"completed\""]), Some(2.0), "{after}");
+    assert_eq!(sample(&after, "lth_worker_job_duration_seconds_count", &["kind=\"dense\""]), Some(1.0), "{after}");
+    assert!(sample(&after, "lth_worker_job_duration_seconds_sum", &[]).unwrap() > 0.0);
+    assert!(sample(&after, "lth_worker_step_seconds", &["slot=\"0\""]).unwrap_or(0.0) > 0.0, "{after}");
+    // The level job downloaded θk and the dense weights into an empty cache.
+    assert_eq!(sample(&after, "lth_worker_cache_misses_total", &[]), Some(2.0), "{after}");
+    assert!(sample(&after, "lth_worker_cache_downloaded_bytes_total", &[]).unwrap() > 0.0);
+
+    // The coordinator counted the same two jobs.
+    let stdout = c.dir.path().join("coordinator-0.stdout");
+    let http = printed_addr(&stdout, "lth-coordinator http on ");
+    let (code, coord) = http_get(&http, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(sample(&coord, "lth_jobs_completed_total", &[]), Some(2.0), "{coord}");
+    assert_eq!(sample(&coord, "lth_jobs", &["state=\"succeeded\""]), Some(2.0), "{coord}");
+    assert!(sample(&coord, "lth_complete_duration_seconds_count", &[]).unwrap() >= 2.0);
+    assert!(sample(&coord, "lth_artifact_bytes_total", &["direction=\"in\""]).unwrap() > 0.0);
+    assert_eq!(sample(&coord, "lth_workers_live", &[]), Some(1.0));
 }

@@ -15,6 +15,10 @@
 //! next levels need (a small blob each: the object-store write, the lease check and the record,
 //! not the bytes, are what costs the control plane), and CompleteJob.
 //!
+//! `--secure on` serves that with a worker token and TLS (the certificate and key in `--tls-dir`:
+//! server.pem, server.key and the CA that signed them, ca.pem; the clients send the token and
+//! verify the server against ca.pem); `--secure both` runs plain then secure and prints the ratio.
+//!
 //!   cargo run --release -p lth-coordinator --bin lth-coordinator-bench -- --workers 64
 
 use clap::Parser;
@@ -70,6 +74,20 @@ struct Args {
     /// or `grpc` (the real services over a local socket, with uploads; see the top of this file).
     #[arg(long, default_value = "store")]
     via: Via,
+    /// With `--via grpc`: `off` (plaintext, no tokens), `on` (a worker token and TLS), or `both`
+    /// (off then on, each on a fresh database, and their ratio).
+    #[arg(long, default_value = "off")]
+    secure: Secure,
+    /// For `--secure`: a folder with server.pem, server.key (for localhost) and ca.pem.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Secure {
+    Off,
+    On,
+    Both,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +186,7 @@ const BLOB: &[u8] = &[0x5a; 4096];
 /// One simulated worker's way in: the store's calls, or its own gRPC connection.
 enum Client {
     Store(Path),
-    Grpc(WorkerServiceClient<tonic::transport::Channel>, String),
+    Grpc(WorkerServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, lth_proto::client::TokenInterceptor>>, String),
 }
 
 impl Client {
@@ -220,10 +238,11 @@ struct Outcome {
     claim_p99: f64,
 }
 
-async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
-    let tag = match args.via {
-        Via::Store => format!("{mode:?}"),
-        Via::Grpc => format!("{mode:?} via gRPC"),
+async fn run(args: &Args, mode: Mode, secure: bool) -> anyhow::Result<Outcome> {
+    let tag = match (args.via, secure) {
+        (Via::Store, _) => format!("{mode:?}"),
+        (Via::Grpc, false) => format!("{mode:?} via gRPC"),
+        (Via::Grpc, true) => format!("{mode:?} via gRPC+token+TLS"),
     };
     let mut drop_db: Option<String> = None;
     let mut drop_file: Option<String> = None;
@@ -305,13 +324,26 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
             std::fs::create_dir_all(&art_dir)?;
             let artifacts = ArtifactStore::open(art_dir.to_str().expect("a UTF-8 temp dir"))?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
+            let port = listener.local_addr()?.port();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let opts = ServiceOptions { lease: Duration::from_secs(60), group_commit: batching, ..Default::default() };
-            let server = tokio::spawn(lth_coordinator::server::serve(store.clone(), artifacts, opts, Duration::from_secs(2), listener, async {
+            let (security, url, client_opts) = if secure {
+                let dir = args.tls_dir.as_ref().ok_or_else(|| anyhow::anyhow!("--secure needs --tls-dir (server.pem, server.key, ca.pem)"))?;
+                let token = lth_coordinator::auth::new_token();
+                let line = lth_coordinator::auth::auth_line(lth_coordinator::auth::Role::Worker, "bench", &token);
+                let auth = lth_coordinator::auth::AuthPolicy { tokens: Some(lth_coordinator::auth::Tokens::parse(&line, "bench")?), require_worker_cert: false };
+                let identity = tonic::transport::Identity::from_pem(std::fs::read(dir.join("server.pem"))?, std::fs::read(dir.join("server.key"))?);
+                let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+                let security = lth_coordinator::server::Security { auth, tls: Some(tls), ..Default::default() };
+                let client = lth_proto::client::ClientOptions { token: Some(token), tls_ca: Some(dir.join("ca.pem")), ..Default::default() };
+                (security, format!("https://localhost:{port}"), client)
+            } else {
+                (lth_coordinator::server::Security::default(), format!("http://127.0.0.1:{port}"), lth_proto::client::ClientOptions::default())
+            };
+            let server = tokio::spawn(lth_coordinator::server::serve_with(store.clone(), artifacts, opts, Duration::from_secs(2), listener, security, async {
                 let _ = rx.await;
             }));
-            (Some(tx), Some((server, url)))
+            (Some(tx), Some((server, url, client_opts)))
         }
     };
     let digest = hex::encode(Sha256::digest(BLOB));
@@ -319,9 +351,9 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     for _ in 0..args.workers {
         clients.push(match &server {
             None => Client::Store(path.clone().expect("in-process runs have a path")),
-            Some((_, url)) => {
-                let channel = tonic::transport::Channel::from_shared(url.clone())?.connect().await?;
-                Client::Grpc(WorkerServiceClient::new(channel), digest.clone())
+            Some((_, url, opts)) => {
+                let channel = opts.endpoint(url)?.tcp_nodelay(true).connect().await?;
+                Client::Grpc(WorkerServiceClient::with_interceptor(channel, opts.interceptor()?), digest.clone())
             }
         });
     }
@@ -411,7 +443,7 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
     if let Some(r) = reaper {
         let _ = r.await;
     }
-    if let (Some(tx), Some((server, _))) = (server_stop, server) {
+    if let (Some(tx), Some((server, _, _))) = (server_stop, server) {
         let _ = tx.send(());
         server.await??;
         let _ = std::fs::remove_dir_all(&art_dir);
@@ -459,10 +491,26 @@ async fn run(args: &Args, mode: Mode) -> anyhow::Result<Outcome> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.secure != Secure::Off {
+        anyhow::ensure!(args.via == Via::Grpc, "--secure needs --via grpc (tokens and TLS are the gRPC server's)");
+        anyhow::ensure!(args.mode != Mode::Both, "--secure: pick one --mode (group is what the coordinator runs)");
+    }
+    if args.secure == Secure::Both {
+        let plain = run(&args, args.mode, false).await?;
+        let secure = run(&args, args.mode, true).await?;
+        println!(
+            "secure/plain: throughput x{:.2}, claim p50 x{:.2}, claim p99 x{:.2}",
+            secure.rate / plain.rate,
+            secure.claim_p50 / plain.claim_p50,
+            secure.claim_p99 / plain.claim_p99
+        );
+        return Ok(());
+    }
+    let secure = args.secure == Secure::On;
     match args.mode {
         Mode::Both => {
-            let direct = run(&args, Mode::Direct).await?;
-            let group = run(&args, Mode::Group).await?;
+            let direct = run(&args, Mode::Direct, secure).await?;
+            let group = run(&args, Mode::Group, secure).await?;
             println!(
                 "group/direct: throughput x{:.2}, claim p50 x{:.2}, claim p99 x{:.2}",
                 group.rate / direct.rate,
@@ -471,7 +519,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         m => {
-            run(&args, m).await?;
+            run(&args, m, secure).await?;
         }
     }
     Ok(())

@@ -1842,4 +1842,6 @@ pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
 }
 
 mod batch;
+mod scrape;
+pub use scrape::{JobCountRow, PoolStats, ScrapeCounts};
 pub use batch::{uploads_needed, ArtifactRecord, ClaimRequest, Completion};

@@ -231,6 +231,7 @@ impl ArtifactCache {
             match found {
                 Lookup::Verified => {
                     tracing::debug!(job = artifact.job_id, name = %artifact.name, "artifact cache hit (sha256 verified)");
+                    metrics::counter!(super::metrics::names::CACHE_HITS).increment(1);
                     return Ok(CachedArtifact { path: self.path_for(&sha), _pin: pin });
                 }
                 Lookup::Evicted { actual } => tracing::warn!(
@@ -248,13 +249,15 @@ impl ArtifactCache {
         let tmp = tmp_dir.join(format!("{}-{}-{}", artifact.job_id, artifact.name, unique_suffix()));
         let expected = (!sha.is_empty()).then_some(sha.as_str());
         let got = download_to(client, artifact.job_id, &artifact.name, expected, &tmp).await;
-        let (digest, _) = match got {
+        let (digest, bytes) = match got {
             Ok(v) => v,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e);
             }
         };
+        metrics::counter!(super::metrics::names::CACHE_MISSES).increment(1);
+        metrics::counter!(super::metrics::names::CACHE_DOWNLOADED).increment(bytes);
         let pin = self.pin(&digest);
         let path = self.path_for(&digest);
         tokio::fs::rename(&tmp, &path).await.map_err(|e| TransferError::Local(e.into()))?;

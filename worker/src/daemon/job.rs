@@ -84,7 +84,28 @@ enum Prepared {
     LeaseLost,
 }
 
-pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut stop: watch::Receiver<Option<Stop>>) -> Outcome {
+pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>) -> Outcome {
+    use super::metrics::names as M;
+    let kind = if job.kind == pb::JobKind::Dense as i32 { "dense" } else { "level" };
+    let slot_label = slot.id.to_string();
+    metrics::gauge!(M::JOBS_RUNNING, "slot" => slot_label.clone()).set(1.0);
+    let t0 = Instant::now();
+    let outcome = run_job(ctx, job, slot, stop).await;
+    metrics::gauge!(M::JOBS_RUNNING, "slot" => slot_label.clone()).set(0.0);
+    metrics::gauge!(M::IMAGES_PER_SECOND, "slot" => slot_label.clone()).set(0.0);
+    let label = match &outcome {
+        Outcome::Completed => "completed",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Dropped(_) => "dropped",
+        Outcome::Released => "released",
+    };
+    metrics::histogram!(M::JOB_SECONDS, "kind" => kind, "outcome" => label).record(t0.elapsed().as_secs_f64());
+    outcome
+}
+
+async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut stop: watch::Receiver<Option<Stop>>) -> Outcome {
+    let slot_label = slot.id.to_string();
+    let mut last_progress: Option<(Instant, u64)> = None;
     let lease = pb::JobLease { job_id: job.job_id, attempt: job.attempt };
     let workdir = ctx.jobs_dir.join(format!("job-{}-a{}", job.job_id, job.attempt));
     tracing::info!(job = job.job_id, attempt = job.attempt, level = job.level, seed = job.seed, slot = slot.id, gpu = ?slot.gpu, "job claimed");
@@ -142,6 +163,16 @@ pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
                         tracing::info!(job = job.job_id, %device, resumed, "training started");
                     }
                     Some(ChildEvent::Progress { iteration, total_iterations, epoch, train_loss, test_accuracy, images_per_second }) => {
+                        use super::metrics::names as M;
+                        metrics::gauge!(M::IMAGES_PER_SECOND, "slot" => slot_label.clone()).set(images_per_second);
+                        let now = Instant::now();
+                        if let Some((t, it)) = last_progress {
+                            if iteration > it {
+                                let step = (now - t).as_secs_f64() / (iteration - it) as f64;
+                                metrics::gauge!(M::STEP_SECONDS, "slot" => slot_label.clone()).set(step);
+                            }
+                        }
+                        last_progress = Some((now, iteration));
                         let _ = progress_tx.send(Some(pb::ReportProgressRequest {
                             lease: Some(lease),
                             iteration,

@@ -30,6 +30,7 @@ pub mod exec_job;
 pub mod host;
 pub mod job;
 pub mod jobfile;
+pub mod metrics;
 pub mod rpc;
 pub mod supervisor;
 
@@ -89,6 +90,11 @@ pub struct DaemonArgs {
     /// Keep the working directory of every job (by default only failed jobs' are kept).
     #[arg(long, env = "LTH_KEEP_WORKDIRS")]
     pub keep_workdirs: bool,
+    /// Serve Prometheus metrics (jobs per slot, images/s, step time, job durations, cache, GPU
+    /// utilisation and memory through NVML) on this address, e.g. 127.0.0.1:9102, or `off`. No
+    /// token: it shows this machine's load only.
+    #[arg(long, env = "LTH_METRICS_LISTEN", default_value = "off", value_parser = metrics::parse_listen)]
+    pub metrics_listen: metrics::Listen,
     /// Log format on stderr.
     #[arg(long, env = "LTH_LOG_FORMAT", default_value = "pretty", value_parser = ["pretty", "json"])]
     pub log_format: String,

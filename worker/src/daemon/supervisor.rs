@@ -57,6 +57,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let client_opts = lth_proto::client::ClientOptions::from_env(args.token_file.as_deref())?;
     let client = rpc::connect(&args.coordinator, &client_opts)?;
     let exe = std::env::current_exe().context("cannot locate the lth-worker binary for exec-job")?;
+    if let Some(addr) = args.metrics_listen.0 {
+        let bound = super::metrics::serve(addr).await?;
+        tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
+        // For scripts and tests (the logs are on stderr).
+        println!("lth-worker metrics on {bound}");
+    }
 
     let registration = pb::RegisterWorkerRequest {
         worker_id: worker_id.clone(),
@@ -248,6 +254,9 @@ async fn first_register(client: &Client, req: &pb::RegisterWorkerRequest, url: &
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     continue;
+                }
+                if let Some(advice) = lth_proto::errors::auth_advice(&status) {
+                    anyhow::bail!("the coordinator refused registration ({:?}): {advice}", status.code());
                 }
                 if rpc::classify(&status) != Failure::Transient {
                     anyhow::bail!("the coordinator refused registration ({:?}): {}", status.code(), status.message());
