@@ -13,6 +13,8 @@
 //! `--insecure` (checked by the binary), and routes that show sweep data check the caller's token
 //! with [`HttpState::auth`].
 
+pub mod dashboard;
+
 use crate::auth::AuthPolicy;
 use crate::service::Coordinator;
 use axum::extract::State;
@@ -35,7 +37,7 @@ pub struct HttpState {
 
 /// Every route of the HTTP port.
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(state)
+    Router::new().route("/healthz", get(healthz)).merge(dashboard::routes()).with_state(state)
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

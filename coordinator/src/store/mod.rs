@@ -1836,3 +1836,6 @@ pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
 
 mod batch;
 pub use batch::{uploads_needed, ArtifactRecord, ClaimRequest, Completion};
+
+mod dashboard;
+pub use dashboard::{ArtifactInfo, AttemptRow, CollapseWarning, JobResult, KeptCell, OverlapCell, ProgressPoint, RunningJob, SweepListRow};
