@@ -60,6 +60,12 @@ pub fn bar(done: i64, total: i64, id: &str) -> String {
     )
 }
 
+/// A progress bar for a fraction, labelled in percent.
+pub fn pct_bar(fraction: f64, id: &str) -> String {
+    let f = fraction.clamp(0.0, 1.0);
+    format!(r#"<span class="bar pct" id="{}"><span class="fill" style="width:{:.1}%"></span><span class="label">{:.0}%</span></span>"#, esc(id), 100.0 * f, 100.0 * f)
+}
+
 pub fn time(t: DateTime<Utc>) -> String {
     format!(r#"<time datetime="{}">{}</time>"#, t.to_rfc3339(), t.format("%Y-%m-%d %H:%M:%S UTC"))
 }
@@ -67,6 +73,9 @@ pub fn time(t: DateTime<Utc>) -> String {
 pub fn duration(seconds: f64) -> String {
     if !seconds.is_finite() || seconds < 0.0 {
         return "–".into();
+    }
+    if seconds < 10.0 {
+        return format!("{seconds:.1} s");
     }
     let s = seconds.round() as i64;
     if s < 90 {

@@ -263,7 +263,7 @@ async fn fragment(st: &HttpState, id: i64, q: &HashMap<String, String>) -> Resul
                 esc(&job_label(j)),
                 j.attempt,
                 esc(j.worker_id.as_deref().unwrap_or("–")),
-                bar((1000.0 * j.progress) as i64, 1000, &format!("p-job-{}", j.id)),
+                html::pct_bar(j.progress, &format!("p-job-{}", j.id)),
                 r.images_per_second.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into()),
                 j.eta_seconds.map(html::duration).unwrap_or_else(|| "–".into()),
                 id = j.id
@@ -345,9 +345,8 @@ async fn sweep_page(State(st): State<Arc<HttpState>>, c: Caller, Path(id): Path<
     let mut b = String::new();
     let _ = write!(
         b,
-        r#"<div class="sweep" data-sweep="{id}" data-after="{last_event}" data-state="{}" data-query="{}"><h1>Sweep {id}: {}</h1><p class="meta"><span id="sweep-state">{}</span> · owner {} · {} trials · created {}{}</p>"#,
+        r#"<div class="sweep" data-sweep="{id}" data-after="{last_event}" data-state="{}"><h1>Sweep {id}: {}</h1><p class="meta"><span id="sweep-state">{}</span> · owner {} · {} trials · created {}{}</p>"#,
         esc(&s.state),
-        esc(&q.get("level").map(|l| format!("level={l}")).unwrap_or_default()),
         esc(&s.name),
         state_badge(&s.state),
         esc(s.owner.as_deref().unwrap_or("–")),

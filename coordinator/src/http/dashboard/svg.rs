@@ -307,12 +307,12 @@ pub fn overlap_matrix(cells: &[OverlapCell], level: i32) -> String {
         metrics.sort();
         metrics.dedup();
         let name_w = 16.0 + 7.0 * metrics.iter().map(|m| m.1.len()).max().unwrap_or(4) as f64;
-        let cell = 56.0;
-        let size = name_w + cell * metrics.len() as f64 + 8.0;
-        let _ = write!(s, r#"<figure class="overlap" data-rate="{rate}" data-level="{level}"><figcaption>rate {rate}, level {level} (Jaccard, mean over seeds)</figcaption><svg viewBox="0 0 {size} {size}" width="{size}" height="{size}">"#);
+        let (cell, top) = (56.0, 22.0);
+        let (w, h) = (name_w + cell * metrics.len() as f64 + 8.0, top + cell * metrics.len() as f64 + 4.0);
+        let _ = write!(s, r#"<figure class="overlap" data-rate="{rate}" data-level="{level}"><figcaption>rate {rate}, level {level} (Jaccard, mean over seeds)</figcaption><svg viewBox="0 0 {w} {h}" width="{w}" height="{h}">"#);
         for (j, m) in metrics.iter().enumerate() {
-            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"#, name_w + cell * (j as f64 + 0.5), name_w - 8.0, esc(&m.1));
-            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#, name_w - 6.0, name_w + cell * (j as f64 + 0.5) + 4.0, esc(&m.1));
+            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="middle">{}</text>"#, name_w + cell * (j as f64 + 0.5), top - 8.0, esc(&m.1));
+            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#, name_w - 6.0, top + cell * (j as f64 + 0.5) + 4.0, esc(&m.1));
         }
         for (i, a) in metrics.iter().enumerate() {
             for (j, b) in metrics.iter().enumerate() {
@@ -325,7 +325,7 @@ pub fn overlap_matrix(cells: &[OverlapCell], level: i32) -> String {
                 };
                 let Some((jac, seeds)) = v else { continue };
                 let col = viridis(jac);
-                let (x, y) = (name_w + cell * j as f64, name_w + cell * i as f64);
+                let (x, y) = (name_w + cell * j as f64, top + cell * i as f64);
                 let _ = write!(
                     s,
                     r#"<g class="cell"><title>{} vs {}: Jaccard {jac:.3}{}</title><rect x="{x:.1}" y="{y:.1}" width="{}" height="{}" fill="rgb({},{},{})"/><text x="{:.1}" y="{:.1}" class="cell" text-anchor="middle" fill="{}">{jac:.2}</text></g>"#,
@@ -366,13 +366,15 @@ pub fn line_chart(class: &str, title: &str, xlabel: &str, ylabel: &str, pts: &[(
     let fy = |y: f64| t + ph * (1.0 - (y - ylo) / (yhi - ylo));
     let mut s = String::new();
     let _ = write!(s, r##"<svg class="plot {class}" viewBox="0 0 {w} {h}" width="{w}" height="{h}"><text x="{l}" y="15" class="title">{}</text><rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="#fff" stroke="#bbb"/>"##, esc(title));
-    for v in ticks(ylo, yhi, 4) {
+    let yt = ticks(ylo, yhi, 4);
+    for &v in &yt {
         let y = fy(v);
-        let _ = write!(s, r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##, l + pw, l - 4.0, y + 4.0, short(v));
+        let _ = write!(s, r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##, l + pw, l - 4.0, y + 4.0, tick_label(v, &yt));
     }
-    for v in ticks(xlo, xhi, 4) {
+    let xt = ticks(xlo, xhi, 4);
+    for &v in &xt {
         let x = fx(v);
-        let _ = write!(s, r#"<text x="{x:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#, t + ph + 14.0, short(v));
+        let _ = write!(s, r#"<text x="{x:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#, t + ph + 14.0, tick_label(v, &xt));
     }
     let _ = write!(s, r#"<text x="{}" y="{}" class="axis" text-anchor="middle">{}</text>"#, l + pw / 2.0, h - 6.0, esc(xlabel));
     let _ = write!(s, r#"<text x="12" y="{}" class="axis" text-anchor="middle" transform="rotate(-90 12 {})">{}</text>"#, t + ph / 2.0, t + ph / 2.0, esc(ylabel));
@@ -385,17 +387,14 @@ pub fn line_chart(class: &str, title: &str, xlabel: &str, ylabel: &str, pts: &[(
     s
 }
 
-fn short(v: f64) -> String {
-    let a = v.abs();
-    if a >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else if a >= 100.0 || v == v.round() {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
+/// A tick's label with as many decimals as the ticks' step needs (0.286, 0.287; 22, 23).
+fn tick_label(v: f64, all: &[f64]) -> String {
+    let step = if all.len() >= 2 { (all[1] - all[0]).abs() } else { 1.0 };
+    if v.abs() >= 10_000.0 && step >= 1000.0 {
+        return format!("{:.0}k", v / 1000.0);
     }
+    let decimals = if step > 0.0 { (-step.log10().floor()).max(0.0) as usize } else { 0 };
+    format!("{v:.decimals$}")
 }
 
 /// The per-epoch curves of a job: train loss and test accuracy against the iteration.

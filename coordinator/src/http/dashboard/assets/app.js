@@ -10,6 +10,12 @@
     el.querySelector(".label").textContent = done + "/" + total;
     el.title = done + " of " + total;
   }
+  function setPct(id, f) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    el.querySelector(".fill").style.width = (100 * f).toFixed(1) + "%";
+    el.querySelector(".label").textContent = Math.round(100 * f) + "%";
+  }
   document.addEventListener("click", function (e) {
     var b = e.target.closest && e.target.closest("button[data-confirm]");
     if (b && !window.confirm(b.getAttribute("data-confirm"))) e.preventDefault();
@@ -17,7 +23,6 @@
   var root = document.querySelector(".sweep[data-sweep]");
   if (!root || !window.EventSource) return;
   var id = root.getAttribute("data-sweep");
-  var query = root.getAttribute("data-query") || "";
   var live = document.createElement("span");
   live.id = "live";
   var h1 = root.querySelector("h1");
@@ -57,7 +62,7 @@
   });
   es.addEventListener("job", function (e) {
     var j = JSON.parse(e.data);
-    if (j.kind === "progress") { setBar("p-job-" + j.id, Math.round(1000 * j.progress), 1000); return; }
+    if (j.kind === "progress") { setPct("p-job-" + j.id, j.progress); return; }
     refresh();
   });
   es.addEventListener("end", function (e) {
