@@ -394,6 +394,8 @@ fn tick_label(v: f64, all: &[f64]) -> String {
         return format!("{:.0}k", v / 1000.0);
     }
     let decimals = if step > 0.0 { (-step.log10().floor()).max(0.0) as usize } else { 0 };
+    // A tick at zero computed as -1e-17 would read "-0.0".
+    let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     format!("{v:.decimals$}")
 }
 
@@ -449,6 +451,13 @@ mod tests {
         assert!(svg.find("data-metric=\"magnitude\"").unwrap() < svg.find("data-metric=\"l1\"").unwrap());
         assert!(svg.contains("<g class=\"dense\">"));
         assert!(svg.contains("<title>l1 rate 0.2 level 3: 51.2% of weights remaining"), "{svg}");
+    }
+
+    #[test]
+    fn tick_labels_follow_the_step_and_never_read_minus_zero() {
+        assert_eq!(tick_label(-1e-17, &[-1e-17, 0.1, 0.2]), "0.0");
+        assert_eq!(tick_label(0.286, &[0.286, 0.287]), "0.286");
+        assert_eq!(tick_label(200.0, &[100.0, 200.0]), "200");
     }
 
     #[test]
