@@ -45,6 +45,6 @@ for path in "/" "/sweeps/$id" "/sweeps/$id/fragment" "/sweeps/$id?jobs=blocked&j
     [[ "$code" == 200 ]] || { echo "GET $path answered $code" >&2; exit 1; }
     times+=("$t")
   done
-  sorted=($(printf '%s\n' "${times[@]}" | sort -g))
+  mapfile -t sorted < <(printf "%s\n" "${times[@]}" | sort -g)
   printf '%-40s %8s %8s %8s %9s\n' "$path" "${sorted[0]}" "${sorted[$(( runs / 2 ))]}" "${sorted[$(( runs - 1 ))]}" "$size"
 done
