@@ -13,6 +13,7 @@
 #   LTH_DEMO_SLOTS   CPU job slots of the worker      (default 1)
 #   LTH_DEMO_THREADS torch threads per job            (default: cores / slots)
 #   LTH_DEMO_BIN     use already-built binaries from this folder (skips the release build)
+#   LTH_DEMO_SHOTS   folder: PNG screenshots of the dashboard's pages at the end (headless chromium)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -80,6 +81,8 @@ for _ in $(seq 1 300); do
 done
 grep -q "listening on" "$run/coordinator.log" || { echo "demo: lth-coordinator did not start within 30 s" >&2; exit 1; }
 echo "demo: coordinator on $addr (SQLite $run/lth.db)"
+http_addr="$(sed -n 's/^lth-coordinator http on \(.*\)$/\1/p' "$run/coordinator.log" | head -n1)"
+[[ -n "$http_addr" ]] && echo "demo: dashboard on http://$http_addr/ (live progress, plots; open it in a browser)"
 
 worker_args=(daemon --gpus none --cpu-slots "$slots" --worker-id demo-cpu --cache-dir "$run/worker-cache")
 [[ -n "${LTH_DEMO_THREADS:-}" ]] && worker_args+=(--threads "$LTH_DEMO_THREADS")
@@ -98,5 +101,20 @@ echo
 echo
 echo "demo: plots:"
 "$bin/lthctl" report "$sweep_id" --out "$run/report" --format both
+if [[ -n "${LTH_DEMO_SHOTS:-}" && -n "$http_addr" ]]; then
+  mkdir -p "$LTH_DEMO_SHOTS"
+  browser="$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)"
+  if [[ -z "$browser" ]]; then
+    echo "demo: no screenshots: chromium is not installed (apt-get install -y chromium)" >&2
+  else
+    job_id="$(sqlite3 "$run/lth.db" "SELECT id FROM jobs WHERE sweep_id = $sweep_id AND kind = 'level' ORDER BY level DESC, id LIMIT 1" 2>/dev/null || true)"
+    for page in "sweeps:/:1400,800" "sweep:/sweeps/$sweep_id:1400,3000" "job:/jobs/${job_id:-1}:1400,1300" "workers:/workers:1400,600"; do
+      IFS=: read -r name path size <<<"$page"
+      "$browser" --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size="$size" \
+        --screenshot="$LTH_DEMO_SHOTS/$name.png" "http://$http_addr$path" >/dev/null 2>&1 || echo "demo: screenshot of $path failed" >&2
+    done
+    echo "demo: dashboard screenshots in $LTH_DEMO_SHOTS"
+  fi
+fi
 echo
 echo "demo: done in $(( $(date +%s) - started )) s (SQL: sqlite3 $run/lth.db 'SELECT * FROM accuracy_vs_sparsity')"

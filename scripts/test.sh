@@ -15,6 +15,16 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   fi
 fi
 
+# The dashboard's browser test (worker/tests/dashboard_browser.rs) drives headless Chromium through
+# chromedriver, both from Debian's packages.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "test.sh: the dashboard browser test needs chromium and chromedriver: apt-get install -y chromium chromium-driver (as root)" >&2
+  fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

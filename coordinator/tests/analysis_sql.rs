@@ -386,3 +386,37 @@ async fn sqlite_accuracy_rows_aggregate_the_seeds() {
     let db = TestDb::sqlite().await;
     accuracy_rows_aggregate_the_seeds(db.store().await).await;
 }
+
+/// What the dashboard's queries (store/dashboard.rs) read from the demo-like sweep: the same on
+/// both backends, and what the grid implies.
+async fn dashboard_reads(store: Store) -> String {
+    let id = demo_sweep(&store).await;
+    let (sweeps, total) = store.dashboard_sweeps(None, 50, 0).await.unwrap();
+    assert_eq!((total, sweeps.len(), sweeps[0].jobs, sweeps[0].succeeded, sweeps[0].failed), (1, 1, 42, 42, 0));
+    assert_eq!(store.dashboard_sweeps(Some("paused"), 50, 0).await.unwrap().1, 0);
+    let (page, total) = store.dashboard_jobs(id, Some("succeeded"), 10, 40).await.unwrap();
+    assert_eq!((page.len(), total), (2, 42), "the last page of 42 jobs by 10");
+    let kept = store.dashboard_kept(id).await.unwrap();
+    let overlap = store.dashboard_overlap(id, 4).await.unwrap();
+    assert_eq!(overlap.len(), 10, "5 metrics make 10 pairs at level 4");
+    let collapse = store.dashboard_collapse(id, 100).await.unwrap();
+    let retried = store.dashboard_jobs(id, None, 100, 0).await.unwrap().0.into_iter().find(|j| j.attempt == 2).expect("the job that failed once");
+    let attempts = store.dashboard_attempts(retried.id).await.unwrap();
+    assert_eq!(attempts.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(), ["failed", "succeeded"]);
+    assert!(attempts[0].error.as_deref().unwrap().contains("out of memory"));
+    let result = store.dashboard_job_result(retried.id).await.unwrap().expect("a result");
+    assert!(store.dashboard_running(id, 10).await.unwrap().is_empty());
+    // Everything but times and ids, to compare the backends.
+    let kept: Vec<String> = kept.iter().map(|k| format!("{} {} {} {} {} {:.6} {}", k.metric, k.rate, k.level, k.ordinal, k.layer, k.kept_fraction, k.collapsed)).collect();
+    let overlap: Vec<String> = overlap.iter().map(|o| format!("{} {} {} {:.6} {}", o.rate, o.metric_a, o.metric_b, o.jaccard, o.seeds)).collect();
+    let collapse: Vec<String> = collapse.iter().map(|c| format!("{} {} {} {} {}", c.metric, c.rate, c.seed, c.first_level, c.what)).collect();
+    assert!(!kept.is_empty());
+    format!("{kept:#?}\n{overlap:#?}\n{collapse:#?}\n{:.6} {:.6}", result.test_accuracy, result.sparsity)
+}
+
+#[tokio::test]
+async fn dashboard_reads_agree_on_both_backends() {
+    let (pg, lite) = (TestDb::postgres().await, TestDb::sqlite().await);
+    let (a, b) = (dashboard_reads(pg.store().await).await, dashboard_reads(lite.store().await).await);
+    assert_eq!(a, b, "Postgres and SQLite disagree");
+}

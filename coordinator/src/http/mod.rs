@@ -13,6 +13,7 @@
 //! `--insecure` (checked by the binary), and routes that show sweep data check the caller's token
 //! with [`HttpState::auth`].
 
+pub mod dashboard;
 pub mod metrics;
 
 use crate::auth::AuthPolicy;
@@ -37,7 +38,7 @@ pub struct HttpState {
 
 /// Every route of the HTTP port.
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new().route("/healthz", get(healthz)).merge(metrics::routes()).with_state(state)
+    Router::new().route("/healthz", get(healthz)).merge(metrics::routes()).merge(dashboard::routes()).with_state(state)
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

@@ -1845,3 +1845,6 @@ mod batch;
 mod scrape;
 pub use scrape::{JobCountRow, PoolStats, ScrapeCounts};
 pub use batch::{uploads_needed, ArtifactRecord, ClaimRequest, Completion};
+
+mod dashboard;
+pub use dashboard::{ArtifactInfo, AttemptRow, CollapseWarning, JobResult, KeptCell, OverlapCell, ProgressPoint, RunningJob, SweepListRow};

@@ -1,0 +1,418 @@
+//! The web dashboard in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`; scripts/test.sh installs them) driven over the W3C WebDriver protocol,
+//! against a real `lth-coordinator` (tokens on, Postgres) running a real CPU sweep on the bundled
+//! digits with a real `lth-worker daemon`, and checked through `lthctl status`.
+//!
+//! Issue 14's "done when": the sweeps page lists the sweep; the sweep page's progress advances live
+//! without a reload; the accuracy plot has one series per metric and one point per level; pausing
+//! from the page pauses the sweep; a viewer token gets no buttons and its forged POST is refused.
+//!
+//! Needs `chromedriver` and `chromium` on PATH (or LTH_CHROMEDRIVER / LTH_CHROMIUM); without them
+//! the test fails and says how to install them (it never skips).
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lth-worker"))
+}
+
+/// A sibling binary of lth-worker (lth-coordinator, lthctl), from `env` if set, else built with
+/// cargo when missing or older than the sources it is built from (as daemon_e2e.rs does).
+fn sibling_bin(name: &str, package: &str, env: &str, sources: &[&str]) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let path = worker_bin().with_file_name(name);
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = sources.iter().filter_map(|d| newest_mtime(&root.join(d))).max();
+    if !matches!((built, newest), (Some(b), Some(n)) if b >= n) {
+        let profile_dir = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-p", package, "--bin", name]);
+        if profile_dir != "debug" {
+            cmd.args(["--profile", &profile_dir]);
+        }
+        assert!(cmd.status().expect("run cargo").success(), "building {name} failed");
+    }
+    path
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() { newest_mtime(&p) } else { e.metadata().and_then(|m| m.modified()).ok() };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+fn coordinator_bin() -> PathBuf {
+    sibling_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN", &["proto", "sweep/src", "coordinator/src", "migrations"])
+}
+
+fn lthctl_bin() -> PathBuf {
+    sibling_bin("lthctl", "lthctl", "LTHCTL_BIN", &["proto", "sweep/src", "lthctl/src"])
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process, killed on drop; its log is printed when the test fails.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: String = text.chars().rev().take(5000).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("===== log of {} =====\n{tail}", self.name);
+        }
+    }
+}
+
+fn token_line(role: &str, name: &str, token: &str) -> String {
+    format!("{role} {name} sha256:{}\n", hex::encode(Sha256::digest(token.as_bytes())))
+}
+
+struct TestDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        use sqlx::Connection;
+        let admin = std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("lth_dash_{}_{}", std::process::id(), nanos);
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to LTH_TEST_DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        TestDb { admin, name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Starts the coordinator and returns it with its gRPC and HTTP addresses.
+fn start_coordinator(dir: &Path, db: &str, auth_file: &Path) -> (Proc, String, String) {
+    let log = dir.join("coordinator.log");
+    let port = free_port();
+    let mut child = Command::new(coordinator_bin())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0", "--db", db])
+        .arg("--artifacts")
+        .arg(dir.join("artifacts"))
+        .arg("--auth-file")
+        .arg(auth_file)
+        .args(["--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("start lth-coordinator");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let proc = Proc { name: "coordinator".into(), child, log };
+    let (mut grpc, mut http) = (None, None);
+    let t0 = Instant::now();
+    while grpc.is_none() || http.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(60).saturating_sub(t0.elapsed())).expect("lth-coordinator did not print its addresses within 60 s");
+        if let Some(a) = line.strip_prefix("lth-coordinator http on ") {
+            http = Some(a.trim().to_string());
+        } else if line.contains("listening on") {
+            grpc = Some(format!("http://127.0.0.1:{port}"));
+        }
+    }
+    (proc, grpc.unwrap(), format!("http://{}", http.unwrap()))
+}
+
+fn lthctl(grpc: &str, token: &str, args: &[&str]) -> String {
+    let out = Command::new(lthctl_bin()).args(args).env("LTH_COORDINATOR", grpc).env("LTH_TOKEN", token).output().expect("run lthctl");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "lthctl {args:?} failed: {text}");
+    text
+}
+
+fn submit(dir: &Path, grpc: &str, token: &str, name: &str, metrics: &str, levels: u32, length: &str) -> i64 {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nmodel = \"lenet300100\"\ndataset = {{ name = \"digits\" }}\nmetrics = [{metrics}]\nrates = [0.2]\nseeds = [1]\nlevels = {levels}\nmax_attempts = 2\n\
+             [recipe]\nlength = \"{length}\"\nbatch_size = 64\nlr = 0.05\nmomentum = 0.9\nrewind = \"0it\"\ncheckpoint_every = \"10it\"\n"
+        ),
+    )
+    .unwrap();
+    let out = lthctl(grpc, token, &["submit", file.to_str().unwrap()]);
+    let id = out.split("submitted sweep ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok());
+    id.unwrap_or_else(|| panic!("no sweep id in lthctl's output: {out}"))
+}
+
+fn status_state(grpc: &str, token: &str, id: i64) -> String {
+    let out = lthctl(grpc, token, &["status", &id.to_string()]);
+    // "sweep 2 \"name\": paused  (lenet300100 on digits)"
+    let first = out.lines().next().unwrap_or("");
+    first.split("\": ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal W3C WebDriver client (JSON over HTTP).
+// ---------------------------------------------------------------------------------------------
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    _driver: Proc,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    async fn start(dir: &Path) -> Browser {
+        let driver = std::env::var("LTH_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+
+        let port = free_port();
+        let log = dir.join("chromedriver.log");
+        let child = Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {driver}: {e}. Install headless Chromium: apt-get install -y chromium chromium-driver (scripts/test.sh does)"));
+        let proc = Proc { name: "chromedriver".into(), child, log };
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let t0 = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "chromedriver did not answer within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut options = json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"]});
+        // Debian's chromedriver finds /usr/bin/chromium itself; LTH_CHROMIUM picks another.
+        if let Ok(binary) = std::env::var("LTH_CHROMIUM") {
+            options["binary"] = json!(binary);
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}});
+        let resp = Self::call(&http, reqwest::Method::POST, &format!("{base}/session"), Some(caps)).await;
+        let session = resp["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {resp}")).to_string();
+        Browser { http, base, session, _driver: proc }
+    }
+
+    async fn call(http: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
+        let mut req = http.request(method, url).header("content-type", "application/json");
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("WebDriver {url}: {e}"));
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert!(status.is_success(), "WebDriver {url} answered {status}: {v}");
+        v["value"].clone()
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        Self::call(&self.http, method, &format!("{}/session/{}{path}", self.base, self.session), body).await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({}))).await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    async fn delete_cookies(&self) {
+        self.cmd(reqwest::Method::DELETE, "/cookie", None).await;
+    }
+
+    async fn login(&self, http: &str, token: &str, next: &str) {
+        self.goto(&format!("{http}{next}")).await;
+        let path = self.js("return location.pathname").await;
+        assert_eq!(path, "/login", "a page without a session must send the browser to the login form");
+        self.type_into("#token", token).await;
+        self.click("#login").await;
+        self.wait_js(&format!("return location.pathname === {:?}", next.split('?').next().unwrap()), Duration::from_secs(10), "the login to land on the page").await;
+    }
+
+    /// Waits until `script` returns true.
+    async fn wait_js(&self, script: &str, within: Duration, what: &str) {
+        let t0 = Instant::now();
+        loop {
+            if self.js(script).await == Value::Bool(true) {
+                return;
+            }
+            assert!(t0.elapsed() < within, "waited {within:?} for {what} ({script})");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let (http, url) = (self.http.clone(), format!("{}/session/{}", self.base, self.session));
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { let _ = http.delete(url).send().await; })
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::create().await;
+    let (admin, viewer, worker) = ("lth_admin_dash_test", "lth_viewer_dash_test", "lth_worker_dash_test");
+    let auth = dir.path().join("auth");
+    std::fs::write(&auth, token_line("admin", "alice", admin) + &token_line("viewer", "victor", viewer) + &token_line("worker", "pool", worker)).unwrap();
+    let (_coord, grpc, http) = start_coordinator(dir.path(), &db.url, &auth);
+
+    let wlog = dir.path().join("worker.log");
+    let wchild = Command::new(worker_bin())
+        .args(["daemon", "--coordinator", &grpc, "--worker-id", "w1", "--gpus", "none"])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.3", "--kill-grace-seconds", "1"])
+        .env("LTH_TOKEN", worker)
+        .env("LTH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(&wlog).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start lth-worker daemon");
+    let _worker = Proc { name: "worker".into(), child: wchild, log: wlog };
+
+    let a = submit(dir.path(), &grpc, admin, "dash-a", "\"magnitude\", \"l1\"", 3, "2ep");
+    let browser = Browser::start(dir.path()).await;
+
+    // Sweeps page, after the login form.
+    browser.login(&http, admin, "/").await;
+    browser.wait_js(&format!("return !!document.querySelector('#sweeps tr[data-sweep=\"{a}\"]')"), Duration::from_secs(5), "the sweeps page to list the sweep").await;
+
+    // Sweep page: progress advances live, without a reload.
+    browser.goto(&format!("{http}/sweeps/{a}")).await;
+    let origin = browser.js("return performance.timeOrigin").await;
+    let before: i64 = browser.js("return Number(document.getElementById('c-succeeded').textContent)").await.as_i64().unwrap();
+    let levels = 3;
+    let total_jobs = 1 + 2 * levels; // the dense job and 3 levels of 2 metrics
+    assert!(before < total_jobs, "the sweep finished before the page could watch it ({before} jobs succeeded)");
+    browser
+        .wait_js(&format!("return Number(document.getElementById('c-succeeded').textContent) > {before}"), Duration::from_secs(240), "the succeeded count to advance live")
+        .await;
+    assert_eq!(browser.js("return performance.timeOrigin").await, origin, "the page reloaded: progress must come over the live stream");
+    assert!(browser.js("return Number(document.querySelector('.sweep').dataset.updates || 0)").await.as_i64().unwrap() > 0);
+
+    // At the end: the accuracy plot has one series per metric with one point per level (0..=3),
+    // refreshed on the page itself.
+    browser.wait_js("return document.querySelector('.sweep').dataset.state === 'succeeded'", Duration::from_secs(300), "the page to show the sweep succeeded").await;
+    browser
+        .wait_js(
+            "var s = document.querySelectorAll('svg.accuracy g.series'); return s.length === 2 && Array.from(s).every(function (g) { return g.querySelectorAll('circle.pt').length === 4; })",
+            Duration::from_secs(15),
+            "the accuracy plot to show 2 series of 4 points",
+        )
+        .await;
+    assert_eq!(browser.js("return performance.timeOrigin").await, origin, "the page reloaded");
+    let metrics = browser.js("return Array.from(document.querySelectorAll('svg.accuracy g.series')).map(function (g) { return g.dataset.metric; }).join(',')").await;
+    assert_eq!(metrics, "magnitude,l1");
+    assert_eq!(status_state(&grpc, admin, a), "succeeded");
+
+    // Pausing from the page pauses the sweep (lthctl status says so).
+    let b = submit(dir.path(), &grpc, admin, "dash-b", "\"magnitude\"", 4, "20ep");
+    browser.goto(&format!("{http}/sweeps/{b}")).await;
+    browser.click("#btn-pause").await;
+    browser.wait_js("return document.querySelector('.sweep') && document.querySelector('.sweep').dataset.state === 'paused'", Duration::from_secs(10), "the page to show the sweep paused").await;
+    assert_eq!(status_state(&grpc, admin, b), "paused");
+
+    // A viewer sees no buttons, and a forged POST with its own session's CSRF token is refused.
+    browser.delete_cookies().await;
+    browser.login(&http, viewer, &format!("/sweeps/{b}")).await;
+    assert_eq!(browser.js("return !!document.getElementById('btn-resume')").await, Value::Bool(false));
+    assert_eq!(browser.js("return !!document.getElementById('read-only')").await, Value::Bool(true));
+    let code = browser
+        .cmd(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": format!(
+                "var done = arguments[0]; var csrf = document.querySelector('header input[name=csrf]').value; \
+                 fetch('/sweeps/{b}/control', {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: 'action=resume&csrf=' + csrf}}).then(function (r) {{ done(r.status); }});"
+            ), "args": []})),
+        )
+        .await;
+    assert_eq!(code, json!(403), "a viewer's POST must be refused");
+    assert_eq!(status_state(&grpc, admin, b), "paused", "the viewer's refused resume changed nothing");
+
+    // A POST from another origin is refused even with an admin session.
+    browser.delete_cookies().await;
+    browser.login(&http, admin, &format!("/sweeps/{b}")).await;
+    let csrf = browser.js("return document.querySelector('input[name=csrf]').value").await;
+    let cookie = browser.cmd(reqwest::Method::GET, "/cookie/lth_session", None).await;
+    assert_eq!(cookie["httpOnly"], json!(true), "the session cookie must be HttpOnly: {cookie}");
+    assert_eq!(cookie["sameSite"], json!("Strict"), "the session cookie must be SameSite=Strict: {cookie}");
+    let forged = reqwest::Client::new()
+        .post(format!("{http}/sweeps/{b}/control"))
+        .header("cookie", format!("lth_session={}", cookie["value"].as_str().unwrap()))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("action=resume&csrf={}", csrf.as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    assert_eq!(status_state(&grpc, admin, b), "paused");
+    let _ = std::io::stderr().flush();
+}
