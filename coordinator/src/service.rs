@@ -95,7 +95,7 @@ pub fn status(e: StoreError) -> Status {
             Code::FailedPrecondition
         }
         StoreError::AlreadyExists(_) => Code::AlreadyExists,
-        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::InvalidArgument(_) | StoreError::InvalidResult(_) => Code::InvalidArgument,
         StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_) => {
             tracing::error!(error = %e, "store error");
             crate::http::metrics::count_db_error(match &e {
@@ -210,6 +210,7 @@ fn summary(s: &SweepInfo) -> pb::SweepSummary {
         trials: s.trials,
         tickets_with_dead_classes: s.tickets_with_dead_classes,
         owner: s.owner.clone().unwrap_or_default(),
+        diverged: s.diverged,
     }
 }
 
@@ -224,6 +225,7 @@ impl From<pb::LevelResult> for ResultInput {
             epochs: r.epochs,
             wall_seconds: r.wall_seconds,
             iterations: r.iterations,
+            diverged: r.diverged,
             layers: r
                 .layers
                 .into_iter()
@@ -259,6 +261,7 @@ impl From<ResultInput> for pb::LevelResult {
             epochs: r.epochs,
             wall_seconds: r.wall_seconds,
             iterations: r.iterations,
+            diverged: r.diverged,
             layers: r
                 .layers
                 .into_iter()
@@ -565,6 +568,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                         epochs: r.epochs,
                         wall_seconds: r.wall_seconds,
                         iterations: r.iterations as u64,
+                        diverged: r.diverged,
                         layers: r
                             .layers
                             .into_iter()
@@ -730,7 +734,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let lease = lease_of(r.lease)?;
         let result = r.result.ok_or_else(|| lth_proto::errors::invalid_argument("result is missing: send the level's result with the completion"))?;
         let input = ResultInput::from(result);
-        let accuracy = input.test_accuracy;
+        let (accuracy, diverged) = (input.test_accuracy, input.diverged);
         // The store refuses, in the completing statement itself, a stale lease and a completion
         // whose attempt has not uploaded what the next levels download.
         let t0 = std::time::Instant::now();
@@ -738,7 +742,11 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         metrics::histogram!(M::COMPLETE_SECONDS, "outcome" => outcome(&done)).record(t0.elapsed().as_secs_f64());
         done.map_err(status)?;
         metrics::counter!(M::JOBS_COMPLETED).increment(1);
-        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
+        if diverged {
+            tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job finished; its training diverged (recorded as diverged)");
+        } else {
+            tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
+        }
         audit(&who, "complete_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
     }

@@ -75,6 +75,7 @@ fn result_for(a: &pb::JobAssignment) -> pb::LevelResult {
         iterations: 60,
         layers,
         device: "cuda Test GPU".into(),
+        diverged: false,
     }
 }
 

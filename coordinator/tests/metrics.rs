@@ -105,6 +105,7 @@ fn result_for(a: &pb::JobAssignment) -> pb::LevelResult {
         wall_seconds: 0.1,
         iterations: 10,
         layers: vec![pb::LayerStats { layer: "fc1.weight".into(), kept: kept as u64, total: total as u64, mask_bits: pack(&bits), ..Default::default() }],
+        ..Default::default()
     }
 }
 

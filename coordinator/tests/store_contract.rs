@@ -52,6 +52,7 @@ contract!(
     completion_requires_this_attempts_uploads_and_claims_carry_them,
     artifact_records_in_one_batch_keep_their_own_outcome,
     controls_and_rate_schedules_are_stored_run_and_reused,
+    results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -425,10 +426,10 @@ async fn bad_results_are_rejected(store: Store) {
     let mut r = fabricated_result(&c);
     r.layers[0].kept -= 1; // popcount disagrees
     let err = store.complete_job(lease_of(&c), &r).await.unwrap_err();
-    assert!(matches!(err, StoreError::InvalidArgument(ref m) if m.contains("bits set but kept")), "{err}");
+    assert!(matches!(err, StoreError::InvalidResult(ref m) if m.contains("bits set but kept")), "{err}");
     let mut r = fabricated_result(&c);
     r.layers[1].bits.pop(); // too short
-    assert!(matches!(store.complete_job(lease_of(&c), &r).await, Err(StoreError::InvalidArgument(_))));
+    assert!(matches!(store.complete_job(lease_of(&c), &r).await, Err(StoreError::InvalidResult(_))));
     // Nothing was written and the lease still holds.
     assert!(store.lease_is_current(lease_of(&c)).await.unwrap());
     store.complete_job(lease_of(&c), &fabricated_result(&c)).await.unwrap();
@@ -469,7 +470,7 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     let outcomes = store.complete_jobs(&items).await.unwrap();
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
     assert!(matches!(outcomes[1], Err(StoreError::StaleLease(_))), "a wrong attempt is stale");
-    assert!(matches!(outcomes[2], Err(StoreError::InvalidArgument(_))), "a bad result is refused");
+    assert!(matches!(outcomes[2], Err(StoreError::InvalidResult(_))), "a bad result is refused");
     assert!(matches!(outcomes[3], Err(StoreError::StaleLease(_))), "the same lease twice: the second is stale");
     assert!(outcomes[4].is_ok(), "{:?}", outcomes[4]);
 
@@ -940,4 +941,63 @@ async fn controls_and_rate_schedules_are_stored_run_and_reused(store: Store) {
     assert_eq!((second.jobs, second.jobs_reused), (13, 13));
     assert_eq!(store.get_sweep(second.sweep_id).await.unwrap().state, "succeeded");
     assert_eq!(store.results(second.sweep_id).await.unwrap().len(), rows.len());
+}
+
+/// Issue 9, failure 5. On SQLite a NaN binds as NULL, so a NaN loss failed the NOT NULL column
+/// (a database error: the worker retried it forever) while Postgres stored it. Both now refuse the
+/// same inputs with InvalidResult and change nothing; a run marked diverged is recorded.
+async fn results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 1);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let dense = claim_one(&store, "w").await;
+    type Break = fn(&mut lth_coordinator::store::ResultInput);
+    let cases: [(&str, Break); 9] = [
+        ("NaN train loss", |r| r.train_loss = f64::NAN),
+        ("infinite test loss", |r| r.test_loss = f64::INFINITY),
+        ("negative loss", |r| r.test_loss = -0.5),
+        ("negative epochs", |r| r.epochs = -3.0),
+        ("NaN epochs", |r| r.epochs = f64::NAN),
+        ("infinite wall time", |r| r.wall_seconds = f64::INFINITY),
+        ("accuracy above 1", |r| r.test_accuracy = 1.5),
+        ("NaN accuracy", |r| r.test_accuracy = f64::NAN),
+        ("NaN weight norm", |r| r.layers[0].weight_norm = f64::NAN),
+    ];
+    for (what, break_it) in cases {
+        let mut r = fabricated_result(&dense);
+        break_it(&mut r);
+        let err = store.complete_job(lease_of(&dense), &r).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidResult(_)), "{what}: {err:?}");
+        assert_eq!(err.reason(), lth_proto::v1::ErrorReason::InvalidResult, "{what}");
+        assert!(store.lease_is_current(lease_of(&dense)).await.unwrap(), "{what}: the lease still holds");
+    }
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, 0, "nothing was recorded");
+    store.complete_job(lease_of(&dense), &fabricated_result(&dense)).await.unwrap();
+
+    // Layers the model does not have (the dense job reported fc1 and fc2).
+    let level = claim_one(&store, "w").await;
+    let mut r = fabricated_result(&level);
+    r.layers[1].name = "fc9.weight".into();
+    let err = store.complete_job(lease_of(&level), &r).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidResult(ref m) if m.contains("\"fc9.weight\" is not a layer")), "{err:?}");
+    let mut r = fabricated_result(&level);
+    r.layers.pop();
+    let err = store.complete_job(lease_of(&level), &r).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidResult(ref m) if m.contains("lacks")), "{err:?}");
+
+    // A diverged run is an outcome: recorded with its level, its non-finite numbers as +Infinity.
+    let mut r = fabricated_result(&level);
+    (r.train_loss, r.test_loss, r.test_accuracy, r.diverged) = (f64::NAN, f64::INFINITY, 0.1, true);
+    r.layers[0].weight_norm = f64::NAN;
+    store.complete_job(lease_of(&level), &r).await.unwrap();
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.diverged), ("succeeded", 1));
+    let rows = store.results(out.sweep_id).await.unwrap();
+    let l1 = rows.iter().find(|r| r.level == 1).unwrap();
+    assert!(l1.diverged);
+    assert_eq!((l1.train_loss, l1.test_loss, l1.test_accuracy), (f64::INFINITY, f64::INFINITY, 0.1));
+    assert_eq!(l1.layers[0].weight_norm, f64::INFINITY);
+    assert!(!rows.iter().find(|r| r.level == 0).unwrap().diverged);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results WHERE diverged").await, 1);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'failed'").await, 0);
 }

@@ -38,6 +38,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                     _ => eprint!("{}", w.replace("sweep_id = ID", &format!("sweep_id = {id}"))),
                 }
             }
+            if let Some(w) = crate::results::diverged_warning(&resp.rows) {
+                match format {
+                    crate::results::Format::Table => write!(out, "\n{w}")?,
+                    _ => eprint!("{w}"),
+                }
+            }
             Ok(())
         }
         Command::Export { id, format, what, output, levels } => {
@@ -241,6 +247,9 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
             "warning: {} ticket(s) have dead output classes (every weight into the class pruned); `lthctl results {id}` lists them",
             s.tickets_with_dead_classes
         )?;
+    }
+    if s.diverged > 0 {
+        writeln!(out, "diverged: {} result(s) whose training loss stopped being a number; `lthctl results {id}` lists them", s.diverged)?;
     }
     if !s.metrics.is_empty() {
         writeln!(out, "progress per metric:")?;

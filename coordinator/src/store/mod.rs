@@ -44,6 +44,10 @@ pub enum StoreError {
     MissingUploads(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A completion's result is not valid (a loss that is not a number without `diverged`, an
+    /// accuracy out of range, a layer the model does not have, …): retrying it cannot help.
+    #[error("{0}")]
+    InvalidResult(String),
     #[error("cannot open the database: {0}")]
     Connect(String),
     #[error("database migration failed: {0}")]
@@ -61,6 +65,7 @@ impl StoreError {
             StoreError::FailedPrecondition(_) => R::Refused,
             StoreError::AlreadyExists(_) => R::AlreadyExists,
             StoreError::InvalidArgument(_) => R::InvalidArgument,
+            StoreError::InvalidResult(_) => R::InvalidResult,
             StoreError::UnknownWorker(_) => R::UnknownWorker,
             StoreError::StaleLease(_) => R::StaleLease,
             StoreError::MissingUploads(_) => R::MissingUploads,
@@ -126,6 +131,8 @@ pub struct SweepInfo {
     pub metrics: Vec<(String, u64, u64)>,
     /// Tickets (trial × level) with a dead output class (the dead_units view).
     pub tickets_with_dead_classes: u64,
+    /// Results (trial × level, controls included) whose training diverged.
+    pub diverged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,18 +256,63 @@ pub struct ResultInput {
     pub layers: Vec<LayerInput>,
     /// Where it ran ("cpu", "cuda <GPU name>"); empty when the worker did not say.
     pub device: String,
+    /// Training diverged (the loss became NaN or infinite): recorded as such, with its level.
+    pub diverged: bool,
+}
+
+/// A loss or norm as stored: a diverged run's non-finite values become +Infinity, the same on
+/// both backends (SQLite cannot store NaN: it binds as NULL).
+pub fn stored_number(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The rule for a loss or weight norm: a finite number ≥ 0, or anything when the run diverged.
+/// Returns what is wrong, for the error message.
+pub fn check_loss(what: &str, x: f64, diverged: bool) -> std::result::Result<(), String> {
+    if x.is_finite() && x >= 0.0 {
+        return Ok(());
+    }
+    if !x.is_finite() && diverged {
+        return Ok(());
+    }
+    if x.is_finite() {
+        Err(format!("{what} = {x} is negative"))
+    } else {
+        Err(format!("{what} = {x} is not a number: a run whose loss stops being a number diverged; report it with diverged = true"))
+    }
 }
 
 impl ResultInput {
-    /// Rejects results that would corrupt the analysis: masks whose size or popcount disagree
-    /// with kept/total, duplicate layers, numbers out of range.
+    /// Rejects results that would corrupt the analysis: numbers that are not numbers (unless the
+    /// run diverged, for losses and norms) or out of range, masks whose size or popcount disagree
+    /// with kept/total, duplicate layers. Every refusal is [`StoreError::InvalidResult`]. (Layer
+    /// names the model does not have are refused in [`Store::complete_jobs`], which knows the
+    /// sweep's layers.)
     pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(StoreError::InvalidArgument(m));
+        let bad = |m: String| Err(StoreError::InvalidResult(format!("invalid result: {m}")));
         if !(0.0..=1.0).contains(&self.sparsity) {
-            return bad(format!("result.sparsity = {} is outside [0, 1]", self.sparsity));
+            return bad(format!("sparsity = {} is outside [0, 1]", self.sparsity));
         }
         if !(0.0..=1.0).contains(&self.test_accuracy) {
-            return bad(format!("result.test_accuracy = {} is outside [0, 1]", self.test_accuracy));
+            return bad(format!("test_accuracy = {} is outside [0, 1]", self.test_accuracy));
+        }
+        if !(self.epochs.is_finite() && self.epochs >= 0.0) {
+            return bad(format!("epochs = {} must be a finite number ≥ 0", self.epochs));
+        }
+        if !(self.wall_seconds.is_finite() && self.wall_seconds >= 0.0) {
+            return bad(format!("wall_seconds = {} must be a finite number ≥ 0", self.wall_seconds));
+        }
+        if self.iterations > i64::MAX as u64 {
+            return bad(format!("iterations = {} is out of range", self.iterations));
+        }
+        for (what, x) in [("test_loss", self.test_loss), ("train_loss", self.train_loss)] {
+            if let Err(m) = check_loss(what, x, self.diverged) {
+                return bad(m);
+            }
         }
         if self.device.len() > 128 || self.device.chars().any(|c| c.is_control()) {
             return bad(format!("result.device must be at most 128 printable characters (got {} bytes)", self.device.len()));
@@ -269,6 +321,12 @@ impl ResultInput {
         for l in &self.layers {
             if !names.insert(l.name.as_str()) {
                 return bad(format!("layer {:?} is reported twice", l.name));
+            }
+            if let Err(m) = check_loss(&format!("layer {:?}: weight_norm", l.name), l.weight_norm, self.diverged) {
+                return bad(m);
+            }
+            if l.total > i64::MAX as u64 {
+                return bad(format!("layer {:?}: total {} is out of range", l.name, l.total));
             }
             if l.kept > l.total {
                 return bad(format!("layer {:?}: kept {} > total {}", l.name, l.kept, l.total));
@@ -388,6 +446,8 @@ pub struct ResultRow {
     pub control: Option<String>,
     /// The trial's per-level rates when it runs a schedule (`rate` is then the first).
     pub schedule: Option<Vec<f64>>,
+    /// Training diverged (its non-finite losses read as +Infinity).
+    pub diverged: bool,
 }
 
 /// One row of the accuracy_vs_sparsity view.
@@ -1014,6 +1074,12 @@ impl Store {
                 .bind(sweep_id)
                 .fetch_one(pool)
                 .await?;
+            let diverged: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM trial_levels tl JOIN level_results lr ON lr.job_id = tl.result_job_id WHERE tl.sweep_id = $1 AND lr.diverged",
+            )
+            .bind(sweep_id)
+            .fetch_one(pool)
+            .await?;
             Ok(SweepInfo {
                 id: r.try_get("id")?,
                 name: r.try_get("name")?,
@@ -1026,6 +1092,7 @@ impl Store {
                 jobs: counts,
                 metrics,
                 tickets_with_dead_classes: dead as u64,
+                diverged: diverged as u64,
             })
         })
     }
@@ -1609,7 +1676,8 @@ impl Store {
         both!(self, |pool, d, DB| {
             let rows = sqlx::query(
                 "SELECT metric, rate, seed, level, job_id, result_job_id, sparsity, test_accuracy, test_loss, train_loss, \
-                        epochs, wall_seconds, iterations, control, schedule \
+                        epochs, wall_seconds, iterations, control, schedule, \
+                        (SELECT lr.diverged FROM level_results lr WHERE lr.job_id = trial_results.result_job_id) AS diverged \
                    FROM trial_results WHERE sweep_id = $1 ORDER BY metric, rate, schedule, seed, level, control",
             )
             .bind(sweep_id)
@@ -1663,6 +1731,7 @@ impl Store {
                     layers: layers.get(&result_job_id).cloned().unwrap_or_default(),
                     control: r.try_get("control")?,
                     schedule: schedule_from_db(r.try_get("schedule")?)?,
+                    diverged: r.try_get::<Option<bool>, _>("diverged")?.unwrap_or(false),
                 });
             }
             Ok(out)
