@@ -82,8 +82,8 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
     out.push(("ResumeSweep", code(s.resume_sweep(r(sweep_id)).await)));
     // A sweep that does not exist: the auth layer decides before the handler can say NotFound.
     out.push(("CancelSweep", code(s.cancel_sweep(r(999_999)).await)));
-    out.push(("ListJobs", code(s.list_jobs(pb::ListJobsRequest { sweep_id, state: 0 }).await)));
-    out.push(("ListWorkers", code(s.list_workers(pb::ListWorkersRequest {}).await)));
+    out.push(("ListJobs", code(s.list_jobs(pb::ListJobsRequest { sweep_id, ..Default::default() }).await)));
+    out.push(("ListWorkers", code(s.list_workers(pb::ListWorkersRequest::default()).await)));
     out.push(("WatchSweep", code(s.watch_sweep(pb::WatchSweepRequest { sweep_id: 999_999, after_event_id: 0 }).await)));
     out.push(("GetResults", code(s.get_results(pb::GetResultsRequest { sweep_id }).await)));
     out.push(("StreamMasks", code(s.stream_masks(pb::StreamMasksRequest { sweep_id, ..Default::default() }).await)));
@@ -233,7 +233,7 @@ async fn a_forged_completion_without_a_worker_token_is_refused() {
         assert_eq!(e.code(), want, "{}", e.message());
         assert!(e.message().contains("worker or admin"), "{}", e.message());
     }
-    let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id: sub.sweep_id, state: 0 }).await.unwrap().into_inner().jobs;
+    let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id: sub.sweep_id, ..Default::default() }).await.unwrap().into_inner().jobs;
     let j = jobs.iter().find(|j| j.job_id == job.job_id).unwrap();
     assert_eq!(j.state(), pb::JobState::Running, "the forged completions changed nothing");
     server.stop().await;

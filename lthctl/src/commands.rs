@@ -270,13 +270,7 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
             )?;
         }
     }
-    let mut client = coord.sweeps.clone();
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest { sweep_id: id, state: 0 })
-        .await
-        .map_err(|st| coord.explain(st, &format!("the jobs of sweep {id}")))?
-        .into_inner()
-        .jobs;
+    let jobs = list_jobs(coord, id).await?;
     let running: Vec<_> = jobs.iter().filter(|j| j.state == pb::JobState::Running as i32).collect();
     if !running.is_empty() {
         writeln!(out, "running jobs:")?;
@@ -356,9 +350,46 @@ pub(crate) async fn get_results(coord: &Coordinator, id: i64) -> Result<pb::GetR
         .into_inner())
 }
 
-async fn workers(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {
+/// Every job of a sweep, following ListJobs' pages.
+pub(crate) async fn list_jobs(coord: &Coordinator, id: i64) -> Result<Vec<pb::JobInfo>> {
+    let mut client = coord.sweeps.clone();
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_jobs(pb::ListJobsRequest { sweep_id: id, page_token, ..Default::default() })
+            .await
+            .map_err(|st| coord.explain(st, &format!("the jobs of sweep {id}")))?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every worker, following ListWorkers' pages.
+async fn list_workers(coord: &Coordinator) -> Result<Vec<pb::WorkerInfo>> {
     let mut c = coord.sweeps.clone();
-    let ws = c.list_workers(pb::ListWorkersRequest {}).await.map_err(|s| coord.explain(s, "listing workers"))?.into_inner().workers;
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_workers(pb::ListWorkersRequest { page_token, ..Default::default() })
+            .await
+            .map_err(|s| coord.explain(s, "listing workers"))?
+            .into_inner();
+        out.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn workers(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {
+    let ws = list_workers(coord).await?;
     if ws.is_empty() {
         writeln!(out, "no workers have registered: start one with `lth-worker daemon --coordinator {}`", coord.url)?;
         return Ok(());

@@ -1206,6 +1206,26 @@ impl Store {
         })
     }
 
+    /// One page of [`Store::list_jobs`]: up to `limit` jobs with ids above `after_id`, by id.
+    pub async fn list_jobs_page(&self, sweep_id: i64, state: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<JobRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = $1 AND ($2 IS NULL OR state = $2) AND id > $3 ORDER BY id LIMIT $4"
+            ))
+            .bind(sweep_id)
+            .bind(state)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(job_from_row!(r));
+            }
+            Ok(out)
+        })
+    }
+
     pub async fn get_job(&self, job_id: i64) -> Result<JobRow> {
         both!(self, |pool, d, DB| {
             let Some(r) = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")).bind(job_id).fetch_optional(pool).await?
@@ -1245,15 +1265,22 @@ impl Store {
 
     /// Workers, with `alive` = seen within `alive_within`.
     pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRow>> {
+        self.list_workers_page(alive_within, "", i64::MAX).await
+    }
+
+    /// One page of [`Store::list_workers`]: up to `limit` workers whose ids sort after `after`.
+    pub async fn list_workers_page(&self, alive_within: Duration, after: &str, limit: i64) -> Result<Vec<WorkerRow>> {
         both!(self, |pool, d, DB| {
             let cutoff = d.now_plus("$1");
             let rows = sqlx::query(&format!(
                 "SELECT w.worker_id, w.host, w.gpus, w.cpus, w.slots, w.libtorch_version, w.cuda_version, w.last_seen, \
                         (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running, \
                         CASE WHEN w.last_seen >= {cutoff} THEN 1 ELSE 0 END AS alive \
-                   FROM workers w ORDER BY w.worker_id"
+                   FROM workers w WHERE w.worker_id > $2 ORDER BY w.worker_id LIMIT $3"
             ))
             .bind(-alive_within.as_secs_f64())
+            .bind(after)
+            .bind(limit)
             .fetch_all(pool)
             .await?;
             let mut out = Vec::new();
@@ -1341,6 +1368,17 @@ impl Store {
             }
             tx.commit().await?;
             Ok(aborts)
+        })
+    }
+
+    /// The kind ("dense", "level") of the job while `lease` is its current running attempt.
+    pub async fn running_job_kind(&self, lease: Lease) -> Result<Option<String>> {
+        both!(self, |pool, d, DB| {
+            Ok(sqlx::query_scalar("SELECT kind FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'")
+                .bind(lease.job_id)
+                .bind(lease.attempt)
+                .fetch_optional(pool)
+                .await?)
         })
     }
 
