@@ -189,6 +189,7 @@ pub fn job_info(j: &JobRow) -> pb::JobInfo {
         parent_job_id: j.parent_job_id.unwrap_or(0),
         content_hash: j.content_hash.clone(),
         control: control_i32(j.control.as_deref()),
+        trial_id: j.trial_id.unwrap_or(0),
     }
 }
 
@@ -484,6 +485,18 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
     }
 
+    async fn retry_sweep(&self, req: Request<pb::RetrySweepRequest>) -> Result<Response<pb::RetrySweepResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        self.check_owner(&who, r.sweep_id, "retry").await?;
+        let trial = (r.trial_id != 0).then_some(r.trial_id);
+        let n = self.0.store.retry_sweep(r.sweep_id, trial).await.map_err(status)?;
+        audit(&who, "retry", Some(r.sweep_id), None);
+        tracing::info!(sweep_id = r.sweep_id, trial_id = r.trial_id, jobs = n, "failed jobs re-queued");
+        let s = self.0.store.get_sweep(r.sweep_id).await.map_err(status)?;
+        Ok(Response::new(pb::RetrySweepResponse { jobs_requeued: n, sweep: Some(summary(&s)) }))
+    }
+
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = req.into_inner();
         let state = pb::JobState::try_from(req.state).map_err(|_| lth_proto::errors::invalid_argument(format!("unknown job state {}", req.state)))?;
@@ -505,7 +518,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         // A worker is alive while it heartbeats; allow three missed beats.
         let window = self.0.opts.heartbeat * 3;
         let size = page_size(req.page_size);
-        let rows = self.0.store.list_workers_page(window, &req.page_token, size as i64 + 1).await.map_err(status)?;
+        let rows = self.0.store.list_workers_page(window, req.all, &req.page_token, size as i64 + 1).await.map_err(status)?;
         let workers: Vec<pb::WorkerInfo> = rows
                 .into_iter()
                 .map(|w| pb::WorkerInfo {

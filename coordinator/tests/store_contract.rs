@@ -53,6 +53,7 @@ contract!(
     artifact_records_in_one_batch_keep_their_own_outcome,
     controls_and_rate_schedules_are_stored_run_and_reused,
     results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
+    retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -1000,4 +1001,54 @@ async fn results_that_are_not_numbers_are_refused_alike_and_diverged_runs_record
     assert!(!rows.iter().find(|r| r.level == 0).unwrap().diverged);
     assert_eq!(scalar(&store, "SELECT count(*) FROM level_results WHERE diverged").await, 1);
     assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'failed'").await, 0);
+}
+
+/// Issue 9, failure 9: failed jobs run again without a resubmit. A dense job that used up its
+/// attempts failed both trials and every level; a retry re-queues it (ready, fresh attempts)
+/// and its levels (blocked behind it), reopens the trials and the sweep, and the sweep then
+/// finishes. A retry of one trial touches only that trial's jobs.
+async fn retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts(store: Store) {
+    let mut s = spec(&["magnitude", "l1"], &[0.2], &[0], 2);
+    s.max_attempts = 1;
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let dense = claim_one(&store, "w").await;
+    store.fail_job(lease_of(&dense), "disk full", true).await.unwrap();
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.failed), ("failed", 5));
+
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 5);
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.finished_at, sweep.jobs.ready, sweep.jobs.blocked), ("running", None, 1, 4));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM trials WHERE state = 'running'").await, 2);
+    let j = store.get_job(dense.job.id).await.unwrap();
+    assert_eq!((j.state.as_str(), j.error_count, j.last_error), ("ready", 0, None));
+    let again = claim_one(&store, "w").await;
+    assert_eq!((again.job.id, again.job.attempt), (dense.job.id, 2), "a fresh attempt, still fenced by a new number");
+    // The old attempt's writes stay stale.
+    assert!(matches!(store.complete_job(lease_of(&dense), &fabricated_result(&dense)).await, Err(StoreError::StaleLease(_))));
+    store.complete_job(lease_of(&again), &fabricated_result(&again)).await.unwrap();
+
+    // Fail magnitude's level 1 (one attempt): only its trial fails. Retry that trial alone.
+    let jobs = store.claim_jobs("w", 2, LEASE).await.unwrap();
+    let mag = jobs.iter().find(|j| j.job.metric.as_deref() == Some("magnitude")).unwrap();
+    let l1 = jobs.iter().find(|j| j.job.metric.as_deref() == Some("l1")).unwrap();
+    store.fail_job(lease_of(mag), "CUDA error", true).await.unwrap();
+    store.complete_job(lease_of(l1), &fabricated_result(l1)).await.unwrap();
+    let l1_trial = l1.job.trial_id.unwrap();
+    assert_eq!(store.retry_sweep(out.sweep_id, Some(l1_trial)).await.unwrap(), 0, "nothing failed in l1's trial");
+    assert!(matches!(store.retry_sweep(out.sweep_id, Some(999_999)).await, Err(StoreError::NotFound(_))));
+    assert_eq!(drive(&store, "w").await, 1, "l1's level 2");
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "failed");
+    assert_eq!(store.retry_sweep(out.sweep_id, mag.job.trial_id).await.unwrap(), 2, "magnitude's levels 1 and 2");
+    assert_eq!(drive(&store, "w").await, 2);
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.succeeded), ("succeeded", 5));
+    assert!(sweep.finished_at.is_some());
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 0, "nothing left to retry");
+
+    // A cancelled sweep is not retried.
+    let other = store.submit_sweep(&spec(&["l2"], &[0.2], &[5], 1), None).await.unwrap();
+    store.cancel_sweep(other.sweep_id).await.unwrap();
+    assert!(matches!(store.retry_sweep(other.sweep_id, None).await, Err(StoreError::FailedPrecondition(_))));
 }

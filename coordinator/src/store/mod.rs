@@ -1189,6 +1189,77 @@ impl Store {
         })
     }
 
+    /// Re-queues the sweep's failed jobs (all, or those of one trial and its dense job) with
+    /// fresh attempts: error counts start again at 0, the attempt number keeps counting (leases
+    /// stay fenced). A job whose parent has succeeded is ready, the others wait for theirs. The
+    /// trials of re-queued jobs and a finished sweep reopen. Returns how many jobs were re-queued.
+    /// A cancelled sweep is refused; one with nothing failed is left as it is.
+    pub async fn retry_sweep(&self, sweep_id: i64, trial_id: Option<i64>) -> Result<u64> {
+        both!(self, |pool, d, DB| {
+            let mut tx = pool.begin_write().await?;
+            let state = sweep_state!(tx, d, sweep_id);
+            if !retry_allowed(&state) {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "sweep {sweep_id} was cancelled: a cancelled sweep is not retried; submit it again (its finished jobs are reused)"
+                )));
+            }
+            if let Some(t) = trial_id {
+                let found: Option<i64> = sqlx::query_scalar("SELECT id FROM trials WHERE id = $1 AND sweep_id = $2")
+                    .bind(t)
+                    .bind(sweep_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if found.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "sweep {sweep_id} has no trial {t}: `lthctl status {sweep_id}` names the trials of failed jobs"
+                    )));
+                }
+            }
+            // A parent that is failed now is itself re-queued (or stays failed): never 'succeeded'
+            // within this statement, so the CASE reads the same on both backends.
+            let rows = sqlx::query(
+                "UPDATE jobs SET state = CASE WHEN parent_job_id IS NULL                                  OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_job_id AND p.state = 'succeeded')                                  THEN 'ready' ELSE 'blocked' END,                         error_count = 0, last_error = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL,                         progress = 0, eta_seconds = NULL, paused = $3                   WHERE sweep_id = $1 AND state = 'failed'                     AND ($2 IS NULL OR trial_id = $2 OR id = (SELECT t.dense_job_id FROM trials t WHERE t.id = $2))                  RETURNING id, state, attempt",
+            )
+            .bind(sweep_id)
+            .bind(trial_id)
+            .bind(state == "paused")
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            for r in &rows {
+                let (id, st, attempt): (i64, String, i32) = (r.try_get("id")?, r.try_get("state")?, r.try_get("attempt")?);
+                sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, detail) VALUES ($1, $2, 'state', $3, $4, $5)")
+                    .bind(sweep_id)
+                    .bind(id)
+                    .bind(&st)
+                    .bind(attempt)
+                    .bind(Json(serde_json::json!({ "retried": true })))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "UPDATE trials SET state = 'running' WHERE sweep_id = $1 AND state = 'failed'                    AND EXISTS (SELECT 1 FROM jobs j WHERE j.trial_id = trials.id AND j.state IN ('blocked', 'ready'))",
+            )
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE sweeps SET state = 'running', finished_at = NULL WHERE id = $1 AND state IN ('failed', 'succeeded')")
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO events (sweep_id, kind, detail) VALUES ($1, 'sweep', $2)")
+                .bind(sweep_id)
+                .bind(Json(serde_json::json!({ "retried_jobs": rows.len() })))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(rows.len() as u64)
+        })
+    }
+
     pub async fn list_jobs(&self, sweep_id: i64, state: Option<&str>) -> Result<Vec<JobRow>> {
         both!(self, |pool, d, DB| {
             let rows = sqlx::query(&format!(
@@ -1265,22 +1336,24 @@ impl Store {
 
     /// Workers, with `alive` = seen within `alive_within`.
     pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRow>> {
-        self.list_workers_page(alive_within, "", i64::MAX).await
+        self.list_workers_page(alive_within, true, "", i64::MAX).await
     }
 
-    /// One page of [`Store::list_workers`]: up to `limit` workers whose ids sort after `after`.
-    pub async fn list_workers_page(&self, alive_within: Duration, after: &str, limit: i64) -> Result<Vec<WorkerRow>> {
+    /// One page of [`Store::list_workers`]: up to `limit` workers whose ids sort after `after`;
+    /// without `all`, only the alive ones (a worker not seen within `alive_within` is lost).
+    pub async fn list_workers_page(&self, alive_within: Duration, all: bool, after: &str, limit: i64) -> Result<Vec<WorkerRow>> {
         both!(self, |pool, d, DB| {
             let cutoff = d.now_plus("$1");
             let rows = sqlx::query(&format!(
                 "SELECT w.worker_id, w.host, w.gpus, w.cpus, w.slots, w.libtorch_version, w.cuda_version, w.last_seen, \
                         (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running, \
                         CASE WHEN w.last_seen >= {cutoff} THEN 1 ELSE 0 END AS alive \
-                   FROM workers w WHERE w.worker_id > $2 ORDER BY w.worker_id LIMIT $3"
+                   FROM workers w WHERE w.worker_id > $2 AND ($4 OR w.last_seen >= {cutoff}) ORDER BY w.worker_id LIMIT $3"
             ))
             .bind(-alive_within.as_secs_f64())
             .bind(after)
             .bind(limit)
+            .bind(all)
             .fetch_all(pool)
             .await?;
             let mut out = Vec::new();
@@ -1786,6 +1859,12 @@ fn schedule_from_db(text: Option<String>) -> Result<Option<Vec<f64>>> {
 /// A trial's schedule as stored in `trials.schedule`; None for a constant rate.
 fn schedule_to_db(schedule: &Option<Vec<f64>>) -> Option<String> {
     schedule.as_ref().map(|v| serde_json::to_string(v).expect("rates serialise"))
+}
+
+/// The sweep states a retry may reopen: all but cancelled (a paused sweep's retried jobs wait
+/// for its resume).
+pub fn retry_allowed(sweep_state: &str) -> bool {
+    matches!(sweep_state, "running" | "paused" | "failed" | "succeeded")
 }
 
 /// The state a job is created in: done already when reused, ready when its parent is done,
