@@ -54,6 +54,7 @@ contract!(
     controls_and_rate_schedules_are_stored_run_and_reused,
     results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
     retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts,
+    identical_jobs_in_flight_run_once,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -916,12 +917,15 @@ async fn controls_and_rate_schedules_are_stored_run_and_reused(store: Store) {
             }
         }
     }
-    assert_eq!(held.len(), 8);
+    // 8 controls, but the constant 0.2 and the schedule [0.2, 0.5] agree on level 1: its ticket
+    // and its two controls are the same work in both trials and run once (failure 10).
+    assert_eq!(held.len(), 6);
     assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {} AND state = 'running'", out.sweep_id)).await, 2);
     assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "running");
     for c in &held {
         store.complete_job(lease_of(c), &fabricated_result(c)).await.unwrap();
     }
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM jobs WHERE sweep_id = {} AND reused_from IS NOT NULL", out.sweep_id)).await, 3);
     assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {} AND state = 'succeeded'", out.sweep_id)).await, 2);
     assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
 
@@ -1051,4 +1055,34 @@ async fn retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts(st
     let other = store.submit_sweep(&spec(&["l2"], &[0.2], &[5], 1), None).await.unwrap();
     store.cancel_sweep(other.sweep_id).await.unwrap();
     assert!(matches!(store.retry_sweep(other.sweep_id, None).await, Err(StoreError::FailedPrecondition(_))));
+}
+
+/// Issue 9, failure 10: the same sweep submitted twice while the first runs (20 copies ran 280
+/// jobs). A job whose twin (same content hash) is running or ready ahead of it waits, and is
+/// marked reused when the twin succeeds: every job runs once.
+async fn identical_jobs_in_flight_run_once(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 2);
+    let a = store.submit_sweep(&s, Some("first")).await.unwrap();
+    let b = store.submit_sweep(&s, Some("second")).await.unwrap();
+    assert!(b.created && b.jobs_reused == 0, "nothing had finished at submit");
+    register(&store, "w").await;
+    let first = store.claim_jobs("w", 4, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1, "the second sweep's dense job waits for the first's");
+    assert_eq!(first[0].job.sweep_id, a.sweep_id);
+    assert!(store.claim_jobs("w", 4, LEASE).await.unwrap().is_empty(), "its twin is running");
+    store.complete_job(lease_of(&first[0]), &fabricated_result(&first[0])).await.unwrap();
+    let b_jobs = store.list_jobs(b.sweep_id, None).await.unwrap();
+    let b_dense = b_jobs.iter().find(|j| j.kind == "dense").unwrap();
+    assert_eq!((b_dense.state.as_str(), b_dense.reused_from), ("succeeded", Some(first[0].job.id)));
+    let ran = 1 + drive(&store, "w").await;
+    assert_eq!(ran, 3, "dense, level 1 and level 2 ran once for both sweeps");
+    store.reap().await.unwrap();
+    for id in [a.sweep_id, b.sweep_id] {
+        assert_eq!(store.get_sweep(id).await.unwrap().state, "succeeded", "sweep {id}");
+    }
+    let b_jobs = store.list_jobs(b.sweep_id, None).await.unwrap();
+    assert!(b_jobs.iter().all(|j| j.reused_from.is_some() && j.attempt == 0), "{b_jobs:?}");
+    let acc = |rows: Vec<lth_coordinator::store::ResultRow>| rows.iter().map(|r| (r.level, r.test_accuracy.to_bits())).collect::<Vec<_>>();
+    assert_eq!(acc(store.results(a.sweep_id).await.unwrap()), acc(store.results(b.sweep_id).await.unwrap()));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts").await, 3);
 }

@@ -120,7 +120,7 @@ impl Store {
                      seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = ANY($1::text[]) RETURNING worker_id), \
                      slots AS (SELECT r.ord, r.worker_id, r.lease_secs, row_number() OVER (ORDER BY r.ord, g.i) AS slot \
                                  FROM req r JOIN seen s ON s.worker_id = r.worker_id CROSS JOIN LATERAL generate_series(1, r.n) AS g(i)), \
-                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused \
+                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused AND {no_twin_running} \
                                  ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR UPDATE SKIP LOCKED), \
                      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs \
                                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p \
@@ -142,6 +142,7 @@ impl Store {
                     rewind_of = file_of("c.dense_job_id", "rewind"),
                     weights_of = file_of("c.parent_job_id", "weights"),
                     checkpoint_of = file_of("c.id", "checkpoint"),
+                    no_twin_running = NO_TWIN_RUNNING,
                 ))
                 .bind(&workers)
                 .bind(&ns)
@@ -416,6 +417,13 @@ async fn sqlite_attach_artifacts(conn: &mut SqliteConnection, jobs: Vec<JobRow>)
         .collect())
 }
 
+/// A condition on a ready `jobs` row: no twin (a job with the same content hash: another
+/// sweep's, or another trial's, copy of the same work) is running, or is ready with a lower id
+/// (so one claim batch never picks two twins). Such a job waits; when its twin succeeds, the
+/// completion marks it succeeded, reused from the twin; if the twin fails, it is claimed as usual.
+const NO_TWIN_RUNNING: &str = "NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash \
+     AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))";
+
 /// Mask rows per SQLite INSERT: 13 parameters each, well under SQLite's 32,766-parameter limit.
 const MASK_ROWS_PER_INSERT: usize = 500;
 
@@ -455,7 +463,7 @@ async fn sqlite_claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs
     let rows = sqlx::query(&format!(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = {until}, \
                 started_at = {now}, progress = 0, eta_seconds = NULL \
-          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused ORDER BY priority DESC, id LIMIT $2) \
+          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused AND {NO_TWIN_RUNNING} ORDER BY priority DESC, id LIMIT $2) \
          RETURNING {JOB_COLUMNS}"
     ))
     .bind(worker_id)
@@ -567,6 +575,26 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
         .bind(lease.job_id)
         .execute(&mut *conn)
         .await?;
+    // Twins that waited for this job (same content hash, ready): done too, reused from it.
+    let twins = sqlx::query(&format!(
+        "UPDATE jobs SET state = 'succeeded', reused_from = $1, progress = 1, eta_seconds = 0, finished_at = {now} \
+          WHERE content_hash = (SELECT content_hash FROM jobs WHERE id = $1) AND state = 'ready' AND id <> $1 \
+         RETURNING id, sweep_id, attempt"
+    ))
+    .bind(lease.job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for t in &twins {
+        let (id, twin_sweep, attempt): (i64, i64, i32) = (t.try_get("id")?, t.try_get("sweep_id")?, t.try_get("attempt")?);
+        sqlx::query("UPDATE jobs SET state = 'ready' WHERE parent_job_id = $1 AND state = 'blocked'").bind(id).execute(&mut *conn).await?;
+        sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress, detail) VALUES ($1, $2, 'state', 'succeeded', $3, 1, $4)")
+            .bind(twin_sweep)
+            .bind(id)
+            .bind(attempt)
+            .bind(Json(serde_json::json!({ "reused_from": lease.job_id })))
+            .execute(&mut *conn)
+            .await?;
+    }
     if let Some(trial_id) = trial_id {
         // The trial closes with its last open job: its last level, or a control still running
         // after it. (This job is already succeeded in this transaction.)
@@ -672,7 +700,14 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                                $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bool[]) \
                         AS m(job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
                    JOIN done ON done.id = m.job_id), \
-         unblocked AS (UPDATE jobs c SET state = 'ready' FROM done WHERE c.parent_job_id = done.id AND c.state = 'blocked'), \
+         twins AS (UPDATE jobs t SET state = 'succeeded', reused_from = done.id, progress = 1, eta_seconds = 0, finished_at = now() \
+                     FROM done JOIN jobs dj ON dj.id = done.id \
+                    WHERE t.content_hash = dj.content_hash AND t.state = 'ready' AND t.id <> done.id \
+                   RETURNING t.id, t.sweep_id, t.attempt, done.id AS src), \
+         unblocked AS (UPDATE jobs c SET state = 'ready' FROM (SELECT id FROM done UNION ALL SELECT id FROM twins) p \
+                        WHERE c.parent_job_id = p.id AND c.state = 'blocked'), \
+         twin_ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress, detail) \
+                     SELECT sweep_id, id, 'state', 'succeeded', attempt, 1, jsonb_build_object('reused_from', src) FROM twins), \
          trial AS (UPDATE trials t SET state = 'succeeded' FROM done \
                     WHERE t.id = done.trial_id AND t.state = 'running' \
                       AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.trial_id = t.id AND o.state <> 'succeeded' \
