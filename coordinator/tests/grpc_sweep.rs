@@ -517,3 +517,21 @@ async fn limits_hold_and_listings_come_in_pages() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     stop().await.unwrap();
 }
+
+/// Issue 9, failure 9: a worker that missed its heartbeats (three intervals) is lost: ListWorkers
+/// leaves it out unless `all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_workers_are_listed_only_with_all() {
+    let opts = ServiceOptions { heartbeat: Duration::from_millis(100), ..Default::default() };
+    let (mut sweeps, mut w, _store, stop, _dirs) = serve(opts).await;
+    for id in ["gone", "here"] {
+        w.register_worker(pb::RegisterWorkerRequest { worker_id: id.into(), slots: 1, ..Default::default() }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    w.heartbeat(pb::HeartbeatRequest { worker_id: "here".into(), running: vec![] }).await.unwrap();
+    let alive = sweeps.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert_eq!(alive.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["here"]);
+    let all = sweeps.list_workers(pb::ListWorkersRequest { all: true, ..Default::default() }).await.unwrap().into_inner().workers;
+    assert_eq!(all.iter().map(|w| (w.worker_id.as_str(), w.alive)).collect::<Vec<_>>(), [("gone", false), ("here", true)]);
+    stop().await.unwrap();
+}
