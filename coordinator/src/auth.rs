@@ -112,7 +112,7 @@ pub fn need_of(path: &str) -> Need {
         return Need::Work;
     }
     match path.strip_prefix("/lth.v1.SweepService/") {
-        Some("SubmitSweep" | "CancelSweep" | "PauseSweep" | "ResumeSweep") => Need::Submit,
+        Some("SubmitSweep" | "CancelSweep" | "PauseSweep" | "ResumeSweep" | "RetrySweep") => Need::Submit,
         Some("GetSweep" | "ListSweeps" | "ListJobs" | "ListWorkers" | "WatchSweep" | "GetResults" | "GetThroughput" | "StreamMasks") => Need::View,
         _ => Need::Admin,
     }
@@ -400,6 +400,7 @@ mod tests {
         use Need::*;
         assert_eq!(need_of("/lth.v1.WorkerService/CompleteJob"), Work);
         assert_eq!(need_of("/lth.v1.SweepService/CancelSweep"), Submit);
+        assert_eq!(need_of("/lth.v1.SweepService/RetrySweep"), Submit);
         assert_eq!(need_of("/lth.v1.SweepService/ListSweeps"), View);
         assert_eq!(need_of("/lth.v1.SweepService/SomethingNew"), Admin);
         assert_eq!(need_of("/grpc.health.v1.Health/Check"), Open);

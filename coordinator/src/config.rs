@@ -75,6 +75,12 @@ pub struct Args {
     /// It follows the same rule as --listen: beyond loopback only with tokens or --insecure.
     #[arg(long, env = "LTH_HTTP_LISTEN", value_parser = parse_http_listen)]
     pub http_listen: Option<HttpListen>,
+    /// The most jobs one sweep may expand to; a bigger submit is refused [default: 100000].
+    #[arg(long, env = "LTH_MAX_JOBS_PER_SWEEP")]
+    pub max_jobs_per_sweep: Option<u64>,
+    /// The largest artifact (weights, checkpoint) a worker may upload, in MiB [default: 4096].
+    #[arg(long, env = "LTH_MAX_ARTIFACT_MIB")]
+    pub max_artifact_mib: Option<u64>,
 }
 
 /// `--http-listen`: an address, or `off` for no HTTP port.
@@ -155,6 +161,8 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     insecure: Option<bool>,
     http_listen: Option<HttpListen>,
+    max_jobs_per_sweep: Option<u64>,
+    max_artifact_mib: Option<u64>,
 }
 
 /// The resolved settings.
@@ -176,6 +184,8 @@ pub struct Config {
     pub insecure: bool,
     /// None: no HTTP port.
     pub http_listen: Option<SocketAddr>,
+    pub max_jobs_per_sweep: u64,
+    pub max_artifact_bytes: u64,
 }
 
 /// Secure by default: without tokens, refuse to listen where others can reach, unless told.
@@ -221,7 +231,12 @@ impl Args {
                 Some(HttpListen::On(a)) => Some(a),
                 Some(HttpListen::Off) => None,
             },
+            max_jobs_per_sweep: self.max_jobs_per_sweep.or(file.max_jobs_per_sweep).unwrap_or(100_000),
+            max_artifact_bytes: self.max_artifact_mib.or(file.max_artifact_mib).unwrap_or(4096).saturating_mul(1 << 20),
         };
+        if cfg.max_jobs_per_sweep == 0 || cfg.max_artifact_bytes == 0 {
+            anyhow::bail!("--max-jobs-per-sweep and --max-artifact-mib must be at least 1");
+        }
         if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
             anyhow::bail!("--tls-cert and --tls-key go together: give both (certificate chain and its key, PEM) or neither");
         }

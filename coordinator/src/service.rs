@@ -29,6 +29,10 @@ pub struct ServiceOptions {
     pub watch_poll: Duration,
     /// How ClaimJobs and CompleteJob calls are batched into database round trips.
     pub group_commit: GroupCommitOptions,
+    /// The most jobs one sweep may expand to (`--max-jobs-per-sweep`).
+    pub max_jobs_per_sweep: u64,
+    /// The largest artifact a worker may upload (`--max-artifact-mib`).
+    pub max_artifact_bytes: u64,
 }
 
 impl Default for ServiceOptions {
@@ -38,6 +42,8 @@ impl Default for ServiceOptions {
             heartbeat: Duration::from_secs(5),
             watch_poll: Duration::from_millis(500),
             group_commit: GroupCommitOptions::default(),
+            max_jobs_per_sweep: 100_000,
+            max_artifact_bytes: 4 << 30,
         }
     }
 }
@@ -95,7 +101,7 @@ pub fn status(e: StoreError) -> Status {
             Code::FailedPrecondition
         }
         StoreError::AlreadyExists(_) => Code::AlreadyExists,
-        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::InvalidArgument(_) | StoreError::InvalidResult(_) => Code::InvalidArgument,
         StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_) => {
             tracing::error!(error = %e, "store error");
             crate::http::metrics::count_db_error(match &e {
@@ -183,6 +189,7 @@ pub fn job_info(j: &JobRow) -> pb::JobInfo {
         parent_job_id: j.parent_job_id.unwrap_or(0),
         content_hash: j.content_hash.clone(),
         control: control_i32(j.control.as_deref()),
+        trial_id: j.trial_id.unwrap_or(0),
     }
 }
 
@@ -210,6 +217,7 @@ fn summary(s: &SweepInfo) -> pb::SweepSummary {
         trials: s.trials,
         tickets_with_dead_classes: s.tickets_with_dead_classes,
         owner: s.owner.clone().unwrap_or_default(),
+        diverged: s.diverged,
     }
 }
 
@@ -224,6 +232,7 @@ impl From<pb::LevelResult> for ResultInput {
             epochs: r.epochs,
             wall_seconds: r.wall_seconds,
             iterations: r.iterations,
+            diverged: r.diverged,
             layers: r
                 .layers
                 .into_iter()
@@ -259,6 +268,7 @@ impl From<ResultInput> for pb::LevelResult {
             epochs: r.epochs,
             wall_seconds: r.wall_seconds,
             iterations: r.iterations,
+            diverged: r.diverged,
             layers: r
                 .layers
                 .into_iter()
@@ -297,6 +307,75 @@ fn lease_of(l: Option<pb::JobLease>) -> Result<Lease, Status> {
 /// Target `lth::audit`, so it can be routed or filtered on its own (`RUST_LOG=lth::audit=info`).
 fn audit(who: &Identity, action: &str, sweep_id: Option<i64>, job_id: Option<i64>) {
     tracing::info!(target: "lth::audit", who = %who.name, role = who.role.as_str(), action, sweep_id, job_id, "audit");
+}
+
+/// LIMIT_EXCEEDED: the request is over a configured limit; retrying it unchanged cannot help.
+fn limit_exceeded(message: String) -> Status {
+    lth_proto::errors::error_status(tonic::Code::InvalidArgument, pb::ErrorReason::LimitExceeded, message)
+}
+
+/// Rows per ListJobs / ListWorkers page: 0 asks for the default.
+const DEFAULT_PAGE: u32 = 1_000;
+const MAX_PAGE: u32 = 10_000;
+/// A page ends before its encoding passes this, well under gRPC's 4 MiB default message limit
+/// (a failed job's error text holds the end of its log, up to a few KiB).
+const MAX_PAGE_BYTES: usize = 2 << 20;
+
+fn page_size(asked: u32) -> u32 {
+    if asked == 0 {
+        DEFAULT_PAGE
+    } else {
+        asked.min(MAX_PAGE)
+    }
+}
+
+/// The rule for a page: at most `size` items (the store fetched one more, to know whether
+/// another page follows) and at most [`MAX_PAGE_BYTES`] encoded. Returns the page and whether
+/// more follow.
+fn page<T: prost::Message>(mut items: Vec<T>, size: u32) -> (Vec<T>, bool) {
+    let mut more = items.len() > size as usize;
+    items.truncate(size as usize);
+    let mut bytes = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        bytes += item.encoded_len() + 8;
+        if bytes > MAX_PAGE_BYTES && i > 0 {
+            items.truncate(i);
+            more = true;
+            break;
+        }
+    }
+    (items, more)
+}
+
+/// The worker-id rule: what a daemon may call itself (it names the worker in every listing, log
+/// line and lease).
+pub fn check_worker_id(id: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("worker_id is empty: use a stable id such as host name plus GPU set".into());
+    }
+    let n = id.chars().count();
+    if n > MAX_WORKER_ID_CHARS {
+        return Err(format!("worker_id has {n} characters; at most {MAX_WORKER_ID_CHARS} are allowed (host name plus GPU set fits)"));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!("worker_id contains the control character {c:?}: use printable characters only"));
+    }
+    if id.trim() != id {
+        return Err("worker_id starts or ends with white space".into());
+    }
+    Ok(())
+}
+
+pub const MAX_WORKER_ID_CHARS: usize = 128;
+
+/// The artifacts a job of `kind` may upload: what its children download (`uploads_needed`),
+/// and the checkpoint it resumes from.
+pub fn allowed_uploads(kind: &str) -> &'static [&'static str] {
+    if kind == "dense" {
+        &["rewind", "weights", "checkpoint"]
+    } else {
+        &["weights", "checkpoint"]
+    }
 }
 
 fn sweep_terminal(state: &str) -> bool {
@@ -345,6 +424,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         let req = req.into_inner();
         let wire = req.spec.ok_or_else(|| lth_proto::errors::invalid_argument("spec is missing: send the sweep spec to submit"))?;
         let spec = SweepSpec::try_from(&wire).map_err(|e| lth_proto::errors::invalid_argument(e.to_string()))?;
+        lth_sweep::check_grid_size(spec.job_count(), self.0.opts.max_jobs_per_sweep).map_err(limit_exceeded)?;
         let out = if req.dry_run {
             self.0.store.plan_sweep(&spec).await
         } else {
@@ -405,20 +485,41 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         self.get_sweep(Request::new(pb::GetSweepRequest { sweep_id: id })).await
     }
 
+    async fn retry_sweep(&self, req: Request<pb::RetrySweepRequest>) -> Result<Response<pb::RetrySweepResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        self.check_owner(&who, r.sweep_id, "retry").await?;
+        let trial = (r.trial_id != 0).then_some(r.trial_id);
+        let n = self.0.store.retry_sweep(r.sweep_id, trial).await.map_err(status)?;
+        audit(&who, "retry", Some(r.sweep_id), None);
+        tracing::info!(sweep_id = r.sweep_id, trial_id = r.trial_id, jobs = n, "failed jobs re-queued");
+        let s = self.0.store.get_sweep(r.sweep_id).await.map_err(status)?;
+        Ok(Response::new(pb::RetrySweepResponse { jobs_requeued: n, sweep: Some(summary(&s)) }))
+    }
+
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = req.into_inner();
         let state = pb::JobState::try_from(req.state).map_err(|_| lth_proto::errors::invalid_argument(format!("unknown job state {}", req.state)))?;
-        self.0.store.get_sweep(req.sweep_id).await.map_err(status)?;
-        let jobs = self.0.store.list_jobs(req.sweep_id, job_state_name(state)).await.map_err(status)?;
-        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_info).collect() }))
+        self.0.store.sweep_spec(req.sweep_id).await.map_err(status)?;
+        let after: i64 = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse().map_err(|_| lth_proto::errors::invalid_argument(format!("page_token {:?} is not one this coordinator gave out", req.page_token)))?
+        };
+        let size = page_size(req.page_size);
+        let rows = self.0.store.list_jobs_page(req.sweep_id, job_state_name(state), after, size as i64 + 1).await.map_err(status)?;
+        let (jobs, more) = page(rows.iter().map(job_info).collect(), size);
+        let next_page_token = if more { jobs.last().map(|j| j.job_id.to_string()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
     }
 
-    async fn list_workers(&self, _req: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+    async fn list_workers(&self, req: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let req = req.into_inner();
         // A worker is alive while it heartbeats; allow three missed beats.
         let window = self.0.opts.heartbeat * 3;
-        let rows = self.0.store.list_workers(window).await.map_err(status)?;
-        Ok(Response::new(pb::ListWorkersResponse {
-            workers: rows
+        let size = page_size(req.page_size);
+        let rows = self.0.store.list_workers_page(window, req.all, &req.page_token, size as i64 + 1).await.map_err(status)?;
+        let workers: Vec<pb::WorkerInfo> = rows
                 .into_iter()
                 .map(|w| pb::WorkerInfo {
                     worker_id: w.reg.worker_id,
@@ -432,8 +533,10 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                     libtorch_version: w.reg.libtorch_version,
                     cuda_version: w.reg.cuda_version,
                 })
-                .collect(),
-        }))
+                .collect();
+        let (workers, more) = page(workers, size);
+        let next_page_token = if more { workers.last().map(|w| w.worker_id.clone()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListWorkersResponse { workers, next_page_token }))
     }
 
     type WatchSweepStream = EventStream;
@@ -565,6 +668,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                         epochs: r.epochs,
                         wall_seconds: r.wall_seconds,
                         iterations: r.iterations as u64,
+                        diverged: r.diverged,
                         layers: r
                             .layers
                             .into_iter()
@@ -651,9 +755,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let who = caller(&req);
         let r = req.into_inner();
-        if r.worker_id.trim().is_empty() {
-            return Err(lth_proto::errors::invalid_argument("worker_id is empty: use a stable id such as host name plus GPU set"));
-        }
+        check_worker_id(&r.worker_id).map_err(lth_proto::errors::invalid_argument)?;
         self.0
             .store
             .register_worker(&WorkerRegistration {
@@ -730,7 +832,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let lease = lease_of(r.lease)?;
         let result = r.result.ok_or_else(|| lth_proto::errors::invalid_argument("result is missing: send the level's result with the completion"))?;
         let input = ResultInput::from(result);
-        let accuracy = input.test_accuracy;
+        let (accuracy, diverged) = (input.test_accuracy, input.diverged);
         // The store refuses, in the completing statement itself, a stale lease and a completion
         // whose attempt has not uploaded what the next levels download.
         let t0 = std::time::Instant::now();
@@ -738,7 +840,11 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         metrics::histogram!(M::COMPLETE_SECONDS, "outcome" => outcome(&done)).record(t0.elapsed().as_secs_f64());
         done.map_err(status)?;
         metrics::counter!(M::JOBS_COMPLETED).increment(1);
-        tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
+        if diverged {
+            tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job finished; its training diverged (recorded as diverged)");
+        } else {
+            tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
+        }
         audit(&who, "complete_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
     }
@@ -786,13 +892,40 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         if first.sha256.len() != 64 || !first.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(lth_proto::errors::invalid_argument("the first chunk's sha256 must be the artifact's 64-digit hex digest"));
         }
-        if !self.0.store.lease_is_current(lease).await.map_err(status)? {
+        let Some(kind) = self.0.store.running_job_kind(lease).await.map_err(status)? else {
             return Err(status(StoreError::StaleLease(format!("lease {lease} is not current: the upload was refused"))));
+        };
+        let allowed = allowed_uploads(&kind);
+        if !allowed.contains(&name.as_str()) {
+            return Err(lth_proto::errors::invalid_argument(format!(
+                "a {kind} job uploads only {allowed:?}, not {name:?}: job {} attempt {}",
+                lease.job_id, lease.attempt
+            )));
+        }
+        let max = self.0.opts.max_artifact_bytes;
+        if first.total_bytes > max {
+            return Err(limit_exceeded(format!(
+                "artifact {name:?} of job {} is {} bytes, over this coordinator's limit of {max} bytes (--max-artifact-mib)",
+                lease.job_id, first.total_bytes
+            )));
         }
         let declared_bytes = if first.total_bytes > 0 { Some(first.total_bytes) } else { None };
         let head = futures::stream::once(futures::future::ready(Ok::<bytes::Bytes, Status>(bytes::Bytes::from(first.data))));
         let rest = stream.map(|c| c.map(|c| bytes::Bytes::from(c.data)));
-        let chunks = head.chain(rest);
+        // An upload that did not declare its size (or lied) is cut off at the limit.
+        let mut seen = 0u64;
+        let job_id = lease.job_id;
+        let limit_name = name.clone();
+        let chunks = head.chain(rest).map(move |c| {
+            let c = c?;
+            seen += c.len() as u64;
+            if seen > max {
+                return Err(limit_exceeded(format!(
+                    "artifact {limit_name:?} of job {job_id} passed this coordinator's limit of {max} bytes (--max-artifact-mib); the upload was dropped"
+                )));
+            }
+            Ok(c)
+        });
         let key = ArtifactStore::key_for(lease.job_id, lease.attempt, &name);
         let stored = self.0.artifacts.put_verified(&key, &name, &first.sha256, declared_bytes, Box::pin(chunks)).await?;
         let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
@@ -859,5 +992,48 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod rules {
+    use super::*;
+
+    #[test]
+    fn worker_ids_are_short_and_printable() {
+        assert!(check_worker_id("gpu-node-7/0,1").is_ok());
+        assert!(check_worker_id(&"é".repeat(128)).is_ok(), "characters, not bytes");
+        assert!(check_worker_id(&"x".repeat(129)).unwrap_err().contains("129 characters"));
+        assert!(check_worker_id("").is_err());
+        assert!(check_worker_id("   ").is_err());
+        assert!(check_worker_id("a\u{0}b").unwrap_err().contains("control character"));
+        assert!(check_worker_id("line\nbreak").is_err());
+        assert!(check_worker_id(" padded").is_err());
+    }
+
+    #[test]
+    fn pages_hold_at_most_size_items_and_two_mib() {
+        let jobs = |n: usize, error: usize| (0..n).map(|i| pb::JobInfo { job_id: i as i64 + 1, error: "e".repeat(error), ..Default::default() }).collect::<Vec<_>>();
+        let (p, more) = page(jobs(11, 0), 10);
+        assert_eq!((p.len(), more), (10, true));
+        let (p, more) = page(jobs(10, 0), 10);
+        assert_eq!((p.len(), more), (10, false));
+        // 1,000 failed jobs with 4 KiB of log each would be a 4 MiB reply: cut at 2 MiB.
+        let (p, more) = page(jobs(1000, 4096), 1000);
+        assert!(more && p.len() < 520 && p.len() > 400, "{}", p.len());
+        assert!(p.iter().map(|j| prost::Message::encoded_len(j)).sum::<usize>() <= MAX_PAGE_BYTES);
+        assert_eq!(page_size(0), DEFAULT_PAGE);
+        assert_eq!(page_size(1 << 30), MAX_PAGE);
+    }
+
+    #[test]
+    fn uploads_are_the_names_the_job_kind_expects() {
+        assert_eq!(allowed_uploads("dense"), &["rewind", "weights", "checkpoint"]);
+        assert!(!allowed_uploads("level").contains(&"rewind"));
+        for kind in ["dense", "level"] {
+            for need in crate::store::uploads_needed(kind) {
+                assert!(allowed_uploads(kind).contains(need), "{kind} must be allowed to upload {need}");
+            }
+        }
     }
 }

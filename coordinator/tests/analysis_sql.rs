@@ -88,6 +88,7 @@ fn demo_result(metric: Option<&str>, seed: i64, level: i32) -> ResultInput {
             layer("fc.weight", 3, 4, collapse, dead_class, true),
         ],
         device: "cpu".into(),
+        diverged: false,
     }
 }
 
@@ -203,6 +204,7 @@ fn result_with_layers(names: &[&str]) -> ResultInput {
         iterations: 1,
         layers: names.iter().map(|n| LayerInput { name: (*n).into(), kept: 8, total: 8, bits: vec![0xff], collapsed: false, weight_norm: 1.0, units: None }).collect(),
         device: String::new(),
+        diverged: false,
     }
 }
 
@@ -233,7 +235,9 @@ async fn ordinal_migration_renumbers_old_rows(store: Store, migration: &str) {
             break;
         }
         for j in jobs {
-            let (_, network) = &archs[n % archs.len()];
+            // One architecture per seed: a level job reports its dense job's layers (the store
+            // refuses others).
+            let (_, network) = &archs[j.job.seed as usize % archs.len()];
             let mut by_name: Vec<&str> = network.clone();
             by_name.sort();
             let old = n % 2 == 0;

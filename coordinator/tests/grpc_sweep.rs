@@ -75,6 +75,7 @@ fn result_for(a: &pb::JobAssignment) -> pb::LevelResult {
         iterations: 60,
         layers,
         device: "cuda Test GPU".into(),
+        diverged: false,
     }
 }
 
@@ -290,7 +291,7 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
     assert_eq!(lr.layers.iter().map(|l| (l.layer.as_str(), l.kept, l.total)).collect::<Vec<_>>(), vec![("fc1.weight", 10, 40), ("fc2.weight", 3, 12)]);
 
     check_views(&store, sub.sweep_id).await;
-    let workers = sweeps.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let workers = sweeps.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
     assert_eq!(workers.len(), 1);
     assert!(workers[0].alive);
 
@@ -391,4 +392,146 @@ async fn check_views(store: &Store, sweep_id: i64) {
         .await
         .unwrap();
     assert!(shared > 0 && shared < ka, "{shared} of {ka}");
+}
+
+/// A coordinator on 127.0.0.1:0 over SQLite with `opts`; returns the clients and what stops it.
+async fn serve(opts: ServiceOptions) -> (SweepServiceClient<Channel>, WorkerServiceClient<Channel>, Store, impl FnOnce() -> tokio::task::JoinHandle<()>, Vec<tempfile::TempDir>) {
+    let db = TestDb::sqlite().await;
+    let store = db.store().await;
+    let art_dir = tempfile::tempdir().unwrap();
+    let artifacts = ArtifactStore::open(art_dir.path().to_str().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(lth_coordinator::server::serve(store.clone(), artifacts, opts, Duration::from_millis(200), listener, async {
+        let _ = stop_rx.await;
+    }));
+    let channel = loop {
+        match Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let stop = move || {
+        let _ = stop_tx.send(());
+        tokio::spawn(async move {
+            server.await.unwrap().unwrap();
+            drop(db);
+        })
+    };
+    (SweepServiceClient::new(channel.clone()), WorkerServiceClient::new(channel), store, stop, vec![art_dir])
+}
+
+fn reason(s: &tonic::Status) -> Option<pb::ErrorReason> {
+    lth_proto::errors::error_reason(s)
+}
+
+/// Issue 9, failure 5 over the wire: a result that is not numbers is refused with
+/// INVALID_ARGUMENT / INVALID_RESULT (the worker then fails the job without retrying it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_is_not_numbers_is_refused_with_invalid_result() {
+    let (mut sweeps, mut w, _store, stop, _dirs) = serve(ServiceOptions::default()).await;
+    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
+    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
+    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    let mut r = result_for(&a);
+    r.train_loss = f64::NAN;
+    let e = w.complete_job(pb::CompleteJobRequest { lease: Some(pb::JobLease { job_id: a.job_id, attempt: a.attempt }), result: Some(r), ..Default::default() }).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (tonic::Code::InvalidArgument, Some(pb::ErrorReason::InvalidResult)), "{}", e.message());
+    assert!(e.message().contains("diverged = true"), "{}", e.message());
+    stop().await.unwrap();
+}
+
+/// Issue 9, failure 6: the grid-size cap, worker ids, artifact size and names, and pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_and_listings_come_in_pages() {
+    let opts = ServiceOptions { max_jobs_per_sweep: 20, max_artifact_bytes: 1 << 20, ..Default::default() };
+    let (mut sweeps, mut w, _store, stop, _dirs) = serve(opts).await;
+
+    // Grid size: spec_proto is 20 jobs; one more seed makes 30.
+    let sub = sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap().into_inner();
+    let mut big = spec_proto();
+    big.seeds.push(2);
+    for dry_run in [true, false] {
+        let e = sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(big.clone()), dry_run, ..Default::default() }).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e)), (tonic::Code::InvalidArgument, Some(pb::ErrorReason::LimitExceeded)));
+        assert!(e.message().contains("30 jobs") && e.message().contains("--max-jobs-per-sweep"), "{}", e.message());
+    }
+
+    // Worker ids.
+    for bad in ["x".repeat(129), "a\nb".to_string(), String::new()] {
+        let e = w.register_worker(pb::RegisterWorkerRequest { worker_id: bad.clone(), slots: 1, ..Default::default() }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    }
+    for id in ["w-a", "w-b", "w-c"] {
+        w.register_worker(pb::RegisterWorkerRequest { worker_id: id.into(), slots: 1, ..Default::default() }).await.unwrap();
+    }
+
+    // Artifacts: at most 1 MiB, and only the names a dense job uploads.
+    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w-a".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    assert_eq!(a.kind(), pb::JobKind::Dense);
+    let big_file = weights_of(a.job_id, "weights"); // 1.5 MiB
+    let e = upload(&mut w, &a, "weights", &big_file, &sha(&big_file)).await.unwrap_err();
+    assert_eq!(reason(&e), Some(pb::ErrorReason::LimitExceeded), "{}", e.message());
+    // Without a declared size the stream is cut at the limit.
+    let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+    let chunks: Vec<pb::ArtifactChunk> = big_file
+        .chunks(256 << 10)
+        .enumerate()
+        .map(|(i, part)| if i == 0 {
+            pb::ArtifactChunk { lease: Some(lease), name: "weights".into(), data: part.to_vec(), sha256: sha(&big_file), total_bytes: 0 }
+        } else {
+            pb::ArtifactChunk { data: part.to_vec(), ..Default::default() }
+        })
+        .collect();
+    let e = w.upload_artifact(tokio_stream::iter(chunks)).await.unwrap_err();
+    assert_eq!(reason(&e), Some(pb::ErrorReason::LimitExceeded), "{}", e.message());
+    let small = b"theta".to_vec();
+    let e = upload(&mut w, &a, "notes", &small, &sha(&small)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("uploads only"), "{}", e.message());
+    upload(&mut w, &a, "rewind", &small, &sha(&small)).await.unwrap();
+
+    // Pages: 20 jobs in pages of 7, workers in pages of 2, in id order, each once.
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sub.sweep_id, page_size: 7, page_token: token.clone(), ..Default::default() }).await.unwrap().into_inner();
+        assert!(r.jobs.len() <= 7);
+        ids.extend(r.jobs.iter().map(|j| j.job_id));
+        pages += 1;
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!((ids.len(), pages), (20, 3));
+    assert!(ids.windows(2).all(|p| p[0] < p[1]));
+    let first = sweeps.list_workers(pb::ListWorkersRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
+    let second = sweeps.list_workers(pb::ListWorkersRequest { page_size: 2, page_token: first.next_page_token.clone(), ..Default::default() }).await.unwrap().into_inner();
+    let names: Vec<String> = first.workers.iter().chain(&second.workers).map(|w| w.worker_id.clone()).collect();
+    assert_eq!(names, ["w-a", "w-b", "w-c"]);
+    assert!(second.next_page_token.is_empty());
+    let e = sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sub.sweep_id, page_token: "garbage".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    stop().await.unwrap();
+}
+
+/// Issue 9, failure 9: a worker that missed its heartbeats (three intervals) is lost: ListWorkers
+/// leaves it out unless `all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_workers_are_listed_only_with_all() {
+    let opts = ServiceOptions { heartbeat: Duration::from_millis(100), ..Default::default() };
+    let (mut sweeps, mut w, _store, stop, _dirs) = serve(opts).await;
+    for id in ["gone", "here"] {
+        w.register_worker(pb::RegisterWorkerRequest { worker_id: id.into(), slots: 1, ..Default::default() }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    w.heartbeat(pb::HeartbeatRequest { worker_id: "here".into(), running: vec![] }).await.unwrap();
+    let alive = sweeps.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert_eq!(alive.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["here"]);
+    let all = sweeps.list_workers(pb::ListWorkersRequest { all: true, ..Default::default() }).await.unwrap().into_inner().workers;
+    assert_eq!(all.iter().map(|w| (w.worker_id.as_str(), w.alive)).collect::<Vec<_>>(), [("gone", false), ("here", true)]);
+    stop().await.unwrap();
 }

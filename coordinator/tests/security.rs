@@ -80,10 +80,11 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
     out.push(("ListSweeps", code(s.list_sweeps(pb::ListSweepsRequest { limit: 5 }).await)));
     out.push(("PauseSweep", code(s.pause_sweep(r(sweep_id)).await)));
     out.push(("ResumeSweep", code(s.resume_sweep(r(sweep_id)).await)));
+    out.push(("RetrySweep", code(s.retry_sweep(pb::RetrySweepRequest { sweep_id, trial_id: 0 }).await)));
     // A sweep that does not exist: the auth layer decides before the handler can say NotFound.
     out.push(("CancelSweep", code(s.cancel_sweep(r(999_999)).await)));
-    out.push(("ListJobs", code(s.list_jobs(pb::ListJobsRequest { sweep_id, state: 0 }).await)));
-    out.push(("ListWorkers", code(s.list_workers(pb::ListWorkersRequest {}).await)));
+    out.push(("ListJobs", code(s.list_jobs(pb::ListJobsRequest { sweep_id, ..Default::default() }).await)));
+    out.push(("ListWorkers", code(s.list_workers(pb::ListWorkersRequest::default()).await)));
     out.push(("WatchSweep", code(s.watch_sweep(pb::WatchSweepRequest { sweep_id: 999_999, after_event_id: 0 }).await)));
     out.push(("GetResults", code(s.get_results(pb::GetResultsRequest { sweep_id }).await)));
     out.push(("StreamMasks", code(s.stream_masks(pb::StreamMasksRequest { sweep_id, ..Default::default() }).await)));
@@ -102,7 +103,7 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
     out
 }
 
-const SUBMIT: &[&str] = &["SubmitSweep", "PauseSweep", "ResumeSweep", "CancelSweep"];
+const SUBMIT: &[&str] = &["SubmitSweep", "PauseSweep", "ResumeSweep", "CancelSweep", "RetrySweep"];
 const VIEW: &[&str] = &["GetSweep", "ListSweeps", "ListJobs", "ListWorkers", "WatchSweep", "GetResults", "StreamMasks"];
 const WORK: &[&str] = &["RegisterWorker", "ClaimJobs", "Heartbeat", "ReportProgress", "CompleteJob", "FailJob", "UploadArtifact", "DownloadArtifact"];
 
@@ -188,6 +189,7 @@ async fn each_role_is_allowed_exactly_its_calls_and_owners_are_enforced() {
         bob.pause_sweep(pb::SweepRef { sweep_id: sub.sweep_id }).await.unwrap_err(),
         bob.cancel_sweep(pb::SweepRef { sweep_id: sub.sweep_id }).await.unwrap_err(),
         bob.resume_sweep(pb::SweepRef { sweep_id: sub.sweep_id }).await.unwrap_err(),
+        bob.retry_sweep(pb::RetrySweepRequest { sweep_id: sub.sweep_id, trial_id: 0 }).await.unwrap_err(),
     ] {
         assert_eq!(e.code(), Code::PermissionDenied);
         assert!(e.message().contains("belongs to \"alice\"") && e.message().contains("only its own sweeps"), "{}", e.message());
@@ -233,7 +235,7 @@ async fn a_forged_completion_without_a_worker_token_is_refused() {
         assert_eq!(e.code(), want, "{}", e.message());
         assert!(e.message().contains("worker or admin"), "{}", e.message());
     }
-    let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id: sub.sweep_id, state: 0 }).await.unwrap().into_inner().jobs;
+    let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id: sub.sweep_id, ..Default::default() }).await.unwrap().into_inner().jobs;
     let j = jobs.iter().find(|j| j.job_id == job.job_id).unwrap();
     assert_eq!(j.state(), pb::JobState::Running, "the forged completions changed nothing");
     server.stop().await;

@@ -52,6 +52,9 @@ contract!(
     completion_requires_this_attempts_uploads_and_claims_carry_them,
     artifact_records_in_one_batch_keep_their_own_outcome,
     controls_and_rate_schedules_are_stored_run_and_reused,
+    results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
+    retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts,
+    identical_jobs_in_flight_run_once,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -425,10 +428,10 @@ async fn bad_results_are_rejected(store: Store) {
     let mut r = fabricated_result(&c);
     r.layers[0].kept -= 1; // popcount disagrees
     let err = store.complete_job(lease_of(&c), &r).await.unwrap_err();
-    assert!(matches!(err, StoreError::InvalidArgument(ref m) if m.contains("bits set but kept")), "{err}");
+    assert!(matches!(err, StoreError::InvalidResult(ref m) if m.contains("bits set but kept")), "{err}");
     let mut r = fabricated_result(&c);
     r.layers[1].bits.pop(); // too short
-    assert!(matches!(store.complete_job(lease_of(&c), &r).await, Err(StoreError::InvalidArgument(_))));
+    assert!(matches!(store.complete_job(lease_of(&c), &r).await, Err(StoreError::InvalidResult(_))));
     // Nothing was written and the lease still holds.
     assert!(store.lease_is_current(lease_of(&c)).await.unwrap());
     store.complete_job(lease_of(&c), &fabricated_result(&c)).await.unwrap();
@@ -469,7 +472,7 @@ async fn batches_keep_each_calls_outcome(store: Store) {
     let outcomes = store.complete_jobs(&items).await.unwrap();
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
     assert!(matches!(outcomes[1], Err(StoreError::StaleLease(_))), "a wrong attempt is stale");
-    assert!(matches!(outcomes[2], Err(StoreError::InvalidArgument(_))), "a bad result is refused");
+    assert!(matches!(outcomes[2], Err(StoreError::InvalidResult(_))), "a bad result is refused");
     assert!(matches!(outcomes[3], Err(StoreError::StaleLease(_))), "the same lease twice: the second is stale");
     assert!(outcomes[4].is_ok(), "{:?}", outcomes[4]);
 
@@ -914,12 +917,15 @@ async fn controls_and_rate_schedules_are_stored_run_and_reused(store: Store) {
             }
         }
     }
-    assert_eq!(held.len(), 8);
+    // 8 controls, but the constant 0.2 and the schedule [0.2, 0.5] agree on level 1: its ticket
+    // and its two controls are the same work in both trials and run once (failure 10).
+    assert_eq!(held.len(), 6);
     assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {} AND state = 'running'", out.sweep_id)).await, 2);
     assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "running");
     for c in &held {
         store.complete_job(lease_of(c), &fabricated_result(c)).await.unwrap();
     }
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM jobs WHERE sweep_id = {} AND reused_from IS NOT NULL", out.sweep_id)).await, 3);
     assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {} AND state = 'succeeded'", out.sweep_id)).await, 2);
     assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
 
@@ -940,4 +946,143 @@ async fn controls_and_rate_schedules_are_stored_run_and_reused(store: Store) {
     assert_eq!((second.jobs, second.jobs_reused), (13, 13));
     assert_eq!(store.get_sweep(second.sweep_id).await.unwrap().state, "succeeded");
     assert_eq!(store.results(second.sweep_id).await.unwrap().len(), rows.len());
+}
+
+/// Issue 9, failure 5. On SQLite a NaN binds as NULL, so a NaN loss failed the NOT NULL column
+/// (a database error: the worker retried it forever) while Postgres stored it. Both now refuse the
+/// same inputs with InvalidResult and change nothing; a run marked diverged is recorded.
+async fn results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 1);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let dense = claim_one(&store, "w").await;
+    type Break = fn(&mut lth_coordinator::store::ResultInput);
+    let cases: [(&str, Break); 9] = [
+        ("NaN train loss", |r| r.train_loss = f64::NAN),
+        ("infinite test loss", |r| r.test_loss = f64::INFINITY),
+        ("negative loss", |r| r.test_loss = -0.5),
+        ("negative epochs", |r| r.epochs = -3.0),
+        ("NaN epochs", |r| r.epochs = f64::NAN),
+        ("infinite wall time", |r| r.wall_seconds = f64::INFINITY),
+        ("accuracy above 1", |r| r.test_accuracy = 1.5),
+        ("NaN accuracy", |r| r.test_accuracy = f64::NAN),
+        ("NaN weight norm", |r| r.layers[0].weight_norm = f64::NAN),
+    ];
+    for (what, break_it) in cases {
+        let mut r = fabricated_result(&dense);
+        break_it(&mut r);
+        let err = store.complete_job(lease_of(&dense), &r).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidResult(_)), "{what}: {err:?}");
+        assert_eq!(err.reason(), lth_proto::v1::ErrorReason::InvalidResult, "{what}");
+        assert!(store.lease_is_current(lease_of(&dense)).await.unwrap(), "{what}: the lease still holds");
+    }
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, 0, "nothing was recorded");
+    store.complete_job(lease_of(&dense), &fabricated_result(&dense)).await.unwrap();
+
+    // Layers the model does not have (the dense job reported fc1 and fc2).
+    let level = claim_one(&store, "w").await;
+    let mut r = fabricated_result(&level);
+    r.layers[1].name = "fc9.weight".into();
+    let err = store.complete_job(lease_of(&level), &r).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidResult(ref m) if m.contains("\"fc9.weight\" is not a layer")), "{err:?}");
+    let mut r = fabricated_result(&level);
+    r.layers.pop();
+    let err = store.complete_job(lease_of(&level), &r).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidResult(ref m) if m.contains("lacks")), "{err:?}");
+
+    // A diverged run is an outcome: recorded with its level, its non-finite numbers as +Infinity.
+    let mut r = fabricated_result(&level);
+    (r.train_loss, r.test_loss, r.test_accuracy, r.diverged) = (f64::NAN, f64::INFINITY, 0.1, true);
+    r.layers[0].weight_norm = f64::NAN;
+    store.complete_job(lease_of(&level), &r).await.unwrap();
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.diverged), ("succeeded", 1));
+    let rows = store.results(out.sweep_id).await.unwrap();
+    let l1 = rows.iter().find(|r| r.level == 1).unwrap();
+    assert!(l1.diverged);
+    assert_eq!((l1.train_loss, l1.test_loss, l1.test_accuracy), (f64::INFINITY, f64::INFINITY, 0.1));
+    assert_eq!(l1.layers[0].weight_norm, f64::INFINITY);
+    assert!(!rows.iter().find(|r| r.level == 0).unwrap().diverged);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results WHERE diverged").await, 1);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'failed'").await, 0);
+}
+
+/// Issue 9, failure 9: failed jobs run again without a resubmit. A dense job that used up its
+/// attempts failed both trials and every level; a retry re-queues it (ready, fresh attempts)
+/// and its levels (blocked behind it), reopens the trials and the sweep, and the sweep then
+/// finishes. A retry of one trial touches only that trial's jobs.
+async fn retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts(store: Store) {
+    let mut s = spec(&["magnitude", "l1"], &[0.2], &[0], 2);
+    s.max_attempts = 1;
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let dense = claim_one(&store, "w").await;
+    store.fail_job(lease_of(&dense), "disk full", true).await.unwrap();
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.failed), ("failed", 5));
+
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 5);
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.finished_at, sweep.jobs.ready, sweep.jobs.blocked), ("running", None, 1, 4));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM trials WHERE state = 'running'").await, 2);
+    let j = store.get_job(dense.job.id).await.unwrap();
+    assert_eq!((j.state.as_str(), j.error_count, j.last_error), ("ready", 0, None));
+    let again = claim_one(&store, "w").await;
+    assert_eq!((again.job.id, again.job.attempt), (dense.job.id, 2), "a fresh attempt, still fenced by a new number");
+    // The old attempt's writes stay stale.
+    assert!(matches!(store.complete_job(lease_of(&dense), &fabricated_result(&dense)).await, Err(StoreError::StaleLease(_))));
+    store.complete_job(lease_of(&again), &fabricated_result(&again)).await.unwrap();
+
+    // Fail magnitude's level 1 (one attempt): only its trial fails. Retry that trial alone.
+    let jobs = store.claim_jobs("w", 2, LEASE).await.unwrap();
+    let mag = jobs.iter().find(|j| j.job.metric.as_deref() == Some("magnitude")).unwrap();
+    let l1 = jobs.iter().find(|j| j.job.metric.as_deref() == Some("l1")).unwrap();
+    store.fail_job(lease_of(mag), "CUDA error", true).await.unwrap();
+    store.complete_job(lease_of(l1), &fabricated_result(l1)).await.unwrap();
+    let l1_trial = l1.job.trial_id.unwrap();
+    assert_eq!(store.retry_sweep(out.sweep_id, Some(l1_trial)).await.unwrap(), 0, "nothing failed in l1's trial");
+    assert!(matches!(store.retry_sweep(out.sweep_id, Some(999_999)).await, Err(StoreError::NotFound(_))));
+    assert_eq!(drive(&store, "w").await, 1, "l1's level 2");
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "failed");
+    assert_eq!(store.retry_sweep(out.sweep_id, mag.job.trial_id).await.unwrap(), 2, "magnitude's levels 1 and 2");
+    assert_eq!(drive(&store, "w").await, 2);
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.succeeded), ("succeeded", 5));
+    assert!(sweep.finished_at.is_some());
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 0, "nothing left to retry");
+
+    // A cancelled sweep is not retried.
+    let other = store.submit_sweep(&spec(&["l2"], &[0.2], &[5], 1), None).await.unwrap();
+    store.cancel_sweep(other.sweep_id).await.unwrap();
+    assert!(matches!(store.retry_sweep(other.sweep_id, None).await, Err(StoreError::FailedPrecondition(_))));
+}
+
+/// Issue 9, failure 10: the same sweep submitted twice while the first runs (20 copies ran 280
+/// jobs). A job whose twin (same content hash) is running or ready ahead of it waits, and is
+/// marked reused when the twin succeeds: every job runs once.
+async fn identical_jobs_in_flight_run_once(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 2);
+    let a = store.submit_sweep(&s, Some("first")).await.unwrap();
+    let b = store.submit_sweep(&s, Some("second")).await.unwrap();
+    assert!(b.created && b.jobs_reused == 0, "nothing had finished at submit");
+    register(&store, "w").await;
+    let first = store.claim_jobs("w", 4, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1, "the second sweep's dense job waits for the first's");
+    assert_eq!(first[0].job.sweep_id, a.sweep_id);
+    assert!(store.claim_jobs("w", 4, LEASE).await.unwrap().is_empty(), "its twin is running");
+    store.complete_job(lease_of(&first[0]), &fabricated_result(&first[0])).await.unwrap();
+    let b_jobs = store.list_jobs(b.sweep_id, None).await.unwrap();
+    let b_dense = b_jobs.iter().find(|j| j.kind == "dense").unwrap();
+    assert_eq!((b_dense.state.as_str(), b_dense.reused_from), ("succeeded", Some(first[0].job.id)));
+    let ran = 1 + drive(&store, "w").await;
+    assert_eq!(ran, 3, "dense, level 1 and level 2 ran once for both sweeps");
+    store.reap().await.unwrap();
+    for id in [a.sweep_id, b.sweep_id] {
+        assert_eq!(store.get_sweep(id).await.unwrap().state, "succeeded", "sweep {id}");
+    }
+    let b_jobs = store.list_jobs(b.sweep_id, None).await.unwrap();
+    assert!(b_jobs.iter().all(|j| j.reused_from.is_some() && j.attempt == 0), "{b_jobs:?}");
+    let acc = |rows: Vec<lth_coordinator::store::ResultRow>| rows.iter().map(|r| (r.level, r.test_accuracy.to_bits())).collect::<Vec<_>>();
+    assert_eq!(acc(store.results(a.sweep_id).await.unwrap()), acc(store.results(b.sweep_id).await.unwrap()));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts").await, 3);
 }

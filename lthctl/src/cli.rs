@@ -93,6 +93,15 @@ pub enum Command {
         /// The sweep's id (`lthctl ls` lists them).
         id: i64,
     },
+    /// Run a sweep's failed jobs again, without resubmitting: they and the failed jobs after
+    /// them get fresh attempts, and the sweep reopens. Finished results stay.
+    Retry {
+        /// The sweep's id (`lthctl ls` lists them).
+        id: i64,
+        /// Only this trial's failed jobs (and its dense job); `lthctl status ID` names the trials.
+        #[arg(long)]
+        trial: Option<i64>,
+    },
     /// Accuracy vs sparsity per metric: mean ± std over seeds for every (metric, rate, level).
     Results {
         /// The sweep's id (`lthctl ls` lists them).
@@ -119,8 +128,12 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         levels: Vec<u32>,
     },
-    /// The workers the coordinator knows, with their GPUs and running jobs.
-    Workers,
+    /// The workers that are alive (heartbeating), with their GPUs and running jobs.
+    Workers {
+        /// Also the lost workers (not seen for three heartbeat intervals).
+        #[arg(long)]
+        all: bool,
+    },
     /// Write the report's plots: accuracy vs weights remaining (mean ± std over seeds), per-layer
     /// kept fractions, and ticket overlap between metrics.
     Report {

@@ -38,6 +38,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                     _ => eprint!("{}", w.replace("sweep_id = ID", &format!("sweep_id = {id}"))),
                 }
             }
+            if let Some(w) = crate::results::diverged_warning(&resp.rows) {
+                match format {
+                    crate::results::Format::Table => write!(out, "\n{w}")?,
+                    _ => eprint!("{w}"),
+                }
+            }
             Ok(())
         }
         Command::Export { id, format, what, output, levels } => {
@@ -49,7 +55,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             }
             Ok(())
         }
-        Command::Workers => workers(&connect(&url).await?, out).await,
+        Command::Workers { all } => workers(&connect(&url).await?, all, out).await,
+        Command::Retry { id, trial } => retry(&connect(&url).await?, id, trial, out).await,
         Command::Report { id, out: dir, format, overlap_level } => {
             crate::report::report(&connect(&url).await?, id, dir, format, overlap_level, out).await
         }
@@ -242,6 +249,9 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
             s.tickets_with_dead_classes
         )?;
     }
+    if s.diverged > 0 {
+        writeln!(out, "diverged: {} result(s) whose training loss stopped being a number; `lthctl results {id}` lists them", s.diverged)?;
+    }
     if !s.metrics.is_empty() {
         writeln!(out, "progress per metric:")?;
         let mut metrics: Vec<&pb::MetricProgress> = s.metrics.iter().collect();
@@ -261,13 +271,7 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
             )?;
         }
     }
-    let mut client = coord.sweeps.clone();
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest { sweep_id: id, state: 0 })
-        .await
-        .map_err(|st| coord.explain(st, &format!("the jobs of sweep {id}")))?
-        .into_inner()
-        .jobs;
+    let jobs = list_jobs(coord, id).await?;
     let running: Vec<_> = jobs.iter().filter(|j| j.state == pb::JobState::Running as i32).collect();
     if !running.is_empty() {
         writeln!(out, "running jobs:")?;
@@ -291,8 +295,9 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
     for j in &failed {
         writeln!(
             out,
-            "failed: job {} ({} rate {} seed {} level {}) after {} attempts: {}",
+            "failed: job {}{} ({} rate {} seed {} level {}) after {} attempts: {}",
             j.job_id,
+            if j.trial_id > 0 { format!(" of trial {}", j.trial_id) } else { String::new() },
             metric_name(j.metric),
             j.rate,
             j.seed,
@@ -300,6 +305,9 @@ async fn status(coord: &Coordinator, id: i64, out: &mut dyn Write) -> Result<()>
             j.attempt,
             j.error
         )?;
+    }
+    if !failed.is_empty() {
+        writeln!(out, "retry: lthctl retry {id}   (one trial: lthctl retry {id} --trial TRIAL)")?;
     }
     if sweep_state_is_final(s.state) && c.succeeded > 0 {
         writeln!(out, "results: lthctl results {id}   plots: lthctl report {id}")?;
@@ -347,11 +355,74 @@ pub(crate) async fn get_results(coord: &Coordinator, id: i64) -> Result<pb::GetR
         .into_inner())
 }
 
-async fn workers(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {
+/// Every job of a sweep, following ListJobs' pages.
+pub(crate) async fn list_jobs(coord: &Coordinator, id: i64) -> Result<Vec<pb::JobInfo>> {
+    let mut client = coord.sweeps.clone();
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_jobs(pb::ListJobsRequest { sweep_id: id, page_token, ..Default::default() })
+            .await
+            .map_err(|st| coord.explain(st, &format!("the jobs of sweep {id}")))?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every worker, following ListWorkers' pages.
+async fn list_workers(coord: &Coordinator, all: bool) -> Result<Vec<pb::WorkerInfo>> {
     let mut c = coord.sweeps.clone();
-    let ws = c.list_workers(pb::ListWorkersRequest {}).await.map_err(|s| coord.explain(s, "listing workers"))?.into_inner().workers;
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_workers(pb::ListWorkersRequest { page_token, all, ..Default::default() })
+            .await
+            .map_err(|s| coord.explain(s, "listing workers"))?
+            .into_inner();
+        out.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn retry(coord: &Coordinator, id: i64, trial: Option<i64>, out: &mut dyn Write) -> Result<()> {
+    let mut c = coord.sweeps.clone();
+    let r = c
+        .retry_sweep(pb::RetrySweepRequest { sweep_id: id, trial_id: trial.unwrap_or(0) })
+        .await
+        .map_err(|st| coord.explain(st, &format!("retry sweep {id}")))?
+        .into_inner();
+    let s = r.sweep.unwrap_or_default();
+    let scope = trial.map(|t| format!(" of trial {t}")).unwrap_or_default();
+    if r.jobs_requeued == 0 {
+        writeln!(out, "sweep {id}: no failed jobs{scope} to retry ({})", sweep_state_name(s.state))?;
+    } else {
+        writeln!(
+            out,
+            "sweep {id}: re-queued {} failed job(s){scope} with fresh attempts; the sweep is {}. Follow it with `lthctl watch {id}`",
+            r.jobs_requeued,
+            sweep_state_name(s.state)
+        )?;
+    }
+    Ok(())
+}
+
+async fn workers(coord: &Coordinator, all: bool, out: &mut dyn Write) -> Result<()> {
+    let ws = list_workers(coord, all).await?;
     if ws.is_empty() {
-        writeln!(out, "no workers have registered: start one with `lth-worker daemon --coordinator {}`", coord.url)?;
+        if all || list_workers(coord, true).await?.is_empty() {
+            writeln!(out, "no workers have registered: start one with `lth-worker daemon --coordinator {}`", coord.url)?;
+        } else {
+            writeln!(out, "no worker is alive (heartbeating); `lthctl workers --all` also lists the lost ones. Start one with `lth-worker daemon --coordinator {}`", coord.url)?;
+        }
         return Ok(());
     }
     let mut t = plain_table(&["worker", "host", "alive", "slots", "running", "GPUs", "CPUs", "libtorch", "CUDA", "last seen (UTC)"]);
@@ -364,7 +435,7 @@ async fn workers(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {
         t.add_row(vec![
             w.worker_id,
             w.host,
-            if w.alive { "yes" } else { "no" }.to_string(),
+            if w.alive { "yes" } else { "lost" }.to_string(),
             w.slots.to_string(),
             w.running_jobs.to_string(),
             gpus,

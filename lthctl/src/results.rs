@@ -280,6 +280,37 @@ pub fn dead_class_warning(rows: &[pb::ResultRow]) -> Option<String> {
     Some(s)
 }
 
+/// The results whose training diverged (their loss stopped being a number), one line each; they
+/// are part of the averages above (a diverged run is a real outcome at its sparsity).
+pub fn diverged_warning(rows: &[pb::ResultRow]) -> Option<String> {
+    let diverged: Vec<&pb::ResultRow> = rows.iter().filter(|r| r.result.as_ref().is_some_and(|x| x.diverged)).collect();
+    if diverged.is_empty() {
+        return None;
+    }
+    let mut s = format!("warning: {} result(s) diverged (the training loss stopped being a number; counted in the rows above at their accuracy):\n", diverged.len());
+    for r in diverged.iter().take(10) {
+        let acc = r.result.as_ref().map(|x| x.test_accuracy).unwrap_or_default();
+        let control = match pb::Control::try_from(r.control).unwrap_or(pb::Control::Unspecified) {
+            pb::Control::Unspecified => String::new(),
+            c => format!(" ({})", c.as_str_name().trim_start_matches("CONTROL_").to_ascii_lowercase()),
+        };
+        s.push_str(&format!(
+            "  job {} {} rate {} seed {} level {}{control}: diverged, test accuracy {:.4}\n",
+            r.job_id,
+            crate::convert::metric_name(r.metric),
+            r.rate,
+            r.seed,
+            r.level,
+            acc
+        ));
+    }
+    if diverged.len() > 10 {
+        s.push_str(&format!("  … and {} more\n", diverged.len() - 10));
+    }
+    s.push_str("  in SQL: SELECT * FROM trial_results t JOIN level_results r ON r.job_id = t.result_job_id WHERE r.diverged\n");
+    Some(s)
+}
+
 /// Output formats of `lthctl results`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -165,6 +165,20 @@ impl SweepSpec {
 
     /// Expands the grid (call on a validated spec). Trials are ordered by metric, rate (as listed),
     /// then seed.
+    /// How many jobs [`SweepSpec::expand`] creates (dense, level and control jobs), counted
+    /// without computing a single hash, so a submit can refuse a huge grid before building it.
+    pub fn job_count(&self) -> u64 {
+        let seeds = self.seeds.len() as u64;
+        let mut per_seed: u64 = 0;
+        for rate in &self.rates {
+            let n = self.levels_for(rate);
+            let controlled = self.control_levels.iter().filter(|&&cl| cl >= 1 && cl <= n).count() as u64;
+            let jobs = (n as u64).saturating_add(controlled.saturating_mul(self.controls.len() as u64));
+            per_seed = per_seed.saturating_add(jobs.saturating_mul(self.metrics.len() as u64));
+        }
+        seeds.saturating_add(per_seed.saturating_mul(seeds))
+    }
+
     pub fn expand(&self) -> SweepPlan {
         let dense: Vec<DensePlan> =
             self.seeds.iter().map(|&seed| DensePlan { seed, content_hash: self.dense_hash(seed) }).collect();
@@ -208,5 +222,51 @@ impl SweepSpec {
             }
         }
         SweepPlan { dense, trials }
+    }
+}
+
+/// The grid-size rule: a sweep of `jobs` jobs is accepted under a cap of `max_jobs`. Says why
+/// not, and what to do, for the error message.
+pub fn check_grid_size(jobs: u64, max_jobs: u64) -> Result<(), String> {
+    if jobs <= max_jobs {
+        return Ok(());
+    }
+    Err(format!(
+        "the sweep expands to {jobs} jobs, more than this coordinator accepts in one sweep ({max_jobs}, --max-jobs-per-sweep): \
+         split it into several sweeps (fewer metrics, rates, seeds or levels each; finished jobs are shared between them), \
+         or raise the limit"
+    ))
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    #[test]
+    fn job_count_is_what_expand_creates() {
+        let mut s: SweepSpec = toml::from_str(
+            r#"
+name = "count"
+model = "lenet300100"
+dataset = { name = "digits" }
+metrics = ["magnitude", "l1", "random"]
+rates = [0.2, 0.5, [0.5, 0.3]]
+seeds = [0, 1]
+levels = 4
+controls = ["reinit", "random_mask"]
+control_levels = [1, 3, 9]
+[recipe]
+length = "1ep"
+batch_size = 64
+lr = 0.05
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.job_count(), s.expand().total_jobs() as u64);
+        s.levels = None;
+        s.target_sparsity = Some(0.9);
+        assert_eq!(s.job_count(), s.expand().total_jobs() as u64);
+        assert!(check_grid_size(100_000, 100_000).is_ok());
+        assert!(check_grid_size(100_001, 100_000).unwrap_err().contains("100001 jobs"));
     }
 }

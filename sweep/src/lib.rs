@@ -26,7 +26,7 @@ mod types;
 mod validate;
 
 pub use control::Control;
-pub use expand::{control_hash, dense_hash, level_hash, ControlPlan, DensePlan, LevelPlan, SweepPlan, TrialPlan};
+pub use expand::{check_grid_size, control_hash, dense_hash, level_hash, ControlPlan, DensePlan, LevelPlan, SweepPlan, TrialPlan};
 pub use length::{ParseLengthError, TrainLength};
 pub use model::{file_sha256, ModelInit, ModelSpec, TorchScriptModel};
 pub use pattern::name_matches;

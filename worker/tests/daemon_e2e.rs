@@ -978,3 +978,37 @@ async fn the_daemon_and_the_coordinator_export_metrics_of_a_real_job() {
     assert!(sample(&coord, "lth_artifact_bytes_total", &["direction=\"in\""]).unwrap() > 0.0);
     assert_eq!(sample(&coord, "lth_workers_live", &[]), Some(1.0));
 }
+
+/// Issue 9, failure 5: a run whose loss stops being a number is a real outcome. Before, the job
+/// process wrote its NaN losses as JSON `null`, the daemon could not read the result, and each
+/// attempt failed until the job and its sweep did. Now every level is recorded as diverged, on
+/// the first attempt, and the sweep succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_run_is_recorded_as_diverged_with_its_level() {
+    let mut c = Cluster::new(10).await;
+    c.start_worker("w1");
+    let text = sweep_toml("e2e-diverged", "\"magnitude\"", "0", 1, "1ep").replace("lr = 0.05", "lr = 1e6");
+    let sweep_id = c.submit(&text).await;
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(180)).await;
+    let pool = c.db.pool().await;
+    let rows: Vec<(i32, bool, f64)> = sqlx::query_as(
+        "SELECT t.level, r.diverged, r.train_loss FROM trial_results t JOIN level_results r ON r.job_id = t.result_job_id \
+          WHERE t.sweep_id = $1 ORDER BY t.level",
+    )
+    .bind(sweep_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].1 && rows[0].2 == f64::INFINITY, "level 0 diverged, its NaN loss stored as +Infinity: {rows:?}");
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE j.sweep_id = $1 AND a.outcome <> 'succeeded'")
+        .bind(sweep_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0, "no attempt failed or was retried");
+    let s = c.client().await.get_sweep(pb::GetSweepRequest { sweep_id }).await.unwrap().into_inner();
+    assert_eq!(s.diverged, rows.iter().filter(|r| r.1).count() as u64);
+    let res = c.client().await.get_results(pb::GetResultsRequest { sweep_id }).await.unwrap().into_inner();
+    assert!(res.rows.iter().any(|r| r.level == 0 && r.result.as_ref().unwrap().diverged));
+}

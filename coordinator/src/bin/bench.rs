@@ -146,6 +146,7 @@ fn result(level: i32) -> ResultInput {
         iterations: 100,
         layers: vec![layer("fc1.weight", 1024), layer("fc2.weight", 512), layer("fc3.weight", 100)],
         device: "cpu".into(),
+        diverged: false,
     }
 }
 

@@ -120,7 +120,7 @@ impl Store {
                      seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = ANY($1::text[]) RETURNING worker_id), \
                      slots AS (SELECT r.ord, r.worker_id, r.lease_secs, row_number() OVER (ORDER BY r.ord, g.i) AS slot \
                                  FROM req r JOIN seen s ON s.worker_id = r.worker_id CROSS JOIN LATERAL generate_series(1, r.n) AS g(i)), \
-                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused \
+                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused AND {no_twin_running} \
                                  ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR UPDATE SKIP LOCKED), \
                      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs \
                                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p \
@@ -142,6 +142,7 @@ impl Store {
                     rewind_of = file_of("c.dense_job_id", "rewind"),
                     weights_of = file_of("c.parent_job_id", "weights"),
                     checkpoint_of = file_of("c.id", "checkpoint"),
+                    no_twin_running = NO_TWIN_RUNNING,
                 ))
                 .bind(&workers)
                 .bind(&ns)
@@ -264,6 +265,31 @@ impl Store {
             .collect())
     }
 
+    /// The prunable layers of each level job's model, as its dense job (finished, since it is an
+    /// ancestor) reported them. Dense jobs, and jobs whose dense job reported none, are left out.
+    async fn model_layers(&self, job_ids: &[i64]) -> Result<HashMap<i64, Vec<String>>> {
+        let mut out: HashMap<i64, Vec<String>> = HashMap::new();
+        both!(self, |pool, d, DB| {
+            for chunk in job_ids.chunks(BIND_ROWS) {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "SELECT x.id AS for_job, m.layer FROM jobs x \
+                       JOIN jobs r ON r.id = x.dense_job_id \
+                       JOIN masks m ON m.job_id = COALESCE(r.reused_from, r.id) \
+                      WHERE x.kind = 'level' AND x.id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(") ORDER BY x.id, m.ordinal");
+                for r in qb.build().fetch_all(pool).await? {
+                    out.entry(r.try_get("for_job")?).or_default().push(r.try_get("layer")?);
+                }
+            }
+        });
+        Ok(out)
+    }
+
     /// Completes several jobs: records each result and its masks, marks the job succeeded,
     /// unblocks its children, closes its trial (last level) and its sweep (last open job).
     /// Returns one outcome per completion, in order; a stale lease changes nothing.
@@ -281,6 +307,23 @@ impl Store {
             } else {
                 out[i] = Some(Err(stale(c.lease)));
             }
+        }
+        if !todo.is_empty() {
+            // Layer names the model does not have: the model is known by the layers the job's
+            // dense job reported.
+            let ids: Vec<i64> = todo.iter().map(|&i| items[i].lease.job_id).collect();
+            let model_layers = self.model_layers(&ids).await?;
+            todo.retain(|&i| {
+                let Some(known) = model_layers.get(&items[i].lease.job_id) else { return true };
+                let reported: Vec<&str> = items[i].result.layers.iter().map(|l| l.name.as_str()).collect();
+                match layers_match(&reported, known) {
+                    Ok(()) => true,
+                    Err(m) => {
+                        out[i] = Some(Err(StoreError::InvalidResult(format!("invalid result of job {}: {m}", items[i].lease.job_id))));
+                        false
+                    }
+                }
+            });
         }
         if !todo.is_empty() {
             // The refused leases and why; every other item in `todo` was applied.
@@ -374,6 +417,13 @@ async fn sqlite_attach_artifacts(conn: &mut SqliteConnection, jobs: Vec<JobRow>)
         .collect())
 }
 
+/// A condition on a ready `jobs` row: no twin (a job with the same content hash: another
+/// sweep's, or another trial's, copy of the same work) is running, or is ready with a lower id
+/// (so one claim batch never picks two twins). Such a job waits; when its twin succeeds, the
+/// completion marks it succeeded, reused from the twin; if the twin fails, it is claimed as usual.
+const NO_TWIN_RUNNING: &str = "NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash \
+     AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))";
+
 /// Mask rows per SQLite INSERT: 13 parameters each, well under SQLite's 32,766-parameter limit.
 const MASK_ROWS_PER_INSERT: usize = 500;
 
@@ -413,7 +463,7 @@ async fn sqlite_claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs
     let rows = sqlx::query(&format!(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = {until}, \
                 started_at = {now}, progress = 0, eta_seconds = NULL \
-          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused ORDER BY priority DESC, id LIMIT $2) \
+          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused AND {NO_TWIN_RUNNING} ORDER BY priority DESC, id LIMIT $2) \
          RETURNING {JOB_COLUMNS}"
     ))
     .bind(worker_id)
@@ -486,17 +536,18 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
         .execute(&mut *conn)
         .await?;
     sqlx::query(
-        "INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, diverged) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(lease.job_id)
     .bind(result.sparsity)
     .bind(result.test_accuracy)
-    .bind(result.test_loss)
-    .bind(result.train_loss)
+    .bind(stored_number(result.test_loss))
+    .bind(stored_number(result.train_loss))
     .bind(result.epochs)
     .bind(result.wall_seconds)
     .bind(result.iterations as i64)
+    .bind(result.diverged)
     .execute(&mut *conn)
     .await?;
     for (ci, chunk) in result.layers.chunks(MASK_ROWS_PER_INSERT).enumerate() {
@@ -511,7 +562,7 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
                 .push_bind(l.total as i64)
                 .push_bind(l.bits.clone())
                 .push_bind(l.collapsed)
-                .push_bind(l.weight_norm)
+                .push_bind(stored_number(l.weight_norm))
                 .push_bind(l.units.map(|u| u.outputs as i64))
                 .push_bind(l.units.map(|u| u.dead_outputs as i64))
                 .push_bind(l.units.map(|u| u.inputs as i64))
@@ -524,6 +575,26 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
         .bind(lease.job_id)
         .execute(&mut *conn)
         .await?;
+    // Twins that waited for this job (same content hash, ready): done too, reused from it.
+    let twins = sqlx::query(&format!(
+        "UPDATE jobs SET state = 'succeeded', reused_from = $1, progress = 1, eta_seconds = 0, finished_at = {now} \
+          WHERE content_hash = (SELECT content_hash FROM jobs WHERE id = $1) AND state = 'ready' AND id <> $1 \
+         RETURNING id, sweep_id, attempt"
+    ))
+    .bind(lease.job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for t in &twins {
+        let (id, twin_sweep, attempt): (i64, i64, i32) = (t.try_get("id")?, t.try_get("sweep_id")?, t.try_get("attempt")?);
+        sqlx::query("UPDATE jobs SET state = 'ready' WHERE parent_job_id = $1 AND state = 'blocked'").bind(id).execute(&mut *conn).await?;
+        sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress, detail) VALUES ($1, $2, 'state', 'succeeded', $3, 1, $4)")
+            .bind(twin_sweep)
+            .bind(id)
+            .bind(attempt)
+            .bind(Json(serde_json::json!({ "reused_from": lease.job_id })))
+            .execute(&mut *conn)
+            .await?;
+    }
     if let Some(trial_id) = trial_id {
         // The trial closes with its last open job: its last level, or a control still running
         // after it. (This job is already succeeded in this transaction.)
@@ -559,7 +630,7 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
 /// WatchSweep ends its stream on it.
 async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<std::collections::HashMap<Lease, Refusal>> {
     let n = todo.len();
-    let (mut job_ids, mut attempts, mut require) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut job_ids, mut attempts, mut require, mut diverged) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut sparsity, mut acc, mut test_loss, mut train_loss, mut epochs, mut wall, mut iters) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let layers: usize = todo.iter().map(|&i| items[i].result.layers.len()).sum();
@@ -580,10 +651,11 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
         job_ids.push(l.job_id);
         attempts.push(l.attempt);
         require.push(items[i].require_uploads);
+        diverged.push(r.diverged);
         sparsity.push(r.sparsity);
         acc.push(r.test_accuracy);
-        test_loss.push(r.test_loss);
-        train_loss.push(r.train_loss);
+        test_loss.push(stored_number(r.test_loss));
+        train_loss.push(stored_number(r.train_loss));
         epochs.push(r.epochs);
         wall.push(r.wall_seconds);
         iters.push(r.iterations as i64);
@@ -595,7 +667,7 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
             m_total.push(layer.total as i64);
             m_bits.push(layer.bits.as_slice());
             m_collapsed.push(layer.collapsed);
-            m_norm.push(layer.weight_norm);
+            m_norm.push(stored_number(layer.weight_norm));
             u_out.push(layer.units.map(|u| u.outputs as i64));
             u_dead_out.push(layer.units.map(|u| u.dead_outputs as i64));
             u_in.push(layer.units.map(|u| u.inputs as i64));
@@ -604,8 +676,8 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
         }
     }
     let rows = sqlx::query(&format!(
-        "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[], $18::bool[]) \
-                          AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, require_uploads)), \
+        "WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[], $18::bool[], $26::bool[]) \
+                          AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, require_uploads, diverged)), \
          chk AS (SELECT i.job_id, i.attempt, j.state, j.attempt AS current_attempt, \
                         CASE WHEN i.require_uploads AND j.id IS NOT NULL THEN \
                           ARRAY(SELECT need FROM unnest(CASE WHEN j.kind = 'dense' THEN $19::text[] ELSE $20::text[] END) AS need \
@@ -617,8 +689,8 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                   RETURNING j.id, j.attempt, j.sweep_id, j.trial_id, j.level), \
          att AS (UPDATE job_attempts a SET outcome = 'succeeded', finished_at = now() \
                    FROM done WHERE a.job_id = done.id AND a.attempt = done.attempt), \
-         res AS (INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations) \
-                 SELECT i.job_id, i.sparsity, i.test_accuracy, i.test_loss, i.train_loss, i.epochs, i.wall_seconds, i.iterations \
+         res AS (INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, diverged) \
+                 SELECT i.job_id, i.sparsity, i.test_accuracy, i.test_loss, i.train_loss, i.epochs, i.wall_seconds, i.iterations, i.diverged \
                    FROM input i JOIN done ON done.id = i.job_id), \
          msk AS (INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
                  SELECT m.job_id, m.layer, m.ordinal, m.kept, m.total, \
@@ -628,7 +700,14 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                                $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bool[]) \
                         AS m(job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
                    JOIN done ON done.id = m.job_id), \
-         unblocked AS (UPDATE jobs c SET state = 'ready' FROM done WHERE c.parent_job_id = done.id AND c.state = 'blocked'), \
+         twins AS (UPDATE jobs t SET state = 'succeeded', reused_from = done.id, progress = 1, eta_seconds = 0, finished_at = now() \
+                     FROM done JOIN jobs dj ON dj.id = done.id \
+                    WHERE t.content_hash = dj.content_hash AND t.state = 'ready' AND t.id <> done.id \
+                   RETURNING t.id, t.sweep_id, t.attempt, done.id AS src), \
+         unblocked AS (UPDATE jobs c SET state = 'ready' FROM (SELECT id FROM done UNION ALL SELECT id FROM twins) p \
+                        WHERE c.parent_job_id = p.id AND c.state = 'blocked'), \
+         twin_ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress, detail) \
+                     SELECT sweep_id, id, 'state', 'succeeded', attempt, 1, jsonb_build_object('reused_from', src) FROM twins), \
          trial AS (UPDATE trials t SET state = 'succeeded' FROM done \
                     WHERE t.id = done.trial_id AND t.state = 'running' \
                       AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.trial_id = t.id AND o.state <> 'succeeded' \
@@ -669,6 +748,7 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
     .bind(&u_in)
     .bind(&u_dead_in)
     .bind(&u_final)
+    .bind(&diverged)
     .fetch_all(pool)
     .await?;
     let mut refused = std::collections::HashMap::with_capacity(rows.len());
@@ -689,4 +769,45 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
         refused.insert(lease, why);
     }
     Ok(refused)
+}
+
+/// The rule for a result's layers: exactly the model's prunable layers (each once; duplicates
+/// are refused earlier, by [`ResultInput::check`]). Says what differs.
+pub fn layers_match(reported: &[&str], model: &[String]) -> std::result::Result<(), String> {
+    let known: std::collections::HashSet<&str> = model.iter().map(|s| s.as_str()).collect();
+    if let Some(unknown) = reported.iter().find(|l| !known.contains(**l)) {
+        return Err(format!("layer {unknown:?} is not a layer of this sweep's model (its prunable layers: {})", model.join(", ")));
+    }
+    let got: std::collections::HashSet<&str> = reported.iter().copied().collect();
+    let missing: Vec<&str> = model.iter().map(|s| s.as_str()).filter(|l| !got.contains(l)).collect();
+    if !missing.is_empty() {
+        return Err(format!("the result lacks the model's layers {missing:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod rules {
+    use super::*;
+
+    #[test]
+    fn layers_must_be_the_models() {
+        let model = vec!["fc1.weight".to_string(), "fc2.weight".to_string()];
+        assert!(layers_match(&["fc2.weight", "fc1.weight"], &model).is_ok());
+        assert!(layers_match(&["fc1.weight", "fc9.weight"], &model).unwrap_err().contains("\"fc9.weight\" is not a layer"));
+        assert!(layers_match(&["fc1.weight"], &model).unwrap_err().contains("lacks"));
+    }
+
+    #[test]
+    fn losses_are_numbers_unless_the_run_diverged() {
+        assert!(check_loss("l", 0.3, false).is_ok());
+        assert!(check_loss("l", f64::NAN, false).unwrap_err().contains("diverged = true"));
+        assert!(check_loss("l", f64::INFINITY, false).is_err());
+        assert!(check_loss("l", -0.1, false).unwrap_err().contains("negative"));
+        assert!(check_loss("l", -0.1, true).is_err(), "a negative loss is wrong even in a diverged run");
+        assert!(check_loss("l", f64::NAN, true).is_ok());
+        assert_eq!(stored_number(f64::NAN), f64::INFINITY);
+        assert_eq!(stored_number(f64::NEG_INFINITY), f64::INFINITY);
+        assert_eq!(stored_number(0.25), 0.25);
+    }
 }

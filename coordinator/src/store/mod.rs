@@ -44,6 +44,10 @@ pub enum StoreError {
     MissingUploads(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A completion's result is not valid (a loss that is not a number without `diverged`, an
+    /// accuracy out of range, a layer the model does not have, …): retrying it cannot help.
+    #[error("{0}")]
+    InvalidResult(String),
     #[error("cannot open the database: {0}")]
     Connect(String),
     #[error("database migration failed: {0}")]
@@ -61,6 +65,7 @@ impl StoreError {
             StoreError::FailedPrecondition(_) => R::Refused,
             StoreError::AlreadyExists(_) => R::AlreadyExists,
             StoreError::InvalidArgument(_) => R::InvalidArgument,
+            StoreError::InvalidResult(_) => R::InvalidResult,
             StoreError::UnknownWorker(_) => R::UnknownWorker,
             StoreError::StaleLease(_) => R::StaleLease,
             StoreError::MissingUploads(_) => R::MissingUploads,
@@ -126,6 +131,8 @@ pub struct SweepInfo {
     pub metrics: Vec<(String, u64, u64)>,
     /// Tickets (trial × level) with a dead output class (the dead_units view).
     pub tickets_with_dead_classes: u64,
+    /// Results (trial × level, controls included) whose training diverged.
+    pub diverged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,18 +256,63 @@ pub struct ResultInput {
     pub layers: Vec<LayerInput>,
     /// Where it ran ("cpu", "cuda <GPU name>"); empty when the worker did not say.
     pub device: String,
+    /// Training diverged (the loss became NaN or infinite): recorded as such, with its level.
+    pub diverged: bool,
+}
+
+/// A loss or norm as stored: a diverged run's non-finite values become +Infinity, the same on
+/// both backends (SQLite cannot store NaN: it binds as NULL).
+pub fn stored_number(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The rule for a loss or weight norm: a finite number ≥ 0, or anything when the run diverged.
+/// Returns what is wrong, for the error message.
+pub fn check_loss(what: &str, x: f64, diverged: bool) -> std::result::Result<(), String> {
+    if x.is_finite() && x >= 0.0 {
+        return Ok(());
+    }
+    if !x.is_finite() && diverged {
+        return Ok(());
+    }
+    if x.is_finite() {
+        Err(format!("{what} = {x} is negative"))
+    } else {
+        Err(format!("{what} = {x} is not a number: a run whose loss stops being a number diverged; report it with diverged = true"))
+    }
 }
 
 impl ResultInput {
-    /// Rejects results that would corrupt the analysis: masks whose size or popcount disagree
-    /// with kept/total, duplicate layers, numbers out of range.
+    /// Rejects results that would corrupt the analysis: numbers that are not numbers (unless the
+    /// run diverged, for losses and norms) or out of range, masks whose size or popcount disagree
+    /// with kept/total, duplicate layers. Every refusal is [`StoreError::InvalidResult`]. (Layer
+    /// names the model does not have are refused in [`Store::complete_jobs`], which knows the
+    /// sweep's layers.)
     pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(StoreError::InvalidArgument(m));
+        let bad = |m: String| Err(StoreError::InvalidResult(format!("invalid result: {m}")));
         if !(0.0..=1.0).contains(&self.sparsity) {
-            return bad(format!("result.sparsity = {} is outside [0, 1]", self.sparsity));
+            return bad(format!("sparsity = {} is outside [0, 1]", self.sparsity));
         }
         if !(0.0..=1.0).contains(&self.test_accuracy) {
-            return bad(format!("result.test_accuracy = {} is outside [0, 1]", self.test_accuracy));
+            return bad(format!("test_accuracy = {} is outside [0, 1]", self.test_accuracy));
+        }
+        if !(self.epochs.is_finite() && self.epochs >= 0.0) {
+            return bad(format!("epochs = {} must be a finite number ≥ 0", self.epochs));
+        }
+        if !(self.wall_seconds.is_finite() && self.wall_seconds >= 0.0) {
+            return bad(format!("wall_seconds = {} must be a finite number ≥ 0", self.wall_seconds));
+        }
+        if self.iterations > i64::MAX as u64 {
+            return bad(format!("iterations = {} is out of range", self.iterations));
+        }
+        for (what, x) in [("test_loss", self.test_loss), ("train_loss", self.train_loss)] {
+            if let Err(m) = check_loss(what, x, self.diverged) {
+                return bad(m);
+            }
         }
         if self.device.len() > 128 || self.device.chars().any(|c| c.is_control()) {
             return bad(format!("result.device must be at most 128 printable characters (got {} bytes)", self.device.len()));
@@ -269,6 +321,12 @@ impl ResultInput {
         for l in &self.layers {
             if !names.insert(l.name.as_str()) {
                 return bad(format!("layer {:?} is reported twice", l.name));
+            }
+            if let Err(m) = check_loss(&format!("layer {:?}: weight_norm", l.name), l.weight_norm, self.diverged) {
+                return bad(m);
+            }
+            if l.total > i64::MAX as u64 {
+                return bad(format!("layer {:?}: total {} is out of range", l.name, l.total));
             }
             if l.kept > l.total {
                 return bad(format!("layer {:?}: kept {} > total {}", l.name, l.kept, l.total));
@@ -388,6 +446,8 @@ pub struct ResultRow {
     pub control: Option<String>,
     /// The trial's per-level rates when it runs a schedule (`rate` is then the first).
     pub schedule: Option<Vec<f64>>,
+    /// Training diverged (its non-finite losses read as +Infinity).
+    pub diverged: bool,
 }
 
 /// One row of the accuracy_vs_sparsity view.
@@ -1014,6 +1074,12 @@ impl Store {
                 .bind(sweep_id)
                 .fetch_one(pool)
                 .await?;
+            let diverged: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM trial_levels tl JOIN level_results lr ON lr.job_id = tl.result_job_id WHERE tl.sweep_id = $1 AND lr.diverged",
+            )
+            .bind(sweep_id)
+            .fetch_one(pool)
+            .await?;
             Ok(SweepInfo {
                 id: r.try_get("id")?,
                 name: r.try_get("name")?,
@@ -1026,6 +1092,7 @@ impl Store {
                 jobs: counts,
                 metrics,
                 tickets_with_dead_classes: dead as u64,
+                diverged: diverged as u64,
             })
         })
     }
@@ -1122,6 +1189,77 @@ impl Store {
         })
     }
 
+    /// Re-queues the sweep's failed jobs (all, or those of one trial and its dense job) with
+    /// fresh attempts: error counts start again at 0, the attempt number keeps counting (leases
+    /// stay fenced). A job whose parent has succeeded is ready, the others wait for theirs. The
+    /// trials of re-queued jobs and a finished sweep reopen. Returns how many jobs were re-queued.
+    /// A cancelled sweep is refused; one with nothing failed is left as it is.
+    pub async fn retry_sweep(&self, sweep_id: i64, trial_id: Option<i64>) -> Result<u64> {
+        both!(self, |pool, d, DB| {
+            let mut tx = pool.begin_write().await?;
+            let state = sweep_state!(tx, d, sweep_id);
+            if !retry_allowed(&state) {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "sweep {sweep_id} was cancelled: a cancelled sweep is not retried; submit it again (its finished jobs are reused)"
+                )));
+            }
+            if let Some(t) = trial_id {
+                let found: Option<i64> = sqlx::query_scalar("SELECT id FROM trials WHERE id = $1 AND sweep_id = $2")
+                    .bind(t)
+                    .bind(sweep_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if found.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "sweep {sweep_id} has no trial {t}: `lthctl status {sweep_id}` names the trials of failed jobs"
+                    )));
+                }
+            }
+            // A parent that is failed now is itself re-queued (or stays failed): never 'succeeded'
+            // within this statement, so the CASE reads the same on both backends.
+            let rows = sqlx::query(
+                "UPDATE jobs SET state = CASE WHEN parent_job_id IS NULL                                  OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_job_id AND p.state = 'succeeded')                                  THEN 'ready' ELSE 'blocked' END,                         error_count = 0, last_error = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL,                         progress = 0, eta_seconds = NULL, paused = $3                   WHERE sweep_id = $1 AND state = 'failed'                     AND ($2 IS NULL OR trial_id = $2 OR id = (SELECT t.dense_job_id FROM trials t WHERE t.id = $2))                  RETURNING id, state, attempt",
+            )
+            .bind(sweep_id)
+            .bind(trial_id)
+            .bind(state == "paused")
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            for r in &rows {
+                let (id, st, attempt): (i64, String, i32) = (r.try_get("id")?, r.try_get("state")?, r.try_get("attempt")?);
+                sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, detail) VALUES ($1, $2, 'state', $3, $4, $5)")
+                    .bind(sweep_id)
+                    .bind(id)
+                    .bind(&st)
+                    .bind(attempt)
+                    .bind(Json(serde_json::json!({ "retried": true })))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "UPDATE trials SET state = 'running' WHERE sweep_id = $1 AND state = 'failed'                    AND EXISTS (SELECT 1 FROM jobs j WHERE j.trial_id = trials.id AND j.state IN ('blocked', 'ready'))",
+            )
+            .bind(sweep_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE sweeps SET state = 'running', finished_at = NULL WHERE id = $1 AND state IN ('failed', 'succeeded')")
+                .bind(sweep_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO events (sweep_id, kind, detail) VALUES ($1, 'sweep', $2)")
+                .bind(sweep_id)
+                .bind(Json(serde_json::json!({ "retried_jobs": rows.len() })))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(rows.len() as u64)
+        })
+    }
+
     pub async fn list_jobs(&self, sweep_id: i64, state: Option<&str>) -> Result<Vec<JobRow>> {
         both!(self, |pool, d, DB| {
             let rows = sqlx::query(&format!(
@@ -1129,6 +1267,26 @@ impl Store {
             ))
             .bind(sweep_id)
             .bind(state)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(job_from_row!(r));
+            }
+            Ok(out)
+        })
+    }
+
+    /// One page of [`Store::list_jobs`]: up to `limit` jobs with ids above `after_id`, by id.
+    pub async fn list_jobs_page(&self, sweep_id: i64, state: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<JobRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = $1 AND ($2 IS NULL OR state = $2) AND id > $3 ORDER BY id LIMIT $4"
+            ))
+            .bind(sweep_id)
+            .bind(state)
+            .bind(after_id)
+            .bind(limit)
             .fetch_all(pool)
             .await?;
             let mut out = Vec::with_capacity(rows.len());
@@ -1178,15 +1336,24 @@ impl Store {
 
     /// Workers, with `alive` = seen within `alive_within`.
     pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRow>> {
+        self.list_workers_page(alive_within, true, "", i64::MAX).await
+    }
+
+    /// One page of [`Store::list_workers`]: up to `limit` workers whose ids sort after `after`;
+    /// without `all`, only the alive ones (a worker not seen within `alive_within` is lost).
+    pub async fn list_workers_page(&self, alive_within: Duration, all: bool, after: &str, limit: i64) -> Result<Vec<WorkerRow>> {
         both!(self, |pool, d, DB| {
             let cutoff = d.now_plus("$1");
             let rows = sqlx::query(&format!(
                 "SELECT w.worker_id, w.host, w.gpus, w.cpus, w.slots, w.libtorch_version, w.cuda_version, w.last_seen, \
                         (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running, \
                         CASE WHEN w.last_seen >= {cutoff} THEN 1 ELSE 0 END AS alive \
-                   FROM workers w ORDER BY w.worker_id"
+                   FROM workers w WHERE w.worker_id > $2 AND ($4 OR w.last_seen >= {cutoff}) ORDER BY w.worker_id LIMIT $3"
             ))
             .bind(-alive_within.as_secs_f64())
+            .bind(after)
+            .bind(limit)
+            .bind(all)
             .fetch_all(pool)
             .await?;
             let mut out = Vec::new();
@@ -1274,6 +1441,17 @@ impl Store {
             }
             tx.commit().await?;
             Ok(aborts)
+        })
+    }
+
+    /// The kind ("dense", "level") of the job while `lease` is its current running attempt.
+    pub async fn running_job_kind(&self, lease: Lease) -> Result<Option<String>> {
+        both!(self, |pool, d, DB| {
+            Ok(sqlx::query_scalar("SELECT kind FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'")
+                .bind(lease.job_id)
+                .bind(lease.attempt)
+                .fetch_optional(pool)
+                .await?)
         })
     }
 
@@ -1609,7 +1787,8 @@ impl Store {
         both!(self, |pool, d, DB| {
             let rows = sqlx::query(
                 "SELECT metric, rate, seed, level, job_id, result_job_id, sparsity, test_accuracy, test_loss, train_loss, \
-                        epochs, wall_seconds, iterations, control, schedule \
+                        epochs, wall_seconds, iterations, control, schedule, \
+                        (SELECT lr.diverged FROM level_results lr WHERE lr.job_id = trial_results.result_job_id) AS diverged \
                    FROM trial_results WHERE sweep_id = $1 ORDER BY metric, rate, schedule, seed, level, control",
             )
             .bind(sweep_id)
@@ -1663,6 +1842,7 @@ impl Store {
                     layers: layers.get(&result_job_id).cloned().unwrap_or_default(),
                     control: r.try_get("control")?,
                     schedule: schedule_from_db(r.try_get("schedule")?)?,
+                    diverged: r.try_get::<Option<bool>, _>("diverged")?.unwrap_or(false),
                 });
             }
             Ok(out)
@@ -1679,6 +1859,12 @@ fn schedule_from_db(text: Option<String>) -> Result<Option<Vec<f64>>> {
 /// A trial's schedule as stored in `trials.schedule`; None for a constant rate.
 fn schedule_to_db(schedule: &Option<Vec<f64>>) -> Option<String> {
     schedule.as_ref().map(|v| serde_json::to_string(v).expect("rates serialise"))
+}
+
+/// The sweep states a retry may reopen: all but cancelled (a paused sweep's retried jobs wait
+/// for its resume).
+pub fn retry_allowed(sweep_state: &str) -> bool {
+    matches!(sweep_state, "running" | "paused" | "failed" | "succeeded")
 }
 
 /// The state a job is created in: done already when reused, ready when its parent is done,

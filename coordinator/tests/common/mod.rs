@@ -143,6 +143,7 @@ pub fn fabricated_result(job: &ClaimedJob) -> ResultInput {
         iterations: 100,
         layers: vec![layer("fc1.weight", 16, false), layer("fc2.weight", 12, j.level >= 3 && j.metric.as_deref() == Some("magnitude"))],
         device: "cpu".into(),
+        diverged: false,
     }
 }
 

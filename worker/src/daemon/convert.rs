@@ -55,6 +55,7 @@ pub fn level_result(r: &LevelReport) -> pb::LevelResult {
         epochs: r.epochs,
         wall_seconds: r.wall_seconds,
         iterations: r.iterations,
+        diverged: r.diverged,
         layers: r
             .layers
             .iter()

@@ -553,6 +553,10 @@ async fn complete(
         Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => {
             finish_dropped(ctx, workdir, "lease lost while reporting the result")
         }
+        // The coordinator will never accept this result: running the job again gives the same.
+        Err(TransferError::Rpc(s)) if lth_proto::errors::error_reason(&s) == Some(pb::ErrorReason::InvalidResult) => {
+            fail(ctx, lease, workdir, format!("the coordinator refused the job's result: {}", s.message()), false).await
+        }
         Err(e) => fail(ctx, lease, workdir, format!("the step finished but its result could not be stored: {e}"), true).await,
     }
 }

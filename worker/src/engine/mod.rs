@@ -85,7 +85,8 @@ pub struct LayerReport {
     pub mask_bits: Vec<u8>,
     /// kept == 0: no signal passes this layer.
     pub collapsed: bool,
-    /// L2 norm of the layer's trained (masked) weights.
+    /// L2 norm of the layer's trained (masked) weights (NaN or infinite when training diverged).
+    #[serde(with = "nonfinite")]
     pub weight_norm: f64,
     /// Output units (neurons, filters: the weight's first dimension) and how many of them have
     /// their whole fan-in pruned; inputs (second dimension) and how many no kept weight reads
@@ -110,8 +111,10 @@ pub struct LevelReport {
     /// Fraction of prunable weights that are pruned.
     pub sparsity: f64,
     pub test_accuracy: f64,
+    #[serde(with = "nonfinite")]
     pub test_loss: f64,
     /// Mean training loss over the last epoch.
+    #[serde(with = "nonfinite")]
     pub train_loss: f64,
     /// Epochs trained by this step (from the rewind point for level ≥ 1).
     pub epochs: f64,
@@ -120,6 +123,75 @@ pub struct LevelReport {
     /// Optimizer steps of this step (from the rewind point for level ≥ 1).
     pub iterations: u64,
     pub layers: Vec<LayerReport>,
+    /// Training diverged: a loss or a weight norm is NaN or infinite ([`diverged`]). A real
+    /// outcome, reported as such (the coordinator refuses non-finite losses without it).
+    #[serde(default)]
+    pub diverged: bool,
+}
+
+/// Whether a finished step diverged: its losses or trained weights stopped being numbers.
+pub fn diverged(train_loss: f64, test_loss: f64, weight_norms: impl IntoIterator<Item = f64>) -> bool {
+    !train_loss.is_finite() || !test_loss.is_finite() || weight_norms.into_iter().any(|n| !n.is_finite())
+}
+
+/// JSON has no NaN or infinity (serde_json writes `null`, which then does not read back as an
+/// f64): numbers that may be non-finite are written as the strings "NaN", "inf", "-inf".
+pub mod nonfinite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("NaN")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        N(f64),
+        S(String),
+        Null(()),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Num::deserialize(d)? {
+            Num::N(x) => Ok(x),
+            // Reports written before this encoding had null for a NaN.
+            Num::Null(()) => Ok(f64::NAN),
+            Num::S(s) => match s.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!("{other:?} is not a number"))),
+            },
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct L(#[serde(with = "super")] f64);
+
+        #[test]
+        fn non_finite_numbers_survive_json() {
+            for x in [0.25, f64::INFINITY, f64::NEG_INFINITY] {
+                let back: L = serde_json::from_str(&serde_json::to_string(&L(x)).unwrap()).unwrap();
+                assert_eq!(back.0, x);
+            }
+            let nan: L = serde_json::from_str(&serde_json::to_string(&L(f64::NAN)).unwrap()).unwrap();
+            assert!(nan.0.is_nan());
+            assert!(serde_json::from_str::<L>("null").unwrap().0.is_nan());
+            assert!(super::super::diverged(f64::NAN, 0.1, [1.0]));
+            assert!(super::super::diverged(0.1, 0.1, [f64::INFINITY]));
+            assert!(!super::super::diverged(0.1, 0.2, [1.0, 2.0]));
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -493,6 +565,10 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
     artifacts::write_atomic(&weights_path, &out)?;
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let all: u64 = layers.iter().map(|l| l.total).sum();
+    let diverged = diverged(train_loss, test_loss, layers.iter().map(|l| l.weight_norm));
+    if diverged {
+        eprintln!("exec-job: training diverged (train loss {train_loss}, test loss {test_loss}); reporting the level as diverged");
+    }
     let report = LevelReport {
         level: spec.level,
         sparsity: if all > 0 { 1.0 - kept as f64 / all as f64 } else { 0.0 },
@@ -503,6 +579,7 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
         wall_seconds: started.elapsed().as_secs_f64(),
         iterations: total - start_it,
         layers,
+        diverged,
     };
     std::fs::write(workdir.join(REPORT_FILE), serde_json::to_vec_pretty(&report)?)?;
     let _ = std::fs::remove_file(&ckpt_path);
