@@ -75,6 +75,10 @@ pub struct Args {
     /// It follows the same rule as --listen: beyond loopback only with tokens or --insecure.
     #[arg(long, env = "LTH_HTTP_LISTEN", value_parser = parse_http_listen)]
     pub http_listen: Option<HttpListen>,
+    /// The largest model or dataset `lthctl` may upload (UploadInput), in bytes; larger ones are
+    /// refused with RESOURCE_EXHAUSTED / TOO_LARGE [default: 8589934592, 8 GiB].
+    #[arg(long, env = "LTH_MAX_INPUT_BYTES")]
+    pub max_input_bytes: Option<u64>,
 }
 
 /// `--http-listen`: an address, or `off` for no HTTP port.
@@ -155,6 +159,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     insecure: Option<bool>,
     http_listen: Option<HttpListen>,
+    max_input_bytes: Option<u64>,
 }
 
 /// The resolved settings.
@@ -176,6 +181,7 @@ pub struct Config {
     pub insecure: bool,
     /// None: no HTTP port.
     pub http_listen: Option<SocketAddr>,
+    pub max_input_bytes: u64,
 }
 
 /// Secure by default: without tokens, refuse to listen where others can reach, unless told.
@@ -221,6 +227,7 @@ impl Args {
                 Some(HttpListen::On(a)) => Some(a),
                 Some(HttpListen::Off) => None,
             },
+            max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(crate::service::DEFAULT_MAX_INPUT_BYTES),
         };
         if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
             anyhow::bail!("--tls-cert and --tls-key go together: give both (certificate chain and its key, PEM) or neither");

@@ -195,6 +195,7 @@ async fn main() -> ExitCode {
         lease: cfg.lease,
         heartbeat: cfg.heartbeat,
         group_commit: GroupCommitOptions { max_batch: cfg.max_batch as usize, ..Default::default() },
+        max_input_bytes: cfg.max_input_bytes,
         ..Default::default()
     };
     let result = lth_coordinator::server::serve_with(store.clone(), artifacts, opts, cfg.reap_interval, listener, security, shutdown_signal()).await;

@@ -56,7 +56,9 @@ pub fn classify(status: &Status) -> Failure {
             R::UnknownWorker => Failure::UnknownWorker,
             R::StaleLease => Failure::LeaseLost,
             R::StoreUnavailable => Failure::Transient,
-            R::MissingUploads | R::NotFound | R::Refused | R::InvalidArgument | R::AlreadyExists | R::Unspecified => Failure::Permanent,
+            R::MissingUploads | R::NotFound | R::Refused | R::InvalidArgument | R::AlreadyExists | R::TooLarge | R::Unspecified => {
+                Failure::Permanent
+            }
             // Auth refusals: a token or certificate must change, retrying will not help.
             R::MissingToken | R::UnknownToken | R::RoleRefused | R::NotOwner | R::ClientCertRequired => Failure::Permanent,
         };
