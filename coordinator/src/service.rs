@@ -862,7 +862,14 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
 async fn stream_object(artifacts: &ArtifactStore, uri: &str, name: String, sha256: String, bytes: u64) -> Result<ChunkStream, Status> {
     let a = (name, sha256, bytes);
     {
-        let source = artifacts.get_stream(uri).await.map_err(|e| lth_proto::errors::unavailable(e.to_string()))?;
+        let source = artifacts.get_stream(uri).await.map_err(|e| match e {
+            // Recorded but gone from the object store (deleted by hand, a lost bucket): no retry
+            // brings it back.
+            crate::artifacts::ArtifactError::Store(object_store::Error::NotFound { .. }) => {
+                lth_proto::errors::not_found(format!("{} is recorded but missing from the artifact store ({e}): upload it again", a.0))
+            }
+            e => lth_proto::errors::unavailable(e.to_string()),
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ArtifactChunk, Status>>(4);
         tokio::spawn(async move {
             let mut source = Box::pin(source);

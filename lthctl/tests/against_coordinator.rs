@@ -841,3 +841,51 @@ fn hex_sha(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The sweep's failed-job lines once it has finished (`lthctl status`).
+fn wait_finished(c: &Cluster, id: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = c.lthctl(&["status", id]).expect_ok("status");
+        let ls = c.lthctl(&["ls"]).expect_ok("ls");
+        if ls.lines().any(|l| l.split_whitespace().next() == Some(id) && l.split_whitespace().any(|w| w == "failed")) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "sweep {id} did not fail within {secs} s:\n{out}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_corrupt_or_missing_upload_fails_its_job_with_the_digest_and_no_training() {
+    let mut c = Cluster::start();
+    let data = c.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_safetensors(&data.join("a.safetensors"), 16, 8);
+    write_safetensors(&data.join("b.safetensors"), 18, 8);
+    let a = uploaded_digest(&c.lthctl(&["dataset", "upload", data.join("a.safetensors").to_str().unwrap()]).expect_ok("upload a"));
+    let b = uploaded_digest(&c.lthctl(&["dataset", "upload", data.join("b.safetensors").to_str().unwrap()]).expect_ok("upload b"));
+    let stored = |sha: &str| c.dir.path().join("artifacts/inputs/sha256").join(sha);
+    // a: the stored bytes rot (same length, one byte changed); b: the stored object vanishes.
+    let mut bytes = std::fs::read(stored(&a)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(stored(&a), bytes).unwrap();
+    std::fs::remove_file(stored(&b)).unwrap();
+    let mut ids = Vec::new();
+    for (name, sha) in [("rotten", &a), ("vanished", &b)] {
+        let path = c.dir.path().join(format!("{name}.toml"));
+        let text = upload_sweep(name, "\"lenet300100\"", &format!("name = \"safetensors\"\nupload = \"sha256:{sha}\"")).replace("levels = 1", "levels = 1\nmax_attempts = 2");
+        std::fs::write(&path, text).unwrap();
+        ids.push(sweep_id(&c.lthctl(&["submit", path.to_str().unwrap()]).expect_ok("submit")).to_string());
+    }
+    c.start_worker("w1");
+    let rotten = wait_finished(&c, &ids[0], 120);
+    assert!(rotten.contains("sha256 mismatch") && rotten.contains(&a), "{rotten}");
+    let vanished = wait_finished(&c, &ids[1], 120);
+    assert!(vanished.contains(&format!("sha256:{b}")) && vanished.contains("does not hold") && vanished.contains("after 1 attempts"), "not retried: {vanished}");
+    let log = c.workers[0].log_text();
+    // The corrupt download was refused and fetched again before the attempt gave up.
+    assert!(log.lines().filter(|l| l.contains("sha256 mismatch") && l.contains(a.as_str())).count() >= 2, "{log}");
+    assert!(!log.contains("training started"), "nothing trained on a bad input: {log}");
+}
