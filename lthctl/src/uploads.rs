@@ -48,7 +48,7 @@ pub async fn upload_file(coord: &Coordinator, path: &Path, kind: pb::InputKind, 
         return Ok(pb::InputInfo { created: false, ..found });
     }
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let first = pb::InputChunk { sha256: sha.clone(), total_bytes: len, kind: kind as i32, name: name.to_string(), data: Vec::new().into() };
+    let first = pb::InputChunk { sha256: sha.clone(), total_bytes: len, kind: kind as i32, name: name.to_string(), data: Vec::new() };
     let chunks = futures_lite_chunks(file, first);
     let mut c = coord.sweeps.clone();
     let info = c
@@ -84,11 +84,11 @@ fn futures_lite_chunks(file: std::fs::File, first: pb::InputChunk) -> impl Itera
         }
         match header.take() {
             Some(mut h) => {
-                h.data = buf.into();
+                h.data = buf;
                 Some(h)
             }
             None if filled == 0 => None,
-            None => Some(pb::InputChunk { data: buf.into(), ..Default::default() }),
+            None => Some(pb::InputChunk { data: buf, ..Default::default() }),
         }
     })
 }

@@ -661,7 +661,7 @@ fn write_safetensors(path: &Path, train: usize, test: usize) {
         offset += data.len();
     }
     let mut json = serde_json::Value::Object(header).to_string();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(' ');
     }
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
@@ -795,7 +795,7 @@ fn unknown_corrupt_and_oversized_uploads_are_refused() {
             total_bytes: data.len() as u64,
             kind: lth_proto::v1::InputKind::Safetensors as i32,
             name: "corrupt".into(),
-            data: data.clone().into(),
+            data: data.clone(),
         };
         let (code, _, msg) = code_and_reason(sweeps.upload_input(tokio_stream::iter(vec![wrong])).await.unwrap_err());
         assert_eq!(code, tonic::Code::DataLoss, "{msg}");
@@ -811,7 +811,7 @@ fn unknown_corrupt_and_oversized_uploads_are_refused() {
             total_bytes: big.len() as u64,
             kind: lth_proto::v1::InputKind::Safetensors as i32,
             name: "big".into(),
-            data: big.clone().into(),
+            data: big.clone(),
         };
         let (code, reason, msg) = code_and_reason(sweeps.upload_input(tokio_stream::iter(vec![declared.clone()])).await.unwrap_err());
         assert_eq!((code, reason), (tonic::Code::ResourceExhausted, Some(lth_proto::v1::ErrorReason::TooLarge)), "{msg}");
@@ -827,7 +827,7 @@ fn unknown_corrupt_and_oversized_uploads_are_refused() {
             total_bytes: ok.len() as u64,
             kind: lth_proto::v1::InputKind::Safetensors as i32,
             name: "small".into(),
-            data: ok.into(),
+            data: ok,
         };
         let first = sweeps.upload_input(tokio_stream::iter(vec![chunk.clone()])).await.unwrap().into_inner();
         let second = sweeps.upload_input(tokio_stream::iter(vec![chunk])).await.unwrap().into_inner();
