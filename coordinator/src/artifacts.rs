@@ -1,4 +1,5 @@
-//! Artifact files (rewind points, trained weights, checkpoints) in an object store.
+//! Artifact files (rewind points, trained weights, checkpoints) and uploaded inputs (models,
+//! datasets, under `inputs/sha256/<hex>`) in an object store.
 //!
 //! Workers never see the store: they stream files through the coordinator, which checks the lease
 //! and the sha256 before recording a file, so a stale attempt or a corrupted transfer never
@@ -135,6 +136,14 @@ impl ArtifactStore {
         let path = self.path_of_uri(uri);
         let got = self.store.get(&path).await?;
         Ok(got.into_stream())
+    }
+
+    /// Moves the object at stored `uri` to `key` (replacing what is there: callers move only
+    /// verified bytes onto their content address) and returns its new uri.
+    pub async fn rename(&self, uri: &str, key: &str) -> Result<String, ArtifactError> {
+        let to = self.full(key);
+        self.store.rename(&self.path_of_uri(uri), &to).await?;
+        Ok(format!("{}/{}", self.base_uri, to.as_ref()))
     }
 
     pub async fn delete_uri(&self, uri: &str) {

@@ -112,8 +112,8 @@ pub fn need_of(path: &str) -> Need {
         return Need::Work;
     }
     match path.strip_prefix("/lth.v1.SweepService/") {
-        Some("SubmitSweep" | "CancelSweep" | "PauseSweep" | "ResumeSweep" | "RetrySweep") => Need::Submit,
-        Some("GetSweep" | "ListSweeps" | "ListJobs" | "ListWorkers" | "WatchSweep" | "GetResults" | "GetThroughput" | "StreamMasks") => Need::View,
+        Some("SubmitSweep" | "CancelSweep" | "PauseSweep" | "ResumeSweep" | "RetrySweep" | "UploadInput") => Need::Submit,
+        Some("GetSweep" | "ListSweeps" | "ListJobs" | "ListWorkers" | "WatchSweep" | "GetResults" | "GetThroughput" | "StreamMasks" | "ListInputs") => Need::View,
         _ => Need::Admin,
     }
 }

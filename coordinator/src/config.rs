@@ -81,6 +81,10 @@ pub struct Args {
     /// The largest artifact (weights, checkpoint) a worker may upload, in MiB [default: 4096].
     #[arg(long, env = "LTH_MAX_ARTIFACT_MIB")]
     pub max_artifact_mib: Option<u64>,
+    /// The largest model or dataset `lthctl` may upload (UploadInput), in bytes; larger ones are
+    /// refused with RESOURCE_EXHAUSTED / LIMIT_EXCEEDED [default: 8589934592, 8 GiB].
+    #[arg(long, env = "LTH_MAX_INPUT_BYTES")]
+    pub max_input_bytes: Option<u64>,
 }
 
 /// `--http-listen`: an address, or `off` for no HTTP port.
@@ -163,6 +167,7 @@ struct FileConfig {
     http_listen: Option<HttpListen>,
     max_jobs_per_sweep: Option<u64>,
     max_artifact_mib: Option<u64>,
+    max_input_bytes: Option<u64>,
 }
 
 /// The resolved settings.
@@ -186,6 +191,7 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     pub max_jobs_per_sweep: u64,
     pub max_artifact_bytes: u64,
+    pub max_input_bytes: u64,
 }
 
 /// Secure by default: without tokens, refuse to listen where others can reach, unless told.
@@ -233,6 +239,7 @@ impl Args {
             },
             max_jobs_per_sweep: self.max_jobs_per_sweep.or(file.max_jobs_per_sweep).unwrap_or(100_000),
             max_artifact_bytes: self.max_artifact_mib.or(file.max_artifact_mib).unwrap_or(4096).saturating_mul(1 << 20),
+            max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(crate::service::DEFAULT_MAX_INPUT_BYTES),
         };
         if cfg.max_jobs_per_sweep == 0 || cfg.max_artifact_bytes == 0 {
             anyhow::bail!("--max-jobs-per-sweep and --max-artifact-mib must be at least 1");

@@ -197,6 +197,7 @@ async fn main() -> ExitCode {
         group_commit: GroupCommitOptions { max_batch: cfg.max_batch as usize, ..Default::default() },
         max_jobs_per_sweep: cfg.max_jobs_per_sweep,
         max_artifact_bytes: cfg.max_artifact_bytes,
+        max_input_bytes: cfg.max_input_bytes,
         ..Default::default()
     };
     let result = lth_coordinator::server::serve_with(store.clone(), artifacts, opts, cfg.reap_interval, listener, security, shutdown_signal()).await;

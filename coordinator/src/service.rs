@@ -8,7 +8,7 @@ use crate::artifacts::ArtifactStore;
 use crate::auth::{caller, Identity, Role};
 use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
-    AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
+    AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, InputRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
     SweepInfo, UnitStats, WorkerRegistration,
 };
 use futures::{Stream, StreamExt};
@@ -33,7 +33,12 @@ pub struct ServiceOptions {
     pub max_jobs_per_sweep: u64,
     /// The largest artifact a worker may upload (`--max-artifact-mib`).
     pub max_artifact_bytes: u64,
+    /// The largest input (model, dataset) UploadInput accepts, in bytes.
+    pub max_input_bytes: u64,
 }
+
+/// UploadInput's default limit: 8 GiB.
+pub const DEFAULT_MAX_INPUT_BYTES: u64 = 8 << 30;
 
 impl Default for ServiceOptions {
     fn default() -> Self {
@@ -44,6 +49,7 @@ impl Default for ServiceOptions {
             group_commit: GroupCommitOptions::default(),
             max_jobs_per_sweep: 100_000,
             max_artifact_bytes: 4 << 30,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
         }
     }
 }
@@ -425,6 +431,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         let wire = req.spec.ok_or_else(|| lth_proto::errors::invalid_argument("spec is missing: send the sweep spec to submit"))?;
         let spec = SweepSpec::try_from(&wire).map_err(|e| lth_proto::errors::invalid_argument(e.to_string()))?;
         lth_sweep::check_grid_size(spec.job_count(), self.0.opts.max_jobs_per_sweep).map_err(limit_exceeded)?;
+        self.0.check_inputs(&spec).await?;
         let out = if req.dry_run {
             self.0.store.plan_sweep(&spec).await
         } else {
@@ -694,6 +701,27 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
         }))
     }
 
+    async fn upload_input(&self, req: Request<tonic::Streaming<pb::InputChunk>>) -> Result<Response<pb::InputInfo>, Status> {
+        let who = caller(&req);
+        self.0.upload_input(&who, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_inputs(&self, req: Request<pb::ListInputsRequest>) -> Result<Response<pb::ListInputsResponse>, Status> {
+        let r = req.into_inner();
+        let inputs = if r.sha256.is_empty() {
+            self.0.store.list_inputs().await.map_err(status)?
+        } else {
+            let mut found = Vec::new();
+            for sha in r.sha256.iter().take(1000) {
+                if let Some(row) = self.0.store.find_input(&sha.to_ascii_lowercase()).await.map_err(status)? {
+                    found.push(row);
+                }
+            }
+            found
+        };
+        Ok(Response::new(pb::ListInputsResponse { inputs: inputs.iter().map(|r| input_info(r, false)).collect() }))
+    }
+
     type StreamMasksStream = crate::masks_rpc::MaskStream;
 
     async fn stream_masks(&self, req: Request<pb::StreamMasksRequest>) -> Result<Response<Self::StreamMasksStream>, Status> {
@@ -947,7 +975,34 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn download_artifact(&self, req: Request<pb::DownloadArtifactRequest>) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let r = req.into_inner();
         let a = self.0.store.find_artifact(r.job_id, &r.name).await.map_err(status)?;
-        let source = self.0.artifacts.get_stream(&a.uri).await.map_err(|e| lth_proto::errors::unavailable(e.to_string()))?;
+        stream_object(&self.0.artifacts, &a.uri, a.name.clone(), a.sha256.clone(), a.bytes as u64).await.map(Response::new)
+    }
+
+    type DownloadInputStream = ChunkStream;
+
+    async fn download_input(&self, req: Request<pb::DownloadInputRequest>) -> Result<Response<Self::DownloadInputStream>, Status> {
+        let sha = req.into_inner().sha256.to_ascii_lowercase();
+        let Some(row) = self.0.store.find_input(&sha).await.map_err(status)? else {
+            return Err(lth_proto::errors::not_found(format!(
+                "this coordinator holds no upload sha256:{sha}: upload it again (`lthctl submit` for a model, `lthctl dataset upload` for a dataset)"
+            )));
+        };
+        stream_object(&self.0.artifacts, &row.uri, row.name.clone(), row.sha256.clone(), row.bytes as u64).await.map(Response::new)
+    }
+}
+
+/// A stored object as download chunks; the first names it and carries its digest and size.
+async fn stream_object(artifacts: &ArtifactStore, uri: &str, name: String, sha256: String, bytes: u64) -> Result<ChunkStream, Status> {
+    let a = (name, sha256, bytes);
+    {
+        let source = artifacts.get_stream(uri).await.map_err(|e| match e {
+            // Recorded but gone from the object store (deleted by hand, a lost bucket): no retry
+            // brings it back.
+            crate::artifacts::ArtifactError::Store(object_store::Error::NotFound { .. }) => {
+                lth_proto::errors::not_found(format!("{} is recorded but missing from the artifact store ({e}): upload it again", a.0))
+            }
+            e => lth_proto::errors::unavailable(e.to_string()),
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ArtifactChunk, Status>>(4);
         tokio::spawn(async move {
             let mut source = Box::pin(source);
@@ -957,13 +1012,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                 metrics::counter!(M::ARTIFACT_BYTES, "direction" => "out").increment(data.len() as u64);
                 let chunk = if *first {
                     *first = false;
-                    pb::ArtifactChunk {
-                        lease: None,
-                        name: a.name.clone(),
-                        data,
-                        sha256: a.sha256.clone(),
-                        total_bytes: a.bytes as u64,
-                    }
+                    pb::ArtifactChunk { lease: None, name: a.0.clone(), data, sha256: a.1.clone(), total_bytes: a.2 }
                 } else {
                     pb::ArtifactChunk { data, ..Default::default() }
                 };
@@ -991,7 +1040,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                 let _ = tx.send(Ok(send(buf, &mut first))).await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
 
@@ -1036,4 +1085,143 @@ mod rules {
             }
         }
     }
+}
+// ---------------------------------------------------------------------------------------------
+// Uploaded inputs (your own models and datasets)
+// ---------------------------------------------------------------------------------------------
+
+/// The store's name of an input kind (the `inputs.kind` column).
+fn input_kind_name(k: pb::InputKind) -> Option<&'static str> {
+    match k {
+        pb::InputKind::Unspecified => None,
+        pb::InputKind::Torchscript => Some("torchscript"),
+        pb::InputKind::ImageFolder => Some("image_folder"),
+        pb::InputKind::Safetensors => Some("safetensors"),
+    }
+}
+
+fn input_kind_of(name: &str) -> pb::InputKind {
+    match name {
+        "torchscript" => pb::InputKind::Torchscript,
+        "image_folder" => pb::InputKind::ImageFolder,
+        "safetensors" => pb::InputKind::Safetensors,
+        _ => pb::InputKind::Unspecified,
+    }
+}
+
+fn input_info(r: &InputRow, created: bool) -> pb::InputInfo {
+    pb::InputInfo {
+        sha256: r.sha256.clone(),
+        bytes: r.bytes as u64,
+        kind: input_kind_of(&r.kind) as i32,
+        name: r.name.clone(),
+        owner: r.owner.clone().unwrap_or_default(),
+        created_at: r.created_at.map(ts),
+        created,
+    }
+}
+
+/// The inputs a sweep downloads through the coordinator: (sha256, the kind it must have, what
+/// names it in the sweep).
+pub fn required_inputs(spec: &SweepSpec) -> Vec<(String, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    if let Some(t) = spec.model.torchscript().filter(|t| t.uploaded) {
+        out.push((t.sha256.clone().unwrap_or_default().to_ascii_lowercase(), "torchscript", "model.torchscript"));
+    }
+    if let Some(sha) = spec.dataset.upload_sha256() {
+        out.push((sha.to_ascii_lowercase(), spec.dataset.name.as_str(), "dataset.upload"));
+    }
+    out
+}
+
+impl Coordinator {
+    /// Refuses a sweep naming an uploaded input the coordinator does not hold (or one of another
+    /// kind), before anything is created.
+    async fn check_inputs(&self, spec: &SweepSpec) -> Result<(), Status> {
+        let mut problems = Vec::new();
+        for (sha, kind, key) in required_inputs(spec) {
+            match self.store.find_input(&sha).await.map_err(status)? {
+                None => problems.push(format!(
+                    "{key} names the upload sha256:{sha}, which this coordinator does not hold: upload it first (`lthctl submit` uploads the sweep's model file; `lthctl dataset upload PATH` a dataset; `lthctl dataset ls` lists what is here)"
+                )),
+                Some(r) if r.kind != kind => problems.push(format!(
+                    "{key} names the upload sha256:{sha}, which was uploaded as {} ({:?}), not as {kind}",
+                    r.kind, r.name
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(lth_proto::errors::error_status(tonic::Code::FailedPrecondition, pb::ErrorReason::MissingUploads, problems.join("; ")))
+    }
+
+    /// UploadInput: stream the chunks into a staging object, verify size and digest, then move it
+    /// to its content address and record it.
+    async fn upload_input(&self, who: &Identity, mut stream: tonic::Streaming<pb::InputChunk>) -> Result<pb::InputInfo, Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| lth_proto::errors::invalid_argument("empty upload: the first chunk must name the input's sha256, kind, name and size"))?;
+        let sha = first.sha256.to_ascii_lowercase();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(lth_proto::errors::invalid_argument("the first chunk's sha256 must be the whole input's 64-digit hex digest"));
+        }
+        let kind = pb::InputKind::try_from(first.kind).ok().and_then(input_kind_name).ok_or_else(|| {
+            lth_proto::errors::invalid_argument(format!("input kind {} is not one of torchscript, image_folder, safetensors", first.kind))
+        })?;
+        let name: String = first.name.chars().filter(|c| !c.is_control()).take(200).collect();
+        let max = self.opts.max_input_bytes;
+        if first.total_bytes > max {
+            return Err(too_large(&name, first.total_bytes, max));
+        }
+        if let Some(existing) = self.store.find_input(&sha).await.map_err(status)? {
+            // Content-addressed: the bytes are already here. Nothing more is read.
+            tracing::info!(sha256 = %sha, kind = %existing.kind, "input already stored; upload skipped");
+            return Ok(input_info(&existing, false));
+        }
+        let declared = (first.total_bytes > 0).then_some(first.total_bytes);
+        let head = futures::stream::once(futures::future::ready(Ok::<bytes::Bytes, Status>(bytes::Bytes::from(first.data))));
+        let rest = stream.map(|c| c.map(|c| bytes::Bytes::from(c.data)));
+        // The limit holds whatever the first chunk declared.
+        let mut seen = 0u64;
+        let limit_name = name.clone();
+        let limited = head.chain(rest).map(move |c| {
+            let c = c?;
+            seen += c.len() as u64;
+            if seen > max {
+                return Err(too_large(&limit_name, seen, max));
+            }
+            Ok(c)
+        });
+        let staging = format!("uploads/{sha}.{}", unique_suffix());
+        let stored = self.artifacts.put_verified(&staging, &name, &sha, declared, Box::pin(limited)).await?;
+        let stored = stored.map_err(|e| lth_proto::errors::error_status(tonic::Code::DataLoss, pb::ErrorReason::InvalidArgument, e.to_string()))?;
+        let key = format!("inputs/sha256/{sha}");
+        let uri = self.artifacts.rename(&stored.uri, &key).await.map_err(|e| lth_proto::errors::unavailable(format!("object store: {e}")))?;
+        let row = InputRow { sha256: sha.clone(), kind: kind.to_string(), name: name.clone(), bytes: stored.bytes as i64, uri, owner: Some(who.name.clone()), created_at: None };
+        let created = self.store.record_input(&row).await.map_err(status)?;
+        let row = self.store.find_input(&sha).await.map_err(status)?.unwrap_or(row);
+        tracing::info!(sha256 = %sha, kind, name = %name, bytes = stored.bytes, created, "input uploaded");
+        audit(who, "upload_input", None, None);
+        Ok(input_info(&row, created))
+    }
+}
+
+fn too_large(name: &str, bytes: u64, max: u64) -> Status {
+    lth_proto::errors::error_status(
+        tonic::Code::ResourceExhausted,
+        pb::ErrorReason::LimitExceeded,
+        format!(
+            "{name:?} is {bytes} bytes or more, over this coordinator's upload limit of {max} bytes: ask its admin to raise --max-input-bytes, or put the file where the workers can read it and give its path"
+        ),
+    )
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{nanos}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }

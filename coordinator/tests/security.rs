@@ -88,6 +88,9 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
     out.push(("WatchSweep", code(s.watch_sweep(pb::WatchSweepRequest { sweep_id: 999_999, after_event_id: 0 }).await)));
     out.push(("GetResults", code(s.get_results(pb::GetResultsRequest { sweep_id }).await)));
     out.push(("StreamMasks", code(s.stream_masks(pb::StreamMasksRequest { sweep_id, ..Default::default() }).await)));
+    // An empty upload: past authorisation it is an invalid argument.
+    out.push(("UploadInput", code(s.upload_input(futures::stream::iter(Vec::<pb::InputChunk>::new())).await)));
+    out.push(("ListInputs", code(s.list_inputs(pb::ListInputsRequest::default()).await)));
     out.push((
         "RegisterWorker",
         code(w.register_worker(pb::RegisterWorkerRequest { worker_id: "w-auth".into(), host: "h".into(), cpus: 1, slots: 1, ..Default::default() }).await),
@@ -100,12 +103,13 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
     let chunk = pb::ArtifactChunk { name: "weights".into(), ..Default::default() };
     out.push(("UploadArtifact", code(w.upload_artifact(futures::stream::iter(vec![chunk])).await)));
     out.push(("DownloadArtifact", code(w.download_artifact(pb::DownloadArtifactRequest { job_id: 999_999, name: "weights".into() }).await)));
+    out.push(("DownloadInput", code(w.download_input(pb::DownloadInputRequest { sha256: "0".repeat(64) }).await)));
     out
 }
 
-const SUBMIT: &[&str] = &["SubmitSweep", "PauseSweep", "ResumeSweep", "CancelSweep", "RetrySweep"];
-const VIEW: &[&str] = &["GetSweep", "ListSweeps", "ListJobs", "ListWorkers", "WatchSweep", "GetResults", "StreamMasks"];
-const WORK: &[&str] = &["RegisterWorker", "ClaimJobs", "Heartbeat", "ReportProgress", "CompleteJob", "FailJob", "UploadArtifact", "DownloadArtifact"];
+const SUBMIT: &[&str] = &["SubmitSweep", "PauseSweep", "ResumeSweep", "CancelSweep", "RetrySweep", "UploadInput"];
+const VIEW: &[&str] = &["GetSweep", "ListSweeps", "ListJobs", "ListWorkers", "WatchSweep", "GetResults", "StreamMasks", "ListInputs"];
+const WORK: &[&str] = &["RegisterWorker", "ClaimJobs", "Heartbeat", "ReportProgress", "CompleteJob", "FailJob", "UploadArtifact", "DownloadArtifact", "DownloadInput"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_is_allowed_exactly_its_calls_and_owners_are_enforced() {

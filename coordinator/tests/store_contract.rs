@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
-use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, Lease, Store, StoreError};
+use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, InputRow, Lease, Store, StoreError};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -55,6 +55,7 @@ contract!(
     results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
     retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts,
     identical_jobs_in_flight_run_once,
+    uploaded_inputs_are_recorded_once_per_digest,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -1085,4 +1086,31 @@ async fn identical_jobs_in_flight_run_once(store: Store) {
     let acc = |rows: Vec<lth_coordinator::store::ResultRow>| rows.iter().map(|r| (r.level, r.test_accuracy.to_bits())).collect::<Vec<_>>();
     assert_eq!(acc(store.results(a.sweep_id).await.unwrap()), acc(store.results(b.sweep_id).await.unwrap()));
     assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts").await, 3);
+/// Uploaded inputs (UploadInput): one row per digest; a second record of the same digest changes
+/// nothing; lookups and the listing read them back with the database's timestamp.
+async fn uploaded_inputs_are_recorded_once_per_digest(store: Store) {
+    let row = |sha: &str, kind: &str, name: &str| InputRow {
+        sha256: sha.into(),
+        kind: kind.into(),
+        name: name.into(),
+        bytes: 1234,
+        uri: format!("file:///a/inputs/sha256/{sha}"),
+        owner: Some("alice".into()),
+        created_at: None,
+    };
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    assert!(store.find_input(&a).await.unwrap().is_none());
+    assert!(store.record_input(&row(&a, "torchscript", "net.pt")).await.unwrap());
+    assert!(!store.record_input(&row(&a, "safetensors", "other")).await.unwrap(), "the same digest is one input");
+    assert!(store.record_input(&row(&b, "image_folder", "pets")).await.unwrap());
+    let found = store.find_input(&a).await.unwrap().unwrap();
+    assert_eq!((found.kind.as_str(), found.name.as_str(), found.bytes, found.owner.as_deref()), ("torchscript", "net.pt", 1234, Some("alice")));
+    assert!(found.created_at.is_some());
+    let all = store.list_inputs().await.unwrap();
+    assert_eq!(all.len(), 2);
+    let mut shas: Vec<&str> = all.iter().map(|r| r.sha256.as_str()).collect();
+    shas.sort();
+    assert_eq!(shas, [a.as_str(), b.as_str()]);
+    let bad = store.record_input(&row(&"c".repeat(64), "zip", "x")).await;
+    assert!(bad.is_err(), "the kind is checked by the schema");
 }

@@ -41,6 +41,23 @@ pub enum ImageFormat {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Upload an ImageFolder directory (train/<class>/…, val/<class>/…; packed into a
+    /// deterministic tar, so the same tree gives the same digest) or a .safetensors file, and print
+    /// the `[dataset]` lines that name it in a sweep file. Nothing is sent when the coordinator
+    /// already holds the same content.
+    Upload {
+        /// The ImageFolder directory or the .safetensors file.
+        path: PathBuf,
+        /// A name for people (`lthctl dataset ls`) [default: the folder's or file's name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the models and datasets uploaded to the coordinator, newest first.
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check a sweep file and submit it (or show its grid with --dry-run).
     Submit {
@@ -56,7 +73,14 @@ pub enum Command {
         /// Default: the sha256 of the file's content.
         #[arg(long, env = "LTH_SUBMIT_TOKEN")]
         token: Option<String>,
+        /// Don't upload the sweep's TorchScript model through the coordinator: every worker reads
+        /// it at its (absolute) path instead, so they must all see the file there.
+        #[arg(long)]
+        no_upload: bool,
     },
+    /// Your own datasets, uploaded through the coordinator for workers without a shared file system.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
     /// List sweeps, newest first.
     Ls {
         /// Show at most this many sweeps.

@@ -1,7 +1,7 @@
 //! What each subcommand does. Output for people goes to the given writer (stdout in the binary),
 //! so the tests can run commands in-process and read what a user would see.
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DatasetCommand};
 use crate::client::{connect, explain_status, unreachable_message, Coordinator};
 use crate::convert::{dataset_name, metric_name, spec_model_name, sweep_state_is_final, sweep_state_name, timestamp_text};
 use crate::results::{points, render};
@@ -17,7 +17,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let url = cli.coordinator.clone();
     crate::client::set_token_file(cli.token_file.clone());
     match cli.command {
-        Command::Submit { file, dry_run, offline, token } => submit(&url, &file, dry_run, offline, token, out).await,
+        Command::Submit { file, dry_run, offline, token, no_upload } => submit(&url, &file, dry_run, offline, token, no_upload, out).await,
+        Command::Dataset(DatasetCommand::Upload { path, name }) => crate::uploads::dataset_upload(&connect(&url).await?, &path, name, out).await,
+        Command::Dataset(DatasetCommand::Ls) => inputs_ls(&connect(&url).await?, out).await,
         Command::Ls { limit } => ls(&connect(&url).await?, limit, out).await,
         Command::Status { id } => status(&connect(&url).await?, id, out).await,
         Command::Watch { id, lines } => {
@@ -63,8 +65,16 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     }
 }
 
-async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool, token: Option<String>, out: &mut dyn Write) -> Result<()> {
-    let loaded = load_sweep_file(file)?;
+async fn submit(
+    url: &str,
+    file: &std::path::Path,
+    dry_run: bool,
+    offline: bool,
+    token: Option<String>,
+    no_upload: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut loaded = load_sweep_file(file)?;
     let local = grid(&loaded.spec);
     if dry_run && offline {
         writeln!(out, "{}", describe_grid(&loaded.spec, &local))?;
@@ -79,6 +89,25 @@ async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool,
             e
         }
     })?;
+    // The model file travels through the coordinator (content-addressed: a digest it already holds
+    // is not sent again), so workers need no shared file system. A dry run creates nothing and
+    // sends the path form: the job hashes, hence the plan, are the same.
+    if !dry_run && !no_upload {
+        if let lth_sweep::ModelSpec::TorchScript(t) = &mut loaded.spec.model {
+            if !t.uploaded {
+                let path = std::path::PathBuf::from(&t.torchscript);
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.pt".into());
+                let info = crate::uploads::upload_file(&coord, &path, pb::InputKind::Torchscript, &name).await?;
+                if info.created {
+                    writeln!(out, "uploaded the model {} (sha256:{}, {} bytes)", path.display(), info.sha256, info.bytes)?;
+                } else {
+                    writeln!(out, "the coordinator already holds the model {} (sha256:{}): not sent again", path.display(), info.sha256)?;
+                }
+                t.torchscript = name;
+                t.uploaded = true;
+            }
+        }
+    }
     let token = token.unwrap_or_else(|| loaded.content_sha256.clone());
     let req = pb::SubmitSweepRequest { spec: Some(pb::SweepSpec::from(&loaded.spec)), client_token: token.clone(), dry_run };
     let resp = coord
@@ -143,6 +172,32 @@ async fn submit(url: &str, file: &std::path::Path, dry_run: bool, offline: bool,
     }
     writeln!(out, "follow it with: lthctl watch {}   (or lthctl status {})", resp.sweep_id, resp.sweep_id)?;
     Ok(())
+}
+
+async fn inputs_ls(coord: &Coordinator, out: &mut dyn Write) -> Result<()> {
+    let mut c = coord.sweeps.clone();
+    let inputs = c
+        .list_inputs(pb::ListInputsRequest { sha256: Vec::new() })
+        .await
+        .map_err(|s| coord.explain(s, "listing uploads"))?
+        .into_inner()
+        .inputs;
+    if inputs.is_empty() {
+        writeln!(out, "no uploads yet: `lthctl dataset upload PATH` uploads a dataset; `lthctl submit` uploads a sweep's TorchScript model")?;
+        return Ok(());
+    }
+    let mut t = plain_table(&["sha256", "kind", "name", "bytes", "owner", "uploaded (UTC)"]);
+    for i in inputs {
+        t.add_row(vec![
+            format!("sha256:{}", i.sha256),
+            crate::uploads::kind_text(i.kind).to_string(),
+            i.name.clone(),
+            i.bytes.to_string(),
+            owner_text(&i.owner).to_string(),
+            timestamp_text(i.created_at.as_ref()),
+        ]);
+    }
+    write_table(out, t)
 }
 
 fn short(token: &str) -> &str {

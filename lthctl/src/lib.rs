@@ -18,6 +18,7 @@
 //!   resvg; `report` fetches what they need.
 //! - `watch`: live progress (bars on a terminal, lines in logs).
 //! - `output`: stdout that notices a closed pipe (`lthctl ... | head` exits quietly).
+//! - `uploads`: your own model and datasets uploaded through the coordinator (content-addressed).
 
 pub mod cli;
 pub mod client;
@@ -31,4 +32,5 @@ pub mod plot;
 pub mod report;
 pub mod results;
 pub mod sweep_file;
+pub mod uploads;
 pub mod watch;

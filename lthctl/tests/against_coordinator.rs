@@ -80,6 +80,11 @@ impl Cluster {
 
     /// A coordinator on the given database URL, or on SQLite in its folder.
     fn start_on(database: Option<&str>) -> Cluster {
+        Cluster::start_with(database, &[])
+    }
+
+    /// [`Cluster::start_on`] with extra coordinator flags (e.g. `--max-input-bytes`).
+    fn start_with(database: Option<&str>, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = dir.path().join("coordinator.log");
@@ -89,6 +94,7 @@ impl Cluster {
             .arg("--artifacts")
             .arg(dir.path().join("artifacts"))
             .args(["--lease-seconds", "10", "--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -120,6 +126,7 @@ impl Cluster {
             .arg("--cache-dir")
             .arg(self.dir.path().join(format!("cache-{id}")))
             .args(["--threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5"])
+            .env("LTH_DATA_CACHE", self.dir.path().join(format!("data-cache-{id}")))
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
@@ -589,4 +596,296 @@ checkpoint_every = "0it"
     assert!(overlap.contains("magnitude") && overlap.contains("l2") && overlap.contains("at level 2"), "{overlap}");
     check_measured_estimate(&c, &sweep, 5);
     drop(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Your own model and data, uploaded through the coordinator (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+/// A sweep of one dense job and one level on `dataset` (the `[dataset]` table's lines).
+fn upload_sweep(name: &str, model: &str, dataset: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+model = {model}
+metrics = ["magnitude"]
+rates = [0.5]
+seeds = [1]
+levels = 1
+[dataset]
+{dataset}
+[recipe]
+length = "2ep"
+batch_size = 16
+lr = 0.05
+rewind = "0it"
+augment = false
+checkpoint_every = "0it"
+"#
+    )
+}
+
+/// The digest in `lthctl dataset upload`'s `upload = "sha256:..."` line.
+fn uploaded_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("upload = \"sha256:").map(|r| r.trim_end_matches('"').to_string()))
+        .unwrap_or_else(|| panic!("no upload line in {out}"))
+}
+
+/// 8×8 grayscale images of two classes (bright top half / bright bottom half), with noise.
+fn pixels(class: usize, i: usize) -> Vec<u8> {
+    (0..64).map(|p| {
+        let top = p < 32;
+        let base: u8 = if top == (class == 0) { 200 } else { 30 };
+        base.wrapping_add(((p * 7 + i * 13) % 23) as u8)
+    }).collect()
+}
+
+/// A safetensors file: train/test images (N×8×8 uint8) and int64 labels, written byte by byte.
+fn write_safetensors(path: &Path, train: usize, test: usize) {
+    let mut tensors: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (split, n) in [("train", train), ("test", test)] {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            images.extend(pixels(i % 2, i));
+            labels.extend(((i % 2) as i64).to_le_bytes());
+        }
+        tensors.push((if split == "train" { "train_images" } else { "test_images" }, "U8", vec![n, 8, 8], images));
+        tensors.push((if split == "train" { "train_labels" } else { "test_labels" }, "I64", vec![n], labels));
+    }
+    let mut offset = 0;
+    let mut header = serde_json::Map::new();
+    for (name, dtype, shape, data) in &tensors {
+        header.insert(name.to_string(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}));
+        offset += data.len();
+    }
+    let mut json = serde_json::Value::Object(header).to_string();
+    while !json.len().is_multiple_of(8) {
+        json.push(' ');
+    }
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(json.as_bytes());
+    for (_, _, _, data) in &tensors {
+        bytes.extend(data);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// An ImageFolder tree with PNG and JPEG files.
+fn write_image_folder(root: &Path) {
+    for (split, n) in [("train", 12), ("val", 4)] {
+        for (class, dir) in ["top", "bottom"].iter().enumerate() {
+            let d = root.join(split).join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                let img = image::GrayImage::from_raw(8, 8, pixels(class, i)).unwrap();
+                if i % 2 == 0 {
+                    img.save_with_format(d.join(format!("{i}.png")), image::ImageFormat::Png).unwrap();
+                } else {
+                    img.save_with_format(d.join(format!("{i}.jpg")), image::ImageFormat::Jpeg).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_uploaded_torchscript_model_trains_on_a_worker_that_cannot_see_the_clients_file() {
+    let mut c = Cluster::start();
+    let client = c.dir.path().join("client");
+    std::fs::create_dir_all(client.join("models")).unwrap();
+    std::fs::copy(examples_file("models/lenet300100-digits.pt"), client.join("models/net.pt")).unwrap();
+    let sweep = client.join("sweep.toml");
+    std::fs::write(&sweep, upload_sweep("uploaded-model", "{ torchscript = \"models/net.pt\" }", "name = \"digits\"")).unwrap();
+    let out = c.lthctl(&["submit", sweep.to_str().unwrap()]).expect_ok("submit");
+    assert!(out.contains("uploaded the model") && out.contains("net.pt"), "{out}");
+    let id = sweep_id(&out).to_string();
+    // The client's files are gone before any worker runs: the worker can only have the model
+    // from the coordinator.
+    std::fs::remove_dir_all(&client).unwrap();
+    let ls = c.lthctl(&["dataset", "ls"]).expect_ok("dataset ls");
+    assert!(ls.contains("torchscript") && ls.contains("net.pt"), "{ls}");
+    c.start_worker("w1");
+    let watch = c.watch(&id, &[], 240);
+    assert!(watch.contains(&format!("sweep {id} succeeded: 2/2 jobs finished")), "{watch}\n{}", c.logs());
+    let log = c.workers[0].log_text();
+    assert!(log.contains("input downloaded and verified"), "{log}");
+    assert!(log.lines().any(|l| l.contains("input cache hit")), "the level job reads the cached model: {log}");
+}
+
+#[test]
+fn uploaded_safetensors_and_image_folder_datasets_train_and_the_second_job_hits_the_cache() {
+    let mut c = Cluster::start();
+    let data = c.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_safetensors(&data.join("halves.safetensors"), 64, 32);
+    write_image_folder(&data.join("folder"));
+
+    let out = c.lthctl(&["dataset", "upload", data.join("halves.safetensors").to_str().unwrap()]).expect_ok("upload safetensors");
+    assert!(out.contains("uploaded \"halves.safetensors\"") && out.contains("name = \"safetensors\""), "{out}");
+    let st = uploaded_digest(&out);
+    let out = c.lthctl(&["dataset", "upload", data.join("folder").to_str().unwrap(), "--name", "halves"]).expect_ok("upload folder");
+    assert!(out.contains("packed") && out.contains("name = \"image_folder\"") && out.contains("resolution"), "{out}");
+    let folder = uploaded_digest(&out);
+    // Content-addressed: the same tree, packed again elsewhere, is the same upload and sends nothing.
+    write_image_folder(&data.join("copy"));
+    let again = c.lthctl(&["dataset", "upload", data.join("copy").to_str().unwrap()]).expect_ok("upload the copy");
+    assert_eq!(uploaded_digest(&again), folder);
+    assert!(again.contains("already holds") && again.contains("nothing was sent"), "{again}");
+    let ls = c.lthctl(&["dataset", "ls"]).expect_ok("dataset ls");
+    assert!(ls.contains(&format!("sha256:{st}")) && ls.contains(&format!("sha256:{folder}")) && ls.contains("image_folder"), "{ls}");
+    assert_eq!(ls.lines().filter(|l| l.contains("sha256:")).count(), 2, "one row per content: {ls}");
+    // The client's copies are not needed any more.
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let sweeps = [
+        ("st", upload_sweep("uploaded-safetensors", "\"lenet300100\"", &format!("name = \"safetensors\"\nupload = \"sha256:{st}\""))),
+        ("folder", upload_sweep("uploaded-folder", "\"lenet300100\"", &format!("name = \"image_folder\"\nupload = \"sha256:{folder}\"\nresolution = 8\nchannels = 1"))),
+    ];
+    let mut ids = Vec::new();
+    for (name, text) in &sweeps {
+        let path = c.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        ids.push(sweep_id(&c.lthctl(&["submit", path.to_str().unwrap()]).expect_ok("submit")).to_string());
+    }
+    c.start_worker("w1");
+    for id in &ids {
+        let watch = c.watch(id, &[], 240);
+        assert!(watch.contains(&format!("sweep {id} succeeded: 2/2 jobs finished")), "{watch}\n{}", c.logs());
+    }
+    let log = c.workers[0].log_text();
+    for sha in [&st, &folder] {
+        assert!(log.lines().any(|l| l.contains("input downloaded and verified") && l.contains(sha.as_str())), "{sha} fetched once: {log}");
+        assert_eq!(log.lines().filter(|l| l.contains("input downloaded and verified") && l.contains(sha.as_str())).count(), 1, "{log}");
+        assert!(log.lines().any(|l| l.contains("input cache hit") && l.contains(sha.as_str())), "the second job of {sha} hits the cache: {log}");
+    }
+    assert!(log.lines().any(|l| l.contains("unpacked ImageFolder cache hit") && l.contains(folder.as_str())), "{log}");
+}
+
+#[test]
+fn unknown_corrupt_and_oversized_uploads_are_refused() {
+    let c = Cluster::start_with(None, &["--max-input-bytes", "4096"]);
+    // A sweep naming a digest the coordinator does not hold: refused at submit, nothing created.
+    let unknown = "0".repeat(64);
+    let path = c.dir.path().join("unknown.toml");
+    std::fs::write(&path, upload_sweep("unknown-upload", "\"lenet300100\"", &format!("name = \"safetensors\"\nupload = \"sha256:{unknown}\""))).unwrap();
+    let err = c.lthctl(&["submit", path.to_str().unwrap()]).expect_err("submit naming an unknown upload");
+    assert!(err.contains(&format!("sha256:{unknown}")) && err.contains("does not hold") && err.contains("lthctl dataset upload"), "{err}");
+    let ls = c.lthctl(&["ls"]).expect_ok("ls");
+    assert!(ls.contains("no sweeps yet"), "{ls}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let coord = lthctl::client::connect(&c.url).await.unwrap();
+        let mut sweeps = coord.sweeps.clone();
+        let code_and_reason = |s: tonic::Status| (s.code(), lth_proto::errors::error_reason(&s), s.message().to_string());
+        // The unknown digest, asked through the wire: MISSING_UPLOADS.
+        let spec: lth_sweep::SweepSpec = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let s = sweeps
+            .submit_sweep(lth_proto::v1::SubmitSweepRequest { spec: Some((&spec).into()), client_token: String::new(), dry_run: true })
+            .await
+            .unwrap_err();
+        assert_eq!(code_and_reason(s).1, Some(lth_proto::v1::ErrorReason::MissingUploads));
+
+        // Bytes that do not hash to the declared digest: refused, nothing kept.
+        let data = b"these bytes are not what the digest says".to_vec();
+        let wrong = lth_proto::v1::InputChunk {
+            sha256: "ab".repeat(32),
+            total_bytes: data.len() as u64,
+            kind: lth_proto::v1::InputKind::Safetensors as i32,
+            name: "corrupt".into(),
+            data: data.clone(),
+        };
+        let (code, _, msg) = code_and_reason(sweeps.upload_input(tokio_stream::iter(vec![wrong])).await.unwrap_err());
+        assert_eq!(code, tonic::Code::DataLoss, "{msg}");
+        assert!(msg.contains("sha256 mismatch"), "{msg}");
+        let listed = sweeps.list_inputs(lth_proto::v1::ListInputsRequest { sha256: vec![] }).await.unwrap().into_inner().inputs;
+        assert!(listed.is_empty(), "{listed:?}");
+
+        // Over the limit: declared, or sent past a smaller declaration.
+        let big = vec![7u8; 5000];
+        let sha = hex_sha(&big);
+        let declared = lth_proto::v1::InputChunk {
+            sha256: sha.clone(),
+            total_bytes: big.len() as u64,
+            kind: lth_proto::v1::InputKind::Safetensors as i32,
+            name: "big".into(),
+            data: big.clone(),
+        };
+        let (code, reason, msg) = code_and_reason(sweeps.upload_input(tokio_stream::iter(vec![declared.clone()])).await.unwrap_err());
+        assert_eq!((code, reason), (tonic::Code::ResourceExhausted, Some(lth_proto::v1::ErrorReason::LimitExceeded)), "{msg}");
+        assert!(msg.contains("4096") && msg.contains("--max-input-bytes"), "{msg}");
+        let understated = lth_proto::v1::InputChunk { total_bytes: 100, ..declared };
+        let (code, reason, _) = code_and_reason(sweeps.upload_input(tokio_stream::iter(vec![understated])).await.unwrap_err());
+        assert_eq!((code, reason), (tonic::Code::ResourceExhausted, Some(lth_proto::v1::ErrorReason::LimitExceeded)));
+
+        // A right one is kept, and sending it again is answered from the store.
+        let ok = b"a small safetensors-sized input".to_vec();
+        let chunk = lth_proto::v1::InputChunk {
+            sha256: hex_sha(&ok),
+            total_bytes: ok.len() as u64,
+            kind: lth_proto::v1::InputKind::Safetensors as i32,
+            name: "small".into(),
+            data: ok,
+        };
+        let first = sweeps.upload_input(tokio_stream::iter(vec![chunk.clone()])).await.unwrap().into_inner();
+        let second = sweeps.upload_input(tokio_stream::iter(vec![chunk])).await.unwrap().into_inner();
+        assert!(first.created && !second.created, "{first:?} {second:?}");
+        let listed = sweeps.list_inputs(lth_proto::v1::ListInputsRequest { sha256: vec![] }).await.unwrap().into_inner().inputs;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+    });
+}
+
+fn hex_sha(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The sweep's failed-job lines once it has finished (`lthctl status`).
+fn wait_finished(c: &Cluster, id: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = c.lthctl(&["status", id]).expect_ok("status");
+        let ls = c.lthctl(&["ls"]).expect_ok("ls");
+        if ls.lines().any(|l| l.split_whitespace().next() == Some(id) && l.split_whitespace().any(|w| w == "failed")) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "sweep {id} did not fail within {secs} s:\n{out}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_corrupt_or_missing_upload_fails_its_job_with_the_digest_and_no_training() {
+    let mut c = Cluster::start();
+    let data = c.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_safetensors(&data.join("a.safetensors"), 16, 8);
+    write_safetensors(&data.join("b.safetensors"), 18, 8);
+    let a = uploaded_digest(&c.lthctl(&["dataset", "upload", data.join("a.safetensors").to_str().unwrap()]).expect_ok("upload a"));
+    let b = uploaded_digest(&c.lthctl(&["dataset", "upload", data.join("b.safetensors").to_str().unwrap()]).expect_ok("upload b"));
+    let stored = |sha: &str| c.dir.path().join("artifacts/inputs/sha256").join(sha);
+    // a: the stored bytes rot (same length, one byte changed); b: the stored object vanishes.
+    let mut bytes = std::fs::read(stored(&a)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(stored(&a), bytes).unwrap();
+    std::fs::remove_file(stored(&b)).unwrap();
+    let mut ids = Vec::new();
+    for (name, sha) in [("rotten", &a), ("vanished", &b)] {
+        let path = c.dir.path().join(format!("{name}.toml"));
+        let text = upload_sweep(name, "\"lenet300100\"", &format!("name = \"safetensors\"\nupload = \"sha256:{sha}\"")).replace("levels = 1", "levels = 1\nmax_attempts = 2");
+        std::fs::write(&path, text).unwrap();
+        ids.push(sweep_id(&c.lthctl(&["submit", path.to_str().unwrap()]).expect_ok("submit")).to_string());
+    }
+    c.start_worker("w1");
+    let rotten = wait_finished(&c, &ids[0], 120);
+    assert!(rotten.contains("sha256 mismatch") && rotten.contains(&a), "{rotten}");
+    let vanished = wait_finished(&c, &ids[1], 120);
+    assert!(vanished.contains(&format!("sha256:{b}")) && vanished.contains("does not hold") && vanished.contains("after 1 attempts"), "not retried: {vanished}");
+    let log = c.workers[0].log_text();
+    // The corrupt download was refused and fetched again before the attempt gave up.
+    assert!(log.lines().filter(|l| l.contains("sha256 mismatch") && l.contains(a.as_str())).count() >= 2, "{log}");
+    assert!(!log.contains("training started"), "nothing trained on a bad input: {log}");
 }

@@ -19,13 +19,15 @@ const PAPER_EXAMPLES: [&str; 6] =
     ["cifar10-resnet18.toml", "cifar10-resnet20.toml", "cifar10-vgg16.toml", "digits-lenet.toml", "mnist-lenet.toml", "tinyimagenet-resnet18.toml"];
 
 /// One example per feature of docs/byo.md.
-const FEATURE_EXAMPLES: [&str; 6] = [
+const FEATURE_EXAMPLES: [&str; 8] = [
     "digits-controls.toml",
     "digits-schedule.toml",
     "digits-target-sparsity.toml",
     "digits-torchscript.toml",
     "imagefolder-resnet20.toml",
     "safetensors-lenet.toml",
+    "uploaded-imagefolder-resnet20.toml",
+    "uploaded-safetensors-lenet.toml",
 ];
 
 #[test]
@@ -89,6 +91,11 @@ fn feature_examples_expand_as_their_comments_say() {
     assert_eq!((s.dataset.name, s.dataset.resolution.map(|r| (r.height, r.width))), (DatasetKind::ImageFolder, Some((32, 32))));
     let s = load("safetensors-lenet.toml");
     assert_eq!((s.dataset.name, s.dataset.mean.clone()), (DatasetKind::Safetensors, Some(vec![0.1307])));
+    for (file, kind) in [("uploaded-imagefolder-resnet20.toml", DatasetKind::ImageFolder), ("uploaded-safetensors-lenet.toml", DatasetKind::Safetensors)] {
+        let s = load(file);
+        assert_eq!((s.dataset.name, s.dataset.path.as_deref()), (kind, None), "{file}");
+        assert!(s.dataset.upload_sha256().is_some(), "{file}");
+    }
 }
 
 #[test]

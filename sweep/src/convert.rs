@@ -88,6 +88,7 @@ fn model_spec_to(m: &ModelSpec) -> (i32, Option<pb::TorchScriptModel>) {
                     ModelInit::Seed => pb::ModelInit::Seed,
                     ModelInit::File => pb::ModelInit::File,
                 } as i32,
+                uploaded: t.uploaded,
             }),
         ),
     }
@@ -108,6 +109,7 @@ fn model_spec_from(model: i32, ts: &Option<pb::TorchScriptModel>) -> Result<Mode
                 torchscript: t.path.clone(),
                 sha256: if t.sha256.is_empty() { None } else { Some(t.sha256.clone()) },
                 init,
+                uploaded: t.uploaded,
             }))
         }
     }
@@ -229,6 +231,7 @@ impl From<&DatasetSpec> for pb::DatasetSpec {
             mean: d.mean.clone().unwrap_or_default(),
             std: d.std.clone().unwrap_or_default(),
             augment: d.augment,
+            upload: d.upload.clone().unwrap_or_default(),
         }
     }
 }
@@ -251,6 +254,7 @@ fn dataset_spec_from(d: &pb::DatasetSpec, errs: &mut Vec<String>) -> Option<Data
         mean: if d.mean.is_empty() { None } else { Some(d.mean.clone()) },
         std: if d.std.is_empty() { None } else { Some(d.std.clone()) },
         augment: d.augment,
+        upload: if d.upload.is_empty() { None } else { Some(d.upload.clone()) },
     })
 }
 

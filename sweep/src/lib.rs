@@ -14,12 +14,14 @@
 //! - `expand`: the grid (dense jobs, trials, levels, controls) and content hashes.
 //! - `pattern`: `*` / `?` name patterns for `pruning.layers`.
 //! - `convert`: the typed spec to and from the wire's `lth.v1.SweepSpec`.
+//! - `pack`: an ImageFolder tree as a deterministic tar (for `lthctl dataset upload`) and back.
 
 mod control;
 mod convert;
 mod expand;
 mod length;
 mod model;
+pub mod pack;
 mod pattern;
 mod rate;
 mod types;

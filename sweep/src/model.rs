@@ -31,8 +31,8 @@ pub enum ModelInit {
 #[serde(deny_unknown_fields)]
 pub struct TorchScriptModel {
     /// Path of the `.pt` file. In a sweep file a relative path is relative to the sweep file's
-    /// folder; once read it is absolute (workers read it there until models are uploaded through
-    /// the coordinator).
+    /// folder; once read it is absolute (workers read it there, unless `uploaded`: then this is
+    /// only the file's name).
     pub torchscript: String,
     /// sha256 (64 hex digits) of the file. Filled in when the sweep file is read; when written in
     /// the sweep file it pins the model, and a different file is refused.
@@ -40,6 +40,11 @@ pub struct TorchScriptModel {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "is_default_init")]
     pub init: ModelInit,
+    /// The file was uploaded through the coordinator (`lthctl submit` does so unless told
+    /// `--no-upload`): workers fetch it by `sha256` and `torchscript` is then only the file's name.
+    /// Not part of the job hash: the same file trains to the same results however it travels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uploaded: bool,
 }
 
 fn is_default_init(i: &ModelInit) -> bool {
@@ -99,6 +104,9 @@ impl ModelSpec {
     /// fills in (or checks) its sha256. Built-in models are left alone.
     pub fn resolve_file(&mut self, base: &Path) -> Result<(), String> {
         let ModelSpec::TorchScript(t) = self else { return Ok(()) };
+        if t.uploaded {
+            return Ok(());
+        }
         let given = PathBuf::from(&t.torchscript);
         let path = if given.is_absolute() { given } else { base.join(given) };
         let bytes = std::fs::read(&path).map_err(|e| {

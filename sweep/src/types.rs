@@ -220,12 +220,22 @@ pub struct DatasetSpec {
     /// themselves (CIFAR and TinyImageNet yes, digits and MNIST no).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<bool>,
+    /// Your own data uploaded through the coordinator (`lthctl dataset upload PATH` prints it):
+    /// `"sha256:<64 hex digits>"` of the packed ImageFolder tree or the safetensors file, instead
+    /// of `path`. Workers fetch it by digest and cache it. It enters the job hash (a path does too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
 }
 
 impl DatasetSpec {
     /// A dataset by kind and path, every other key unset.
     pub fn new(name: DatasetKind, path: Option<String>) -> Self {
-        DatasetSpec { name, path, resolution: None, channels: None, mean: None, std: None, augment: None }
+        DatasetSpec { name, path, resolution: None, channels: None, mean: None, std: None, augment: None, upload: None }
+    }
+
+    /// The hex digest of `upload` (`"sha256:HEX"`), when set and well formed.
+    pub fn upload_sha256(&self) -> Option<&str> {
+        self.upload.as_deref().and_then(|u| u.trim().strip_prefix("sha256:")).filter(|h| crate::model::is_sha256_hex(h))
     }
 }
 

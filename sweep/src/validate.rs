@@ -238,14 +238,29 @@ impl SweepSpec {
         // Data.
         let d = &self.dataset;
         let path_missing = d.path.as_deref().map(|p| p.trim().is_empty()).unwrap_or(true);
-        if d.name != DatasetKind::Digits && path_missing {
+        if let Some(u) = &d.upload {
+            if !d.name.is_custom() {
+                errs.push(format!(
+                    "dataset.upload applies to your own data (image_folder, safetensors); {} is read from `path` on the workers",
+                    d.name.as_str()
+                ));
+            }
+            if d.upload_sha256().is_none() {
+                errs.push(format!(
+                    "dataset.upload = {u:?} is not \"sha256:<64 hex digits>\": `lthctl dataset upload PATH` prints the line to use"
+                ));
+            }
+            if !path_missing {
+                errs.push("dataset sets both `path` and `upload`: give one (workers read `path` themselves, or fetch `upload` from the coordinator)".into());
+            }
+        } else if d.name != DatasetKind::Digits && path_missing {
             let example = match d.name {
                 DatasetKind::ImageFolder => "/data/pets (holding train/<class>/ and val/<class>/)".to_string(),
                 DatasetKind::Safetensors => "/data/mine.safetensors".to_string(),
                 other => format!("/data/{}", other.as_str()),
             };
             errs.push(format!(
-                "dataset.path is missing for {}: set it to the dataset's location on the workers, e.g. path = \"{example}\" (only the bundled `digits` needs no path)",
+                "dataset.path is missing for {}: set it to the dataset's location on the workers, e.g. path = \"{example}\", or upload it with `lthctl dataset upload` and set `upload` (only the bundled `digits` needs neither)",
                 d.name.as_str(),
             ));
         }

@@ -266,3 +266,43 @@ fn the_wire_carries_models_datasets_patterns_schedules_and_controls() {
     bad.controls.push(0);
     assert!(SweepSpec::try_from(&bad).unwrap_err().to_string().contains("unspecified control"));
 }
+
+#[test]
+fn uploaded_inputs_are_named_by_digest_and_validated() {
+    let sha = "ab".repeat(32);
+    let upload = |name: &str, extra: &str| DIGITS.replace("name = \"digits\"", &format!("name = \"{name}\"\n{extra}"));
+    let s = spec(&upload("safetensors", &format!("upload = \"sha256:{sha}\"")));
+    assert_eq!(s.dataset.upload_sha256(), Some(sha.as_str()));
+    assert_eq!(s.dataset.path, None);
+    let f = spec(&upload("image_folder", &format!("upload = \"sha256:{sha}\"\nresolution = 8")));
+    // Another upload is another dataset: another dense job.
+    let g = spec(&upload("image_folder", &format!("upload = \"sha256:{}\"\nresolution = 8", "cd".repeat(32))));
+    assert_ne!(f.dense_hash(1), g.dense_hash(1));
+    // The wire carries it.
+    let back = SweepSpec::try_from(&lth_proto::v1::SweepSpec::from(&f)).unwrap();
+    assert_eq!(back, f);
+
+    let all = problems(&upload("safetensors", &format!("upload = \"{sha}\"")));
+    assert!(all.contains("is not \"sha256:<64 hex digits>\"") && all.contains("lthctl dataset upload"), "{all}");
+    let all = problems(&upload("safetensors", &format!("upload = \"sha256:{sha}\"\npath = \"/x.safetensors\"")));
+    assert!(all.contains("both `path` and `upload`"), "{all}");
+    let all = problems(&DIGITS.replace("name = \"digits\"", &format!("name = \"digits\"\nupload = \"sha256:{sha}\"")));
+    assert!(all.contains("dataset.upload applies to your own data"), "{all}");
+    let all = problems(&upload("safetensors", ""));
+    assert!(all.contains("lthctl dataset upload"), "{all}");
+
+    // An uploaded model: no file to read, and the same digest as the file read by path (same jobs).
+    let tmp = tempfile::tempdir().unwrap();
+    write_model(tmp.path(), b"model bytes");
+    let sweep = tmp.path().join("s.toml");
+    std::fs::write(&sweep, DIGITS.replace("model = \"lenet300100\"", "model = { torchscript = \"net.pt\" }")).unwrap();
+    let by_path = SweepSpec::from_toml_file(&sweep).unwrap();
+    let digest = by_path.model.torchscript().unwrap().sha256.clone().unwrap();
+    std::fs::remove_file(tmp.path().join("net.pt")).unwrap();
+    std::fs::write(&sweep, DIGITS.replace("model = \"lenet300100\"", &format!("model = {{ torchscript = \"net.pt\", sha256 = \"{digest}\", uploaded = true }}"))).unwrap();
+    let uploaded = SweepSpec::from_toml_file(&sweep).unwrap();
+    assert!(uploaded.model.torchscript().unwrap().uploaded);
+    assert_eq!(uploaded.dense_hash(1), by_path.dense_hash(1));
+    let back = SweepSpec::try_from(&lth_proto::v1::SweepSpec::from(&uploaded)).unwrap();
+    assert_eq!(back, uploaded);
+}

@@ -55,6 +55,7 @@ fn torchscript(path: &Path, init: ModelInit) -> ModelSpec {
         torchscript: path.to_string_lossy().into_owned(),
         sha256: Some(lth_sweep::file_sha256(path).unwrap()),
         init,
+        uploaded: false,
     })
 }
 

@@ -208,6 +208,35 @@ pub struct ArtifactRow {
     pub bytes: i64,
 }
 
+/// An input uploaded through the coordinator (a model or a dataset), by its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRow {
+    pub sha256: String,
+    /// `torchscript`, `image_folder` or `safetensors`.
+    pub kind: String,
+    pub name: String,
+    pub bytes: i64,
+    pub uri: String,
+    pub owner: Option<String>,
+    /// Set by the database.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! input_from_row {
+    ($r:expr) => {{
+        let r = &$r;
+        InputRow {
+            sha256: r.try_get("sha256")?,
+            kind: r.try_get("kind")?,
+            name: r.try_get("name")?,
+            bytes: r.try_get("bytes")?,
+            uri: r.try_get("uri")?,
+            owner: r.try_get("owner")?,
+            created_at: Some(r.try_get("created_at")?),
+        }
+    }};
+}
+
 /// A job just claimed, with the artifacts it needs.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -1696,6 +1725,57 @@ impl Store {
                 Some(r) => Ok(artifact_from_row!(r)),
                 None => Err(StoreError::NotFound(format!("job {job_id} has no artifact named {name:?}"))),
             }
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Uploaded inputs (models, datasets), content-addressed
+    // -----------------------------------------------------------------------------------------
+
+    /// Records an uploaded input. Returns false (and changes nothing) when the digest was already
+    /// recorded: the same bytes uploaded twice are one input.
+    pub async fn record_input(&self, input: &InputRow) -> Result<bool> {
+        both!(self, |pool, d, DB| {
+            let done = sqlx::query(
+                "INSERT INTO inputs (sha256, kind, name, bytes, uri, owner) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&input.sha256)
+            .bind(&input.kind)
+            .bind(&input.name)
+            .bind(input.bytes)
+            .bind(&input.uri)
+            .bind(&input.owner)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// The input with this digest, if uploaded.
+    pub async fn find_input(&self, sha256: &str) -> Result<Option<InputRow>> {
+        both!(self, |pool, d, DB| {
+            let row = sqlx::query("SELECT sha256, kind, name, bytes, uri, owner, created_at FROM inputs WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(pool)
+                .await?;
+            Ok(match row {
+                Some(r) => Some(input_from_row!(r)),
+                None => None,
+            })
+        })
+    }
+
+    /// Every uploaded input, newest first.
+    pub async fn list_inputs(&self) -> Result<Vec<InputRow>> {
+        both!(self, |pool, d, DB| {
+            let rows = sqlx::query("SELECT sha256, kind, name, bytes, uri, owner, created_at FROM inputs ORDER BY created_at DESC, sha256")
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(input_from_row!(r));
+            }
+            Ok(out)
         })
     }
 

@@ -10,7 +10,7 @@
 use super::rpc::Client;
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use lth_proto::v1::{ArtifactChunk, ArtifactRef, DownloadArtifactRequest, JobLease};
+use lth_proto::v1::{ArtifactChunk, ArtifactRef, DownloadArtifactRequest, DownloadInputRequest, JobLease};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -219,7 +219,19 @@ impl ArtifactCache {
     /// The cached, verified file for `artifact`, downloading (and verifying) it first if needed.
     /// The returned value pins the entry against eviction until it is dropped.
     pub async fn fetch(&self, client: &mut Client, artifact: &ArtifactRef) -> Result<CachedArtifact, TransferError> {
-        let sha = artifact.sha256.to_ascii_lowercase();
+        let source = Source::Artifact { job_id: artifact.job_id, name: artifact.name.clone() };
+        self.fetch_from(client, &source, &artifact.sha256).await
+    }
+
+    /// The cached, verified file of an uploaded input (a model or dataset sent with lthctl),
+    /// downloaded by its digest when missing or corrupt. Pinned while the value lives.
+    pub async fn fetch_input(&self, client: &mut Client, sha256: &str) -> Result<CachedArtifact, TransferError> {
+        self.fetch_from(client, &Source::Input { sha256: sha256.to_ascii_lowercase() }, sha256).await
+    }
+
+    async fn fetch_from(&self, client: &mut Client, source: &Source, sha256: &str) -> Result<CachedArtifact, TransferError> {
+        let sha = sha256.to_ascii_lowercase();
+        let label = source.label();
         if is_sha256_hex(&sha) {
             let pin = self.pin(&sha);
             let this = self.clone();
@@ -230,13 +242,15 @@ impl ArtifactCache {
                 .map_err(|e| TransferError::Local(anyhow::Error::new(e).context("cannot read the artifact cache")))?;
             match found {
                 Lookup::Verified => {
-                    tracing::debug!(job = artifact.job_id, name = %artifact.name, "artifact cache hit (sha256 verified)");
+                    match source {
+                        Source::Input { .. } => tracing::info!(sha256 = %sha, "input cache hit (sha256 verified): not downloaded again"),
+                        Source::Artifact { .. } => tracing::debug!(what = %label, "artifact cache hit (sha256 verified)"),
+                    }
                     metrics::counter!(super::metrics::names::CACHE_HITS).increment(1);
                     return Ok(CachedArtifact { path: self.path_for(&sha), _pin: pin });
                 }
                 Lookup::Evicted { actual } => tracing::warn!(
-                    job = artifact.job_id,
-                    name = %artifact.name,
+                    what = %label,
                     expected = %sha,
                     actual = %actual,
                     "a cached artifact no longer matches its sha256 (corrupted on disk); evicted it and downloading it again"
@@ -246,9 +260,13 @@ impl ArtifactCache {
         }
         let tmp_dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(|e| TransferError::Local(e.into()))?;
-        let tmp = tmp_dir.join(format!("{}-{}-{}", artifact.job_id, artifact.name, unique_suffix()));
+        let tmp_name = match source {
+            Source::Artifact { job_id, name } => format!("{job_id}-{name}"),
+            Source::Input { sha256 } => format!("input-{sha256}"),
+        };
+        let tmp = tmp_dir.join(format!("{tmp_name}-{}", unique_suffix()));
         let expected = (!sha.is_empty()).then_some(sha.as_str());
-        let got = download_to(client, artifact.job_id, &artifact.name, expected, &tmp).await;
+        let got = download_source(client, source, expected, &tmp).await;
         let (digest, bytes) = match got {
             Ok(v) => v,
             Err(e) => {
@@ -261,6 +279,9 @@ impl ArtifactCache {
         let pin = self.pin(&digest);
         let path = self.path_for(&digest);
         tokio::fs::rename(&tmp, &path).await.map_err(|e| TransferError::Local(e.into()))?;
+        if let Source::Input { .. } = source {
+            tracing::info!(sha256 = %digest, "input downloaded and verified (sha256)");
+        }
         if let Some(max) = self.max_bytes {
             let this = self.clone();
             match tokio::task::spawn_blocking(move || this.evict(max)).await {
@@ -280,6 +301,63 @@ impl ArtifactCache {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Uploaded inputs (models and datasets sent with `lthctl`), by sha256
+// ---------------------------------------------------------------------------------------------
+
+/// Where a download comes from: a job's artifact, or an uploaded input by its digest.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Artifact { job_id: i64, name: String },
+    Input { sha256: String },
+}
+
+impl Source {
+    fn label(&self) -> String {
+        match self {
+            Source::Artifact { job_id, name } => format!("artifact {name:?} of job {job_id}"),
+            Source::Input { sha256 } => format!("upload sha256:{sha256}"),
+        }
+    }
+}
+
+impl ArtifactCache {
+    /// The folder an uploaded ImageFolder tar (cached under `sha256`) unpacks to, unpacking it
+    /// the first time: `<cache>/unpacked/<sha256>/`. The unpacking goes to a temporary folder
+    /// renamed into place, so a folder that exists is complete. Blocking: call from a blocking
+    /// thread. Returns the folder and whether it was already there.
+    pub fn unpacked(&self, sha256: &str, tar: &Path) -> anyhow::Result<(PathBuf, bool)> {
+        let dest = self.root.join("unpacked").join(sha256);
+        if dest.is_dir() {
+            return Ok((dest, true));
+        }
+        std::fs::create_dir_all(self.root.join("unpacked"))?;
+        let tmp = self.root.join("unpacked").join(format!(".{sha256}-{}", unique_suffix()));
+        let result = (|| -> anyhow::Result<u64> {
+            let mut f = std::io::BufReader::new(std::fs::File::open(tar)?);
+            Ok(lth_sweep::pack::unpack_tar(&mut f, &tmp)?)
+        })();
+        let files = match result {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e.context(format!("cannot unpack the uploaded ImageFolder sha256:{sha256}")));
+            }
+        };
+        match std::fs::rename(&tmp, &dest) {
+            Ok(()) => {}
+            // Another job unpacked the same tar meanwhile: theirs is as good.
+            Err(_) if dest.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Ok((dest, true));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot move the unpacked ImageFolder into {}", dest.display()))),
+        }
+        tracing::info!(sha256, files, dir = %dest.display(), "uploaded ImageFolder unpacked");
+        Ok((dest, false))
+    }
+}
+
 fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -295,10 +373,19 @@ pub async fn download_to(
     expected: Option<&str>,
     dest: &Path,
 ) -> Result<(String, u64), TransferError> {
-    let mut stream = client
-        .download_artifact(DownloadArtifactRequest { job_id, name: name.to_string() })
-        .await?
-        .into_inner();
+    download_source(client, &Source::Artifact { job_id, name: name.to_string() }, expected, dest).await
+}
+
+/// Downloads `source` to `dest`, checking its sha256 against `expected` (if given) and against
+/// the digest the coordinator announces. Returns the digest and length.
+pub async fn download_source(client: &mut Client, source: &Source, expected: Option<&str>, dest: &Path) -> Result<(String, u64), TransferError> {
+    let what = source.label();
+    let mut stream = match source {
+        Source::Artifact { job_id, name } => {
+            client.download_artifact(DownloadArtifactRequest { job_id: *job_id, name: name.clone() }).await?.into_inner()
+        }
+        Source::Input { sha256 } => client.download_input(DownloadInputRequest { sha256: sha256.clone() }).await?.into_inner(),
+    };
     let mut file = tokio::fs::File::create(dest)
         .await
         .with_context(|| format!("cannot create {}", dest.display()))
@@ -325,16 +412,14 @@ pub async fn download_to(
     for want in expected.into_iter().chain(announced.as_deref()) {
         if want != digest {
             return Err(TransferError::Local(anyhow::anyhow!(
-                "artifact {name:?} of job {job_id}: sha256 mismatch (expected {want}, received {digest}, {total} bytes); \
+                "{what}: sha256 mismatch (expected {want}, received {digest}, {total} bytes); \
                  the download was discarded and will be retried with the job"
             )));
         }
     }
     if let Some(len) = announced_len {
         if len != total {
-            return Err(TransferError::Local(anyhow::anyhow!(
-                "artifact {name:?} of job {job_id}: received {total} bytes, the coordinator announced {len}"
-            )));
+            return Err(TransferError::Local(anyhow::anyhow!("{what}: received {total} bytes, the coordinator announced {len}")));
         }
     }
     Ok((digest, total))

@@ -286,7 +286,7 @@ async fn next_stop(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
 }
 
 async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot: Slot) -> Prepared {
-    let step = match convert::step_spec(job) {
+    let mut step = match convert::step_spec(job) {
         Ok(s) => s,
         Err(e) => return Prepared::Invalid(format!("{e:#}")),
     };
@@ -297,6 +297,47 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
     let mut rewind = None;
     let mut parent = None;
     let mut pinned = Vec::new();
+    // Inputs uploaded with lthctl (the model file, a dataset): fetched by digest into the cache,
+    // and the job reads them there.
+    let model_upload = match &step.model {
+        lth_sweep::ModelSpec::TorchScript(t) if t.uploaded => Some(t.sha256.clone().unwrap_or_default()),
+        _ => None,
+    };
+    if let Some(sha) = model_upload {
+        let cached = match fetch_input(ctx, &sha, "model").await {
+            Ok(c) => c,
+            Err(p) => return p,
+        };
+        if let lth_sweep::ModelSpec::TorchScript(t) = &mut step.model {
+            t.torchscript = cached.path.to_string_lossy().into_owned();
+            t.uploaded = false;
+        }
+        pinned.push(cached);
+    }
+    if let Some(sha) = step.dataset.upload_sha256().map(str::to_string) {
+        let cached = match fetch_input(ctx, &sha, "dataset").await {
+            Ok(c) => c,
+            Err(p) => return p,
+        };
+        let path = if step.dataset.name == lth_sweep::DatasetKind::ImageFolder {
+            let (cache, tar, s) = (ctx.cache.clone(), cached.path.clone(), sha.clone());
+            match tokio::task::spawn_blocking(move || cache.unpacked(&s, &tar)).await {
+                Ok(Ok((dir, was_there))) => {
+                    if was_there {
+                        tracing::info!(job = job.job_id, sha256 = %sha, "unpacked ImageFolder cache hit");
+                    }
+                    dir
+                }
+                Ok(Err(e)) => return Prepared::Invalid(format!("{e:#}")),
+                Err(e) => return Prepared::Unavailable(format!("unpacking the dataset: {e}")),
+            }
+        } else {
+            cached.path.clone()
+        };
+        step.dataset.path = Some(path.to_string_lossy().into_owned());
+        step.dataset.upload = None;
+        pinned.push(cached);
+    }
     for input in &job.inputs {
         let cached = match retry_transfer("download input", || {
             let mut c = client.clone();
@@ -362,6 +403,27 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
     match file.write(&path) {
         Ok(()) => Prepared::Ready { job_file: path, inputs: pinned },
         Err(e) => Prepared::Unavailable(format!("{e:#}")),
+    }
+}
+
+/// An uploaded input from the cache (downloading it when needed). A digest the coordinator does
+/// not hold fails the job for good: no attempt can succeed until someone uploads it again.
+async fn fetch_input(ctx: &JobContext, sha256: &str, what: &str) -> Result<CachedArtifact, Prepared> {
+    let got = retry_transfer("download input", || {
+        let mut c = ctx.client.clone();
+        let cache = ctx.cache.clone();
+        let sha = sha256.to_string();
+        async move { cache.fetch_input(&mut c, &sha).await }
+    })
+    .await;
+    match got {
+        Ok(c) => Ok(c),
+        Err(TransferError::Rpc(s)) if s.code() == tonic::Code::NotFound => Err(Prepared::Invalid(format!(
+            "the sweep's {what} was uploaded as sha256:{sha256}, but the coordinator does not hold it ({}); upload it again and resubmit",
+            s.message()
+        ))),
+        Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => Err(Prepared::LeaseLost),
+        Err(e) => Err(Prepared::Unavailable(format!("the uploaded {what} sha256:{sha256}: {e}"))),
     }
 }
 

@@ -157,6 +157,14 @@ pub fn load_host(spec: &DatasetSpec) -> Result<HostDataset> {
 /// [`load_host`] with an explicit decoded-image cache folder.
 pub fn load_host_cached(spec: &DatasetSpec, cache: Option<&Path>) -> Result<(HostDataset, CacheUse)> {
     let mut used = CacheUse::Off;
+    if spec.path.is_none() {
+        if let Some(u) = &spec.upload {
+            bail!(
+                "dataset {} is the upload {u}: the daemon fetches uploads from the coordinator; here (run-local) give the files' `path` instead",
+                spec.name.as_str()
+            );
+        }
+    }
     let path = || -> Result<PathBuf> {
         let p = spec.path.as_ref().ok_or_else(|| {
             anyhow!("dataset {} needs `path` (the folder holding its files) in [dataset]", spec.name.as_str())
