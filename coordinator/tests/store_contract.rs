@@ -1086,6 +1086,8 @@ async fn identical_jobs_in_flight_run_once(store: Store) {
     let acc = |rows: Vec<lth_coordinator::store::ResultRow>| rows.iter().map(|r| (r.level, r.test_accuracy.to_bits())).collect::<Vec<_>>();
     assert_eq!(acc(store.results(a.sweep_id).await.unwrap()), acc(store.results(b.sweep_id).await.unwrap()));
     assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts").await, 3);
+}
+
 /// Uploaded inputs (UploadInput): one row per digest; a second record of the same digest changes
 /// nothing; lookups and the listing read them back with the database's timestamp.
 async fn uploaded_inputs_are_recorded_once_per_digest(store: Store) {
