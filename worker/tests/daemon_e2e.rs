@@ -860,7 +860,7 @@ async fn a_daemon_stopped_mid_job_hands_the_job_back_at_once() {
     // Handed back before the daemon exited: ready now, 60 s before its lease would have ended.
     let (state, lost, errors): (String, i32, i32) =
         sqlx::query_as("SELECT state, lost_count, error_count FROM jobs WHERE id = $1").bind(job).fetch_one(&pool).await.unwrap();
-    assert_eq!((state.as_str(), lost, errors), ("ready", 0, 0), "released, not failed or lost");
+    assert_eq!((state.as_str(), lost, errors), ("ready", 0, 0), "released, not failed or lost; the daemon's log:\n{}\ncoordinator:\n{}", c.worker("leaving").log_text(), std::fs::read_dir(c.dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("coordinator-") && e.file_name().to_string_lossy().ends_with(".log")).map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect::<String>());
 
     c.start_worker("staying");
     c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(50)).await;
