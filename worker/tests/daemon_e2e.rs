@@ -16,11 +16,14 @@
 use lth_proto::v1 as pb;
 use lth_proto::v1::sweep_service_client::SweepServiceClient;
 use lth_worker::engine::LevelReport;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, newest_mtime, TestDb};
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -57,21 +60,6 @@ fn coordinator_bin() -> PathBuf {
         assert!(status.success(), "building lth-coordinator failed");
     });
     path
-}
-
-/// The latest modification time of any file under `dir`.
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() { newest_mtime(&p) } else { e.metadata().and_then(|m| m.modified()).ok() };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A process with its log file; killed on drop.
@@ -146,7 +134,7 @@ struct Cluster {
 
 impl Cluster {
     async fn new(lease_seconds: u32) -> Cluster {
-        let db = TestDb::create().await;
+        let db = TestDb::create("lth_e2e").await;
         let mut c = Cluster { dir: tempfile::tempdir().unwrap(), db, port: free_port(), lease_seconds, coordinator: None, workers: Vec::new() };
         c.start_coordinator();
         c
@@ -262,52 +250,6 @@ impl Cluster {
 // ---------------------------------------------------------------------------------------------
 // Database
 // ---------------------------------------------------------------------------------------------
-
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let admin = std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("lth_e2e_{}_{}", std::process::id(), nanos);
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to LTH_TEST_DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        let url = format!("{base}/{name}");
-        TestDb { admin, name, url }
-    }
-
-    async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.url).await.unwrap()
-    }
-
-    /// Drops the database and creates it empty under the same name (a store reset).
-    async fn recreate(&self) {
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {}", self.name)).execute(&mut conn).await.unwrap();
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop from a thread with its own runtime: we may be inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
-                }
-            })
-        })
-        .join();
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Sweeps and results
@@ -860,7 +802,7 @@ async fn a_daemon_stopped_mid_job_hands_the_job_back_at_once() {
     // Handed back before the daemon exited: ready now, 60 s before its lease would have ended.
     let (state, lost, errors): (String, i32, i32) =
         sqlx::query_as("SELECT state, lost_count, error_count FROM jobs WHERE id = $1").bind(job).fetch_one(&pool).await.unwrap();
-    assert_eq!((state.as_str(), lost, errors), ("ready", 0, 0), "released, not failed or lost; the daemon's log:\n{}\ncoordinator:\n{}", c.worker("leaving").log_text(), std::fs::read_dir(c.dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("coordinator-") && e.file_name().to_string_lossy().ends_with(".log")).map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect::<String>());
+    assert_eq!((state.as_str(), lost, errors), ("ready", 0, 0), "released, not failed or lost");
 
     c.start_worker("staying");
     c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(50)).await;

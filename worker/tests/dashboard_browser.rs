@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{free_port, newest_mtime, TestDb};
+
 fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lth-worker"))
 }
@@ -43,26 +46,12 @@ fn sibling_bin(name: &str, package: &str, env: &str, sources: &[&str]) -> PathBu
     path
 }
 
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() { newest_mtime(&p) } else { e.metadata().and_then(|m| m.modified()).ok() };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 fn coordinator_bin() -> PathBuf {
     sibling_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN", &["proto", "sweep/src", "coordinator/src", "migrations"])
 }
 
 fn lthctl_bin() -> PathBuf {
     sibling_bin("lthctl", "lthctl", "LTHCTL_BIN", &["proto", "sweep/src", "lthctl/src"])
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A process, killed on drop; its log is printed when the test fails.
@@ -86,42 +75,6 @@ impl Drop for Proc {
 
 fn token_line(role: &str, name: &str, token: &str) -> String {
     format!("{role} {name} sha256:{}\n", hex::encode(Sha256::digest(token.as_bytes())))
-}
-
-struct TestDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        use sqlx::Connection;
-        let admin = std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("lth_dash_{}_{}", std::process::id(), nanos);
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to LTH_TEST_DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        let url = format!("{base}/{name}");
-        TestDb { admin, name, url }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
-                }
-            })
-        })
-        .join();
-    }
 }
 
 /// Starts the coordinator and returns it with its gRPC and HTTP addresses.
@@ -315,7 +268,7 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::create().await;
+    let db = TestDb::create("lth_dash").await;
     let (admin, viewer, worker) = ("lth_admin_dash_test", "lth_viewer_dash_test", "lth_worker_dash_test");
     let auth = dir.path().join("auth");
     std::fs::write(&auth, token_line("admin", "alice", admin) + &token_line("viewer", "victor", viewer) + &token_line("worker", "pool", worker)).unwrap();

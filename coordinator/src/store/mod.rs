@@ -1290,20 +1290,7 @@ impl Store {
     }
 
     pub async fn list_jobs(&self, sweep_id: i64, state: Option<&str>) -> Result<Vec<JobRow>> {
-        both!(self, |pool, d, DB| {
-            let rows = sqlx::query(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY id"
-            ))
-            .bind(sweep_id)
-            .bind(state)
-            .fetch_all(pool)
-            .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                out.push(job_from_row!(r));
-            }
-            Ok(out)
-        })
+        self.list_jobs_page(sweep_id, state, 0, i64::MAX).await
     }
 
     /// One page of [`Store::list_jobs`]: up to `limit` jobs with ids above `after_id`, by id.
