@@ -377,15 +377,11 @@ pub const MAX_WORKER_ID_CHARS: usize = 128;
 /// The artifacts a job of `kind` may upload: what its children download (`uploads_needed`),
 /// and the checkpoint it resumes from.
 pub fn allowed_uploads(kind: &str) -> &'static [&'static str] {
-    if kind == "dense" {
-        &["rewind", "weights", "checkpoint"]
-    } else {
-        &["weights", "checkpoint"]
-    }
+    kind.parse::<lth_sweep::state::JobKind>().map(lth_sweep::state::JobKind::uploads_allowed).unwrap_or(&[])
 }
 
 fn sweep_terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
+    state.parse::<lth_sweep::state::SweepState>().is_ok_and(|s| s.is_finished())
 }
 
 // ---------------------------------------------------------------------------------------------

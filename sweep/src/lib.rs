@@ -14,6 +14,9 @@
 //! - `expand`: the grid (dense jobs, trials, levels, controls) and content hashes.
 //! - `pattern`: `*` / `?` name patterns for `pruning.layers`.
 //! - `convert`: the typed spec to and from the wire's `lth.v1.SweepSpec`.
+//! - `state`: sweep, trial, job and attempt states as enums, and the pure rules between them
+//!   (which operations a sweep state allows, a job's initial state, the uploads a job kind needs,
+//!   why a heartbeat aborts a job).
 //! - `pack`: an ImageFolder tree as a deterministic tar (for `lthctl dataset upload`) and back.
 
 mod control;
@@ -24,6 +27,7 @@ mod model;
 pub mod pack;
 mod pattern;
 mod rate;
+pub mod state;
 mod types;
 mod validate;
 

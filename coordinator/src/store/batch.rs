@@ -11,6 +11,7 @@
 //! that item only. A database error fails the whole batch (nothing of it was written); the group
 //! committer then retries its items one by one, so one poisonous item cannot sink the others.
 
+use lth_sweep::state::JobKind;
 use super::*;
 use sqlx::SqliteConnection;
 
@@ -49,11 +50,7 @@ pub struct ArtifactRecord {
 /// children rewind to θk and start from its weights; a level job's children start from its
 /// weights and mask.
 pub fn uploads_needed(kind: &str) -> &'static [&'static str] {
-    if kind == "dense" {
-        &["rewind", "weights"]
-    } else {
-        &["weights"]
-    }
+    kind.parse::<JobKind>().map(JobKind::uploads_needed).unwrap_or(&[])
 }
 
 /// Why a completion changed nothing.

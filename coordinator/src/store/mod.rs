@@ -14,6 +14,7 @@ mod throughput;
 pub use throughput::Throughput;
 
 use chrono::{DateTime, Utc};
+use lth_sweep::state::{abort_reason, JobState, SweepOp, SweepState, Verdict};
 use lth_sweep::{ImportanceMetric, SweepSpec};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -401,12 +402,7 @@ pub struct ProgressInput {
     pub images_per_second: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AbortReason {
-    Cancelled,
-    Paused,
-    LeaseLost,
-}
+pub use lth_sweep::state::AbortReason;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpuRow {
@@ -1143,13 +1139,8 @@ impl Store {
     pub async fn pause_sweep(&self, sweep_id: i64) -> Result<()> {
         both!(self, |pool, d, DB| {
             let mut tx = pool.begin_write().await?;
-            let state = sweep_state!(tx, d, sweep_id);
-            match state.as_str() {
-                "paused" => return Ok(()),
-                "running" => {}
-                other => {
-                    return Err(StoreError::FailedPrecondition(format!("sweep {sweep_id} is {other}; only a running sweep can be paused")))
-                }
+            if !proceed(sweep_state!(tx, d, sweep_id), SweepOp::Pause, sweep_id)? {
+                return Ok(());
             }
             sqlx::query("UPDATE sweeps SET state = 'paused' WHERE id = $1").bind(sweep_id).execute(&mut *tx).await?;
             sqlx::query("UPDATE jobs SET paused = true WHERE sweep_id = $1 AND state IN ('blocked', 'ready', 'running')")
@@ -1167,13 +1158,8 @@ impl Store {
     pub async fn resume_sweep(&self, sweep_id: i64) -> Result<()> {
         both!(self, |pool, d, DB| {
             let mut tx = pool.begin_write().await?;
-            let state = sweep_state!(tx, d, sweep_id);
-            match state.as_str() {
-                "running" => return Ok(()),
-                "paused" => {}
-                other => {
-                    return Err(StoreError::FailedPrecondition(format!("sweep {sweep_id} is {other}; only a paused sweep can be resumed")))
-                }
+            if !proceed(sweep_state!(tx, d, sweep_id), SweepOp::Resume, sweep_id)? {
+                return Ok(());
             }
             sqlx::query("UPDATE sweeps SET state = 'running' WHERE id = $1").bind(sweep_id).execute(&mut *tx).await?;
             sqlx::query("UPDATE jobs SET paused = false WHERE sweep_id = $1 AND paused").bind(sweep_id).execute(&mut *tx).await?;
@@ -1188,13 +1174,8 @@ impl Store {
     pub async fn cancel_sweep(&self, sweep_id: i64) -> Result<()> {
         both!(self, |pool, d, DB| {
             let mut tx = pool.begin_write().await?;
-            let state = sweep_state!(tx, d, sweep_id);
-            match state.as_str() {
-                "cancelled" => return Ok(()),
-                "running" | "paused" => {}
-                other => {
-                    return Err(StoreError::FailedPrecondition(format!("sweep {sweep_id} already finished ({other}); nothing to cancel")))
-                }
+            if !proceed(sweep_state!(tx, d, sweep_id), SweepOp::Cancel, sweep_id)? {
+                return Ok(());
             }
             let now = d.now;
             sqlx::query(&format!("UPDATE sweeps SET state = 'cancelled', finished_at = {now} WHERE id = $1"))
@@ -1227,11 +1208,7 @@ impl Store {
         both!(self, |pool, d, DB| {
             let mut tx = pool.begin_write().await?;
             let state = sweep_state!(tx, d, sweep_id);
-            if !retry_allowed(&state) {
-                return Err(StoreError::FailedPrecondition(format!(
-                    "sweep {sweep_id} was cancelled: a cancelled sweep is not retried; submit it again (its finished jobs are reused)"
-                )));
-            }
+            proceed(state, SweepOp::Retry, sweep_id)?;
             if let Some(t) = trial_id {
                 let found: Option<i64> = sqlx::query_scalar("SELECT id FROM trials WHERE id = $1 AND sweep_id = $2")
                     .bind(t)
@@ -1251,7 +1228,7 @@ impl Store {
             )
             .bind(sweep_id)
             .bind(trial_id)
-            .bind(state == "paused")
+            .bind(state == SweepState::Paused)
             .fetch_all(&mut *tx)
             .await?;
             if rows.is_empty() {
@@ -1440,17 +1417,7 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let reason = match why {
-                    Some(r) => {
-                        let js: String = r.try_get("job_state")?;
-                        let ss: String = r.try_get("sweep_state")?;
-                        if js == "cancelled" || ss == "cancelled" {
-                            AbortReason::Cancelled
-                        } else if ss == "paused" {
-                            AbortReason::Paused
-                        } else {
-                            AbortReason::LeaseLost
-                        }
-                    }
+                    Some(r) => abort_reason(r.try_get("job_state")?, r.try_get("sweep_state")?),
                     None => AbortReason::LeaseLost,
                 };
                 aborts.push((*l, reason));
@@ -1928,20 +1895,19 @@ fn schedule_to_db(schedule: &Option<Vec<f64>>) -> Option<String> {
     schedule.as_ref().map(|v| serde_json::to_string(v).expect("rates serialise"))
 }
 
-/// The sweep states a retry may reopen: all but cancelled (a paused sweep's retried jobs wait
-/// for its resume).
-pub fn retry_allowed(sweep_state: &str) -> bool {
-    matches!(sweep_state, "running" | "paused" | "failed" | "succeeded")
+/// Applies the state table (`SweepState::allows`): Ok(true) to go on, Ok(false) when the sweep is
+/// already where `op` would take it, the refusal otherwise.
+fn proceed(state: SweepState, op: SweepOp, sweep_id: i64) -> Result<bool> {
+    match state.allows(op, sweep_id) {
+        Verdict::Proceed => Ok(true),
+        Verdict::AlreadyDone => Ok(false),
+        Verdict::Refused(why) => Err(StoreError::FailedPrecondition(why)),
+    }
 }
 
-/// The state a job is created in: done already when reused, ready when its parent is done,
-/// else blocked until its parent completes.
+/// The state a job is created in (`JobState::initial`), as stored.
 fn initial_job_state(reused: bool, parent_done: bool) -> &'static str {
-    match (reused, parent_done) {
-        (true, _) => "succeeded",
-        (false, true) => "ready",
-        (false, false) => "blocked",
-    }
+    JobState::initial(reused, parent_done).as_str()
 }
 
 fn unknown_worker(worker_id: &str) -> StoreError {
@@ -1957,7 +1923,7 @@ const NULL_JOB_COLUMNS_PG: &str = "NULL::bigint, NULL::bigint, NULL::bigint, NUL
 macro_rules! sweep_state {
     ($tx:ident, $d:ident, $sweep_id:expr) => {{
         let lock = $d.for_update();
-        let s: Option<String> = sqlx::query_scalar(&format!("SELECT state FROM sweeps WHERE id = $1{lock}"))
+        let s: Option<SweepState> = sqlx::query_scalar(&format!("SELECT state FROM sweeps WHERE id = $1{lock}"))
             .bind($sweep_id)
             .fetch_optional(&mut *$tx)
             .await?;
