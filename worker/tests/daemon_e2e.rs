@@ -14,242 +14,22 @@
 //! cargo when missing), or from LTH_COORDINATOR_BIN.
 
 use lth_proto::v1 as pb;
-use lth_proto::v1::sweep_service_client::SweepServiceClient;
 use lth_worker::engine::LevelReport;
 use sqlx::Row;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, newest_mtime, TestDb};
+use common::{assert_one_result_per_trial_level, bit_string, children_of, is_zombie, stored_results, Cluster, StoredLevel};
 
-// ---------------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------------
+// The processes, the coordinator on its own port and the result checks are lth-testkit's
+// (testkit/src/cluster.rs, results.rs), shared with the fault suite (chaos/).
 
 fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lth-worker"))
 }
-
-fn coordinator_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LTH_COORDINATOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let path = worker_bin().with_file_name("lth-coordinator");
-    // `cargo nextest run -p lth-worker` builds only this crate's binaries. Build the coordinator
-    // when it is missing or older than a source it is built from (a binary left from before a
-    // proto change speaks an older protocol). Not unconditionally: `cargo build -p` alone unifies
-    // features differently from a workspace build and would rebuild a fresh binary for minutes.
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let newest = ["proto", "sweep/src", "coordinator/src", "migrations"].iter().filter_map(|d| newest_mtime(&root.join(d))).max();
-        if matches!((built, newest), (Some(b), Some(n)) if b >= n) {
-            return;
-        }
-        let profile_dir = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "lth-coordinator", "--bin", "lth-coordinator"]);
-        if profile_dir != "debug" {
-            cmd.args(["--profile", &profile_dir]);
-        }
-        let status = cmd.status().expect("run cargo to build lth-coordinator");
-        assert!(status.success(), "building lth-coordinator failed");
-    });
-    path
-}
-
-/// A process with its log file; killed on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-    fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let t0 = Instant::now();
-        while t0.elapsed() < within {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(libc::SIGKILL);
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: String = text.chars().rev().take(6000).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("===== log of {} ({}) =====\n{tail}", self.name, self.log.display());
-        }
-    }
-}
-
-/// Direct children of `pid` (the job processes of a daemon).
-fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        // pid (comm) state ppid ...: comm may hold spaces; split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|f| f.parse::<i32>().ok()) == Some(pid) && fields.first() != Some(&"Z") {
-            out.push(p);
-        }
-    }
-    out
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    db: TestDb,
-    port: u16,
-    lease_seconds: u32,
-    coordinator: Option<Proc>,
-    workers: Vec<Proc>,
-}
-
-impl Cluster {
-    async fn new(lease_seconds: u32) -> Cluster {
-        let db = TestDb::create("lth_e2e").await;
-        let mut c = Cluster { dir: tempfile::tempdir().unwrap(), db, port: free_port(), lease_seconds, coordinator: None, workers: Vec::new() };
-        c.start_coordinator();
-        c
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn start_coordinator(&mut self) {
-        let n = std::fs::read_dir(self.dir.path()).unwrap().count();
-        let log = self.dir.path().join(format!("coordinator-{n}.log"));
-        let mut child = Command::new(coordinator_bin())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--http-listen", "127.0.0.1:0"])
-            .args(["--db", &self.db.url])
-            .arg("--artifacts")
-            .arg(self.dir.path().join("artifacts"))
-            .args(["--lease-seconds", &self.lease_seconds.to_string()])
-            .args(["--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("start lth-coordinator");
-        // Wait for "lth-coordinator listening on <addr>" and keep copying stdout to the log.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log_copy = log.with_extension("stdout");
-        std::thread::spawn(move || {
-            let mut f = std::fs::File::create(log_copy).unwrap();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(f, "{line}");
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let proc = Proc { name: "coordinator".into(), child, log };
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let text = proc.log_text();
-            panic!("lth-coordinator did not print `listening on` within 60 s; its log:\n{text}");
-        }
-        self.coordinator = Some(proc);
-    }
-
-    fn start_worker(&mut self, id: &str) {
-        self.start_worker_with(id, &[]);
-    }
-
-    fn start_worker_with(&mut self, id: &str, extra: &[&str]) {
-        let log = self.dir.path().join(format!("{id}.log"));
-        let child = Command::new(worker_bin())
-            .args(["daemon", "--coordinator", &self.url(), "--worker-id", id, "--gpus", "none"])
-            .args(extra)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join(format!("cache-{id}")))
-            .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5", "--kill-grace-seconds", "1"])
-            .env("LTH_LOG", "info,lth_worker=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
-            .spawn()
-            .expect("start lth-worker daemon");
-        self.workers.push(Proc { name: id.to_string(), child, log });
-    }
-
-    fn worker(&mut self, id: &str) -> &mut Proc {
-        self.workers.iter_mut().find(|w| w.name == id).unwrap()
-    }
-
-    async fn client(&self) -> SweepServiceClient<tonic::transport::Channel> {
-        SweepServiceClient::connect(self.url()).await.expect("connect to the coordinator")
-    }
-
-    async fn submit(&self, toml_text: &str) -> i64 {
-        let spec: lth_sweep::SweepSpec = toml::from_str(toml_text).unwrap();
-        let reply = self
-            .client()
-            .await
-            .submit_sweep(pb::SubmitSweepRequest { spec: Some((&spec).into()), client_token: String::new(), dry_run: false })
-            .await
-            .expect("submit the sweep")
-            .into_inner();
-        assert!(reply.created);
-        reply.sweep_id
-    }
-
-    async fn sweep_state(&self, sweep_id: i64) -> pb::SweepState {
-        let s = self.client().await.get_sweep(pb::GetSweepRequest { sweep_id }).await.unwrap().into_inner();
-        pb::SweepState::try_from(s.state).unwrap()
-    }
-
-    async fn wait_for_state(&self, sweep_id: i64, want: pb::SweepState, within: Duration) {
-        let t0 = Instant::now();
-        loop {
-            let state = match self.client().await.get_sweep(pb::GetSweepRequest { sweep_id }).await {
-                Ok(s) => pb::SweepState::try_from(s.into_inner().state).unwrap(),
-                Err(_) => pb::SweepState::Unspecified,
-            };
-            if state == want {
-                return;
-            }
-            assert!(
-                !matches!(state, pb::SweepState::Failed | pb::SweepState::Cancelled) || state == want,
-                "sweep {sweep_id} ended {state:?}, expected {want:?}"
-            );
-            assert!(t0.elapsed() < within, "sweep {sweep_id} not {want:?} after {within:?} (state {state:?})");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Database
-// ---------------------------------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------------------------
 // Sweeps and results
@@ -277,100 +57,9 @@ checkpoint_every = "10it"
     )
 }
 
-/// A (metric, rate, seed, level) result as stored: accuracy and per-layer (name, kept, bits).
-#[derive(Debug, PartialEq)]
-struct StoredLevel {
-    metric: String,
-    seed: i64,
-    level: i32,
-    test_accuracy: f64,
-    sparsity: f64,
-    layers: Vec<(String, i64, String)>,
-}
-
-async fn stored_results(pool: &sqlx::PgPool, sweep_id: i64) -> Vec<StoredLevel> {
-    let rows = sqlx::query(
-        "SELECT metric, seed, level, result_job_id, test_accuracy, sparsity FROM trial_results \
-          WHERE sweep_id = $1 ORDER BY metric, seed, level",
-    )
-    .bind(sweep_id)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    for r in rows {
-        let job: i64 = r.get("result_job_id");
-        let layers = sqlx::query("SELECT layer, kept, bits::text AS bits FROM masks WHERE job_id = $1 ORDER BY ordinal")
-            .bind(job)
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| (m.get::<String, _>("layer"), m.get::<i64, _>("kept"), m.get::<String, _>("bits")))
-            .collect();
-        out.push(StoredLevel {
-            metric: r.get("metric"),
-            seed: r.get("seed"),
-            level: r.get("level"),
-            test_accuracy: r.get("test_accuracy"),
-            sparsity: r.get("sparsity"),
-            layers,
-        });
-    }
-    out
-}
-
-fn bit_string(bytes: &[u8], total: u64) -> String {
-    (0..total as usize).map(|i| if bytes[i / 8] & (0x80 >> (i % 8)) != 0 { '1' } else { '0' }).collect()
-}
-
-/// `lth-worker run-local` for one chain of the sweep file, as StoredLevel rows.
+/// `lth-worker run-local` for one chain of the sweep file (rate 0.2), as StoredLevel rows.
 fn run_local(dir: &Path, sweep_file: &Path, metric: &str, seed: u64, levels: u32) -> Vec<StoredLevel> {
-    let out = dir.join(format!("local-{metric}-{seed}"));
-    let status = Command::new(worker_bin())
-        .args(["--threads", "1", "run-local"])
-        .arg(sweep_file)
-        .args(["--metric", metric, "--rate", "0.2", "--seed", &seed.to_string(), "--levels", &levels.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "run-local failed");
-    (0..=levels)
-        .map(|level| {
-            let report: LevelReport =
-                serde_json::from_slice(&std::fs::read(out.join(format!("level-{level}")).join("report.json")).unwrap()).unwrap();
-            StoredLevel {
-                metric: metric.to_string(),
-                seed: seed as i64,
-                level: level as i32,
-                test_accuracy: report.test_accuracy,
-                sparsity: report.sparsity,
-                layers: report.layers.iter().map(|l| (l.name.clone(), l.kept as i64, bit_string(&l.mask_bits, l.total))).collect(),
-            }
-        })
-        .collect()
-}
-
-async fn assert_one_result_per_trial_level(pool: &sqlx::PgPool, sweep_id: i64, expected: i64) {
-    let rows: Vec<(i64, i32, i64)> = sqlx::query_as(
-        "SELECT trial_id, level, count(*) FROM trial_results WHERE sweep_id = $1 GROUP BY trial_id, level ORDER BY 1, 2",
-    )
-    .bind(sweep_id)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    assert_eq!(rows.len() as i64, expected, "a result row for every (metric, rate, seed, level): {rows:?}");
-    assert!(rows.iter().all(|r| r.2 == 1), "no duplicate results: {rows:?}");
-    let masks: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT (tl.trial_id, tl.level)) FROM trial_levels tl JOIN masks m ON m.job_id = tl.result_job_id WHERE tl.sweep_id = $1",
-    )
-    .bind(sweep_id)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    assert_eq!(masks, expected, "masks stored for every (trial, level)");
+    common::run_local(dir, sweep_file, metric, "0.2", seed, levels)
 }
 
 async fn wait_until<F, Fut>(what: &str, within: Duration, mut f: F)
@@ -392,6 +81,15 @@ async fn jobs_training(pool: &sqlx::PgPool, sweep_id: i64) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// The fault suite's last bar (lth_chaos::SCENARIOS lists these tests): no content hash stored
+/// twice, the daemons stop cleanly on SIGTERM with no job process left behind, and no job or
+/// attempt is left running in the store.
+async fn assert_nothing_left(c: &mut Cluster, pool: &sqlx::PgPool) {
+    lth_testkit::results::assert_no_duplicate_rows(pool).await;
+    c.stop_workers_and_check_none_left(Duration::from_secs(30));
+    lth_testkit::results::assert_nothing_running(pool).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,12 +309,7 @@ async fn a_worker_killed_mid_job_loses_its_lease_and_the_other_finishes_the_job(
         assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
         assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
     }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false))
-        .unwrap_or(true)
+    assert_nothing_left(&mut c, &pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,8 +326,8 @@ async fn workers_reconnect_to_a_restarted_coordinator_and_finish() {
     .await;
     // Stop the coordinator (gracefully), keep it away a few seconds, start it again.
     let mut old = c.coordinator.take().unwrap();
-    old.signal(libc::SIGTERM);
-    old.wait_exit(Duration::from_secs(20)).expect("the coordinator stops on SIGTERM");
+    old.proc.signal(libc::SIGTERM);
+    old.proc.wait_exit(Duration::from_secs(20)).expect("the coordinator stops on SIGTERM");
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.start_coordinator();
     drop(old);
@@ -684,7 +377,7 @@ async fn cancelling_a_sweep_stops_its_jobs_within_ten_seconds() {
         .unwrap();
     assert_eq!(running, 0);
     for w in &mut c.workers {
-        assert!(w.child.try_wait().unwrap().is_none(), "the daemon {} keeps running after the cancel", w.name);
+        assert!(w.is_running(), "the daemon {} keeps running after the cancel", w.name);
     }
 }
 
@@ -736,6 +429,7 @@ async fn corrupted_cache_entries_are_evicted_and_fetched_again() {
         assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
         assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
     }
+    assert_nothing_left(&mut c, &pool).await;
 }
 
 /// Issue 9, failure 1: after the coordinator's store is reset (database dropped and created
@@ -760,6 +454,7 @@ async fn daemons_register_again_after_the_store_is_reset_and_finish_the_next_swe
     let workers: Vec<String> = sqlx::query_scalar("SELECT worker_id FROM workers").fetch_all(&pool).await.unwrap();
     assert_eq!(workers, vec!["w1".to_string()], "the daemon registered with the reset store");
     assert!(c.worker("w1").log_text().contains("does not know this worker; registering again"));
+    assert_nothing_left(&mut c, &pool).await;
 }
 
 /// ReleaseJob (issue 9, failure 8): SIGTERM to a daemon mid-job checkpoints the job, uploads the
@@ -826,6 +521,71 @@ async fn a_daemon_stopped_mid_job_hands_the_job_back_at_once() {
         assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
         assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
     }
+    assert_nothing_left(&mut c, &pool).await;
+}
+
+/// A SIGTERM while a ClaimJobs is in flight. The coordinator may already have leased jobs to the
+/// daemon: before, the daemon dropped the reply and exited at once, and those jobs stayed
+/// "running" on a worker that was gone until their leases expired (60 s here) — the loss
+/// ReleaseJob exists to avoid. Now the daemon waits for the claim and hands back what it brought.
+///
+/// The claim is held in flight deterministically: the test locks the jobs table (EXCLUSIVE: plain
+/// reads pass, the claim's FOR UPDATE waits) before the daemon starts, sends SIGTERM once the
+/// claim waits on that lock, and then lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stopped_during_a_claim_hands_the_claimed_job_back() {
+    let mut c = Cluster::new(60).await;
+    let sweep_id = c.submit(&sweep_toml("e2e-claim-shutdown", "\"magnitude\"", "4", 1, "2ep")).await;
+    let pool = c.db.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    c.start_worker("leaving");
+    wait_until("the daemon's ClaimJobs to wait on the lock", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            // The claim is the statement that starts with its `req` CTE (store/batch.rs).
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND wait_event_type = 'Lock' AND query LIKE 'WITH req AS%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting > 0
+        }
+    })
+    .await;
+    c.worker("leaving").signal(libc::SIGTERM);
+    // Time for the old daemon to be gone before the claim goes through.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock.rollback().await.unwrap();
+    let status = c.worker("leaving").wait_exit(Duration::from_secs(40)).expect("the daemon stops on SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+
+    // The claim committed (the coordinator finishes it whether or not the caller still listens).
+    let dense: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE sweep_id = $1 AND kind = 'dense'").bind(sweep_id).fetch_one(&pool).await.unwrap();
+    wait_until("the claim to commit", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE job_id = $1").bind(dense).fetch_one(&pool).await.unwrap();
+            n > 0
+        }
+    })
+    .await;
+    let (state, lost, errors): (String, i32, i32) =
+        sqlx::query_as("SELECT state, lost_count, error_count FROM jobs WHERE id = $1").bind(dense).fetch_one(&pool).await.unwrap();
+    assert_eq!((state.as_str(), lost, errors), ("ready", 0, 0), "the job claimed during shutdown was handed back, not left running");
+    let attempts: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT worker_id, outcome, error FROM job_attempts WHERE job_id = $1 ORDER BY attempt").bind(dense).fetch_all(&pool).await.unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!((attempts[0].0.as_str(), attempts[0].1.as_str()), ("leaving", "aborted"), "{attempts:?}");
+    assert!(attempts[0].2.as_deref().unwrap_or("").contains("released by the worker"), "{attempts:?}");
+
+    // Claimable at once: another worker finishes the sweep long before the 60 s lease would end.
+    c.start_worker("staying");
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(50)).await;
+    assert_one_result_per_trial_level(&pool, sweep_id, 2).await;
+    assert_nothing_left(&mut c, &pool).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,8 +670,7 @@ async fn the_daemon_and_the_coordinator_export_metrics_of_a_real_job() {
     assert!(sample(&after, "lth_worker_cache_downloaded_bytes_total", &[]).unwrap() > 0.0);
 
     // The coordinator counted the same two jobs.
-    let stdout = c.dir.path().join("coordinator-0.stdout");
-    let http = printed_addr(&stdout, "lth-coordinator http on ");
+    let http = c.http_addr().to_string();
     let (code, coord) = http_get(&http, "/metrics");
     assert_eq!(code, 200);
     assert_eq!(sample(&coord, "lth_jobs_completed_total", &[]), Some(2.0), "{coord}");
@@ -953,4 +712,5 @@ async fn a_diverged_run_is_recorded_as_diverged_with_its_level() {
     assert_eq!(s.diverged, rows.iter().filter(|r| r.1).count() as u64);
     let res = c.client().await.get_results(pb::GetResultsRequest { sweep_id }).await.unwrap().into_inner();
     assert!(res.rows.iter().any(|r| r.level == 0 && r.result.as_ref().unwrap().diverged));
+    assert_nothing_left(&mut c, &pool).await;
 }

@@ -12,106 +12,34 @@
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, newest_mtime, TestDb};
+use common::{bin, free_port, Proc, TestDb};
+use lth_testkit::{Coordinator, CoordinatorOptions};
 
 fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lth-worker"))
 }
 
-/// A sibling binary of lth-worker (lth-coordinator, lthctl), from `env` if set, else built with
-/// cargo when missing or older than the sources it is built from (as daemon_e2e.rs does).
-fn sibling_bin(name: &str, package: &str, env: &str, sources: &[&str]) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let path = worker_bin().with_file_name(name);
-    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let newest = sources.iter().filter_map(|d| newest_mtime(&root.join(d))).max();
-    if !matches!((built, newest), (Some(b), Some(n)) if b >= n) {
-        let profile_dir = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", package, "--bin", name]);
-        if profile_dir != "debug" {
-            cmd.args(["--profile", &profile_dir]);
-        }
-        assert!(cmd.status().expect("run cargo").success(), "building {name} failed");
-    }
-    path
-}
-
-fn coordinator_bin() -> PathBuf {
-    sibling_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN", &["proto", "sweep/src", "coordinator/src", "migrations"])
-}
-
 fn lthctl_bin() -> PathBuf {
-    sibling_bin("lthctl", "lthctl", "LTHCTL_BIN", &["proto", "sweep/src", "lthctl/src"])
-}
-
-/// A process, killed on drop; its log is printed when the test fails.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: String = text.chars().rev().take(5000).collect::<Vec<_>>().into_iter().rev().collect();
-            eprintln!("===== log of {} =====\n{tail}", self.name);
-        }
-    }
+    bin("lthctl")
 }
 
 fn token_line(role: &str, name: &str, token: &str) -> String {
     format!("{role} {name} sha256:{}\n", hex::encode(Sha256::digest(token.as_bytes())))
 }
 
-/// Starts the coordinator and returns it with its gRPC and HTTP addresses.
-fn start_coordinator(dir: &Path, db: &str, auth_file: &Path) -> (Proc, String, String) {
-    let log = dir.join("coordinator.log");
-    let port = free_port();
-    let mut child = Command::new(coordinator_bin())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0", "--db", db])
-        .arg("--artifacts")
-        .arg(dir.join("artifacts"))
-        .arg("--auth-file")
-        .arg(auth_file)
-        .args(["--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("start lth-coordinator");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let proc = Proc { name: "coordinator".into(), child, log };
-    let (mut grpc, mut http) = (None, None);
-    let t0 = Instant::now();
-    while grpc.is_none() || http.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(60).saturating_sub(t0.elapsed())).expect("lth-coordinator did not print its addresses within 60 s");
-        if let Some(a) = line.strip_prefix("lth-coordinator http on ") {
-            http = Some(a.trim().to_string());
-        } else if line.contains("listening on") {
-            grpc = Some(format!("http://127.0.0.1:{port}"));
-        }
-    }
-    (proc, grpc.unwrap(), format!("http://{}", http.unwrap()))
+/// Starts the coordinator (on ports it picks itself) and returns it with its gRPC and HTTP URLs.
+fn start_coordinator(dir: &Path, db: &str, auth_file: &Path) -> (Coordinator, String, String) {
+    let opts = CoordinatorOptions::new(db, &dir.join("artifacts"))
+        .args(["--auth-file", auth_file.to_str().unwrap(), "--heartbeat-seconds", "1", "--reap-interval-seconds", "1"]);
+    let c = Coordinator::start("coordinator", &dir.join("coordinator.log"), &opts);
+    let (grpc, http) = (c.url(), format!("http://{}", c.http.expect("the HTTP port")));
+    (c, grpc, http)
 }
 
 fn lthctl(grpc: &str, token: &str, args: &[&str]) -> String {
@@ -160,15 +88,13 @@ impl Browser {
     async fn start(dir: &Path) -> Browser {
         let driver = std::env::var("LTH_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
 
+        // chromedriver takes a port number; a free one is picked for it.
         let port = free_port();
         let log = dir.join("chromedriver.log");
-        let child = Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {driver}: {e}. Install headless Chromium: apt-get install -y chromium chromium-driver (scripts/test.sh does)"));
-        let proc = Proc { name: "chromedriver".into(), child, log };
+        if Command::new(&driver).arg("--version").output().is_err() {
+            panic!("cannot run {driver}. Install headless Chromium: apt-get install -y chromium chromium-driver (scripts/test.sh does)");
+        }
+        let proc = Proc::spawn("chromedriver", Command::new(&driver).arg(format!("--port={port}")), &log);
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let t0 = Instant::now();
@@ -274,20 +200,14 @@ async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
     std::fs::write(&auth, token_line("admin", "alice", admin) + &token_line("viewer", "victor", viewer) + &token_line("worker", "pool", worker)).unwrap();
     let (_coord, grpc, http) = start_coordinator(dir.path(), &db.url, &auth);
 
-    let wlog = dir.path().join("worker.log");
-    let wchild = Command::new(worker_bin())
-        .args(["daemon", "--coordinator", &grpc, "--worker-id", "w1", "--gpus", "none"])
+    let mut wcmd = Command::new(worker_bin());
+    wcmd.args(["daemon", "--coordinator", &grpc, "--worker-id", "w1", "--gpus", "none"])
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
         .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.3", "--kill-grace-seconds", "1"])
         .env("LTH_TOKEN", worker)
-        .env("LTH_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(std::fs::File::create(&wlog).unwrap()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lth-worker daemon");
-    let _worker = Proc { name: "worker".into(), child: wchild, log: wlog };
+        .env("LTH_LOG", "info");
+    let _worker = Proc::spawn("worker", &mut wcmd, &dir.path().join("worker.log"));
 
     let a = submit(dir.path(), &grpc, admin, "dash-a", "\"magnitude\", \"l1\"", 3, "2ep");
     let browser = Browser::start(dir.path()).await;

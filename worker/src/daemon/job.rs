@@ -645,7 +645,7 @@ async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: Stri
 /// attempt resumes from the uploaded checkpoint. If the call cannot be made (the coordinator is
 /// away past the grace period, or too old to know ReleaseJob) the job is left to its lease, which
 /// the reaper re-queues when it expires.
-async fn release(ctx: &JobContext, lease: pb::JobLease, why: &str) {
+pub async fn release(ctx: &JobContext, lease: pb::JobLease, why: &str) {
     let req = pb::ReleaseJobRequest { lease: Some(lease), reason: why.to_string() };
     // Short: the checkpoint upload before it already used the shutdown budget.
     let deadline = Duration::from_secs(10);

@@ -140,9 +140,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         let claim = pb::ClaimJobsRequest { worker_id: worker_id.clone(), free_slots: free as u32 };
         let mut claim_client = client.clone();
+        let call = tokio::time::timeout(CLAIM_TIMEOUT, claim_client.claim_jobs(claim));
+        tokio::pin!(call);
+        // A shutdown does not cancel a claim in flight: the coordinator may already have leased
+        // jobs to this worker, and a reply dropped here would leave them "running" on a worker
+        // that is gone until their leases expire. The claim is finished and whatever it brought
+        // is handed back below.
         let result = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(30), claim_client.claim_jobs(claim)) => r,
-            _ = shutdown_rx.changed() => continue,
+            r = &mut call => r,
+            _ = shutdown_rx.changed() => {
+                tracing::info!("shutting down: waiting for the claim in flight, to hand back what it brings");
+                call.await
+            }
         };
         let result = match result {
             Ok(r) => r,
@@ -152,6 +161,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             Ok(reply) => {
                 backoff.reset();
                 let assignments = reply.into_inner().jobs;
+                if *shutdown_rx.borrow() {
+                    for assignment in assignments {
+                        hand_back_unstarted(&mut jobs, &ctx, assignment);
+                    }
+                    break;
+                }
                 if assignments.is_empty() {
                     tokio::select! {
                         _ = tokio::time::sleep(poll) => {}
@@ -205,6 +220,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let _ = heartbeats.await;
     tracing::info!("lth-worker daemon stopped");
     Ok(())
+}
+
+/// How long one ClaimJobs may take, a shutdown included.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A job claimed while the daemon was already shutting down: released with ReleaseJob (claimable
+/// again at once, no attempt counted) without being started.
+fn hand_back_unstarted(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, assignment: pb::JobAssignment) {
+    let lease = pb::JobLease { job_id: assignment.job_id, attempt: assignment.attempt };
+    tracing::info!(job = lease.job_id, attempt = lease.attempt, "claimed during shutdown; handing it back unstarted");
+    let ctx = ctx.clone();
+    jobs.spawn(async move { job::release(&ctx, lease, "the worker shut down while claiming it").await });
 }
 
 fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>, assignment: pb::JobAssignment) {
