@@ -3,74 +3,32 @@
 //! bundled digits on CPU. Nothing here is mocked: the commands are the `lthctl` binary, their
 //! output is what a person would read.
 
-use std::io::{BufRead, BufReader, Write};
+use lth_testkit::{bin, free_port, Coordinator, CoordinatorOptions, Proc, TestDb};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn lthctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lthctl"))
 }
 
-/// A binary of another workspace crate, from the same target folder as lthctl. `cargo nextest run
-/// --workspace` (scripts/test.sh) builds it; with `-p lthctl` alone it is built here when missing.
-/// Building it unconditionally would re-resolve features for that one package and recompile much
-/// of the dependency tree; run `cargo build -p PACKAGE` first when testing a changed coordinator or
-/// worker with `-p lthctl`. `LTH_COORDINATOR_BIN` / `LTH_WORKER_BIN` override the path.
-fn workspace_bin(package: &str, bin: &str, env_override: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env_override) {
-        return PathBuf::from(p);
-    }
-    let path = lthctl_bin().with_file_name(bin);
-    if !path.exists() {
-        let profile_dir = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
-        if profile_dir != "debug" {
-            cmd.args(["--profile", &profile_dir]);
-        }
-        let status = cmd.status().unwrap_or_else(|e| panic!("run cargo to build {bin}: {e}"));
-        assert!(status.success(), "building {bin} failed");
-    }
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process stopped (SIGTERM, then SIGKILL) when dropped, with its log kept for messages.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A coordinator on SQLite in its own folder, listening on a free port.
+/// A coordinator on SQLite (or the given database) in its own folder, on ports it picks itself,
+/// and the worker daemons started against it. Processes and binaries are lth-testkit's: a
+/// binary of another workspace crate comes from lthctl's target folder, built there when missing
+/// or stale (`LTH_COORDINATOR_BIN` / `LTH_WORKER_BIN` override the path).
 struct Cluster {
-    dir: tempfile::TempDir,
     url: String,
-    coordinator: Proc,
+    coordinator: Coordinator,
     workers: Vec<Proc>,
+    // Last: the processes are gone (and printed their logs on failure) before their folder is.
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Daemons first, so none keeps retrying a vanished coordinator's address.
+        self.workers.clear();
+    }
 }
 
 impl Cluster {
@@ -86,53 +44,23 @@ impl Cluster {
     /// [`Cluster::start_on`] with extra coordinator flags (e.g. `--max-input-bytes`).
     fn start_with(database: Option<&str>, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = dir.path().join("coordinator.log");
         let db = database.map(str::to_string).unwrap_or_else(|| format!("sqlite://{}", dir.path().join("lth.db").display()));
-        let mut child = Command::new(workspace_bin("lth-coordinator", "lth-coordinator", "LTH_COORDINATOR_BIN"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0", "--db", &db])
-            .arg("--artifacts")
-            .arg(dir.path().join("artifacts"))
+        let opts = CoordinatorOptions::new(&db, &dir.path().join("artifacts"))
             .args(["--lease-seconds", "10", "--heartbeat-seconds", "1", "--reap-interval-seconds", "1"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("start lth-coordinator");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let copy = log.with_extension("stdout");
-        std::thread::spawn(move || {
-            let mut f = std::fs::File::create(copy).unwrap();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = writeln!(f, "{line}");
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let coordinator = Proc { child, log };
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            panic!("lth-coordinator did not print `listening on` within 60 s; its log:\n{}", coordinator.log_text());
-        }
-        Cluster { url: format!("http://127.0.0.1:{port}"), dir, coordinator, workers: Vec::new() }
+            .args(extra.iter().copied());
+        let coordinator = Coordinator::start("coordinator", &dir.path().join("coordinator.log"), &opts);
+        Cluster { url: coordinator.url(), coordinator, workers: Vec::new(), dir }
     }
 
     fn start_worker(&mut self, id: &str) {
         let log = self.dir.path().join(format!("{id}.log"));
-        let child = Command::new(workspace_bin("lth-worker", "lth-worker", "LTH_WORKER_BIN"))
-            .args(["daemon", "--coordinator", &self.url, "--worker-id", id, "--gpus", "none"])
+        let mut cmd = Command::new(bin("lth-worker"));
+        cmd.args(["daemon", "--coordinator", &self.url, "--worker-id", id, "--gpus", "none"])
             .arg("--cache-dir")
             .arg(self.dir.path().join(format!("cache-{id}")))
             .args(["--threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5"])
-            .env("LTH_DATA_CACHE", self.dir.path().join(format!("data-cache-{id}")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
-            .spawn()
-            .expect("start lth-worker daemon");
-        self.workers.push(Proc { child, log });
+            .env("LTH_DATA_CACHE", self.dir.path().join(format!("data-cache-{id}")));
+        self.workers.push(Proc::spawn(id, &mut cmd, &log));
     }
 
     /// Runs lthctl with `--coordinator` pointing here.
@@ -175,7 +103,7 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        let mut s = format!("--- coordinator\n{}", self.coordinator.log_text());
+        let mut s = format!("--- coordinator\n{}", self.coordinator.proc.log_text());
         for w in &self.workers {
             s.push_str(&format!("\n--- {}\n{}", w.log.display(), w.log_text()));
         }
@@ -438,31 +366,6 @@ fn with_new_seed(text: &str) -> String {
     text.lines().map(|l| if l.starts_with("seeds = ") { "seeds = [77]".to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n")
 }
 
-/// A fresh Postgres database (on `LTH_TEST_DATABASE_URL`, as the coordinator's tests use),
-/// dropped afterwards. Made with `psql`, which ships with every Postgres.
-struct PgDatabase {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn create() -> PgDatabase {
-        let admin = std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-        let name = format!("lthctl_test_{}_{}", std::process::id(), free_port());
-        let out = Command::new("psql").args([&admin, "-v", "ON_ERROR_STOP=1", "-c", &format!("CREATE DATABASE {name}")]).output().expect("run psql");
-        assert!(out.status.success(), "cannot create a test database at {admin} (set LTH_TEST_DATABASE_URL): {}", String::from_utf8_lossy(&out.stderr));
-        let (head, _) = admin.rsplit_once('/').expect("a database URL ends in /DATABASE");
-        PgDatabase { url: format!("{head}/{name}"), admin, name }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql").args([&self.admin, "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)]).output();
-    }
-}
-
 /// Every row of a Parquet file written by `lthctl export`, read back with the parquet crate.
 fn read_parquet(path: &Path) -> (Vec<String>, Vec<parquet::record::Row>) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -557,7 +460,7 @@ fn check_exports(c: &Cluster, id: &str, points: &[lthctl::results::ResultPoint],
 /// Postgres): a small real sweep, two metrics, one seed.
 #[test]
 fn export_and_overlap_on_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDb::postgres_named("lthctl_test");
     let mut c = Cluster::start_on(Some(&db.url));
     c.start_worker("w1");
     let sweep = c.dir.path().join("pg.toml");

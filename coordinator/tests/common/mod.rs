@@ -1,98 +1,44 @@
-//! Test databases: a fresh Postgres database per test (dropped afterwards) or a fresh SQLite file,
-//! and small helpers shared by the contract and gRPC tests.
+//! Test databases (lth-testkit's: a fresh Postgres database per test, dropped afterwards, or a
+//! fresh SQLite file) with the coordinator's store on them, and small helpers shared by the
+//! contract and gRPC tests.
 #![allow(dead_code)]
 
 use lth_coordinator::store::{ClaimedJob, LayerInput, ResultInput, Store, StoreOptions, WorkerRegistration};
 use lth_sweep::SweepSpec;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
-pub struct TestDb {
-    pub url: String,
-    pg: Option<(String, String)>, // (admin url, database name)
-    _dir: Option<tempfile::TempDir>,
-}
+/// lth-testkit's test database (a fresh Postgres database or SQLite file), plus the
+/// coordinator's store on it.
+pub struct TestDb(pub lth_testkit::TestDb);
 
-fn admin_url() -> String {
-    std::env::var("LTH_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
-}
-
-/// `base` with its database name replaced.
-fn with_database(base: &str, name: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (base, None),
-    };
-    let after_scheme = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let root = match head[after_scheme..].find('/') {
-        Some(i) => &head[..after_scheme + i],
-        None => head,
-    };
-    match query {
-        Some(q) => format!("{root}/{name}?{q}"),
-        None => format!("{root}/{name}"),
+impl std::ops::Deref for TestDb {
+    type Target = lth_testkit::TestDb;
+    fn deref(&self) -> &lth_testkit::TestDb {
+        &self.0
     }
 }
 
 impl TestDb {
     pub async fn postgres() -> TestDb {
-        let admin = admin_url();
-        let name = format!("lth_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin} (set LTH_TEST_DATABASE_URL): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
-        conn.close().await.ok();
-        TestDb { url: with_database(&admin, &name), pg: Some((admin, name)), _dir: None }
+        TestDb(lth_testkit::TestDb::postgres().await)
     }
 
     pub async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("lth.db").display());
-        TestDb { url, pg: None, _dir: Some(dir) }
+        TestDb(lth_testkit::TestDb::sqlite().await)
     }
 
+    /// The coordinator's store on this database, migrated.
     pub async fn store(&self) -> Store {
         Store::connect(&self.url, &StoreOptions::default()).await.expect("connect and migrate")
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some((admin, name)) = self.pg.take() {
-            // Drop runs outside any async context we can borrow: use a private runtime on a thread.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async move {
-                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
+/// A digits sweep named "test" (two epochs, lr 0.1) over the given grid.
 pub fn spec(metrics: &[&str], rates: &[f64], seeds: &[u64], levels: u32) -> SweepSpec {
-    let text = format!(
-        r#"
-name = "test"
-model = "lenet300100"
-metrics = [{}]
-rates = [{}]
-seeds = [{}]
-levels = {levels}
-[dataset]
-name = "digits"
-[recipe]
-length = "2ep"
-lr = 0.1
-"#,
-        metrics.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", "),
-        rates.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
-        seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-    );
-    SweepSpec::from_toml_str(&text).unwrap()
+    let mut s = lth_testkit::DigitsSweep::new("test").metrics(metrics).rates(rates).seeds(seeds).levels(levels).length("2ep").lr(0.1);
+    // The recipe these tests were written with: the engine's defaults but for length and lr.
+    (s.max_attempts, s.batch_size, s.momentum, s.rewind, s.checkpoint_every) = (None, None, None, None, None);
+    s.spec()
 }
 
 pub fn worker_registration(worker_id: &str) -> WorkerRegistration {
