@@ -531,6 +531,9 @@ fn progress_event(p: &train::Progress, total: u64, ipe: u64, train_loss: f64, te
     }
 }
 
+/// Host copies of a network's variables (θk).
+type Snapshot = Vec<(String, Tensor)>;
+
 /// A step's initial state: θ0's masks (level 0) or parent → prune → rewind (level ≥ 1) installed
 /// in `tr`, then its checkpoint resumed if the workdir has one. Returns the progress and, for a
 /// level-0 step resumed past k, θk.
@@ -544,7 +547,7 @@ fn start_state(
     start_it: u64,
     rewind_it: u64,
     device: Device,
-) -> Result<(train::Progress, Option<Vec<(String, Tensor)>>)> {
+) -> Result<(train::Progress, Option<Snapshot>)> {
     let prunable = prunable_layers(net, &spec.pruning);
     if spec.level == 0 {
         let ones: Vec<(String, Vec<u8>)> = prunable.iter().map(|(n, t)| (n.clone(), vec![1u8; t.numel()])).collect();
