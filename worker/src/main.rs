@@ -85,6 +85,10 @@ enum Command {
         /// engine's default) or per-tensor (the reference tensor ops).
         #[arg(long, default_value = "fused")]
         step: String,
+        /// Also train a bundle of this many members (one grouped network, engine::bundle) in the
+        /// same run and print its step time and its speed-up over as many solo runs.
+        #[arg(long, default_value_t = 0)]
+        bundle: u32,
     },
     /// Serve a coordinator with this machine's job slots (GPUs or CPU).
     #[command(after_help = lth_proto::client_env_help!())]
@@ -145,7 +149,7 @@ fn main() -> Result<()> {
             let args = lth_worker::local::LocalChain { sweep_file: sweep, metric, rate, seed, levels, out };
             lth_worker::local::run(&args, device)?;
         }
-        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json, step } => {
+        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json, step, bundle } => {
             let step_impl = engine::train::StepImpl::parse(&step)?;
             let device = device_for(device, torch_lib_dir.as_deref())?;
             engine::configure_threads(cli.threads);
@@ -160,7 +164,7 @@ fn main() -> Result<()> {
                 for &batch in &batches {
                     for p in &precisions {
                         let precision = parse_precision(p)?;
-                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images, step_impl };
+                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images, step_impl, bundle };
                         let r = engine::bench::run(&cfg)?;
                         if json {
                             println!("{}", serde_json::to_string(&r)?);
@@ -179,6 +183,12 @@ fn main() -> Result<()> {
                                 f(r.epoch_step_seconds, 2),
                                 f(r.epoch_overhead, 3)
                             );
+                            if let Some(b) = &r.bundle {
+                                println!(
+                                    "{:<18} {:>5} bundle of {} ({}): {:.1} img/s summed, {:.2} ms/step, {:.2}x {} solo steps",
+                                    "", "", b.members, b.step, b.images_per_second, b.step_ms, b.speedup, b.members
+                                );
+                            }
                         }
                     }
                 }

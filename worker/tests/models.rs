@@ -89,6 +89,7 @@ fn cifar_resnet18_forward_backward_on_cpu() {
         epoch_images: 4,
         test_images: 2,
         step_impl: lth_worker::engine::train::StepImpl::Fused,
+        bundle: 0,
     })
     .unwrap();
     assert!(r.step_images_per_second > 0.0 && r.epoch_seconds.unwrap() > 0.0);

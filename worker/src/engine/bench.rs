@@ -5,7 +5,8 @@
 //! Synthetic data is used because throughput does not depend on pixel values, and so the
 //! benchmark runs on nodes without datasets. Masks prune a random 80% of every prunable layer.
 
-use super::data::{HostDataset, HostSplit};
+use super::bundle::BundleTrainer;
+use super::data::{Dataset, HostDataset, HostSplit};
 use super::models::{InputShape, Network};
 use super::rng::Rng;
 use super::train::{StepImpl, Trainer};
@@ -27,6 +28,8 @@ pub struct BenchConfig {
     pub test_images: u32,
     /// The optimizer step asked for (the engine falls back to per-tensor where the shim refuses).
     pub step_impl: StepImpl,
+    /// Also time a bundle of this many members (0 or 1: solo only); see [`BundleBench`].
+    pub bundle: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -48,6 +51,21 @@ pub struct BenchResult {
     pub epoch_step_seconds: Option<f64>,
     /// epoch_seconds / epoch_step_seconds (the input pipeline's and evaluation's overhead).
     pub epoch_overhead: Option<f64>,
+    /// The bundle measured in the same run, when asked for.
+    pub bundle: Option<BundleBench>,
+}
+
+/// K members trained as one bundle against K solo runs, measured back to back in one process on
+/// the same batch: `speedup` = K × solo step time / bundle step time (> 1: the bundle is faster
+/// than training the K members one after another).
+#[derive(Clone, Debug, Serialize)]
+pub struct BundleBench {
+    pub members: u32,
+    pub step: String,
+    pub step_ms: f64,
+    /// Images per second summed over the members.
+    pub images_per_second: f64,
+    pub speedup: f64,
 }
 
 fn shape_of(model: ModelKind) -> (InputShape, i64, DatasetKind) {
@@ -128,6 +146,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     sync(cfg.device);
     let step_s = t0.elapsed().as_secs_f64() / cfg.steps.max(1) as f64;
 
+    let bundle = if cfg.bundle > 1 { Some(bench_bundle(cfg, &data, &recipe, shape, classes, &x, &y, step_s)?) } else { None };
+
     let (mut epoch_seconds, mut epoch_step_seconds) = (None, None);
     if cfg.epoch_images > 0 {
         let mut progress = tr.fresh_progress(0);
@@ -154,5 +174,48 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         epoch_seconds,
         epoch_step_seconds,
         epoch_overhead: epoch_seconds.zip(epoch_step_seconds).map(|(a, b)| a / b),
+        bundle,
+    })
+}
+
+/// Times `cfg.bundle` members (the same θ0, each its own random 80% mask, as a bundle of one
+/// seed's metrics) trained as one [`BundleTrainer`] on the solo measurement's batch.
+#[allow(clippy::too_many_arguments)]
+fn bench_bundle(cfg: &BenchConfig, data: &Dataset, recipe: &Recipe, shape: InputShape, classes: i64, x: &Tensor, y: &Tensor, solo_step_s: f64) -> Result<BundleBench> {
+    let k = cfg.bundle as usize;
+    let nets: Vec<Network> = (0..k).map(|_| Network::new(cfg.model, shape, classes, cfg.device, 0)).collect::<Result<_>>()?;
+    let policy = lth_sweep::PrunePolicy::default();
+    let mut trainers = Vec::new();
+    for (i, net) in nets.iter().enumerate() {
+        let mut rng = Rng::new(1 + i as u64);
+        let mut tr = Trainer::new(net, data, recipe, 0, cfg.device)?;
+        let masks: Vec<(String, Vec<u8>)> = super::prunable_layers(net, &policy)
+            .into_iter()
+            .map(|(n, t)| (n, (0..t.numel()).map(|_| (rng.next_f64() >= 0.8) as u8).collect()))
+            .collect();
+        tr.set_masks(&masks)?;
+        trainers.push(tr);
+    }
+    let mut bt = BundleTrainer::new(trainers)?;
+    bt.step_impl = cfg.step_impl;
+    let step_used = bt.step_impl_in_use();
+    let mut acc = Tensor::zeros([k as i64], (Kind::Float, cfg.device));
+    for _ in 0..cfg.warmup_steps {
+        acc += bt.train_step(x, y, 0.05)?;
+    }
+    sync(cfg.device);
+    let t0 = std::time::Instant::now();
+    for _ in 0..cfg.steps {
+        acc += bt.train_step(x, y, 0.05)?;
+    }
+    let _ = acc.sum(Kind::Double).double_value(&[]);
+    sync(cfg.device);
+    let step_s = t0.elapsed().as_secs_f64() / cfg.steps.max(1) as f64;
+    Ok(BundleBench {
+        members: cfg.bundle,
+        step: step_used.as_str().to_string(),
+        step_ms: step_s * 1e3,
+        images_per_second: (k as u32 * cfg.batch) as f64 / step_s,
+        speedup: k as f64 * solo_step_s / step_s,
     })
 }

@@ -11,11 +11,13 @@
 //!   and safetensors datasets, and the decoded-image cache.
 //! - `prune`: importance metrics, the global threshold, masks as bitsets; `controls`: the reinit and
 //!   random-mask controls of a ticket.
-//! - `train`: the training loop and SGD; `artifacts`: safetensors files; `rng`: the version-stable
+//! - `train`: the training loop and SGD; `bundle`: several steps trained as one grouped network
+//!   ([`run_bundle`]); `artifacts`: safetensors files; `rng`: the version-stable
 //!   random streams; `cuda`: device start-up and autocast; `bench`: throughput measurement.
 
 pub mod artifacts;
 pub mod bench;
+pub mod bundle;
 pub mod controls;
 pub mod cuda;
 pub mod custom_data;
@@ -450,28 +452,115 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
     let mut tr = train::Trainer::new(&net, &data, &spec.recipe, spec.seed, device)?;
     let ipe = tr.iterations_per_epoch;
     let total = tr.total_iterations;
+    let rewind_it = check_rewind(spec, ipe, total)?;
+    let paths = StepPaths::new(workdir);
+    let start_it = if spec.level == 0 { 0 } else { rewind_it };
+    let (mut progress, mut rewind_snapshot) = start_state(spec, inputs, &net, &mut tr, &paths, start_it, rewind_it, device)?;
+
+    if spec.level == 0 && rewind_it == 0 && progress.iteration == 0 {
+        let theta0 = snapshot(&net.named_variables());
+        artifacts::write_atomic(&paths.rewind, &theta0)?;
+        rewind_snapshot = Some(theta0);
+    }
+    let every = spec.recipe.checkpoint_every.iterations(ipe);
+    let mut last = (f64::NAN, f64::NAN, f64::NAN);
+    let level = spec.level;
+    let mut hook = |tr: &train::Trainer, h: train::StepHook| -> Result<()> {
+        match h {
+            train::StepHook::Stepped(p) => {
+                if level == 0 && p.iteration == rewind_it {
+                    let theta_k = snapshot(&tr.net.named_variables());
+                    artifacts::write_atomic(&paths.rewind, &theta_k)?;
+                    rewind_snapshot = Some(theta_k);
+                }
+                if every > 0 && p.iteration % every == 0 && p.iteration < total {
+                    write_checkpoint(&paths.checkpoint, spec, tr, p, rewind_snapshot.as_deref())?;
+                    on_event(StepEvent::Checkpoint { path: paths.checkpoint.clone() });
+                }
+            }
+            train::StepHook::EpochEnd { progress: p, train_loss, test_accuracy, test_loss, images_per_second } => {
+                last = (train_loss, test_accuracy, test_loss);
+                on_event(progress_event(p, total, ipe, train_loss, test_accuracy, images_per_second));
+            }
+        }
+        Ok(())
+    };
+    tr.run(&mut progress, total, &mut hook)?;
+
+    // The final numbers: evaluate once more unless the last step closed an epoch.
+    let finals = if last.1.is_nan() || total % ipe != 0 {
+        let tl = if progress.loss_steps > 0 { progress.loss_sum.double_value(&[]) / progress.loss_steps as f64 } else { last.0 };
+        let (a, l) = tr.evaluate()?;
+        (tl, a, l)
+    } else {
+        last
+    };
+    finish_step(spec, &tr, &paths, start_it, progress.iteration, started, finals)
+}
+
+/// The rewind iteration k, checked to come before the end of training.
+fn check_rewind(spec: &StepSpec, ipe: u64, total: u64) -> Result<u64> {
     let rewind_it = spec.recipe.rewind.iterations(ipe);
     if rewind_it >= total {
         bail!("rewind point {} ({rewind_it} iterations) must come before the end of training ({} = {total} iterations)", spec.recipe.rewind, spec.recipe.length);
     }
-    let prunable = prunable_layers(&net, &spec.pruning);
-    let rewind_path = workdir.join(REWIND_FILE);
-    let ckpt_path = workdir.join(CHECKPOINT_FILE);
-    let start_it = if spec.level == 0 { 0 } else { rewind_it };
-    let mut rewind_snapshot: Option<Vec<(String, Tensor)>> = None;
+    Ok(rewind_it)
+}
 
-    // Initial state: θ0 (level 0) or parent → prune → rewind (level ≥ 1).
+/// The files of one step's workdir.
+struct StepPaths {
+    workdir: PathBuf,
+    rewind: PathBuf,
+    checkpoint: PathBuf,
+}
+
+impl StepPaths {
+    fn new(workdir: &Path) -> Self {
+        StepPaths { workdir: workdir.to_path_buf(), rewind: workdir.join(REWIND_FILE), checkpoint: workdir.join(CHECKPOINT_FILE) }
+    }
+}
+
+fn progress_event(p: &train::Progress, total: u64, ipe: u64, train_loss: f64, test_accuracy: f64, images_per_second: f64) -> StepEvent {
+    StepEvent::Progress {
+        iteration: p.iteration,
+        total_iterations: total,
+        epoch: p.iteration as f64 / ipe as f64,
+        train_loss,
+        test_accuracy: Some(test_accuracy),
+        images_per_second,
+    }
+}
+
+/// Host copies of a network's variables (θk).
+type Snapshot = Vec<(String, Tensor)>;
+
+/// A step's initial state: θ0's masks (level 0) or parent → prune → rewind (level ≥ 1) installed
+/// in `tr`, then its checkpoint resumed if the workdir has one. Returns the progress and, for a
+/// level-0 step resumed past k, θk.
+#[allow(clippy::too_many_arguments)]
+fn start_state(
+    spec: &StepSpec,
+    inputs: &StepInputs,
+    net: &Network,
+    tr: &mut train::Trainer,
+    paths: &StepPaths,
+    start_it: u64,
+    rewind_it: u64,
+    device: Device,
+) -> Result<(train::Progress, Option<Snapshot>)> {
+    let prunable = prunable_layers(net, &spec.pruning);
     if spec.level == 0 {
         let ones: Vec<(String, Vec<u8>)> = prunable.iter().map(|(n, t)| (n.clone(), vec![1u8; t.numel()])).collect();
         tr.set_masks(&ones)?;
     } else {
-        let masks = prune_and_rewind(spec, inputs, &net)?;
+        let masks = prune_and_rewind(spec, inputs, net)?;
         tr.set_masks(&masks.iter().map(|m| (m.name.clone(), m.to_bytes())).collect::<Vec<_>>())?;
     }
     let mut progress = tr.fresh_progress(start_it);
-
+    let mut rewind_snapshot = None;
+    let ckpt_path = &paths.checkpoint;
     if ckpt_path.exists() {
-        let ck = artifacts::read(&ckpt_path)?;
+        let ck = artifacts::read(ckpt_path)?;
         let saved = ck.get("state.spec").map(artifacts::bytes_of).transpose()?.unwrap_or_default();
         if saved != spec_bytes(spec) {
             bail!("{} was written for a different step spec; delete it (or use another workdir) to start this step afresh", ckpt_path.display());
@@ -497,63 +586,33 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
                     None => bail!("{} is past the rewind point but holds no θk (rewind.*); delete it to restart the step", ckpt_path.display()),
                 }
             }
-            if !rewind_path.exists() {
-                artifacts::write_atomic(&rewind_path, &theta_k)?;
+            if !paths.rewind.exists() {
+                artifacts::write_atomic(&paths.rewind, &theta_k)?;
             }
             rewind_snapshot = Some(theta_k);
         }
     }
+    Ok((progress, rewind_snapshot))
+}
 
-    if spec.level == 0 && rewind_it == 0 && progress.iteration == 0 {
-        let theta0 = snapshot(&net.named_variables());
-        artifacts::write_atomic(&rewind_path, &theta0)?;
-        rewind_snapshot = Some(theta0);
-    }
-    let every = spec.recipe.checkpoint_every.iterations(ipe);
-    let mut last = (f64::NAN, f64::NAN, f64::NAN);
-    let level = spec.level;
-    let mut hook = |tr: &train::Trainer, h: train::StepHook| -> Result<()> {
-        match h {
-            train::StepHook::Stepped(p) => {
-                if level == 0 && p.iteration == rewind_it {
-                    let theta_k = snapshot(&tr.net.named_variables());
-                    artifacts::write_atomic(&rewind_path, &theta_k)?;
-                    rewind_snapshot = Some(theta_k);
-                }
-                if every > 0 && p.iteration % every == 0 && p.iteration < total {
-                    write_checkpoint(&ckpt_path, spec, tr, p, rewind_snapshot.as_deref())?;
-                    on_event(StepEvent::Checkpoint { path: ckpt_path.clone() });
-                }
-            }
-            train::StepHook::EpochEnd { progress: p, train_loss, test_accuracy, test_loss, images_per_second } => {
-                last = (train_loss, test_accuracy, test_loss);
-                on_event(StepEvent::Progress {
-                    iteration: p.iteration,
-                    total_iterations: total,
-                    epoch: p.iteration as f64 / ipe as f64,
-                    train_loss,
-                    test_accuracy: Some(test_accuracy),
-                    images_per_second,
-                });
-            }
-        }
-        Ok(())
-    };
-    tr.run(&mut progress, total, &mut hook)?;
-
-    // The final numbers: evaluate once more unless the last step closed an epoch.
-    let (train_loss, test_accuracy, test_loss) = if last.1.is_nan() || total % ipe != 0 {
-        let tl = if progress.loss_steps > 0 { progress.loss_sum.double_value(&[]) / progress.loss_steps as f64 } else { last.0 };
-        let (a, l) = tr.evaluate()?;
-        (tl, a, l)
-    } else {
-        last
-    };
-
-    let masks = masks_of(&tr)?;
+/// Writes a trained step's weights (with masks) and report, removes its checkpoint, and lists its
+/// artifacts. `finals` = (train loss, test accuracy, test loss); `end_it` is the iteration
+/// training stopped at (the end, or where a bundled member diverged).
+fn finish_step(
+    spec: &StepSpec,
+    tr: &train::Trainer,
+    paths: &StepPaths,
+    start_it: u64,
+    end_it: u64,
+    started: std::time::Instant,
+    finals: (f64, f64, f64),
+) -> Result<StepOutput> {
+    let (train_loss, test_accuracy, test_loss) = finals;
+    let net = tr.net;
+    let masks = masks_of(tr)?;
     let mut out: Vec<(String, Tensor)> = net.named_variables();
     let vars = net.vs.variables();
-    let classifier = classifier_name(&net, data.classes);
+    let classifier = classifier_name(net, tr.data.classes);
     let mut layers = Vec::new();
     for (name, bytes) in &masks {
         let w = &vars[name];
@@ -561,7 +620,7 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
         let m = LayerMask::from_bools(name, &w.size(), &bytes.iter().map(|&b| b != 0).collect::<Vec<_>>());
         layers.push(layer_report(&m, w.to_kind(Kind::Double).norm().double_value(&[]), classifier.as_deref() == Some(name.as_str())));
     }
-    let weights_path = workdir.join(WEIGHTS_FILE);
+    let weights_path = paths.workdir.join(WEIGHTS_FILE);
     artifacts::write_atomic(&weights_path, &out)?;
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let all: u64 = layers.iter().map(|l| l.total).sum();
@@ -575,20 +634,146 @@ pub fn run_step(spec: &StepSpec, inputs: &StepInputs, workdir: &Path, device: De
         test_accuracy,
         test_loss,
         train_loss,
-        epochs: (total - start_it) as f64 / ipe as f64,
+        epochs: (end_it - start_it) as f64 / tr.iterations_per_epoch as f64,
         wall_seconds: started.elapsed().as_secs_f64(),
-        iterations: total - start_it,
+        iterations: end_it - start_it,
         layers,
         diverged,
     };
-    std::fs::write(workdir.join(REPORT_FILE), serde_json::to_vec_pretty(&report)?)?;
-    let _ = std::fs::remove_file(&ckpt_path);
+    std::fs::write(paths.workdir.join(REPORT_FILE), serde_json::to_vec_pretty(&report)?)?;
+    let _ = std::fs::remove_file(&paths.checkpoint);
     let mut artifacts_out = vec![("weights".to_string(), weights_path)];
     if spec.level == 0 {
-        if !rewind_path.exists() {
-            bail!("internal error: level 0 finished without writing {}", rewind_path.display());
+        if !paths.rewind.exists() {
+            bail!("internal error: level 0 finished without writing {}", paths.rewind.display());
         }
-        artifacts_out.push(("rewind".to_string(), rewind_path));
+        artifacts_out.push(("rewind".to_string(), paths.rewind.clone()));
     }
     Ok(StepOutput { report, artifacts: artifacts_out })
+}
+
+/// One member of a bundle: a step with its inputs and its own workdir.
+#[derive(Clone, Debug)]
+pub struct BundleMember {
+    pub spec: StepSpec,
+    pub inputs: StepInputs,
+    pub workdir: PathBuf,
+}
+
+/// Why `members` cannot train as one bundle (they must share model, dataset, recipe and seed, be
+/// pruned levels ≥ 1 — level 0 is one step per seed — and use a built-in model), or None.
+pub fn bundle_incompatibility(members: &[BundleMember]) -> Option<String> {
+    let first = &members.first()?.spec;
+    if !bundle::bundleable(&first.model) {
+        return Some(format!("{} is a TorchScript model; only built-in models can be bundled", first.model.as_str()));
+    }
+    for m in members {
+        let s = &m.spec;
+        if s.level == 0 {
+            return Some("level 0 (the dense run) is one step per seed and is not bundled".into());
+        }
+        if s.model != first.model || s.dataset != first.dataset || s.recipe != first.recipe || s.seed != first.seed {
+            return Some("bundle members must share model, dataset, recipe and seed".into());
+        }
+    }
+    None
+}
+
+/// Trains several chain steps as one bundle ([`bundle`]): each member is set up, checkpointed
+/// and finished exactly as by [`run_step`] in its own workdir, and gets its own result. A member
+/// whose set-up fails (say, a missing parent) gets its error and the others train; a member
+/// that diverges is reported diverged and the others go on. `on_event(i, event)` reports member
+/// i's events. The outer error is for the bundle as a whole (its members cannot share a
+/// network, or the dataset does not load).
+pub fn run_bundle(members: &[BundleMember], device: Device, on_event: &mut dyn FnMut(usize, StepEvent)) -> Result<Vec<Result<StepOutput>>> {
+    let started = std::time::Instant::now();
+    if let Some(why) = bundle_incompatibility(members) {
+        bail!("{why}");
+    }
+    let lead = &members[0].spec;
+    let data = data::load(&lead.dataset, device).with_context(|| format!("loading dataset {}", lead.dataset.name.as_str()))?;
+    let mut results: Vec<Option<Result<StepOutput>>> = members.iter().map(|_| None).collect();
+    let mut nets = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let built = m.spec.validate(&m.inputs).and_then(|()| {
+            std::fs::create_dir_all(&m.workdir).with_context(|| format!("creating workdir {}", m.workdir.display()))?;
+            Network::new(model_of(&m.spec), data.shape, data.classes, device, init_seed(&m.spec))
+        });
+        match built {
+            Ok(net) => nets.push((i, net)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    // Set-up per member; `slots[j]` is the member index of bundle position j.
+    let mut slots = Vec::new();
+    let mut trainers = Vec::new();
+    let mut progress = Vec::new();
+    let mut start_it = 0;
+    for (i, net) in &nets {
+        let m = &members[*i];
+        let setup = (|| -> Result<_> {
+            let mut tr = train::Trainer::new(net, &data, &m.spec.recipe, m.spec.seed, device)?;
+            let rewind_it = check_rewind(&m.spec, tr.iterations_per_epoch, tr.total_iterations)?;
+            let (p, _) = start_state(&m.spec, &m.inputs, net, &mut tr, &StepPaths::new(&m.workdir), rewind_it, rewind_it, device)?;
+            Ok((tr, p, rewind_it))
+        })();
+        match setup {
+            Ok((tr, p, rewind_it)) => {
+                if let Some(other) = progress.first().map(|q: &train::Progress| q.iteration) {
+                    if p.iteration != other {
+                        // Checkpoints written at different iterations (a crash between two
+                        // members' writes): this one cannot join; a retry runs it alone.
+                        results[*i] = Some(Err(anyhow::anyhow!(
+                            "bundle member's checkpoint is at iteration {}, the bundle's at {other}; run this step alone",
+                            p.iteration
+                        )));
+                        continue;
+                    }
+                }
+                start_it = rewind_it;
+                slots.push(*i);
+                trainers.push(tr);
+                progress.push(p);
+            }
+            Err(e) => results[*i] = Some(Err(e)),
+        }
+    }
+    if !trainers.is_empty() {
+        let mut bt = bundle::BundleTrainer::new(trainers)?;
+        let ipe = bt.iterations_per_epoch();
+        let total = bt.total_iterations();
+        let every = lead.recipe.checkpoint_every.iterations(ipe);
+        let mut last = vec![(f64::NAN, f64::NAN, f64::NAN); slots.len()];
+        let paths: Vec<StepPaths> = slots.iter().map(|&i| StepPaths::new(&members[i].workdir)).collect();
+        let mut hook = |tr: &train::Trainer, j: usize, h: train::StepHook| -> Result<()> {
+            let i = slots[j];
+            match h {
+                train::StepHook::Stepped(p) => {
+                    if every > 0 && p.iteration % every == 0 && p.iteration < total {
+                        write_checkpoint(&paths[j].checkpoint, &members[i].spec, tr, p, None)?;
+                        on_event(i, StepEvent::Checkpoint { path: paths[j].checkpoint.clone() });
+                    }
+                }
+                train::StepHook::EpochEnd { progress: p, train_loss, test_accuracy, test_loss, images_per_second } => {
+                    last[j] = (train_loss, test_accuracy, test_loss);
+                    on_event(i, progress_event(p, total, ipe, train_loss, test_accuracy, images_per_second));
+                }
+            }
+            Ok(())
+        };
+        bt.run(&mut progress, total, &mut hook)?;
+        // Final numbers of the members that reached the end, unless the last step closed an epoch.
+        if total % ipe != 0 || last.iter().any(|l| l.1.is_nan()) {
+            let evals = bt.evaluate()?;
+            for (k, &j) in bt.active.iter().enumerate() {
+                let p = &progress[j];
+                let tl = if p.loss_steps > 0 { p.loss_sum.double_value(&[]) / p.loss_steps as f64 } else { last[j].0 };
+                last[j] = (tl, evals[k].0, evals[k].1);
+            }
+        }
+        for (j, &i) in slots.iter().enumerate() {
+            results[i] = Some(finish_step(&members[i].spec, &bt.members[j], &paths[j], start_it, progress[j].iteration, started, last[j]));
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every member has a result")).collect())
 }

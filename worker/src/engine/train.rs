@@ -199,7 +199,7 @@ impl<'a> Trainer<'a> {
 
     /// One SGD step (PyTorch's formulation, dampening 0):
     /// d = g + wd·p; buf = m·buf + d; d = nesterov ? d + m·buf : buf; p -= lr·d.
-    fn sgd_step(&mut self, lr: f64) {
+    pub(crate) fn sgd_step(&mut self, lr: f64) {
         let (wd, mom, nesterov) = (self.recipe.weight_decay, self.recipe.momentum, self.recipe.nesterov);
         let inv_scale = 1.0 / self.loss_scale;
         tch::no_grad(|| {
@@ -225,7 +225,7 @@ impl<'a> Trainer<'a> {
         });
     }
 
-    fn zero_grad(&self) {
+    pub(crate) fn zero_grad(&self) {
         for (_, p) in &self.params {
             let mut p = p.shallow_clone();
             p.zero_grad();
