@@ -96,6 +96,11 @@ pub async fn serve_with(
     if let Some(handle) = crate::http::metrics::install() {
         crate::http::metrics::spawn_upkeep(handle);
     }
+    // A submit cut short by a crash left its sweep half-written (and claimable by no one).
+    let discarded = store.discard_unfinished_submits().await?;
+    if !discarded.is_empty() {
+        tracing::warn!(sweeps = ?discarded, "deleted sweeps whose submit did not finish (the coordinator stopped while writing them); submit them again");
+    }
     let coord: Arc<Coordinator> = Coordinator::new(store.clone(), artifacts, opts);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::sweep_service_server::SweepServiceServer<SweepSvc>>().await;

@@ -155,6 +155,7 @@ fn sweep_state(s: &str) -> pb::SweepState {
         "cancelled" => pb::SweepState::Cancelled,
         "succeeded" => pb::SweepState::Succeeded,
         "failed" => pb::SweepState::Failed,
+        "submitting" => pb::SweepState::Submitting,
         _ => pb::SweepState::Unspecified,
     }
 }

@@ -52,6 +52,7 @@ pub fn sweep_state_name(value: i32) -> &'static str {
         Ok(pb::SweepState::Cancelled) => "cancelled",
         Ok(pb::SweepState::Succeeded) => "succeeded",
         Ok(pb::SweepState::Failed) => "failed",
+        Ok(pb::SweepState::Submitting) => "submitting",
         _ => "unknown",
     }
 }

@@ -85,6 +85,9 @@ pub struct UnknownState {
 text_enum! {
     /// A sweep's state (`sweeps.state`).
     SweepState {
+        /// Its grid is still being written (in short transactions on SQLite): nothing of it is
+        /// claimable yet, and a crash leaves it to be discarded when the coordinator starts.
+        Submitting = "submitting",
         /// Jobs are claimed as they become ready.
         Running = "running",
         /// Nothing is claimed; running jobs were handed back and resume from their checkpoints.
@@ -187,7 +190,7 @@ pub enum Verdict {
 }
 
 impl SweepState {
-    /// No job of the sweep will run again without a retry.
+    /// No job of the sweep will run again without a retry (a sweep being submitted is not finished).
     pub fn is_finished(self) -> bool {
         matches!(self, SweepState::Succeeded | SweepState::Failed | SweepState::Cancelled)
     }
@@ -205,6 +208,10 @@ impl SweepState {
         use SweepState::*;
         match (op, self) {
             (Pause, Paused) | (Resume, Running) | (Cancel, Cancelled) => Verdict::AlreadyDone,
+            (Cancel, Submitting) => Verdict::Refused(format!(
+                "sweep {sweep_id} is still being submitted; cancel it once `lthctl status {sweep_id}` shows it running"
+            )),
+            (Retry, Submitting) => Verdict::Refused(format!("sweep {sweep_id} is still being submitted: nothing of it has run yet")),
             (Pause, Running) | (Resume, Paused) | (Cancel, Running | Paused) => Verdict::Proceed,
             (Retry, Running | Paused | Failed | Succeeded) => Verdict::Proceed,
             (Pause, other) => Verdict::Refused(format!("sweep {sweep_id} is {other}; only a running sweep can be paused")),
@@ -326,7 +333,12 @@ mod tests {
                 sorted(inside.split(',').map(|s| s.trim().trim_matches('\'').to_string()).collect())
             })
             .collect();
-        assert_eq!(states[0], texts(&SweepState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
+        // 'submitting' came with a later migration, which rebuilds the CHECK.
+        let later = include_str!("../../migrations/postgres/20261203200000_submitting_sweeps.sql");
+        assert!(later.contains("'submitting'"), "the migration that adds the submitting state");
+        let mut sweep_states = states[0].clone();
+        sweep_states.push("submitting".to_string());
+        assert_eq!(sorted(sweep_states), texts(&SweepState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
         assert_eq!(states[1], texts(&TrialState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
         assert_eq!(states[2], texts(&JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
         assert_eq!(sorted(check_of("kind")), texts(&JobKind::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
@@ -356,6 +368,9 @@ mod tests {
         assert!(matches!(v(Cancelled, Retry), Verdict::Refused(m) if m.contains("sweep 7 is cancelled")));
         assert!(matches!(v(Cancelled, Pause), Verdict::Refused(_)));
         assert!(matches!(v(Cancelled, Resume), Verdict::Refused(_)));
+        for op in [Pause, Resume, Cancel, Retry] {
+            assert!(matches!(v(Submitting, op), Verdict::Refused(_)), "{op:?} of a sweep still being submitted");
+        }
         // Only a running sweep hands out work; exactly the three end states are finished.
         assert_eq!(SweepState::ALL.iter().filter(|s| s.claims_allowed()).collect::<Vec<_>>(), [&Running]);
         assert_eq!(SweepState::ALL.iter().filter(|s| s.is_finished()).count(), 3);

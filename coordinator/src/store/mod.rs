@@ -9,6 +9,7 @@
 //! are locked (Postgres: `FOR UPDATE SKIP LOCKED`; SQLite: a `BEGIN IMMEDIATE` single-writer
 //! transaction). The `both!` macro compiles each operation once per backend.
 
+mod sqlite_busy;
 mod sqlite_fns;
 mod throughput;
 pub use throughput::Throughput;
@@ -669,7 +670,7 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(30));
+                .busy_timeout(sqlite_busy::BUSY_TIMEOUT);
             // Migrations run on a connection of their own with foreign keys off: rebuilding a
             // table (SQLite's way to change a constraint) drops the old one, which with foreign
             // keys on would cascade-delete its children. The keys are checked once migrated.
@@ -698,7 +699,12 @@ impl Store {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections.min(8))
-                .after_connect(|conn, _meta| Box::pin(async move { sqlite_fns::register(conn).await }))
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        sqlite_fns::register(conn).await?;
+                        sqlite_busy::install(conn).await
+                    })
+                })
                 .connect_with(conn)
                 .await
                 .map_err(|e| {
@@ -734,318 +740,8 @@ impl Store {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Sweeps
+    // Sweeps (planning and submitting them: submit.rs)
     // -----------------------------------------------------------------------------------------
-
-    /// Counts what a submit would create and reuse, without writing.
-    pub async fn plan_sweep(&self, spec: &SweepSpec) -> Result<SubmitOutcome> {
-        let plan = spec.expand();
-        let hashes: Vec<&str> = plan
-            .dense
-            .iter()
-            .map(|d| d.content_hash.as_str())
-            .chain(plan.trials.iter().flat_map(|t| t.levels.iter().map(|l| l.content_hash.as_str())))
-            .chain(plan.trials.iter().flat_map(|t| t.controls.iter().map(|c| c.content_hash.as_str())))
-            .collect();
-        let reusable = both!(self, |pool, d, DB| {
-            let mut conn = pool.acquire().await?;
-            let mut found: HashMap<String, i64> = HashMap::new();
-            for chunk in hashes.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "SELECT content_hash, COALESCE(reused_from, id) AS src FROM jobs WHERE state = 'succeeded' AND content_hash IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for h in chunk {
-                    sep.push_bind(h.to_string());
-                }
-                qb.push(")");
-                for r in qb.build().fetch_all(&mut *conn).await? {
-                    found.insert(r.try_get("content_hash")?, r.try_get("src")?);
-                }
-            }
-            found
-        });
-        Ok(SubmitOutcome {
-            sweep_id: 0,
-            created: false,
-            trials: plan.trials.len() as u64,
-            jobs: plan.total_jobs() as u64,
-            jobs_reused: hashes.iter().filter(|h| reusable.contains_key(**h)).count() as u64,
-            dense_jobs: plan.dense.len() as u64,
-        })
-    }
-
-    /// Expands and stores a validated sweep in one transaction. A second submit with the same
-    /// `client_token` returns the first sweep and creates nothing; the same token with a different
-    /// spec is refused. Jobs whose content hash matches a succeeded job are created succeeded,
-    /// pointing at that job's results (`reused_from`).
-    pub async fn submit_sweep(&self, spec: &SweepSpec, client_token: Option<&str>) -> Result<SubmitOutcome> {
-        self.submit_sweep_as(spec, client_token, None).await
-    }
-
-    /// [`Store::submit_sweep`], recording `owner` (the submitting token's name) on the sweep.
-    pub async fn submit_sweep_as(&self, spec: &SweepSpec, client_token: Option<&str>, owner: Option<&str>) -> Result<SubmitOutcome> {
-        let client_token = client_token.filter(|t| !t.is_empty());
-        let plan = spec.expand();
-        both!(self, |pool, d, DB| {
-            let mut tx = pool.begin_write().await?;
-            if let Some(token) = client_token {
-                let existing = sqlx::query("SELECT id, spec FROM sweeps WHERE client_token = $1")
-                    .bind(token)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(row) = existing {
-                    let id: i64 = row.try_get("id")?;
-                    let Json(old): Json<SweepSpec> = row.try_get("spec")?;
-                    tx.rollback().await?;
-                    return self.existing_submit(id, &old, spec, token).await;
-                }
-            }
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO sweeps (client_token, name, spec, state, priority, max_attempts, owner) \
-                 VALUES ($1, $2, $3, 'running', $4, $5, $6) ON CONFLICT (client_token) DO NOTHING RETURNING id"
-            ))
-            .bind(client_token)
-            .bind(&spec.name)
-            .bind(Json(spec))
-            .bind(spec.priority)
-            .bind(spec.max_attempts as i32)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = inserted else {
-                // A concurrent submit with the same token committed first.
-                tx.rollback().await?;
-                let token = client_token.unwrap_or_default();
-                let row = sqlx::query("SELECT id, spec FROM sweeps WHERE client_token = $1").bind(token).fetch_one(pool).await?;
-                let Json(old): Json<SweepSpec> = row.try_get("spec")?;
-                return self.existing_submit(row.try_get("id")?, &old, spec, token).await;
-            };
-            let sweep_id: i64 = row.try_get("id")?;
-
-            // Succeeded jobs with the same content hash, from any sweep.
-            let all_hashes: Vec<String> = plan
-                .dense
-                .iter()
-                .map(|d| d.content_hash.clone())
-                .chain(plan.trials.iter().flat_map(|t| t.levels.iter().map(|l| l.content_hash.clone())))
-                .chain(plan.trials.iter().flat_map(|t| t.controls.iter().map(|c| c.content_hash.clone())))
-                .collect();
-            let mut reusable: HashMap<String, i64> = HashMap::new();
-            for chunk in all_hashes.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "SELECT content_hash, COALESCE(reused_from, id) AS src FROM jobs WHERE state = 'succeeded' AND content_hash IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for h in chunk {
-                    sep.push_bind(h.clone());
-                }
-                qb.push(") ORDER BY id");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let h: String = r.try_get("content_hash")?;
-                    let src: i64 = r.try_get("src")?;
-                    reusable.entry(h).or_insert(src);
-                }
-            }
-
-            let priority = spec.priority;
-            let max_attempts = spec.max_attempts as i32;
-            // content hash -> (job id, succeeded)
-            let mut ids: HashMap<String, (i64, bool)> = HashMap::new();
-
-            // Level 0: one dense job per seed.
-            for chunk in plan.dense.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO jobs (sweep_id, kind, seed, level, state, priority, max_attempts, content_hash, reused_from) ",
-                );
-                qb.push_values(chunk, |mut b, dp| {
-                    let reused = reusable.get(&dp.content_hash).copied();
-                    b.push_bind(sweep_id)
-                        .push_bind("dense")
-                        .push_bind(dp.seed as i64)
-                        .push_bind(0i32)
-                        .push_bind(if reused.is_some() { "succeeded" } else { "ready" })
-                        .push_bind(priority)
-                        .push_bind(max_attempts)
-                        .push_bind(dp.content_hash.clone())
-                        .push_bind(reused);
-                });
-                qb.push(" RETURNING id, content_hash, state");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let st: String = r.try_get("state")?;
-                    ids.insert(r.try_get("content_hash")?, (r.try_get("id")?, st == "succeeded"));
-                }
-            }
-
-            // Trials.
-            // (metric, rate, seed, schedule) -> trial id
-            type TrialKey = (String, u64, i64, Option<String>);
-            let trial_key = |t: &lth_sweep::TrialPlan| -> TrialKey {
-                (t.metric.as_str().to_string(), t.rate.to_bits(), t.seed as i64, schedule_to_db(&t.schedule))
-            };
-            let mut trial_ids: HashMap<TrialKey, i64> = HashMap::new();
-            for chunk in plan.trials.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO trials (sweep_id, metric, rate, seed, levels, dense_job_id, state, schedule) ",
-                );
-                qb.push_values(chunk, |mut b, t| {
-                    b.push_bind(sweep_id)
-                        .push_bind(t.metric.as_str())
-                        .push_bind(t.rate)
-                        .push_bind(t.seed as i64)
-                        .push_bind(t.levels.len() as i32)
-                        .push_bind(ids[&t.dense_hash].0)
-                        .push_bind("running")
-                        .push_bind(schedule_to_db(&t.schedule));
-                });
-                qb.push(" RETURNING id, metric, rate, seed, schedule");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let rate: f64 = r.try_get("rate")?;
-                    trial_ids.insert((r.try_get("metric")?, rate.to_bits(), r.try_get("seed")?, r.try_get("schedule")?), r.try_get("id")?);
-                }
-            }
-
-            // Levels, one depth at a time so that each level's parent id is known. Parents are
-            // looked up within the trial: two trials of one sweep can hold identical jobs (a
-            // constant 0.2 and a schedule starting at 0.2 agree on level 1), and each keeps its own.
-            // (trial id, level) -> (job id, succeeded)
-            let mut level_ids: HashMap<(i64, u32), (i64, bool)> = HashMap::new();
-            let parent_of = |level_ids: &HashMap<(i64, u32), (i64, bool)>, t: &lth_sweep::TrialPlan, level: u32| -> (i64, bool) {
-                if level == 0 {
-                    ids[&t.dense_hash]
-                } else {
-                    level_ids[&(trial_ids[&trial_key(t)], level)]
-                }
-            };
-            let max_level = plan.trials.iter().map(|t| t.levels.len()).max().unwrap_or(0);
-            for depth in 0..max_level {
-                let rows: Vec<(&lth_sweep::TrialPlan, &lth_sweep::LevelPlan)> =
-                    plan.trials.iter().filter_map(|t| t.levels.get(depth).map(|l| (t, l))).collect();
-                for chunk in rows.chunks(BIND_ROWS) {
-                    let mut qb = QueryBuilder::<DB>::new(
-                        "INSERT INTO jobs (sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
-                         state, priority, max_attempts, content_hash, reused_from) ",
-                    );
-                    qb.push_values(chunk, |mut b, (t, l)| {
-                        let reused = reusable.get(&l.content_hash).copied();
-                        let (parent_id, parent_done) = parent_of(&level_ids, t, l.level - 1);
-                        let state = initial_job_state(reused.is_some(), parent_done);
-                        b.push_bind(sweep_id)
-                            .push_bind(trial_ids[&trial_key(t)])
-                            .push_bind("level")
-                            .push_bind(t.seed as i64)
-                            .push_bind(t.metric.as_str())
-                            .push_bind(l.rate)
-                            .push_bind(l.level as i32)
-                            .push_bind(parent_id)
-                            .push_bind(ids[&t.dense_hash].0)
-                            .push_bind(state)
-                            .push_bind(priority)
-                            .push_bind(max_attempts)
-                            .push_bind(l.content_hash.clone())
-                            .push_bind(reused);
-                    });
-                    qb.push(" RETURNING id, trial_id, level, state");
-                    for r in qb.build().fetch_all(&mut *tx).await? {
-                        let st: String = r.try_get("state")?;
-                        let level: i32 = r.try_get("level")?;
-                        level_ids.insert((r.try_get("trial_id")?, level as u32), (r.try_get("id")?, st == "succeeded"));
-                    }
-                }
-            }
-
-            // Controls: children of the level they control (whose "weights" hold the ticket's
-            // mask), at that level and its rate; reused by content hash like any job.
-            let controls: Vec<(&lth_sweep::TrialPlan, &lth_sweep::ControlPlan)> =
-                plan.trials.iter().flat_map(|t| t.controls.iter().map(move |c| (t, c))).collect();
-            for chunk in controls.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO jobs (sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
-                     state, priority, max_attempts, content_hash, reused_from, control) ",
-                );
-                qb.push_values(chunk, |mut b, (t, c)| {
-                    let reused = reusable.get(&c.content_hash).copied();
-                    let (parent_id, parent_done) = parent_of(&level_ids, t, c.level);
-                    let state = initial_job_state(reused.is_some(), parent_done);
-                    let rate = t.levels.iter().find(|l| l.level == c.level).map(|l| l.rate).unwrap_or(t.rate);
-                    b.push_bind(sweep_id)
-                        .push_bind(trial_ids[&trial_key(t)])
-                        .push_bind("level")
-                        .push_bind(t.seed as i64)
-                        .push_bind(t.metric.as_str())
-                        .push_bind(rate)
-                        .push_bind(c.level as i32)
-                        .push_bind(parent_id)
-                        .push_bind(ids[&t.dense_hash].0)
-                        .push_bind(state)
-                        .push_bind(priority)
-                        .push_bind(max_attempts)
-                        .push_bind(c.content_hash.clone())
-                        .push_bind(reused)
-                        .push_bind(c.control.as_str());
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
-
-            let now = d.now;
-            sqlx::query(&format!(
-                "UPDATE jobs SET progress = 1, finished_at = {now} WHERE sweep_id = $1 AND state = 'succeeded'"
-            ))
-            .bind(sweep_id)
-            .execute(&mut *tx)
-            .await?;
-            // Trials whose every level was reused are already done.
-            sqlx::query(
-                "UPDATE trials SET state = 'succeeded' WHERE sweep_id = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM jobs j WHERE j.trial_id = trials.id AND j.state <> 'succeeded') \
-                 AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = trials.dense_job_id AND j.state = 'succeeded')",
-            )
-            .bind(sweep_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(sweep_id).execute(&mut *tx).await?;
-            finalize_sweeps!(tx, d, Some(sweep_id));
-            tx.commit().await?;
-            let reused = all_hashes.iter().filter(|h| reusable.contains_key(*h)).count() as u64;
-            Ok(SubmitOutcome {
-                sweep_id,
-                created: true,
-                trials: plan.trials.len() as u64,
-                jobs: plan.total_jobs() as u64,
-                jobs_reused: reused,
-                dense_jobs: plan.dense.len() as u64,
-            })
-        })
-    }
-
-    async fn existing_submit(&self, id: i64, old: &SweepSpec, new: &SweepSpec, token: &str) -> Result<SubmitOutcome> {
-        if old != new {
-            return Err(StoreError::AlreadyExists(format!(
-                "client token {token:?} was already used for sweep {id} with a different spec: use a new token for a new sweep"
-            )));
-        }
-        let (jobs, reused, dense, trials) = both!(self, |pool, d, DB| {
-            let r = sqlx::query(
-                "SELECT count(*) AS jobs, \
-                        CAST(COALESCE(sum(CASE WHEN reused_from IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS reused, \
-                        CAST(COALESCE(sum(CASE WHEN kind = 'dense' THEN 1 ELSE 0 END), 0) AS BIGINT) AS dense, \
-                        (SELECT count(*) FROM trials WHERE sweep_id = $1) AS trials \
-                   FROM jobs WHERE sweep_id = $1",
-            )
-            .bind(id)
-            .fetch_one(pool)
-            .await?;
-            (r.try_get::<i64, _>("jobs")?, r.try_get::<i64, _>("reused")?, r.try_get::<i64, _>("dense")?, r.try_get::<i64, _>("trials")?)
-        });
-        Ok(SubmitOutcome {
-            sweep_id: id,
-            created: false,
-            trials: trials as u64,
-            jobs: jobs as u64,
-            jobs_reused: reused as u64,
-            dense_jobs: dense as u64,
-        })
-    }
 
     /// The sweep's spec alone: what each claim's assignment carries, without `get_sweep`'s counts.
     pub async fn sweep_spec(&self, sweep_id: i64) -> Result<SweepSpec> {
@@ -2062,6 +1758,7 @@ pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
 
 mod batch;
 mod scrape;
+mod submit;
 pub use scrape::{JobCountRow, PoolStats, ScrapeCounts};
 pub use batch::{uploads_needed, ArtifactRecord, ClaimRequest, Completion};
 
