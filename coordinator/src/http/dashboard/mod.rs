@@ -153,10 +153,11 @@ fn may_change(c: &Caller, s: &SweepInfo) -> bool {
     allows(c.identity.role, Need::Submit) && (c.identity.role == Role::Admin || s.owner.as_deref() == Some(c.identity.name.as_str()))
 }
 
-/// Is there something for the retry button to do? Failed jobs, in a sweep that is not cancelled
-/// (`Store::retry_sweep` refuses a cancelled one).
+/// Is there something for the retry button to do? Failed jobs, in a sweep whose state allows a
+/// retry (`SweepState::allows`, the rule `Store::retry_sweep` applies: not a cancelled one).
 fn may_retry(s: &SweepInfo) -> bool {
-    s.jobs.failed > 0 && crate::store::retry_allowed(&s.state)
+    use lth_sweep::state::{SweepOp, SweepState, Verdict};
+    s.jobs.failed > 0 && s.state.parse::<SweepState>().is_ok_and(|st| st.allows(SweepOp::Retry, s.id) == Verdict::Proceed)
 }
 
 /// The deepest level every metric of a rate reached (the default overlap level), over all rates.
