@@ -16,6 +16,7 @@ use std::time::Duration;
 #[command(after_help = "Environment (besides the flags' own):\n  \
     LTH_AUTH_TOKENS      accepted tokens as in --auth-file (`ROLE NAME sha256:HEX`, newline or `;` between); both may be given\n  \
     LTH_TOKEN            `healthcheck` and lthctl: the token itself (LTH_TOKEN_FILE beats it)\n  \
+    LTH_COORDINATOR      `healthcheck` and lthctl: the coordinator's URL (https:// for TLS)\n  \
     LTH_TLS_CA           `healthcheck`: CA certificate (PEM) of an https:// coordinator\n  \
     LTH_TLS_CLIENT_CERT  `healthcheck`: client certificate (PEM) for mutual TLS\n  \
     LTH_TLS_CLIENT_KEY   its private key (PEM)")]

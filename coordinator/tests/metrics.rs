@@ -169,6 +169,7 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
 
     let (mut uploaded, mut downloaded, mut claims, mut failed_once, mut completed) = (0u64, 0u64, 0u64, false, 0u64);
     let mut mid_checked = false;
+    let mut heartbeats = 0u64;
     loop {
         let jobs = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w1".into(), free_slots: 2 }).await.unwrap().into_inner().jobs;
         if jobs.is_empty() {
@@ -194,6 +195,9 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
                 }
             }
             let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+            // A heartbeat for each running job (the daemon sends them every few seconds).
+            w.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running: vec![pb::JobLease { job_id: a.job_id, attempt: a.attempt }] }).await.unwrap();
+            heartbeats += 1;
             if !failed_once {
                 failed_once = true;
                 w.fail_job(pb::FailJobRequest { lease: Some(lease), error: "flaky".into(), retryable: true }).await.unwrap();
@@ -242,6 +246,20 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
     assert_eq!(get(&m, "lth_group_commit_batch_size_sum", &[("kind", "complete")]), Some(6.0), "six completions went through batches");
     assert!(get(&m, "lth_group_commit_batch_size_bucket", &[("kind", "claim"), ("le", "64")]).is_some());
     assert!(get(&m, "lth_group_commit_batch_duration_seconds_count", &[("kind", "record")]).unwrap() >= 1.0);
+    // Waits for a pooled connection, timed by the store on the hot paths: one per claim and per
+    // completion batch statement, one per heartbeat transaction, in buckets from 10 µs.
+    assert_eq!(get(&m, "lth_db_pool_wait_seconds_count", &[("op", "claim")]), Some(batches), "one connection wait per claim batch");
+    let complete_batches = get(&m, "lth_group_commit_batch_size_count", &[("kind", "complete")]).unwrap();
+    assert_eq!(get(&m, "lth_db_pool_wait_seconds_count", &[("op", "complete")]), Some(complete_batches), "one per completion batch");
+    assert_eq!(get(&m, "lth_db_pool_wait_seconds_count", &[("op", "heartbeat")]), Some(heartbeats as f64), "one per heartbeat");
+    assert!(get(&m, "lth_db_pool_wait_seconds_count", &[("op", "record")]).unwrap() >= 1.0, "artifact records wait too");
+    for op in ["claim", "complete", "heartbeat"] {
+        let count = get(&m, "lth_db_pool_wait_seconds_count", &[("op", op)]).unwrap();
+        assert_eq!(get(&m, "lth_db_pool_wait_seconds_bucket", &[("op", op), ("le", "+Inf")]), Some(count), "{op}");
+        assert!(get(&m, "lth_db_pool_wait_seconds_bucket", &[("op", op), ("le", "0.00001")]).is_some(), "{op}: pool-wait buckets from 10 µs");
+        assert!(get(&m, "lth_db_pool_wait_seconds_sum", &[("op", op)]).unwrap() > 0.0, "{op}: an acquire takes some time");
+    }
+    assert!(body.contains("# TYPE lth_db_pool_wait_seconds histogram"), "{body}");
     assert_eq!(get(&m, "lth_db_errors_total", &[]), None, "no database errors");
     assert!(get(&m, "lth_db_pool_max_connections", &[]).unwrap() >= 1.0);
     assert!(body.contains("# TYPE lth_claim_duration_seconds histogram"), "{body}");

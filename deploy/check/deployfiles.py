@@ -171,8 +171,41 @@ def read_env_file(path):
     return env
 
 
-def compose(root, env):
-    raw = yaml.safe_load(open(os.path.join(root, "deploy/docker-compose.yml")))
+# Compose files as the README runs them: the file alone, and with each override file on top.
+COMPOSE_FILE = "deploy/docker-compose.yml"
+COMPOSE_OVERRIDES = ("deploy/docker-compose.tls.yml",)
+
+
+def _volume_target(v):
+    return v.get("target") if isinstance(v, dict) else str(v).split(":")[1]
+
+
+def merge_compose(base, over):
+    """`docker compose -f base -f over`, for the keys lth's files use (compose-spec merge rules):
+    mappings merge key by key (environment, labels, depends_on, ...), `volumes` and `ports` of a
+    service merge by container target / by value, other sequences and scalars are replaced
+    (command, entrypoint, healthcheck.test, profiles)."""
+    def merge(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = merge(a[k], v, path + (k,)) if k in a else v
+            return out
+        if path[-1:] == ("environment",) and isinstance(a, (dict, list)) and isinstance(b, (dict, list)):
+            return {**compose_environment({"environment": a}), **compose_environment({"environment": b})}
+        if len(path) == 3 and path[0] == "services" and path[2] == "volumes" and isinstance(a, list) and isinstance(b, list):
+            targets = {_volume_target(v) for v in b}
+            return [v for v in a if _volume_target(v) not in targets] + list(b)
+        if len(path) == 3 and path[0] == "services" and path[2] == "ports" and isinstance(a, list) and isinstance(b, list):
+            return list(a) + [p for p in b if p not in a]
+        return b
+    return merge(base, over, ())
+
+
+def compose(root, env, overrides=()):
+    raw = yaml.safe_load(open(os.path.join(root, COMPOSE_FILE)))
+    for rel in overrides:
+        raw = merge_compose(raw, yaml.safe_load(open(os.path.join(root, rel))))
     return interpolate(raw, env)
 
 

@@ -1,7 +1,10 @@
 """The deploy files' commands, run for real: a coordinator on a fresh Postgres database, then
   1. the compose `worker-cpu` service's exact process (its image's ENTRYPOINT + the service's
-     command and environment, as deploy/docker-compose.yml and the Dockerfile say), and
-  2. deploy/slurm/lth-worker.sbatch itself, run by bash as sbatch would, with a stand-in `srun`
+     command and environment, as deploy/docker-compose.yml and the Dockerfile say),
+  2. the same with deploy/docker-compose.tls.yml on top: certificates made by
+     scripts/make-tls-certs.sh, a second coordinator with the TLS file's settings, its healthcheck
+     command (and the image's plaintext one failing), the worker dialing https://, and
+  3. deploy/slurm/lth-worker.sbatch itself, run by bash as sbatch would, with a stand-in `srun`
      that starts the script's task once per node of SLURM_JOB_NODELIST as plain processes,
 each finishing a small sweep derived from examples/digits-lenet.toml on the bundled digits, then
 stopping on SIGTERM (compose's stop, Slurm's --signal) and exiting cleanly.
@@ -156,20 +159,27 @@ def stop(name, p, grace):
         raise Failure(f"{name} exited {rc} on SIGTERM (expected a clean 0)")
 
 
-def compose_worker(bin_dir, tmp, port, env_file):
-    """The compose worker-cpu service as a plain process, with deploy/.env's values `env_file`."""
-    c = df.compose(ROOT, env_file)
+def compose_worker(bin_dir, tmp, port, env_file, overrides=(), coordinator_host="127.0.0.1", label="worker-cpu"):
+    """The compose worker-cpu service as a plain process, with deploy/.env's values `env_file`
+    (and the compose override files `overrides` on top)."""
+    c = df.compose(ROOT, env_file, overrides)
     svc = c["services"]["worker-cpu"]
     argv, st = df.compose_argv(ROOT, svc)
-    rootfs = os.path.join(tmp, "worker-cpu-rootfs")
-    # Container paths: mount targets, the image's volumes and WORKDIR, and paths in its ENV.
+    rootfs = os.path.join(tmp, f"{label}-rootfs")
+    # Container paths: mount targets, the image's volumes and WORKDIR, and paths in its ENV. A
+    # bind mount of a host file (an absolute source that is a file) puts that file there.
     container_paths = {v.split(":")[1] for v in svc.get("volumes", [])} | {st.workdir}
     container_paths |= {v for k, v in st.env.items() if v.startswith("/")}
+    files = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", []) if os.path.isfile(v.split(":")[0])}
     for path in container_paths:
-        os.makedirs(rootfs + path, exist_ok=True)
+        if path in files:
+            os.makedirs(os.path.dirname(rootfs + path), exist_ok=True)
+            shutil.copy(files[path], rootfs + path)
+        else:
+            os.makedirs(rootfs + path, exist_ok=True)
 
     def translate(value):
-        value = value.replace("coordinator:50051", f"127.0.0.1:{port}")
+        value = value.replace("coordinator:50051", f"{coordinator_host}:{port}")
         for path in sorted(container_paths, key=len, reverse=True):
             if value == path or value.startswith(path + "/"):
                 return rootfs + value
@@ -180,10 +190,62 @@ def compose_worker(bin_dir, tmp, port, env_file):
     argv = [os.path.join(bin_dir, argv[0])] + [translate(a) for a in argv[1:]]
     grace = float(re.sub(r"\D", "", svc.get("stop_grace_period", "10s")))
     host_env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
-    log("compose worker-cpu: " + " ".join(argv[1:]) + "  env " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
-    logf = open(os.path.join(tmp, "worker-cpu.log"), "w")
+    log(f"compose {label}: " + " ".join(argv[1:]) + "  env " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
+    logf = open(os.path.join(tmp, f"{label}.log"), "w")
     p = subprocess.Popen(argv, env={**host_env, "HOME": rootfs + st.workdir, **env}, cwd=rootfs + st.workdir, stdout=logf, stderr=subprocess.STDOUT)
     return p, grace
+
+
+def host_path(service, path):
+    """The host file behind a container path of a compose service (its bind mounts)."""
+    for v in service.get("volumes", []):
+        src, target = v.split(":")[:2]
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return src + path[len(target):]
+    raise Failure(f"{path} is inside none of the service's volumes")
+
+
+def compose_tls(bin_dir, tmp, db_url, env_file):
+    """docker-compose.tls.yml for real: certificates from scripts/make-tls-certs.sh as the README
+    makes them, a coordinator with the TLS file's settings, its healthcheck command, and the
+    worker-cpu service's process dialing https:// finishing a sweep. Returns the coordinator."""
+    tls_dir = os.path.join(tmp, "tls")
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts/make-tls-certs.sh"), tls_dir], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise Failure(f"scripts/make-tls-certs.sh failed: {r.stderr.strip()}")
+    env_file = {**env_file, "LTH_TLS_DIR": tls_dir}
+    c = df.compose(ROOT, env_file, df.COMPOSE_OVERRIDES)
+    coord_svc = c["services"]["coordinator"]
+    cenv = df.compose_environment(coord_svc)
+    port = free_port()
+    clog = os.path.join(tmp, "coordinator-tls.log")
+    tls_env = {k: host_path(coord_svc, cenv[k]) for k in ("LTH_TLS_CERT", "LTH_TLS_KEY")}
+    coord = subprocess.Popen(
+        [os.path.join(bin_dir, "lth-coordinator"), "--listen", f"127.0.0.1:{port}", "--http-listen", "off", "--db", db_url,
+         "--artifacts", os.path.join(tmp, "artifacts"), "--lease-seconds", "15", "--heartbeat-seconds", "2"],
+        stdout=open(clog, "w"), stderr=subprocess.STDOUT, env={**os.environ, "LTH_AUTH_TOKENS": cenv["LTH_AUTH_TOKENS"], **tls_env})
+    for _ in range(300):
+        if "listening on" in open(clog).read():
+            break
+        if coord.poll() is not None:
+            raise Failure(f"TLS coordinator exited: {open(clog).read()}")
+        time.sleep(0.1)
+    else:
+        raise Failure("TLS coordinator did not start in 30 s")
+    # The TLS file's healthcheck, as compose runs it in the container (localhost = the container).
+    test = [a.replace("localhost:50051", f"localhost:{port}") for a in coord_svc["healthcheck"]["test"][1:]]
+    health_env = {**os.environ, "LTH_TLS_CA": host_path(coord_svc, cenv["LTH_TLS_CA"])}
+    r = subprocess.run([os.path.join(bin_dir, test[0]), *test[1:]], capture_output=True, text=True, timeout=30, env=health_env)
+    if r.returncode != 0 or "SERVING" not in r.stdout:
+        raise Failure(f"the TLS healthcheck {' '.join(test)} failed ({r.returncode}): {r.stdout.strip()} {r.stderr.strip()}")
+    said = r.stdout.strip()
+    # ... and the image's own HEALTHCHECK (plaintext) would not pass: the override is needed.
+    plain = [a.replace("127.0.0.1:50051", f"127.0.0.1:{port}") for a in df.stage(ROOT, "lth-coordinator").healthcheck]
+    r = subprocess.run([os.path.join(bin_dir, plain[0]), *plain[1:]], capture_output=True, text=True, timeout=30, env=health_env)
+    if r.returncode == 0:
+        raise Failure(f"the image's plaintext HEALTHCHECK passed against a TLS port: {r.stdout}")
+    log(f"TLS coordinator on https://localhost:{port}: the TLS file's healthcheck says {said}; the image's plaintext one fails")
+    return coord, port, env_file
 
 
 def slurm_job(bin_dir, tmp, port, worker_token):
@@ -269,6 +331,18 @@ def main():
         log(f"compose worker-cpu: sweep done, stopped cleanly on SIGTERM ({time.monotonic() - t:.0f} s)")
 
         t = time.monotonic()
+        tls_coord, tls_port, tls_env = compose_tls(bin_dir, tmp, db_url, env_file)
+        procs.append(("TLS coordinator", tls_coord))
+        worker, grace = compose_worker(bin_dir, tmp, tls_port, tls_env, df.COMPOSE_OVERRIDES, "localhost", "worker-cpu-tls")
+        procs.append(("compose worker-cpu (TLS)", worker))
+        LTHCTL_ENV["LTH_TLS_CA"] = os.path.join(tmp, "tls", "ca.crt")
+        run_sweep(bin_dir, f"https://localhost:{tls_port}", small_sweep(os.path.join(tmp, "compose-tls.toml"), "deploy-compose-tls", "l1", 3),
+                  [("compose worker-cpu (TLS)", worker)], [])
+        del LTHCTL_ENV["LTH_TLS_CA"]
+        stop("compose worker-cpu (TLS)", worker, grace)
+        log(f"compose worker-cpu with docker-compose.tls.yml: sweep done over TLS, stopped cleanly on SIGTERM ({time.monotonic() - t:.0f} s)")
+
+        t = time.monotonic()
         job, pids = slurm_job(bin_dir, tmp, port, worker_token)
         procs.append(("slurm job", job))
         run_sweep(bin_dir, url, small_sweep(os.path.join(tmp, "slurm.toml"), "deploy-slurm", "l2", 2), [("slurm job", job)],
@@ -289,7 +363,7 @@ def main():
         ok = True
     except Failure as e:
         log(f"FAILED: {e}")
-        for name in ("coordinator.log", "worker-cpu.log", "slurm-job.log"):
+        for name in ("coordinator.log", "worker-cpu.log", "coordinator-tls.log", "worker-cpu-tls.log", "slurm-job.log"):
             path = os.path.join(tmp, name)
             if os.path.exists(path):
                 print(f"--- {name} (last lines)\n" + "".join(open(path).readlines()[-25:]), flush=True)

@@ -27,10 +27,21 @@ import deployfiles as df  # noqa: E402
 import kustomize  # noqa: E402
 
 KUSTOMIZATIONS = ["deploy/k8s/base", "deploy/k8s/overlays/dev", "deploy/k8s/overlays/production"]
+# Every component is rendered: those no overlay above uses (mtls, service-monitor) on top of this
+# overlay, in a kustomization generated for the check.
+COMPONENT_BASE = "deploy/k8s/overlays/production"
+COMPONENTS_DIR = "deploy/k8s/components"
 # Oldest Kubernetes the manifests are meant for, and the newest schema kubernetes-validate bundles.
 K8S_VERSIONS = ["1.29.0", "1.37.0"]
 # Secrets the admin creates (overlays/production); every other referenced Secret must be rendered.
-EXTERNAL_SECRETS = {"lth-db", "lth-artifacts", "lth-auth", "lth-worker-token"}
+EXTERNAL_SECRETS = {"lth-db", "lth-artifacts", "lth-auth", "lth-worker-token",
+                    # components/tls, components/mtls, components/service-monitor
+                    "lth-coordinator-tls", "lth-tls-ca", "lth-tls-client-ca", "lth-worker-tls", "lth-metrics-token"}
+# Custom resources and the models their schemas come from (PyPI `cloudcoil-models-prometheus-operator`,
+# generated from the Prometheus Operator's CRDs); kubernetes-validate knows only built-in kinds.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+# The worker daemon's metrics port in the manifests (LTH_METRICS_LISTEN), and the coordinator's HTTP port.
+WORKER_METRICS_PORT = 9102
 NAMESPACE = "lth"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "RuntimeClass", "PriorityClass", "StorageClass", "PersistentVolume"}
 SHELL_SCRIPTS = ["scripts/*.sh", "deploy/check/*.sh", "deploy/slurm/*.sbatch"]
@@ -53,6 +64,17 @@ def run(argv, **kw):
 
 # --- Kubernetes --------------------------------------------------------------------------
 
+def components_in_use(root):
+    """Component folders (relative to root) that the rendered overlays name."""
+    used = set()
+    for k in KUSTOMIZATIONS:
+        path = os.path.join(root, k, "kustomization.yaml")
+        doc = df.yaml.safe_load(open(path)) if os.path.exists(path) else {}
+        for c in (doc or {}).get("components", []) or []:
+            used.add(os.path.relpath(os.path.normpath(os.path.join(root, k, c)), root))
+    return used
+
+
 def render_all(root, tools):
     out, errors = {}, []
     for k in KUSTOMIZATIONS:
@@ -60,19 +82,77 @@ def render_all(root, tools):
             out[k] = kustomize.render(os.path.join(root, k), tools.dir)
         except kustomize.KustomizeError as e:
             errors.append(f"{k}: kustomize: {e}")
+    used = components_in_use(root)
+    comp_dir = os.path.join(root, COMPONENTS_DIR)
+    for name in sorted(os.listdir(comp_dir)):
+        rel = f"{COMPONENTS_DIR}/{name}"
+        if rel in used or not os.path.exists(os.path.join(comp_dir, name, "kustomization.yaml")):
+            continue
+        key = f"{COMPONENT_BASE} + {rel}"
+        # Inside deploy/k8s, so that Kustomize's root-only loader accepts both folders.
+        gen = tempfile.mkdtemp(prefix=".check-", dir=os.path.join(root, "deploy/k8s"))
+        try:
+            with open(os.path.join(gen, "kustomization.yaml"), "w") as f:
+                # As if the component were listed in that overlay (whose namespace it then takes).
+                f.write(f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {NAMESPACE}\n"
+                        f"resources: [{os.path.relpath(os.path.join(root, COMPONENT_BASE), gen)}]\n"
+                        f"components: [{os.path.relpath(os.path.join(comp_dir, name), gen)}]\n")
+            out[key] = kustomize.render(gen, tools.dir)
+        except kustomize.KustomizeError as e:
+            errors.append(f"{key}: kustomize: {e}")
+        finally:
+            shutil.rmtree(gen, ignore_errors=True)
     return out, errors
+
+
+@functools.lru_cache(maxsize=None)
+def crd_models():
+    """{(apiVersion, kind): pydantic model} with unknown fields refused at every level, as the API
+    server's strict field validation does for a structural CRD schema."""
+    import inspect
+    import pydantic
+    from cloudcoil.models.prometheus_operator import v1
+    from cloudcoil import apimachinery
+    classes = {c for mod in (v1, apimachinery) for _, c in inspect.getmembers(mod, inspect.isclass) if issubclass(c, pydantic.BaseModel)}
+    for c in classes:
+        c.model_config["extra"] = "forbid"
+    # Twice: a model embeds the schemas of the models it uses as they were when it was rebuilt.
+    for _ in range(2):
+        for c in classes:
+            c.model_rebuild(force=True)
+    return {(api, kind): getattr(v1, kind) for api, kind in CRD_KINDS}
+
+
+def check_crd_objects(label, objs):
+    import pydantic
+    errors = []
+    for o in objs:
+        model = crd_models()[(o.get("apiVersion"), o.get("kind"))]
+        try:
+            model.model_validate(o)
+        except pydantic.ValidationError as e:
+            for err in e.errors():
+                where = ".".join(str(x) for x in err["loc"])
+                errors.append(f"{label}: {o['kind']}/{o['metadata']['name']}: {where}: {err['msg']}")
+    return errors
 
 
 def check_k8s_schemas(root, tools):
     rendered, errors = render_all(root, tools)
     with tempfile.TemporaryDirectory() as tmp:
         for k, text in rendered.items():
-            path = os.path.join(tmp, k.replace("/", "_") + ".yaml")
-            open(path, "w").write(text)
+            objs = df.objects(text)
+            custom = [o for o in objs if (o.get("apiVersion"), o.get("kind")) in CRD_KINDS]
+            errors += check_crd_objects(k, custom)
+            path = os.path.join(tmp, re.sub(r"[^\w.-]+", "_", k) + ".yaml")
+            open(path, "w").write(df.yaml.safe_dump_all([o for o in objs if o not in custom], sort_keys=False))
             for version in K8S_VERSIONS:
                 r = run([tools.tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, path])
+                out = (r.stdout + r.stderr).splitlines()
                 if r.returncode != 0:
-                    errors += [f"{k} (Kubernetes {version}): {line}" for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+                    errors += [f"{k} (Kubernetes {version}): {line}" for line in out if line.strip()]
+                # A kind without a schema is only a warning to kubernetes-validate: it would pass unchecked.
+                errors += [f"{k} (Kubernetes {version}): {line} (add its schema to the checks)" for line in out if "Couldn't find schema" in line]
     return errors
 
 
@@ -144,11 +224,108 @@ def check_k8s_policy(root, tools):
                         count = (pod.get("nodeSelector") or {}).get("nvidia.com/gpu.count")
                         if str(count) != str(gpu_request):
                             errors.append(f"{cw}: requests {gpu_request} GPUs but selects nodes with nvidia.com/gpu.count={count}: it must take all of a node's GPUs")
+        for o, pod in df.pod_specs(objs):
+            for v in pod.get("volumes", []):
+                name = (v.get("secret") or {}).get("secretName")
+                if name and ("Secret", name) not in names and name not in EXTERNAL_SECRETS:
+                    errors.append(f"{k}: {o['kind']}/{o['metadata']['name']} volume {v['name']} mounts Secret {name!r}, which nothing creates")
+        errors += k8s_tls_and_metrics(k, objs)
         if not any(o["kind"] == "PodDisruptionBudget" for o in objs):
             errors.append(f"{k}: no PodDisruptionBudget for the coordinator")
         deps = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "lth-coordinator"]
         if deps and deps[0]["spec"].get("replicas", 1) < 2:
             errors.append(f"{k}: the coordinator Deployment needs at least 2 replicas")
+    return errors
+
+
+def mounted(container, path):
+    """Is `path` inside one of the container's volume mounts?"""
+    return any(path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/") for m in container.get("volumeMounts", []))
+
+
+def selects(match_labels, labels):
+    return all(labels.get(key) == value for key, value in (match_labels or {}).items())
+
+
+def admitted(objs, pod_labels, port):
+    """Does some NetworkPolicy let traffic in to pods with these labels on `port`?"""
+    for np in (o for o in objs if o["kind"] == "NetworkPolicy"):
+        spec = np["spec"]
+        if "Ingress" not in spec.get("policyTypes", ["Ingress"]) or not selects((spec.get("podSelector") or {}).get("matchLabels"), pod_labels):
+            continue
+        for rule in spec.get("ingress", []) or []:
+            if not rule.get("ports") or any(p.get("port") == port for p in rule["ports"]):
+                return True
+    return False
+
+
+def k8s_tls_and_metrics(k, objs):
+    """TLS set up end to end (the coordinator's files mounted, no plaintext grpc probe, every
+    worker dialing https:// with a mounted CA, client certificates for mutual TLS), the workers'
+    metrics port declared, annotated and admitted by a NetworkPolicy, and the Prometheus
+    Operator's monitors pointing at ports that exist."""
+    errors = []
+    containers = [(o, pod, c) for o, pod in df.pod_specs(objs) for c in pod.get("containers", [])]
+    role = lambda c: (df.image_key(c.get("image", "")) or "").split("-")[1] if df.image_key(c.get("image", "")) else None
+    coord = [(o, pod, c) for o, pod, c in containers if role(c) == "coordinator"]
+    workers = [(o, pod, c) for o, pod, c in containers if role(c) == "worker"]
+    tls = client_ca = False
+    for o, pod, c in coord:
+        where = f"{k}: {o['kind']}/{o['metadata']['name']} container {c['name']}"
+        env = df.container_env_values(c, objs)
+        tls, client_ca = "LTH_TLS_CERT" in env, "LTH_TLS_CLIENT_CA" in env
+        for var in ("LTH_TLS_CERT", "LTH_TLS_KEY", "LTH_TLS_CLIENT_CA"):
+            if var in env and not mounted(c, env[var]):
+                errors.append(f"{where}: {var}={env[var]} is not under any volumeMount of the container (mount the Secret there)")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if tls and "grpc" in (c.get(probe) or {}):
+                errors.append(f"{where}: {probe} is a grpc probe, but the gRPC port serves TLS and Kubernetes' grpc probes speak plaintext: use httpGet /healthz on the http port")
+    for o, pod, c in workers:
+        where = f"{k}: {o['kind']}/{o['metadata']['name']} container {c['name']}"
+        env = df.container_env_values(c, objs)
+        args = c.get("args") or []
+        url = args[args.index("--coordinator") + 1] if "--coordinator" in args else env.get("LTH_COORDINATOR", "")
+        if coord and tls and not url.startswith("https://"):
+            errors.append(f"{where}: dials {url} in plaintext, but the coordinator serves TLS (LTH_TLS_CERT): use https:// and LTH_TLS_CA")
+        if coord and not tls and url.startswith("https://"):
+            errors.append(f"{where}: dials {url}, but the coordinator serves no TLS (no LTH_TLS_CERT)")
+        needed = (["LTH_TLS_CA"] if tls else []) + (["LTH_TLS_CLIENT_CERT", "LTH_TLS_CLIENT_KEY"] if client_ca else [])
+        for var in needed:
+            if var not in env:
+                errors.append(f"{where}: no {var}, which {'TLS' if var == 'LTH_TLS_CA' else 'mutual TLS (LTH_TLS_CLIENT_CA on the coordinator)'} needs")
+            elif not mounted(c, env[var]):
+                errors.append(f"{where}: {var}={env[var]} is not under any volumeMount of the container")
+        listen = env.get("LTH_METRICS_LISTEN", "off")
+        if listen != "off":
+            port = int(listen.rsplit(":", 1)[1])
+            if port not in [p.get("containerPort") for p in c.get("ports", [])]:
+                errors.append(f"{where}: LTH_METRICS_LISTEN={listen} but the container declares no containerPort {port}")
+            meta = o["spec"]["template"].get("metadata") or {}
+            annotations = meta.get("annotations") or {}
+            if annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") != str(port):
+                errors.append(f"{where}: prometheus.io/port {annotations.get('prometheus.io/port')!r} is not LTH_METRICS_LISTEN's port {port}")
+            if not admitted(objs, meta.get("labels") or {}, port):
+                errors.append(f"{where}: no NetworkPolicy admits the metrics port {port} (LTH_METRICS_LISTEN) to these pods: Prometheus cannot scrape them")
+    names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    for m in (o for o in objs if o["kind"] in ("ServiceMonitor", "PodMonitor")):
+        where = f"{k}: {m['kind']}/{m['metadata']['name']}"
+        match = (m["spec"].get("selector") or {}).get("matchLabels")
+        if m["kind"] == "ServiceMonitor":
+            targets = [svc for svc in objs if svc["kind"] == "Service" and selects(match, svc["metadata"].get("labels") or {})]
+            ports = {p.get("name") for svc in targets for p in svc["spec"].get("ports", [])}
+            endpoints = m["spec"].get("endpoints", [])
+        else:
+            targets = [pod for o, pod in df.pod_specs(objs) if selects(match, (o["spec"]["template"].get("metadata") or {}).get("labels") or {})]
+            ports = {p.get("name") for pod in targets for c in pod.get("containers", []) for p in c.get("ports", [])}
+            endpoints = m["spec"].get("podMetricsEndpoints", [])
+        if not targets:
+            errors.append(f"{where}: its selector {match} matches nothing rendered here")
+        for e in endpoints:
+            if e.get("port") not in ports:
+                errors.append(f"{where}: port {e.get('port')!r} is not a named port of what it selects ({sorted(p for p in ports if p)})")
+            secret = ((e.get("authorization") or {}).get("credentials") or {}).get("name")
+            if secret and ("Secret", secret) not in names and secret not in EXTERNAL_SECRETS:
+                errors.append(f"{where}: reads Secret {secret!r}, which nothing creates")
     return errors
 
 
@@ -158,19 +335,66 @@ def compose_env(root):
     return df.read_env_file(os.path.join(root, "deploy/env.example"))
 
 
+def compose_variants():
+    """The compose file alone, and with each override file: (label, overrides)."""
+    return [(df.COMPOSE_FILE, ())] + [(f"{df.COMPOSE_FILE} + {o}", (o,)) for o in df.COMPOSE_OVERRIDES]
+
+
 def check_compose_schema(root, tools):
-    r = run([tools.tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-             os.path.join(root, "deploy/docker-compose.yml")])
+    files = [os.path.join(root, f) for f in (df.COMPOSE_FILE, *df.COMPOSE_OVERRIDES)]
+    r = run([tools.tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *files])
     return [] if r.returncode == 0 else [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
 
 
 def check_compose_policy(root, tools):
     errors = []
-    try:
-        c = df.compose(root, compose_env(root))
-    except df.InterpolationError as e:
-        return [f"deploy/docker-compose.yml with deploy/env.example: {e}"]
+    for label, overrides in compose_variants():
+        try:
+            c = df.compose(root, compose_env(root), overrides)
+        except df.InterpolationError as e:
+            errors.append(f"{label} with deploy/env.example: {e}")
+            continue
+        errors += [f"{label}: {e}" if overrides else e for e in compose_policy(c)]
+    return errors
+
+
+def compose_mounted(service, path):
+    return any(path == t or path.startswith(t.rstrip("/") + "/") for t in (df._volume_target(v) for v in service.get("volumes", []) or []))
+
+
+def compose_tls(services):
+    """With LTH_TLS_CERT on the coordinator: its files mounted, a healthcheck that speaks TLS (the
+    image's asks http://), workers dialing https:// with a mounted LTH_TLS_CA. Without: no https://."""
+    errors = []
+    coord = services.get("coordinator", {})
+    env = df.compose_environment(coord)
+    tls = "LTH_TLS_CERT" in env
+    for var in ("LTH_TLS_CERT", "LTH_TLS_KEY", "LTH_TLS_CLIENT_CA", "LTH_TLS_CA"):
+        if var in env and not compose_mounted(coord, env[var]):
+            errors.append(f"service coordinator: {var}={env[var]} is not inside any of its volumes")
+    if tls:
+        test = (coord.get("healthcheck") or {}).get("test") or []
+        if not any(str(t).startswith("https://") for t in test):
+            errors.append("service coordinator: serves TLS but its healthcheck does not ask https:// (the image's HEALTHCHECK asks http://127.0.0.1:50051)")
+    for name, svc in services.items():
+        if not name.startswith("worker"):
+            continue
+        wenv = df.compose_environment(svc)
+        cmd = svc.get("command") or []
+        url = cmd[cmd.index("--coordinator") + 1] if "--coordinator" in cmd else wenv.get("LTH_COORDINATOR", "")
+        if tls and not url.startswith("https://"):
+            errors.append(f"service {name}: dials {url or 'the default URL'} in plaintext, but the coordinator serves TLS: use https:// and LTH_TLS_CA")
+        if not tls and url.startswith("https://"):
+            errors.append(f"service {name}: dials {url}, but the coordinator serves no TLS")
+        if tls and not compose_mounted(svc, wenv.get("LTH_TLS_CA", "/nonexistent")):
+            errors.append(f"service {name}: LTH_TLS_CA {wenv.get('LTH_TLS_CA')!r} is not set to a file inside its volumes")
+    return errors
+
+
+def compose_policy(c):
+    errors = []
     services = c.get("services", {})
+    errors += compose_tls(services)
     for name, s in services.items():
         for p in s.get("ports", []) or []:
             spec = p if isinstance(p, str) else f"{p.get('host_ip', '')}:{p.get('published', '')}:{p.get('target')}"
@@ -372,12 +596,16 @@ def invocations(root, tools):
         out.append((argv, list(st.env), f"{df.IMAGES[key][0]} stage {st.name}"))
         if st.healthcheck:
             out.append((st.healthcheck, [], f"{df.IMAGES[key][0]} stage {st.name} HEALTHCHECK"))
-    c = df.compose(root, compose_env(root))
-    for name, s in c["services"].items():
-        if df.compose_image_key(s) is None:
-            continue
-        argv, st = df.compose_argv(root, s)
-        out.append((argv, list(st.env) + list(df.compose_environment(s)), f"deploy/docker-compose.yml service {name}"))
+    for label, overrides in compose_variants():
+        c = df.compose(root, compose_env(root), overrides)
+        for name, s in c["services"].items():
+            if df.compose_image_key(s) is None:
+                continue
+            argv, st = df.compose_argv(root, s)
+            out.append((argv, list(st.env) + list(df.compose_environment(s)), f"{label} service {name}"))
+            test = (s.get("healthcheck") or {}).get("test") or []
+            if test[:1] == ["CMD"]:
+                out.append((test[1:], [], f"{label} service {name} healthcheck"))
     rendered, _ = render_all(root, tools)
     for k, text in rendered.items():
         objs = df.objects(text)
@@ -469,6 +697,32 @@ BROKEN = [
     ("compose workers without a token", check_compose_policy, "deploy/docker-compose.yml",
      '      LTH_TOKEN: ${LTH_WORKER_TOKEN:?set LTH_WORKER_TOKEN in deploy/.env (see deploy/env.example)}\n    # Each',
      "    # Each", "no LTH_TOKEN or LTH_TOKEN_FILE"),
+    # TLS, mutual TLS, the workers' metrics port, the Prometheus Operator's monitors.
+    ("tls component keeping a plaintext grpc probe", check_k8s_policy, "deploy/k8s/components/tls/kustomization.yaml",
+     "        path: /spec/template/spec/containers/0/readinessProbe\n        value: { httpGet: { path: /healthz, port: http }, periodSeconds: 5, failureThreshold: 2 }",
+     "        path: /spec/template/spec/containers/0/readinessProbe/periodSeconds\n        value: 5", "readinessProbe is a grpc probe"),
+    ("workers left on http:// under TLS", check_k8s_policy, "deploy/k8s/components/tls/kustomization.yaml",
+     "LTH_COORDINATOR=https://lth-coordinator:50051", "LTH_COORDINATOR=http://lth-coordinator:50051", "in plaintext, but the coordinator serves TLS"),
+    ("certificate path outside the mounted Secret", check_k8s_policy, "deploy/k8s/components/tls/kustomization.yaml",
+     "LTH_TLS_CERT=/etc/lth/tls/tls.crt", "LTH_TLS_CERT=/etc/lth/certs/tls.crt", "is not under any volumeMount"),
+    ("mutual TLS without the workers' key", check_k8s_policy, "deploy/k8s/components/mtls/kustomization.yaml",
+     "      - LTH_TLS_CLIENT_KEY=/etc/lth/worker-tls/tls.key\n", "", "no LTH_TLS_CLIENT_KEY"),
+    ("misspelled client-certificate variable", check_flag_drift, "deploy/k8s/components/mtls/kustomization.yaml",
+     "LTH_TLS_CLIENT_CERT=", "LTH_TLS_CLIENT_CRT=", "LTH_TLS_CLIENT_CRT"),
+    ("misspelled ServiceMonitor field", check_k8s_schemas, "deploy/k8s/components/service-monitor/monitors.yaml",
+     "      path: /metrics\n      interval: 30s\n      authorization:", "      paths: /metrics\n      interval: 30s\n      authorization:", "paths: Extra inputs are not permitted"),
+    ("PodMonitor naming a port the workers lack", check_k8s_policy, "deploy/k8s/components/service-monitor/monitors.yaml",
+     "    - port: metrics", "    - port: metric", "port 'metric' is not a named port"),
+    ("worker metrics port closed by the NetworkPolicy", check_k8s_policy, "deploy/k8s/base/network-policy.yaml",
+     "        - { port: 9102, protocol: TCP }", "        - { port: 9103, protocol: TCP }", "no NetworkPolicy admits the metrics port 9102"),
+    ("worker metrics port not declared", check_k8s_policy, "deploy/k8s/base/worker.env",
+     "LTH_METRICS_LISTEN=0.0.0.0:9102", "LTH_METRICS_LISTEN=0.0.0.0:9100", "declares no containerPort 9100"),
+    ("compose TLS file without the healthcheck", check_compose_policy, "deploy/docker-compose.tls.yml",
+     '      test: ["CMD", "lth-coordinator", "healthcheck", "--coordinator", "https://localhost:50051"]', '      test: ["CMD", "lth-coordinator", "healthcheck"]', "does not ask https://"),
+    ("compose TLS file leaving a worker on http://", check_compose_policy, "deploy/docker-compose.tls.yml",
+     "  worker-gpu:\n    environment:\n      LTH_COORDINATOR: https://coordinator:50051", "  worker-gpu:\n    environment:\n      LTH_COORDINATOR: http://coordinator:50051", "service worker-gpu: dials http://coordinator:50051 in plaintext"),
+    ("misspelled flag in the compose TLS healthcheck", check_flag_drift, "deploy/docker-compose.tls.yml",
+     '"healthcheck", "--coordinator", "https://localhost:50051"', '"healthcheck", "--coordinator-url", "https://localhost:50051"', "no flag --coordinator-url"),
 ]
 
 

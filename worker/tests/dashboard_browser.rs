@@ -6,6 +6,11 @@
 //! Issue 14's "done when": the sweeps page lists the sweep; the sweep page's progress advances live
 //! without a reload; the accuracy plot has one series per metric and one point per level; pausing
 //! from the page pauses the sweep; a viewer token gets no buttons and its forged POST is refused.
+//! And the retry button: a sweep whose dataset file is missing on the worker fails; its owner (a
+//! submitter) sees the button, the file is put in place, Retry re-queues the failed jobs and the
+//! sweep then succeeds with second attempts (lthctl status and the jobs table say so); an admin
+//! sees the button on someone else's sweep, a viewer and another owner's submitter do not, and
+//! their POSTs are refused.
 //!
 //! Needs `chromedriver` and `chromium` on PATH (or LTH_CHROMEDRIVER / LTH_CHROMIUM); without them
 //! the test fails and says how to install them (it never skips).
@@ -62,6 +67,69 @@ fn submit(dir: &Path, grpc: &str, token: &str, name: &str, metrics: &str, levels
     let out = lthctl(grpc, token, &["submit", file.to_str().unwrap()]);
     let id = out.split("submitted sweep ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok());
     id.unwrap_or_else(|| panic!("no sweep id in lthctl's output: {out}"))
+}
+
+/// A safetensors dataset of two classes of 8×8 images (bright top / bright bottom half), written
+/// byte by byte: `train_images`/`test_images` (N×8×8 uint8) and int64 labels.
+fn write_safetensors(path: &Path, train: usize, test: usize) {
+    let pixels = |class: usize, i: usize| -> Vec<u8> {
+        (0..64).map(|p| (if (p < 32) == (class == 0) { 200u8 } else { 30 }).wrapping_add(((p * 7 + i * 13) % 23) as u8)).collect()
+    };
+    let mut tensors: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (images, labels, n) in [("train_images", "train_labels", train), ("test_images", "test_labels", test)] {
+        let x: Vec<u8> = (0..n).flat_map(|i| pixels(i % 2, i)).collect();
+        let y: Vec<u8> = (0..n).flat_map(|i| ((i % 2) as i64).to_le_bytes()).collect();
+        tensors.push((images, "U8", vec![n, 8, 8], x));
+        tensors.push((labels, "I64", vec![n], y));
+    }
+    let (mut header, mut offset) = (serde_json::Map::new(), 0);
+    for (name, dtype, shape, data) in &tensors {
+        header.insert(name.to_string(), json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}));
+        offset += data.len();
+    }
+    let mut head = Value::Object(header).to_string();
+    while !head.len().is_multiple_of(8) {
+        head.push(' ');
+    }
+    let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(head.as_bytes());
+    for (_, _, _, data) in &tensors {
+        bytes.extend(data);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A sweep on a safetensors file at `data` (on the worker; not checked at submit): 2 jobs (dense
+/// and one level), one attempt each, so a missing file fails the sweep at once.
+fn submit_on_file(dir: &Path, grpc: &str, token: &str, name: &str, data: &Path) -> i64 {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nmodel = \"lenet300100\"\nmetrics = [\"magnitude\"]\nrates = [0.5]\nseeds = [1]\nlevels = 1\nmax_attempts = 1\n\
+             [dataset]\nname = \"safetensors\"\npath = {:?}\n\
+             [recipe]\nlength = \"2ep\"\nbatch_size = 16\nlr = 0.05\nrewind = \"0it\"\naugment = false\ncheckpoint_every = \"0it\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = lthctl(grpc, token, &["submit", file.to_str().unwrap()]);
+    let id = out.split("submitted sweep ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok());
+    id.unwrap_or_else(|| panic!("no sweep id in lthctl's output: {out}"))
+}
+
+/// POSTs `body` to `path` from the page (the browser's own cookies and origin); the status code.
+async fn page_post(browser: &Browser, path: &str, body: &str) -> Value {
+    browser
+        .cmd(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": format!(
+                "var done = arguments[0]; \
+                 fetch({path:?}, {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: {body:?}}}).then(function (r) {{ done(r.status); }});"
+            ), "args": []})),
+        )
+        .await
 }
 
 fn status_state(grpc: &str, token: &str, id: i64) -> String {
@@ -153,6 +221,17 @@ impl Browser {
         self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({ "text": text }))).await;
     }
 
+    /// Saves a PNG of the window to `$LTH_DASH_SHOTS/{name}.png` when that variable is set (to
+    /// look at the pages; the test checks nothing in the picture).
+    async fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("LTH_DASH_SHOTS") else { return };
+        use base64::Engine;
+        let png = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), bytes).unwrap();
+    }
+
     async fn delete_cookies(&self) {
         self.cmd(reqwest::Method::DELETE, "/cookie", None).await;
     }
@@ -195,9 +274,13 @@ impl Drop for Browser {
 async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::create("lth_dash").await;
-    let (admin, viewer, worker) = ("lth_admin_dash_test", "lth_viewer_dash_test", "lth_worker_dash_test");
+    let (admin, viewer, worker, submitter) = ("lth_admin_dash_test", "lth_viewer_dash_test", "lth_worker_dash_test", "lth_submitter_dash_test");
     let auth = dir.path().join("auth");
-    std::fs::write(&auth, token_line("admin", "alice", admin) + &token_line("viewer", "victor", viewer) + &token_line("worker", "pool", worker)).unwrap();
+    std::fs::write(
+        &auth,
+        token_line("admin", "alice", admin) + &token_line("viewer", "victor", viewer) + &token_line("worker", "pool", worker) + &token_line("submitter", "sam", submitter),
+    )
+    .unwrap();
     let (_coord, grpc, http) = start_coordinator(dir.path(), &db.url, &auth);
 
     let mut wcmd = Command::new(worker_bin());
@@ -209,6 +292,10 @@ async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
         .env("LTH_LOG", "info");
     let _worker = Proc::spawn("worker", &mut wcmd, &dir.path().join("worker.log"));
 
+    // Sweep f (sam's) names a dataset file that is not there yet: its jobs fail at once, before
+    // sweep a's start (the worker claims the oldest ready job first).
+    let data = dir.path().join("data").join("two-classes.safetensors");
+    let f = submit_on_file(dir.path(), &grpc, submitter, "dash-f", &data);
     let a = submit(dir.path(), &grpc, admin, "dash-a", "\"magnitude\", \"l1\"", 3, "2ep");
     let browser = Browser::start(dir.path()).await;
 
@@ -269,6 +356,17 @@ async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
     assert_eq!(code, json!(403), "a viewer's POST must be refused");
     assert_eq!(status_state(&grpc, admin, b), "paused", "the viewer's refused resume changed nothing");
 
+    // Sweep f failed (its file is missing). The viewer sees no retry button there either, and its
+    // retry POST is refused.
+    assert_eq!(status_state(&grpc, admin, f), "failed");
+    browser.goto(&format!("{http}/sweeps/{f}")).await;
+    assert_eq!(browser.js("return !!document.getElementById('btn-retry')").await, Value::Bool(false), "a viewer must get no retry button");
+    assert_eq!(browser.js("return !!document.getElementById('read-only')").await, Value::Bool(true));
+    let csrf = browser.js("return document.querySelector('header input[name=csrf]').value").await;
+    let code = page_post(&browser, &format!("/sweeps/{f}/control"), &format!("action=retry&csrf={}", csrf.as_str().unwrap())).await;
+    assert_eq!(code, json!(403), "a viewer's retry must be refused");
+    assert_eq!(status_state(&grpc, admin, f), "failed", "the viewer's refused retry changed nothing");
+
     // A POST from another origin is refused even with an admin session.
     browser.delete_cookies().await;
     browser.login(&http, admin, &format!("/sweeps/{b}")).await;
@@ -287,5 +385,46 @@ async fn dashboard_in_chromium_follows_pauses_and_refuses_a_viewer() {
         .unwrap();
     assert_eq!(forged.status().as_u16(), 403);
     assert_eq!(status_state(&grpc, admin, b), "paused");
+
+    // The admin sees the retry button on sam's failed sweep: enabled, counting both failed jobs.
+    browser.goto(&format!("{http}/sweeps/{f}")).await;
+    assert_eq!(browser.js("var b = document.getElementById('btn-retry'); return !!b && !b.disabled && b.dataset.failed === '2'").await, Value::Bool(true), "the admin's retry button");
+    // ... but not on a sweep with nothing failed (b is paused, none failed): there it is disabled.
+    browser.goto(&format!("{http}/sweeps/{b}")).await;
+    assert_eq!(browser.js("var b = document.getElementById('btn-retry'); return !!b && b.disabled").await, Value::Bool(true), "retry is disabled without failed jobs");
+
+    // Sam, a submitter: no buttons on alice's sweep b, a refused retry there; the button on its own f.
+    browser.delete_cookies().await;
+    browser.login(&http, submitter, &format!("/sweeps/{b}")).await;
+    assert_eq!(browser.js("return !!document.getElementById('btn-retry') || !!document.getElementById('btn-resume')").await, Value::Bool(false), "a submitter gets no buttons on another owner's sweep");
+    let csrf = browser.js("return document.querySelector('header input[name=csrf]').value").await;
+    let code = page_post(&browser, &format!("/sweeps/{b}/control"), &format!("action=retry&csrf={}", csrf.as_str().unwrap())).await;
+    assert_eq!(code, json!(403), "a submitter may not retry another owner's sweep");
+    browser.goto(&format!("{http}/sweeps/{f}")).await;
+    browser.screenshot("sweep-failed-retry").await;
+    let failed_status = lthctl(&grpc, submitter, &["status", &f.to_string()]);
+    assert!(failed_status.contains(&format!("lthctl retry {f}")), "lthctl status names the retry: {failed_status}");
+
+    // The cause goes away (the file appears on the worker); Retry on the page re-queues both jobs.
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    write_safetensors(&data, 32, 16);
+    browser.click("#btn-retry").await;
+    browser.wait_js("return !!document.getElementById('retried')", Duration::from_secs(10), "the page to come back after the retry").await;
+    assert_eq!(browser.js("return document.getElementById('retried').dataset.jobs").await, json!("2"), "both failed jobs re-queued");
+    let t0 = Instant::now();
+    while status_state(&grpc, submitter, f) != "succeeded" {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the retried sweep did not succeed: {}", lthctl(&grpc, submitter, &["status", &f.to_string()]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The same jobs ran again: the dense job's first attempt failed, its second succeeded, and
+    // the level job (failed with its parent, never claimed) ran once.
+    let pool = db.pool().await;
+    let jobs: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT kind, state, attempt FROM jobs WHERE sweep_id = $1 ORDER BY id").bind(f).fetch_all(&pool).await.unwrap();
+    assert_eq!(jobs, vec![("dense".into(), "succeeded".into(), 2), ("level".into(), "succeeded".into(), 1)]);
+    let outcomes: Vec<(i32, String)> =
+        sqlx::query_as("SELECT a.attempt, a.outcome FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE j.sweep_id = $1 AND j.parent_job_id IS NULL ORDER BY a.attempt").bind(f).fetch_all(&pool).await.unwrap();
+    assert_eq!(outcomes, vec![(1, "failed".to_string()), (2, "succeeded".to_string())], "the dense job's attempts");
+    pool.close().await;
     let _ = std::io::stderr().flush();
 }

@@ -4,7 +4,8 @@
 //! - **Recorded** as things happen, through the `metrics` facade into one process-wide
 //!   `metrics-exporter-prometheus` recorder ([`install`]): counters of claims, completions,
 //!   failures, releases, lost leases, database errors and artifact bytes; histograms of ClaimJobs
-//!   and CompleteJob latency and of group-commit batch sizes and durations.
+//!   and CompleteJob latency, of group-commit batch sizes and durations, and of the store's waits
+//!   for a pooled database connection (`lth_db_pool_wait_seconds{op}`, `store/pool_wait.rs`).
 //! - **Computed at scrape time** from the database, so they are right across restarts and across
 //!   several coordinators on one Postgres: jobs by state (all sweeps), jobs by state of each
 //!   unfinished sweep (one grouped statement for both), live workers, whether the database
@@ -35,6 +36,9 @@ use std::time::Duration;
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// Calls per group-commit batch (max_batch is 64 by default).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Waits for a pooled database connection: 10 µs (an idle connection at hand) to the pool's 10 s
+/// acquire timeout.
+const POOL_WAIT_BUCKETS: &[f64] = &[0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The recorded series' names (the scrape-time ones are written in [`scrape_section`]).
 pub mod names {
@@ -50,6 +54,8 @@ pub mod names {
     pub const BATCH_RETRIED_ALONE: &str = "lth_group_commit_retried_alone_total";
     pub const DB_ERRORS: &str = "lth_db_errors_total";
     pub const ARTIFACT_BYTES: &str = "lth_artifact_bytes_total";
+    /// Recorded by the store (`store/pool_wait.rs`).
+    pub const DB_POOL_WAIT_SECONDS: &str = crate::store::pool_wait::POOL_WAIT_SECONDS;
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -61,7 +67,9 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS))
+                // A Full matcher wins over the `_seconds` suffix (the exporter tries Full first).
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::DB_POOL_WAIT_SECONDS.into()), POOL_WAIT_BUCKETS));
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(e) => {
@@ -97,6 +105,11 @@ fn describe() {
     describe_histogram!(names::BATCH_SECONDS, Unit::Seconds, "Duration of one group-commit batch statement, by kind.");
     describe_counter!(names::BATCH_RETRIED_ALONE, "Calls retried one by one after their batch failed as a whole.");
     describe_counter!(names::DB_ERRORS, "Database errors answered to callers or hit by the reaper, by kind (pool_timed_out, connection, database, other).");
+    describe_histogram!(
+        names::DB_POOL_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time the store waited for a pooled database connection, by operation (claim, complete, record, heartbeat, write)."
+    );
     describe_counter!(names::ARTIFACT_BYTES, Unit::Bytes, "Artifact bytes uploaded by workers (direction=in) and downloaded (direction=out).");
 }
 

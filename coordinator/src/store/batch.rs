@@ -144,7 +144,7 @@ impl Store {
                 .bind(&workers)
                 .bind(&ns)
                 .bind(&secs)
-                .fetch_all(pool)
+                .fetch_all(&mut *pool_wait::acquire(pool, "claim").await?)
                 .await?;
                 for r in &rows {
                     let ord: i64 = r.try_get("claim_ord")?;
@@ -162,7 +162,7 @@ impl Store {
                 }
             }
             Store::Sqlite(pool) => {
-                let mut tx = pool.begin_write().await?;
+                let mut tx = pool.begin_write_for("claim").await?;
                 for (i, r) in reqs.iter().enumerate() {
                     per_req[i] = match sqlite_claim(&mut *tx, &r.worker_id, r.n, r.lease.as_secs_f64()).await? {
                         None => None,
@@ -220,7 +220,7 @@ impl Store {
                 .bind(&uris)
                 .bind(&digests)
                 .bind(&bytes)
-                .fetch_all(pool)
+                .fetch_all(&mut *pool_wait::acquire(pool, "record").await?)
                 .await?;
                 let mut out = std::collections::HashSet::with_capacity(rows.len());
                 for r in &rows {
@@ -230,7 +230,7 @@ impl Store {
             }
             Store::Sqlite(pool) => {
                 let now = SQLITE.now;
-                let mut tx = pool.begin_write().await?;
+                let mut tx = pool.begin_write_for("record").await?;
                 let mut out = std::collections::HashSet::new();
                 for r in recs {
                     // `WHERE true` tells SQLite's parser the ON CONFLICT belongs to the upsert.
@@ -327,7 +327,7 @@ impl Store {
             let mut refused: std::collections::HashMap<Lease, Refusal> = match self {
                 Store::Postgres(pool) => pg_complete(pool, items, &todo).await?,
                 Store::Sqlite(pool) => {
-                    let mut tx = pool.begin_write().await?;
+                    let mut tx = pool.begin_write_for("complete").await?;
                     let mut refused = std::collections::HashMap::new();
                     let mut sweeps = Vec::new();
                     for &i in &todo {
@@ -746,7 +746,7 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
     .bind(&u_dead_in)
     .bind(&u_final)
     .bind(&diverged)
-    .fetch_all(pool)
+    .fetch_all(&mut *pool_wait::acquire(pool, "complete").await?)
     .await?;
     let mut refused = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {

@@ -9,6 +9,7 @@
 //! are locked (Postgres: `FOR UPDATE SKIP LOCKED`; SQLite: a `BEGIN IMMEDIATE` single-writer
 //! transaction). The `both!` macro compiles each operation once per backend.
 
+pub mod pool_wait;
 mod sqlite_busy;
 mod sqlite_fns;
 mod throughput;
@@ -543,23 +544,27 @@ impl Dialect {
 }
 
 /// Opens a write transaction: on SQLite `BEGIN IMMEDIATE` takes the write lock up front, so two
-/// writers never deadlock upgrading read locks.
+/// writers never deadlock upgrading read locks. The wait for the connection is recorded in
+/// `lth_db_pool_wait_seconds` ([`pool_wait`]) under `op` (`begin_write`: "write").
 trait BeginWrite {
     type Db: sqlx::Database;
-    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+    fn begin_write_for(&self, op: &'static str) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+    fn begin_write(&self) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send {
+        self.begin_write_for("write")
+    }
 }
 
 impl BeginWrite for PgPool {
     type Db = sqlx::Postgres;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
+    async fn begin_write_for(&self, op: &'static str) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        pool_wait::begin(self, op, None).await
     }
 }
 
 impl BeginWrite for SqlitePool {
     type Db = sqlx::Sqlite;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write_for(&self, op: &'static str) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        pool_wait::begin(self, op, Some("BEGIN IMMEDIATE")).await
     }
 }
 
@@ -1085,7 +1090,7 @@ impl Store {
         both!(self, |pool, d, DB| {
             let now = d.now;
             let until = d.now_plus("$4");
-            let mut tx = pool.begin_write().await?;
+            let mut tx = pool.begin_write_for("heartbeat").await?;
             let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
                 .bind(worker_id)
                 .execute(&mut *tx)

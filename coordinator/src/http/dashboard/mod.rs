@@ -6,12 +6,13 @@
 //! - `/sweeps/{id}` Sweep: progress per metric (live), accuracy vs weights remaining, per-layer
 //!   kept-fraction heatmaps, the ticket-overlap matrix at `?level=`, dead-unit / collapse warnings,
 //!   running jobs with worker and images/s, failed jobs with their errors, every job (paged), and
-//!   the pause / resume / cancel buttons for callers whose role allows them.
+//!   the pause / resume / cancel / retry buttons for callers whose role allows them (retry: the
+//!   failed jobs go back to the queue with fresh attempts, as `lthctl retry` does).
 //! - `/sweeps/{id}/live`: the SSE stream (`live.rs`); `/sweeps/{id}/fragment`: the plots and job
 //!   tables alone, which the page re-fetches when a job changes state.
 //! - `/jobs/{id}` Job: per-epoch curves from progress events, attempts, artifacts, result.
 //! - `/workers` Workers: slots, CPUs, GPUs, current jobs, last heartbeat, health.
-//! - `POST /sweeps/{id}/control` (action = pause | resume | cancel), `/login`, `/logout`
+//! - `POST /sweeps/{id}/control` (action = pause | resume | cancel | retry), `/login`, `/logout`
 //!   (`session.rs`: cookies, CSRF, origin check).
 //!
 //! Aggregation happens in SQL, through the views of docs/sql.md (`Store::accuracy`, the
@@ -146,9 +147,17 @@ async fn sweeps_page(State(st): State<Arc<HttpState>>, c: Caller, Query(q): Para
 // Sweep
 // ---------------------------------------------------------------------------------------------
 
-/// May this caller pause, resume and cancel this sweep? (submitter: its own; admin: any)
+/// May this caller pause, resume, cancel and retry this sweep? (submitter: its own; admin: any;
+/// the same rule as the gRPC port's `check_owner`)
 fn may_change(c: &Caller, s: &SweepInfo) -> bool {
     allows(c.identity.role, Need::Submit) && (c.identity.role == Role::Admin || s.owner.as_deref() == Some(c.identity.name.as_str()))
+}
+
+/// Is there something for the retry button to do? Failed jobs, in a sweep whose state allows a
+/// retry (`SweepState::allows`, the rule `Store::retry_sweep` applies: not a cancelled one).
+fn may_retry(s: &SweepInfo) -> bool {
+    use lth_sweep::state::{SweepOp, SweepState, Verdict};
+    s.jobs.failed > 0 && s.state.parse::<SweepState>().is_ok_and(|st| st.allows(SweepOp::Retry, s.id) == Verdict::Proceed)
 }
 
 /// The deepest level every metric of a rate reached (the default overlap level), over all rates.
@@ -364,9 +373,22 @@ async fn sweep_page(State(st): State<Arc<HttpState>>, c: Caller, Path(id): Path<
             r#"<button name="action" value="cancel" id="btn-cancel" class="danger" data-confirm="Cancel sweep {id}? Unfinished jobs stop; results so far stay."{}>cancel</button>"#,
             if terminal { " disabled" } else { "" }
         );
+        let failed = s.jobs.failed;
+        let _ = write!(
+            b,
+            r#"<button name="action" value="retry" id="btn-retry" data-failed="{failed}" title="Re-queue the failed jobs (and the jobs waiting on them) with fresh attempts, as lthctl retry {id} does"{}>retry {failed} failed</button>"#,
+            if may_retry(&s) { "" } else { " disabled" }
+        );
         b.push_str("</form>");
     } else {
-        b.push_str(r#"<p class="note" id="read-only">Read-only: pausing, resuming and cancelling need a submitter token (own sweeps) or an admin token.</p>"#);
+        b.push_str(r#"<p class="note" id="read-only">Read-only: pausing, resuming, cancelling and retrying need a submitter token (own sweeps) or an admin token.</p>"#);
+    }
+    if let Some(n) = param_i64(&q, "retried") {
+        if n > 0 {
+            let _ = write!(b, r#"<p class="note" id="retried" data-jobs="{n}">Re-queued {n} failed job(s) with fresh attempts.</p>"#);
+        } else {
+            b.push_str(r#"<p class="note" id="retried" data-jobs="0">No failed jobs to retry.</p>"#);
+        }
     }
     b.push_str(&progress_section(&s));
     let _ = write!(b, r#"<div id="fragment">{frag}</div></div>"#);
@@ -391,8 +413,8 @@ async fn sweep_control(State(st): State<Arc<HttpState>>, Path(id): Path<i64>, he
         Err(r) => return r,
     };
     let action = f.get("action").map(String::as_str).unwrap_or("");
-    if !matches!(action, "pause" | "resume" | "cancel") {
-        return session::refuse(StatusCode::BAD_REQUEST, &format!("unknown action {action:?}: use pause, resume or cancel"));
+    if !matches!(action, "pause" | "resume" | "cancel" | "retry") {
+        return session::refuse(StatusCode::BAD_REQUEST, &format!("unknown action {action:?}: use pause, resume, cancel or retry"));
     }
     let s = match st.coord.store.get_sweep(id).await {
         Ok(s) => s,
@@ -413,15 +435,23 @@ async fn sweep_control(State(st): State<Arc<HttpState>>, Path(id): Path<i64>, he
     }
     let store = &st.coord.store;
     let done = match action {
-        "pause" => store.pause_sweep(id).await,
-        "resume" => store.resume_sweep(id).await,
-        _ => store.cancel_sweep(id).await,
+        "pause" => store.pause_sweep(id).await.map(|()| None),
+        "resume" => store.resume_sweep(id).await.map(|()| None),
+        "retry" => store.retry_sweep(id, None).await.map(Some),
+        _ => store.cancel_sweep(id).await.map(|()| None),
     };
-    if let Err(e) = done {
-        return store_error(Some(&c), e);
-    }
+    let retried = match done {
+        Ok(r) => r,
+        Err(e) => return store_error(Some(&c), e),
+    };
     tracing::info!(target: "lth::audit", who = %c.identity.name, role = c.identity.role.as_str(), action, sweep_id = id, via = "dashboard", "audit");
-    Redirect::to(&format!("/sweeps/{id}")).into_response()
+    match retried {
+        Some(n) => {
+            tracing::info!(sweep_id = id, jobs = n, via = "dashboard", "failed jobs re-queued");
+            Redirect::to(&format!("/sweeps/{id}?retried={n}")).into_response()
+        }
+        None => Redirect::to(&format!("/sweeps/{id}")).into_response(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

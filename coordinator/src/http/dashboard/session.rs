@@ -7,7 +7,7 @@
 //!   cookie: an opaque random id (256 bits) mapped in memory to the identity, `HttpOnly`,
 //!   `SameSite=Strict`, expiring after [`SESSION_TTL`]. The token itself is never stored. A
 //!   `Authorization: Bearer` header is accepted on GETs too (scripts, the benchmark).
-//! - Every POST (login, logout, pause/resume/cancel) needs an `Origin` (or, without one, a
+//! - Every POST (login, logout, pause/resume/cancel/retry) needs an `Origin` (or, without one, a
 //!   `Referer`) of this very host, and every POST but the login the session's CSRF token (a second
 //!   random value, in a hidden form field, compared in constant time). Without tokens the CSRF
 //!   token is one random value per process.

@@ -58,6 +58,13 @@
       if (r) r.disabled = s.state !== "paused";
       if (c2) c2.disabled = ["succeeded", "failed", "cancelled"].indexOf(s.state) >= 0;
     }
+    // Retry: enabled while jobs are failed and the sweep is not cancelled (as the server renders it).
+    var rt = document.getElementById("btn-retry");
+    if (rt) {
+      rt.disabled = !(j.failed > 0 && s.state !== "cancelled");
+      rt.textContent = "retry " + j.failed + " failed";
+      rt.setAttribute("data-failed", String(j.failed));
+    }
     root.setAttribute("data-updates", String(1 + Number(root.getAttribute("data-updates") || 0)));
   });
   es.addEventListener("job", function (e) {
