@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod auth;
 pub mod config;
+pub mod download;
 pub mod group_commit;
 pub mod health;
 pub mod http;

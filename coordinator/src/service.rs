@@ -5,10 +5,11 @@
 //! the object store, and turning the events table into a live WatchSweep stream.
 
 use crate::artifacts::ArtifactStore;
+use crate::download::{on_lost, stream_object, ChunkStream, Expected, OnLost};
 use crate::auth::{caller, Identity, Role};
 use crate::group_commit::{GroupCommit, GroupCommitOptions};
 use crate::store::{
-    AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, InputRow, JobRow, LayerInput, Lease, ProgressInput, ResultInput, Store, StoreError,
+    AbortReason, ArtifactRecord, ArtifactRow, Completion, ClaimedJob, GpuRow, InputRow, JobRow, LayerInput, Lease, LostArtifact, ProgressInput, ResultInput, Store, StoreError,
     SweepInfo, UnitStats, WorkerRegistration,
 };
 use futures::{Stream, StreamExt};
@@ -72,6 +73,32 @@ impl Coordinator {
     pub fn new(store: Store, artifacts: ArtifactStore, opts: ServiceOptions) -> Arc<Coordinator> {
         let queue = GroupCommit::start(store.clone(), opts.group_commit);
         Arc::new(Coordinator { store, queue, artifacts, opts, specs: Mutex::new(HashMap::new()) })
+    }
+
+    /// A file `dependent` needs was found lost (`what` names it for people): repairs it through
+    /// the store (`store/repair.rs`) and answers the dependent ARTIFACT_LOST, its job handed back.
+    /// FAILED_PRECONDITION, so that a worker that does not know the reason drops the attempt as
+    /// it would for a lost lease, which is what it now is.
+    pub async fn artifact_lost(&self, dependent: Lease, what: &str, name: &str, uri: Option<&str>, problem: &str) -> Status {
+        match self.store.artifact_lost(dependent, name, uri, problem).await {
+            Ok(outcome) => {
+                metrics::counter!(crate::http::metrics::names::ARTIFACTS_LOST, "artifact" => name.to_string()).increment(1);
+                let done = match outcome {
+                    LostArtifact::Repairing { producer } => format!("job {producer}, which made it, runs again; this job waits for it"),
+                    LostArtifact::AlreadyRepaired { producer, dependent_state } => {
+                        format!("job {producer}, which made it, is being (or was) run again; this job is {dependent_state} again")
+                    }
+                    LostArtifact::CheckpointForgotten => "the checkpoint is forgotten; start the attempt from scratch".to_string(),
+                };
+                tracing::warn!(job_id = dependent.job_id, attempt = dependent.attempt, artifact = %what, problem = %problem, "lost artifact: {done}");
+                lth_proto::errors::error_status(
+                    tonic::Code::FailedPrecondition,
+                    pb::ErrorReason::ArtifactLost,
+                    format!("{what} {problem}; {done}: drop job {} attempt {} (not counted as failed)", dependent.job_id, dependent.attempt),
+                )
+            }
+            Err(e) => status(e),
+        }
     }
 
     async fn spec_of(&self, sweep_id: i64) -> Result<pb::SweepSpec, Status> {
@@ -393,7 +420,6 @@ fn sweep_terminal(state: &str) -> bool {
 pub struct SweepSvc(pub Arc<Coordinator>);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SweepEvent, Status>> + Send>>;
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
 
 impl SweepSvc {
     /// A submitter may change only the sweeps it submitted; an admin any.
@@ -735,9 +761,6 @@ pub struct WorkerSvc(pub Arc<Coordinator>);
 
 /// At most this many jobs per claim, whatever a worker asks for.
 const MAX_CLAIM: u32 = 64;
-/// Download chunk size (well under gRPC's default 4 MiB message limit).
-const CHUNK: usize = 1 << 20;
-
 fn valid_artifact_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         && !name.starts_with('.')
@@ -811,6 +834,16 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         metrics::counter!(M::JOBS_CLAIMED).increment(claimed.len() as u64);
         let mut jobs = Vec::with_capacity(claimed.len());
         for c in claimed {
+            // A level job whose inputs have no record (a repair forgot a lost file while this
+            // job was already unblocked): hand it back to wait for the re-run instead of sending
+            // it off without them.
+            let missing = [("rewind", c.rewind.is_none()), ("weights", c.weights.is_none())].into_iter().find(|(_, none)| *none);
+            if let (true, Some((name, _))) = (c.job.kind == "level", missing) {
+                let lease = Lease { job_id: c.job.id, attempt: c.job.attempt };
+                let what = format!("the {name:?} input of job {}", c.job.id);
+                self.0.artifact_lost(lease, &what, name, None, "has no record (the file was lost)").await;
+                continue;
+            }
             tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %r.worker_id, "job claimed");
             jobs.push(self.assignment(c).await?);
         }
@@ -969,10 +1002,29 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
 
     type DownloadArtifactStream = ChunkStream;
 
+    /// Streams a recorded file, checked against its record as it goes (`download.rs`). When the
+    /// caller names its lease, a lost file is repaired: the job that made it runs again and the
+    /// caller's job is handed back (ARTIFACT_LOST), so no dependent waits on a file that is gone.
     async fn download_artifact(&self, req: Request<pb::DownloadArtifactRequest>) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let r = req.into_inner();
         let a = self.0.store.find_artifact(r.job_id, &r.name).await.map_err(status)?;
-        stream_object(&self.0.artifacts, &a.uri, a.name.clone(), a.sha256.clone(), a.bytes as u64).await.map(Response::new)
+        let expected = Expected { name: a.name.clone(), sha256: a.sha256.clone(), bytes: a.bytes as u64 };
+        let lost: OnLost = match r.lease {
+            Some(l) => {
+                let (coordinator, lease, uri) = (self.0.clone(), Lease { job_id: l.job_id, attempt: l.attempt as i32 }, a.uri.clone());
+                let what = format!("artifact {:?} of job {}", a.name, a.job_id);
+                let name = a.name.clone();
+                on_lost(move |problem| async move { coordinator.artifact_lost(lease, &what, &name, Some(&uri), &problem).await })
+            }
+            None => {
+                let what = format!("artifact {:?} of job {}", a.name, a.job_id);
+                on_lost(move |problem| async move {
+                    tracing::warn!(artifact = %what, problem = %problem, "artifact lost from the object store (the download named no lease: nothing repaired)");
+                    lth_proto::errors::not_found(format!("{what} {problem}: it must be made again"))
+                })
+            }
+        };
+        stream_object(&self.0.artifacts, &a.uri, expected, lost).await.map(Response::new)
     }
 
     type DownloadInputStream = ChunkStream;
@@ -984,60 +1036,12 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                 "this coordinator holds no upload sha256:{sha}: upload it again (`lthctl submit` for a model, `lthctl dataset upload` for a dataset)"
             )));
         };
-        stream_object(&self.0.artifacts, &row.uri, row.name.clone(), row.sha256.clone(), row.bytes as u64).await.map(Response::new)
-    }
-}
-
-/// A stored object as download chunks; the first names it and carries its digest and size.
-async fn stream_object(artifacts: &ArtifactStore, uri: &str, name: String, sha256: String, bytes: u64) -> Result<ChunkStream, Status> {
-    let a = (name, sha256, bytes);
-    {
-        let source = artifacts.get_stream(uri).await.map_err(|e| match e {
-            // Recorded but gone from the object store (deleted by hand, a lost bucket): no retry
-            // brings it back.
-            crate::artifacts::ArtifactError::Store(object_store::Error::NotFound { .. }) => {
-                lth_proto::errors::not_found(format!("{} is recorded but missing from the artifact store ({e}): upload it again", a.0))
-            }
-            e => lth_proto::errors::unavailable(e.to_string()),
-        })?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ArtifactChunk, Status>>(4);
-        tokio::spawn(async move {
-            let mut source = Box::pin(source);
-            let mut first = true;
-            let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-            let send = |data: Vec<u8>, first: &mut bool| {
-                metrics::counter!(M::ARTIFACT_BYTES, "direction" => "out").increment(data.len() as u64);
-                let chunk = if *first {
-                    *first = false;
-                    pb::ArtifactChunk { lease: None, name: a.0.clone(), data, sha256: a.1.clone(), total_bytes: a.2 }
-                } else {
-                    pb::ArtifactChunk { data, ..Default::default() }
-                };
-                chunk
-            };
-            while let Some(part) = source.next().await {
-                match part {
-                    Ok(b) => {
-                        buf.extend_from_slice(&b);
-                        while buf.len() >= CHUNK {
-                            let rest = buf.split_off(CHUNK);
-                            let data = std::mem::replace(&mut buf, rest);
-                            if tx.send(Ok(send(data, &mut first))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(lth_proto::errors::unavailable(format!("object store: {e}")))).await;
-                        return;
-                    }
-                }
-            }
-            if !buf.is_empty() || first {
-                let _ = tx.send(Ok(send(buf, &mut first))).await;
-            }
+        let expected = Expected { name: row.name.clone(), sha256: row.sha256.clone(), bytes: row.bytes as u64 };
+        let lost = on_lost(move |problem| async move {
+            tracing::error!(sha256 = %sha, problem = %problem, "an uploaded input is lost from the object store");
+            lth_proto::errors::not_found(format!("the upload sha256:{sha} {problem}: upload it again"))
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        stream_object(&self.0.artifacts, &row.uri, expected, lost).await.map(Response::new)
     }
 }
 

@@ -103,7 +103,7 @@ async fn upload(w: &mut WorkerServiceClient<Channel>, a: &pb::JobAssignment, nam
 }
 
 async fn download(w: &mut WorkerServiceClient<Channel>, job_id: i64, name: &str) -> (Vec<u8>, String) {
-    let mut s = w.download_artifact(pb::DownloadArtifactRequest { job_id, name: name.into() }).await.unwrap().into_inner();
+    let mut s = w.download_artifact(pb::DownloadArtifactRequest { job_id, name: name.into(), lease: None }).await.unwrap().into_inner();
     let mut data = Vec::new();
     let mut digest = String::new();
     let mut n = 0;

@@ -189,7 +189,7 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
         }
         for a in jobs {
             for input in &a.inputs {
-                let mut s = w.download_artifact(pb::DownloadArtifactRequest { job_id: input.job_id, name: input.name.clone() }).await.unwrap().into_inner();
+                let mut s = w.download_artifact(pb::DownloadArtifactRequest { job_id: input.job_id, name: input.name.clone(), lease: None }).await.unwrap().into_inner();
                 while let Some(c) = s.message().await.unwrap() {
                     downloaded += c.data.len() as u64;
                 }

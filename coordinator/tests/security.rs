@@ -102,7 +102,7 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
     out.push(("FailJob", code(w.fail_job(pb::FailJobRequest { lease: None, ..Default::default() }).await)));
     let chunk = pb::ArtifactChunk { name: "weights".into(), ..Default::default() };
     out.push(("UploadArtifact", code(w.upload_artifact(futures::stream::iter(vec![chunk])).await)));
-    out.push(("DownloadArtifact", code(w.download_artifact(pb::DownloadArtifactRequest { job_id: 999_999, name: "weights".into() }).await)));
+    out.push(("DownloadArtifact", code(w.download_artifact(pb::DownloadArtifactRequest { job_id: 999_999, name: "weights".into(), lease: None }).await)));
     out.push(("DownloadInput", code(w.download_input(pb::DownloadInputRequest { sha256: "0".repeat(64) }).await)));
     out
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
-use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, InputRow, Lease, Store, StoreError};
+use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, InputRow, Lease, LostArtifact, Store, StoreError};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -56,6 +56,7 @@ contract!(
     retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts,
     identical_jobs_in_flight_run_once,
     uploaded_inputs_are_recorded_once_per_digest,
+    a_lost_artifact_reruns_its_producer_once_while_its_dependents_wait,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -1115,4 +1116,129 @@ async fn uploaded_inputs_are_recorded_once_per_digest(store: Store) {
     assert_eq!(shas, [a.as_str(), b.as_str()]);
     let bad = store.record_input(&row(&"c".repeat(64), "zip", "x")).await;
     assert!(bad.is_err(), "the kind is checked by the schema");
+}
+
+/// Uploads what the claimed job owes its dependents and completes it, as a worker does.
+async fn finish_with_uploads(store: &Store, c: &lth_coordinator::store::ClaimedJob) {
+    for name in lth_coordinator::store::uploads_needed(&c.job.kind) {
+        upload(store, c, name).await;
+    }
+    store.complete_jobs(&[must_upload(c)]).await.unwrap().pop().unwrap().unwrap();
+}
+
+fn uri_of(job_id: i64, attempt: i32, name: &str) -> String {
+    format!("file:///artifacts/{job_id}/{attempt}/{name}")
+}
+
+/// Issue 9, failure 2: a dependent finds its input lost from the object store. The producing job
+/// runs again (once, though two dependents find the loss at the same moment), the dependents wait
+/// for it blocked, counted neither as failed nor as lost, and one event names what happened. The
+/// re-run's result replaces the old one (no duplicate row); a lost θk also holds the deeper levels
+/// that rewind to it until the reaper sees the re-run done; and a job reused from another sweep's
+/// job is re-run in its own sweep, leaving the other sweep as it was.
+async fn a_lost_artifact_reruns_its_producer_once_while_its_dependents_wait(store: Store) {
+    let s = spec(&["magnitude"], &[0.2, 0.5], &[0], 2);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let dense = claim_one(&store, "w").await;
+    finish_with_uploads(&store, &dense).await;
+    let d = dense.job.id;
+    let (a1, b1) = (claim_one(&store, "w").await, claim_one(&store, "w").await);
+    assert_eq!((a1.job.level, b1.job.level, a1.job.parent_job_id, b1.job.parent_job_id), (1, 1, Some(d), Some(d)));
+
+    // Both children find the dense job's weights gone at once: one repair.
+    let lost = uri_of(d, 1, "weights");
+    let (ra, rb) = tokio::join!(
+        store.artifact_lost(lease_of(&a1), "weights", Some(&lost), "is missing from the object store"),
+        store.artifact_lost(lease_of(&b1), "weights", Some(&lost), "is missing from the object store"),
+    );
+    let mut outcomes = vec![ra.unwrap(), rb.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, LostArtifact::Repairing { .. }));
+    assert_eq!(
+        outcomes,
+        [LostArtifact::AlreadyRepaired { producer: d, dependent_state: "blocked".into() }, LostArtifact::Repairing { producer: d }]
+    );
+    let dj = store.get_job(d).await.unwrap();
+    assert_eq!((dj.state.as_str(), dj.attempt, dj.reused_from), ("ready", 1, None));
+    let why = dj.last_error.unwrap_or_default();
+    assert!(why.contains("\"weights\"") && why.contains("missing from the object store") && why.contains("found by job"), "{why}");
+    for c in [&a1, &b1] {
+        let j = store.get_job(c.job.id).await.unwrap();
+        assert_eq!((j.state.as_str(), j.error_count, j.lost_count), ("blocked", 0, 0), "job {} waits, not counted", c.job.id);
+    }
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'aborted'").await, 2);
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM artifacts WHERE job_id = {d} AND name = 'weights'")).await, 0);
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM artifacts WHERE job_id = {d} AND name = 'rewind'")).await, 1, "only the lost file is forgotten");
+    let repair_events = format!("SELECT count(*) FROM events WHERE job_id = {d} AND CAST(detail AS TEXT) LIKE '%\"repair\"%' AND CAST(detail AS TEXT) LIKE '%missing from the object store%'");
+    assert_eq!(scalar(&store, &repair_events).await, 1, "one event says what happened");
+    assert!(matches!(
+        store.artifact_lost(lease_of(&a1), "weights", Some(&lost), "again").await,
+        Err(StoreError::StaleLease(_))
+    ));
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM level_results WHERE job_id = {d}")).await, 1, "the old result stays readable meanwhile");
+
+    // The re-run is the only claimable job; its completion replaces the result and unblocks both.
+    let again = claim_one(&store, "w").await;
+    assert_eq!((again.job.id, again.job.attempt), (d, 2));
+    assert!(store.claim_jobs("w", 4, LEASE).await.unwrap().is_empty(), "the dependents wait");
+    finish_with_uploads(&store, &again).await;
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM level_results WHERE job_id = {d}")).await, 1);
+    let (a1, b1) = (claim_one(&store, "w").await, claim_one(&store, "w").await);
+    assert_eq!(a1.weights.as_ref().unwrap().uri, uri_of(d, 2, "weights"), "the new file");
+    finish_with_uploads(&store, &a1).await;
+    finish_with_uploads(&store, &b1).await;
+
+    // A lost θk: level 2 jobs rewind to it, though their parents are level 1.
+    let a2 = claim_one(&store, "w").await;
+    assert_eq!(a2.job.level, 2);
+    let lost = a2.rewind.as_ref().unwrap().uri.clone();
+    let got = store.artifact_lost(lease_of(&a2), "rewind", Some(&lost), "does not match its recorded sha256").await.unwrap();
+    assert_eq!(got, LostArtifact::Repairing { producer: d });
+    let blocked: Vec<i64> = store.list_jobs(out.sweep_id, Some("blocked")).await.unwrap().iter().map(|j| j.level as i64).collect();
+    assert_eq!(blocked, [2, 2], "both level-2 jobs wait for θk: {blocked:?}");
+    let again = claim_one(&store, "w").await;
+    assert_eq!((again.job.id, again.job.attempt), (d, 3));
+    finish_with_uploads(&store, &again).await;
+    assert!(store.claim_jobs("w", 4, LEASE).await.unwrap().is_empty(), "not their parent: the reaper unblocks them");
+    assert_eq!(store.reap().await.unwrap().unblocked_after_repair, 2);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM artifact_repairs").await, 0);
+    for _ in 0..2 {
+        let c = claim_one(&store, "w").await;
+        assert_eq!(c.rewind.as_ref().unwrap().uri, uri_of(d, 3, "rewind"));
+        finish_with_uploads(&store, &c).await;
+    }
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
+    assert_eq!(store.results(out.sweep_id).await.unwrap().len(), 2 * 3, "one result per (trial, level), no duplicates");
+    assert_eq!(scalar(&store, &format!("SELECT CAST(max(error_count + lost_count) AS BIGINT) FROM jobs WHERE sweep_id = {}", out.sweep_id)).await, 0);
+
+    // Reused from the first sweep's dense job, whose weights are then lost: the second sweep's
+    // dense job runs itself; the first sweep and its job stay as they are.
+    let wider = s.clone();
+    let wider = lth_sweep::SweepSpec { rates: vec![lth_sweep::Rate::Constant(0.2), lth_sweep::Rate::Constant(0.8)], ..wider };
+    let second = store.submit_sweep(&wider, None).await.unwrap();
+    let c1 = claim_one(&store, "w").await;
+    assert_eq!(c1.job.sweep_id, second.sweep_id);
+    let reused_dense = c1.job.parent_job_id.unwrap();
+    assert_eq!(store.get_job(reused_dense).await.unwrap().reused_from, Some(d));
+    let lost = c1.weights.as_ref().unwrap().uri.clone();
+    let got = store.artifact_lost(lease_of(&c1), "weights", Some(&lost), "is missing from the object store").await.unwrap();
+    assert_eq!(got, LostArtifact::Repairing { producer: reused_dense });
+    let rd = store.get_job(reused_dense).await.unwrap();
+    assert_eq!((rd.state.as_str(), rd.reused_from), ("ready", None));
+    assert!(rd.last_error.unwrap().contains(&format!("held by job {d}")));
+    assert_eq!(store.get_job(d).await.unwrap().state, "succeeded");
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded", "the other sweep is not reopened");
+    assert_eq!(drive_with_uploads(&store).await, 3, "the dense job, then level 1 and 2 of the new trial");
+    assert_eq!(store.get_sweep(second.sweep_id).await.unwrap().state, "succeeded");
+    assert_eq!(store.results(second.sweep_id).await.unwrap().len(), 2 * 3);
+    assert_eq!(store.results(out.sweep_id).await.unwrap().len(), 2 * 3);
+}
+
+async fn drive_with_uploads(store: &Store) -> usize {
+    let mut ran = 0;
+    while let Some(c) = store.claim_jobs("w", 1, LEASE).await.unwrap().pop() {
+        finish_with_uploads(store, &c).await;
+        ran += 1;
+    }
+    ran
 }

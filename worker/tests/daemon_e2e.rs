@@ -59,7 +59,12 @@ checkpoint_every = "10it"
 
 /// `lth-worker run-local` for one chain of the sweep file (rate 0.2), as StoredLevel rows.
 fn run_local(dir: &Path, sweep_file: &Path, metric: &str, seed: u64, levels: u32) -> Vec<StoredLevel> {
-    common::run_local(dir, sweep_file, metric, "0.2", seed, levels)
+    run_local_at(dir, sweep_file, metric, "0.2", seed, levels)
+}
+
+/// [`run_local`] at another rate.
+fn run_local_at(dir: &Path, sweep_file: &Path, metric: &str, rate: &str, seed: u64, levels: u32) -> Vec<StoredLevel> {
+    common::run_local(dir, sweep_file, metric, rate, seed, levels)
 }
 
 async fn wait_until<F, Fut>(what: &str, within: Duration, mut f: F)
@@ -713,4 +718,97 @@ async fn a_diverged_run_is_recorded_as_diverged_with_its_level() {
     let res = c.client().await.get_results(pb::GetResultsRequest { sweep_id }).await.unwrap().into_inner();
     assert!(res.rows.iter().any(|r| r.level == 0 && r.result.as_ref().unwrap().diverged));
     assert_nothing_left(&mut c, &pool).await;
+}
+
+/// Issue 9, failure 2: a trained `weights` file vanishes from the coordinator's object store, and
+/// another one is corrupted there (same length, flipped bits), after their jobs finished. A later
+/// sweep reuses those dense jobs (content hash) and its new levels need the files. Before, the
+/// missing file was sent as an error the worker retried or failed on, the corrupt one failed its
+/// dependents' attempts until the sweep failed. Now the coordinator checks each download against
+/// the recorded size and sha256, re-runs the job that made a lost file (once, in the sweep that
+/// needs it), hands the dependents back without counting an attempt, writes one event per repair,
+/// and the sweep succeeds with exactly run-local's (an undisturbed run's) results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_corrupt_weights_file_is_made_again_and_the_sweep_finishes_like_run_local() {
+    let mut c = Cluster::new(10).await;
+    c.start_worker("w1");
+    let first = sweep_toml("e2e-lost-first", "\"magnitude\"", "1, 2", 1, "2ep");
+    let id1 = c.submit(&first).await;
+    c.wait_for_state(id1, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
+    // w1 holds the files in its own cache: a fresh worker must download them.
+    c.worker("w1").signal(libc::SIGKILL);
+    let pool = c.db.pool().await;
+    let weights: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT j.seed, a.uri, a.bytes FROM artifacts a JOIN jobs j ON j.id = a.job_id \
+          WHERE j.sweep_id = $1 AND j.kind = 'dense' AND a.name = 'weights' ORDER BY j.seed",
+    )
+    .bind(id1)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(weights.len(), 2);
+    let file = |uri: &str| PathBuf::from(uri.strip_prefix("file://").unwrap());
+    std::fs::remove_file(file(&weights[0].1)).unwrap();
+    let mut bytes = std::fs::read(file(&weights[1].1)).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - 64..] {
+        *b ^= 1;
+    }
+    std::fs::write(file(&weights[1].1), &bytes).unwrap();
+
+    let second = sweep_toml("e2e-lost-second", "\"magnitude\"", "1, 2", 1, "2ep").replace("rates = [0.2]", "rates = [0.2, 0.5]");
+    let sweep_file = c.dir.path().join("second.toml");
+    std::fs::write(&sweep_file, &second).unwrap();
+    let id2 = c.submit(&second).await;
+    c.start_worker("w2");
+    c.wait_for_state(id2, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
+
+    // One repair event per lost file, saying what was wrong.
+    let repairs: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT j.seed, e.detail->'repair'->>'problem' FROM events e JOIN jobs j ON j.id = e.job_id \
+          WHERE e.sweep_id = $1 AND e.detail ? 'repair' ORDER BY j.seed",
+    )
+    .bind(id2)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(repairs.len(), 2, "{repairs:?}");
+    assert!(repairs[0].1.contains("missing from the object store"), "{repairs:?}");
+    assert!(repairs[1].1.contains("sha256"), "{repairs:?}");
+    // The dense jobs ran again in the second sweep, the first sweep was left alone, and no
+    // attempt was counted against any job.
+    let dense: Vec<(Option<i64>, String)> =
+        sqlx::query_as("SELECT reused_from, state FROM jobs WHERE sweep_id = $1 AND kind = 'dense'").bind(id2).fetch_all(&pool).await.unwrap();
+    assert!(dense.iter().all(|d| d.0.is_none() && d.1 == "succeeded"), "{dense:?}");
+    let counted: i64 = sqlx::query_scalar("SELECT COALESCE(sum(error_count + lost_count), 0)::bigint FROM jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(counted, 0);
+    assert_eq!(c.sweep_state(id1).await, pb::SweepState::Succeeded);
+    assert_one_result_per_trial_level(&pool, id2, 2 * 2 * 2).await;
+
+    // Bit for bit what an undisturbed run gives.
+    let rows = sqlx::query("SELECT rate, seed, level, result_job_id, test_accuracy FROM trial_results WHERE sweep_id = $1 ORDER BY rate, seed, level")
+        .bind(id2)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for (rate, seed) in [("0.2", 1u64), ("0.2", 2), ("0.5", 1), ("0.5", 2)] {
+        let local = run_local_at(c.dir.path(), &sweep_file, "magnitude", rate, seed, 1);
+        for l in &local {
+            let r = rows
+                .iter()
+                .find(|r| r.get::<f64, _>("rate") == rate.parse::<f64>().unwrap() && r.get::<i64, _>("seed") == seed as i64 && r.get::<i32, _>("level") == l.level)
+                .unwrap();
+            assert_eq!(r.get::<f64, _>("test_accuracy").to_bits(), l.test_accuracy.to_bits(), "rate {rate} seed {seed} level {}", l.level);
+            let layers: Vec<(String, i64, String)> = sqlx::query("SELECT layer, kept, bits::text AS bits FROM masks WHERE job_id = $1 ORDER BY ordinal")
+                .bind(r.get::<i64, _>("result_job_id"))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.get::<String, _>("layer"), m.get::<i64, _>("kept"), m.get::<String, _>("bits")))
+                .collect();
+            assert_eq!(layers, l.layers, "rate {rate} seed {seed} level {}: masks", l.level);
+        }
+    }
+    assert!(c.worker("w2").log_text().contains("an input was lost and is being made again"));
 }

@@ -56,6 +56,7 @@ pub mod names {
     pub const ARTIFACT_BYTES: &str = "lth_artifact_bytes_total";
     /// Recorded by the store (`store/pool_wait.rs`).
     pub const DB_POOL_WAIT_SECONDS: &str = crate::store::pool_wait::POOL_WAIT_SECONDS;
+    pub const ARTIFACTS_LOST: &str = "lth_artifacts_lost_total";
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -111,6 +112,7 @@ fn describe() {
         "Time the store waited for a pooled database connection, by operation (claim, complete, record, heartbeat, write)."
     );
     describe_counter!(names::ARTIFACT_BYTES, Unit::Bytes, "Artifact bytes uploaded by workers (direction=in) and downloaded (direction=out).");
+    describe_counter!(names::ARTIFACTS_LOST, "Downloads that found a recorded file missing from the object store or not matching its size and sha256 (by artifact name); each hands its job back and repairs the file.");
 }
 
 /// Drains histogram samples into their buckets every few seconds, as the exporter needs when it

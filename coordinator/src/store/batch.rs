@@ -421,6 +421,16 @@ async fn sqlite_attach_artifacts(conn: &mut SqliteConnection, jobs: Vec<JobRow>)
 const NO_TWIN_RUNNING: &str = "NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash \
      AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))";
 
+/// A job's result and masks are written once, except when the job runs again to repair a file
+/// lost from the object store (`repair.rs`): then the new run's numbers replace the old ones,
+/// which stayed readable meanwhile (other sweeps may be reusing this job's result).
+const RESULT_UPSERT: &str = "sparsity = excluded.sparsity, test_accuracy = excluded.test_accuracy, test_loss = excluded.test_loss, \
+     train_loss = excluded.train_loss, epochs = excluded.epochs, wall_seconds = excluded.wall_seconds, iterations = excluded.iterations, \
+     diverged = excluded.diverged";
+const MASK_UPSERT: &str = "ordinal = excluded.ordinal, kept = excluded.kept, total = excluded.total, bits = excluded.bits, \
+     collapsed = excluded.collapsed, weight_norm = excluded.weight_norm, outputs = excluded.outputs, dead_outputs = excluded.dead_outputs, \
+     inputs = excluded.inputs, dead_inputs = excluded.dead_inputs, output_layer = excluded.output_layer";
+
 /// Mask rows per SQLite INSERT: 13 parameters each, well under SQLite's 32,766-parameter limit.
 const MASK_ROWS_PER_INSERT: usize = 500;
 
@@ -532,10 +542,10 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
         .bind(lease.attempt)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
+    sqlx::query(&format!(
         "INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, diverged) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (job_id) DO UPDATE SET {RESULT_UPSERT}",
+    ))
     .bind(lease.job_id)
     .bind(result.sparsity)
     .bind(result.test_accuracy)
@@ -566,6 +576,7 @@ async fn sqlite_complete(conn: &mut SqliteConnection, item: &Completion) -> Resu
                 .push_bind(l.units.map(|u| u.dead_inputs as i64))
                 .push_bind(l.units.map(|u| u.output_layer));
         });
+        qb.push(format!(" ON CONFLICT (job_id, layer) DO UPDATE SET {MASK_UPSERT}"));
         qb.build().execute(&mut *conn).await?;
     }
     sqlx::query("UPDATE jobs SET state = 'ready' WHERE parent_job_id = $1 AND state = 'blocked'")
@@ -688,7 +699,8 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                    FROM done WHERE a.job_id = done.id AND a.attempt = done.attempt), \
          res AS (INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, diverged) \
                  SELECT i.job_id, i.sparsity, i.test_accuracy, i.test_loss, i.train_loss, i.epochs, i.wall_seconds, i.iterations, i.diverged \
-                   FROM input i JOIN done ON done.id = i.job_id), \
+                   FROM input i JOIN done ON done.id = i.job_id \
+                 ON CONFLICT (job_id) DO UPDATE SET {RESULT_UPSERT}), \
          msk AS (INSERT INTO masks (job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
                  SELECT m.job_id, m.layer, m.ordinal, m.kept, m.total, \
                         substring(('x' || encode(m.bits, 'hex'))::bit varying from 1 for m.total::int), m.collapsed, m.weight_norm, \
@@ -696,7 +708,8 @@ async fn pg_complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Res
                    FROM unnest($10::bigint[], $11::text[], $12::int[], $13::bigint[], $14::bigint[], $15::bytea[], $16::bool[], $17::float8[], \
                                $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bool[]) \
                         AS m(job_id, layer, ordinal, kept, total, bits, collapsed, weight_norm, outputs, dead_outputs, inputs, dead_inputs, output_layer) \
-                   JOIN done ON done.id = m.job_id), \
+                   JOIN done ON done.id = m.job_id \
+                 ON CONFLICT (job_id, layer) DO UPDATE SET {MASK_UPSERT}), \
          twins AS (UPDATE jobs t SET state = 'succeeded', reused_from = done.id, progress = 1, eta_seconds = 0, finished_at = now() \
                      FROM done JOIN jobs dj ON dj.id = done.id \
                     WHERE t.content_hash = dj.content_hash AND t.state = 'ready' AND t.id <> done.id \

@@ -496,6 +496,8 @@ pub struct AccuracyRow {
 pub struct ReapReport {
     pub lost: Vec<Lease>,
     pub finished_sweeps: Vec<i64>,
+    /// Jobs made ready again after the lost file they rewind to was made again (`repair.rs`).
+    pub unblocked_after_repair: u64,
 }
 
 /// A vacuum of the jobs table that [`Store::vacuum_jobs_if_needed`] ran.
@@ -1325,7 +1327,8 @@ impl Store {
             .await?;
             let finished_sweeps = finalize_sweeps!(tx, d, None::<i64>);
             tx.commit().await?;
-            Ok(ReapReport { lost, finished_sweeps })
+            let unblocked_after_repair = self.unblock_repaired().await?;
+            Ok(ReapReport { lost, finished_sweeps, unblocked_after_repair })
         })
     }
 
@@ -1762,6 +1765,8 @@ pub fn metric_from_db(s: &str) -> Option<ImportanceMetric> {
 }
 
 mod batch;
+mod repair;
+pub use repair::LostArtifact;
 mod scrape;
 mod submit;
 pub use scrape::{JobCountRow, PoolStats, ScrapeCounts};

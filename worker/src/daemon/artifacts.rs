@@ -217,9 +217,11 @@ impl ArtifactCache {
     }
 
     /// The cached, verified file for `artifact`, downloading (and verifying) it first if needed.
-    /// The returned value pins the entry against eviction until it is dropped.
-    pub async fn fetch(&self, client: &mut Client, artifact: &ArtifactRef) -> Result<CachedArtifact, TransferError> {
-        let source = Source::Artifact { job_id: artifact.job_id, name: artifact.name.clone() };
+    /// `lease` is the job that needs it: named in the download, so that the coordinator repairs a
+    /// file it finds lost (ARTIFACT_LOST). The returned value pins the entry against eviction
+    /// until it is dropped.
+    pub async fn fetch(&self, client: &mut Client, artifact: &ArtifactRef, lease: Option<JobLease>) -> Result<CachedArtifact, TransferError> {
+        let source = Source::Artifact { job_id: artifact.job_id, name: artifact.name.clone(), lease };
         self.fetch_from(client, &source, &artifact.sha256).await
     }
 
@@ -261,7 +263,7 @@ impl ArtifactCache {
         let tmp_dir = self.root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(|e| TransferError::Local(e.into()))?;
         let tmp_name = match source {
-            Source::Artifact { job_id, name } => format!("{job_id}-{name}"),
+            Source::Artifact { job_id, name, .. } => format!("{job_id}-{name}"),
             Source::Input { sha256 } => format!("input-{sha256}"),
         };
         let tmp = tmp_dir.join(format!("{tmp_name}-{}", unique_suffix()));
@@ -308,14 +310,15 @@ impl ArtifactCache {
 /// Where a download comes from: a job's artifact, or an uploaded input by its digest.
 #[derive(Debug, Clone)]
 pub enum Source {
-    Artifact { job_id: i64, name: String },
+    /// `lease`: the job that downloads it (see [`ArtifactCache::fetch`]).
+    Artifact { job_id: i64, name: String, lease: Option<JobLease> },
     Input { sha256: String },
 }
 
 impl Source {
     fn label(&self) -> String {
         match self {
-            Source::Artifact { job_id, name } => format!("artifact {name:?} of job {job_id}"),
+            Source::Artifact { job_id, name, .. } => format!("artifact {name:?} of job {job_id}"),
             Source::Input { sha256 } => format!("upload sha256:{sha256}"),
         }
     }
@@ -370,10 +373,11 @@ pub async fn download_to(
     client: &mut Client,
     job_id: i64,
     name: &str,
+    lease: Option<JobLease>,
     expected: Option<&str>,
     dest: &Path,
 ) -> Result<(String, u64), TransferError> {
-    download_source(client, &Source::Artifact { job_id, name: name.to_string() }, expected, dest).await
+    download_source(client, &Source::Artifact { job_id, name: name.to_string(), lease }, expected, dest).await
 }
 
 /// Downloads `source` to `dest`, checking its sha256 against `expected` (if given) and against
@@ -381,8 +385,8 @@ pub async fn download_to(
 pub async fn download_source(client: &mut Client, source: &Source, expected: Option<&str>, dest: &Path) -> Result<(String, u64), TransferError> {
     let what = source.label();
     let mut stream = match source {
-        Source::Artifact { job_id, name } => {
-            client.download_artifact(DownloadArtifactRequest { job_id: *job_id, name: name.clone() }).await?.into_inner()
+        Source::Artifact { job_id, name, lease } => {
+            client.download_artifact(DownloadArtifactRequest { job_id: *job_id, name: name.clone(), lease: *lease }).await?.into_inner()
         }
         Source::Input { sha256 } => client.download_input(DownloadInputRequest { sha256: sha256.clone() }).await?.into_inner(),
     };

@@ -82,6 +82,9 @@ enum Prepared {
     /// A problem getting the inputs; another attempt may succeed.
     Unavailable(String),
     LeaseLost,
+    /// An input was lost from the coordinator's object store: the coordinator re-runs the job
+    /// that made it and has taken this job back (ARTIFACT_LOST); nothing more is written.
+    HandedBack(String),
 }
 
 pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>) -> Outcome {
@@ -129,6 +132,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     let (job_file, _inputs) = match prepared {
         Prepared::Ready { job_file, inputs } => (job_file, inputs),
         Prepared::LeaseLost => return finish_dropped(&ctx, &workdir, "lease lost while fetching inputs"),
+        Prepared::HandedBack(msg) => return finish_dropped(&ctx, &workdir, &format!("an input was lost and is being made again: {msg}")),
         Prepared::Invalid(msg) => return fail(&ctx, lease, &workdir, format!("invalid job: {msg}"), false).await,
         Prepared::Unavailable(msg) => return fail(&ctx, lease, &workdir, format!("cannot fetch inputs: {msg}"), true).await,
     };
@@ -286,6 +290,7 @@ async fn next_stop(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
 }
 
 async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot: Slot) -> Prepared {
+    let lease = pb::JobLease { job_id: job.job_id, attempt: job.attempt };
     let mut step = match convert::step_spec(job) {
         Ok(s) => s,
         Err(e) => return Prepared::Invalid(format!("{e:#}")),
@@ -343,12 +348,13 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
             let mut c = client.clone();
             let cache = ctx.cache.clone();
             let input = input.clone();
-            async move { cache.fetch(&mut c, &input).await }
+            async move { cache.fetch(&mut c, &input, Some(lease)).await }
         })
         .await
         {
             Ok(p) => p,
             Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => return Prepared::LeaseLost,
+            Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::ArtifactLost => return Prepared::HandedBack(s.message().to_string()),
             Err(e) => return Prepared::Unavailable(format!("artifact {:?} of job {}: {e}", input.name, input.job_id)),
         };
         let path = cached.path.clone();
@@ -373,7 +379,7 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
         let got = retry_transfer("download checkpoint", || {
             let mut c = client.clone();
             let (tmp, expected, job_id, name) = (tmp.clone(), expected.clone(), ckpt.job_id, ckpt.name.clone());
-            async move { artifacts::download_to(&mut c, job_id, &name, expected.as_deref(), &tmp).await }
+            async move { artifacts::download_to(&mut c, job_id, &name, Some(lease), expected.as_deref(), &tmp).await }
         })
         .await;
         match got {

@@ -3,7 +3,8 @@
 //! The coordinator may restart or be unreachable for a while; running jobs must keep going and
 //! their writes must eventually land. So every call is classified: transient (retry with capped
 //! exponential backoff), lease lost (FAILED_PRECONDITION: the job is no longer ours, kill it and
-//! drop it), unknown worker (register again), or permanent (a bug or bad data: report it).
+//! drop it), an input lost from the object store (the coordinator repairs it and takes the job
+//! back: drop it), unknown worker (register again), or permanent (a bug or bad data: report it).
 
 use lth_proto::client::{ClientOptions, TokenInterceptor};
 use lth_proto::v1::worker_service_client::WorkerServiceClient;
@@ -43,6 +44,9 @@ pub enum Failure {
     LeaseLost,
     /// The coordinator does not know this worker (e.g. its store was reset): register again.
     UnknownWorker,
+    /// A download found its file lost from the object store: the coordinator re-runs the job
+    /// that made it and has taken the downloading job back. Drop the attempt; it is not a failure.
+    ArtifactLost,
     /// Anything else: a bug or invalid data, retrying will not help.
     Permanent,
 }
@@ -55,6 +59,7 @@ pub fn classify(status: &Status) -> Failure {
         return match reason {
             R::UnknownWorker => Failure::UnknownWorker,
             R::StaleLease => Failure::LeaseLost,
+            R::ArtifactLost => Failure::ArtifactLost,
             R::StoreUnavailable => Failure::Transient,
             R::MissingUploads | R::InvalidResult | R::LimitExceeded | R::NotFound | R::Refused | R::InvalidArgument | R::AlreadyExists | R::Unspecified => Failure::Permanent,
             // Auth refusals: a token or certificate must change, retrying will not help.
@@ -155,6 +160,7 @@ mod tests {
         assert_eq!(with(Code::FailedPrecondition, R::StaleLease, "lease job 3 attempt 1 is not current"), Failure::LeaseLost);
         assert_eq!(with(Code::FailedPrecondition, R::MissingUploads, "upload weights first"), Failure::Permanent);
         assert_eq!(with(Code::Unavailable, R::StoreUnavailable, "database error"), Failure::Transient);
+        assert_eq!(with(Code::FailedPrecondition, R::ArtifactLost, "artifact \"weights\" of job 4 is missing"), Failure::ArtifactLost);
         assert_eq!(with(Code::NotFound, R::NotFound, "no artifact for worker w1"), Failure::Permanent, "the word worker means nothing");
         // Without a reason code: the gRPC code decides (transport errors, proxies, old coordinators).
         assert_eq!(classify(&Status::failed_precondition("stale attempt")), Failure::LeaseLost);
