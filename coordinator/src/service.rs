@@ -562,6 +562,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
                     alive: w.alive,
                     libtorch_version: w.reg.libtorch_version,
                     cuda_version: w.reg.cuda_version,
+                    unhealthy: w.unhealthy.unwrap_or_default(),
                 })
                 .collect();
         let (workers, more) = page(workers, size);
@@ -853,7 +854,9 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         let leases: Vec<Lease> = r.running.iter().map(|l| Lease { job_id: l.job_id, attempt: l.attempt as i32 }).collect();
-        let aborts = self.0.store.heartbeat(&r.worker_id, &leases, self.0.opts.lease).await.map_err(status)?;
+        // At most a line of text: it is shown in `lthctl workers` and the dashboard.
+        let unhealthy: Option<String> = (!r.unhealthy.is_empty()).then(|| r.unhealthy.chars().take(500).collect());
+        let aborts = self.0.store.heartbeat_with_health(&r.worker_id, &leases, self.0.opts.lease, unhealthy.as_deref()).await.map_err(status)?;
         Ok(Response::new(pb::HeartbeatResponse {
             abort: aborts
                 .into_iter()
@@ -911,9 +914,11 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let who = caller(&req);
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
-        self.0.store.fail_job(lease, &r.error, r.retryable).await.map_err(status)?;
-        metrics::counter!(M::JOB_FAILURES, "retryable" => if r.retryable { "true" } else { "false" }).increment(1);
-        tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, retryable = r.retryable, error = %r.error, "job attempt failed");
+        let how = crate::store::Failure { retryable: r.retryable, node_local: r.node_local };
+        // A node-local failure goes to another worker, if one is alive (three missed heartbeats: lost).
+        self.0.store.fail_job_on(lease, &r.error, how, self.0.opts.heartbeat * 3).await.map_err(status)?;
+        metrics::counter!(M::JOB_FAILURES, "retryable" => if r.retryable { "true" } else { "false" }, "node_local" => if r.node_local { "true" } else { "false" }).increment(1);
+        tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, retryable = r.retryable, node_local = r.node_local, error = %r.error, "job attempt failed");
         audit(&who, "fail_job", None, Some(lease.job_id));
         Ok(Response::new(pb::Ack {}))
     }

@@ -203,7 +203,7 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
             break;
         }
         let running: Vec<pb::JobLease> = claimed.iter().map(|a| pb::JobLease { job_id: a.job_id, attempt: a.attempt }).collect();
-        let hb = w.heartbeat(pb::HeartbeatRequest { worker_id: worker_id.clone(), running }).await.unwrap().into_inner();
+        let hb = w.heartbeat(pb::HeartbeatRequest { worker_id: worker_id.clone(), running, ..Default::default() }).await.unwrap().into_inner();
         assert!(hb.abort.is_empty());
         for a in &claimed {
             let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
@@ -528,7 +528,7 @@ async fn lost_workers_are_listed_only_with_all() {
         w.register_worker(pb::RegisterWorkerRequest { worker_id: id.into(), slots: 1, ..Default::default() }).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    w.heartbeat(pb::HeartbeatRequest { worker_id: "here".into(), running: vec![] }).await.unwrap();
+    w.heartbeat(pb::HeartbeatRequest { worker_id: "here".into(), running: vec![], ..Default::default() }).await.unwrap();
     let alive = sweeps.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
     assert_eq!(alive.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["here"]);
     let all = sweeps.list_workers(pb::ListWorkersRequest { all: true, ..Default::default() }).await.unwrap().into_inner().workers;

@@ -200,7 +200,7 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
             heartbeats += 1;
             if !failed_once {
                 failed_once = true;
-                w.fail_job(pb::FailJobRequest { lease: Some(lease), error: "flaky".into(), retryable: true }).await.unwrap();
+                w.fail_job(pb::FailJobRequest { lease: Some(lease), error: "flaky".into(), retryable: true, node_local: false }).await.unwrap();
                 continue;
             }
             let names: &[&str] = if a.kind == pb::JobKind::Dense as i32 { &["rewind", "weights"] } else { &["weights"] };

@@ -96,7 +96,7 @@ async fn call_all(s: &mut Sweeps, w: &mut Workers, sweep_id: i64) -> Vec<(&'stat
         code(w.register_worker(pb::RegisterWorkerRequest { worker_id: "w-auth".into(), host: "h".into(), cpus: 1, slots: 1, ..Default::default() }).await),
     ));
     out.push(("ClaimJobs", code(w.claim_jobs(pb::ClaimJobsRequest { worker_id: "nobody".into(), free_slots: 0 }).await)));
-    out.push(("Heartbeat", code(w.heartbeat(pb::HeartbeatRequest { worker_id: "nobody".into(), running: vec![] }).await)));
+    out.push(("Heartbeat", code(w.heartbeat(pb::HeartbeatRequest { worker_id: "nobody".into(), running: vec![], ..Default::default() }).await)));
     out.push(("ReportProgress", code(w.report_progress(pb::ReportProgressRequest { lease: None, ..Default::default() }).await)));
     out.push(("CompleteJob", code(w.complete_job(pb::CompleteJobRequest { lease: None, result: None, ..Default::default() }).await)));
     out.push(("FailJob", code(w.fail_job(pb::FailJobRequest { lease: None, ..Default::default() }).await)));

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
-use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, InputRow, Lease, LostArtifact, Store, StoreError};
+use lth_coordinator::store::{AbortReason, ArtifactRecord, ClaimRequest, Completion, Failure, InputRow, Lease, LostArtifact, Store, StoreError};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -57,6 +57,7 @@ contract!(
     identical_jobs_in_flight_run_once,
     uploaded_inputs_are_recorded_once_per_digest,
     a_lost_artifact_reruns_its_producer_once_while_its_dependents_wait,
+    a_node_local_failure_moves_the_job_to_another_worker_and_counts_once,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -1241,4 +1242,63 @@ async fn drive_with_uploads(store: &Store) -> usize {
         ran += 1;
     }
     ran
+}
+
+const ALIVE: Duration = Duration::from_secs(30);
+const NODE_LOCAL: Failure = Failure { retryable: false, node_local: true };
+
+/// Issue 9, failure 4: a failure of the worker's machine (here: its dataset path is missing,
+/// which the child reports as not retryable) is retried on another worker, never again on the
+/// one it failed on, and only the first such failure counts against the job's attempts; a
+/// retry clears the exclusions; with no other live, healthy worker the job fails instead of
+/// waiting forever; and a worker's reported health reads back.
+async fn a_node_local_failure_moves_the_job_to_another_worker_and_counts_once(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 1);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    for w in ["bad", "worse", "good"] {
+        register(&store, w).await;
+    }
+    let first = claim_one(&store, "bad").await;
+    let dense = first.job.id;
+    store.fail_job_on(lease_of(&first), "dataset mnist: /data/mnist does not exist on this machine", NODE_LOCAL, ALIVE).await.unwrap();
+    let j = store.get_job(dense).await.unwrap();
+    assert_eq!((j.state.as_str(), j.error_count), ("ready", 1), "retried elsewhere although the child said not retryable");
+    assert!(store.claim_jobs("bad", 4, LEASE).await.unwrap().is_empty(), "never again on the worker it failed on");
+    let second = claim_one(&store, "worse").await;
+    assert_eq!(second.job.id, dense);
+    store.fail_job_on(lease_of(&second), "No space left on device", NODE_LOCAL, ALIVE).await.unwrap();
+    let j = store.get_job(dense).await.unwrap();
+    assert_eq!((j.state.as_str(), j.error_count), ("ready", 1), "only the first node-local failure counts");
+    assert!(store.claim_jobs("bad", 4, LEASE).await.unwrap().is_empty());
+    assert!(store.claim_jobs("worse", 4, LEASE).await.unwrap().is_empty());
+    let third = claim_one(&store, "good").await;
+    assert_eq!(third.job.id, dense);
+    store.complete_job(lease_of(&third), &fabricated_result(&third)).await.unwrap();
+    // The exclusion is of that job only: the bad worker may take the next level.
+    let level = claim_one(&store, "bad").await;
+    assert_eq!(level.job.level, 1);
+    store.complete_job(lease_of(&level), &fabricated_result(&level)).await.unwrap();
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
+    let node_local_events = "SELECT count(*) FROM events WHERE CAST(detail AS TEXT) LIKE '%node_local%'";
+    assert_eq!(scalar(&store, node_local_events).await, 2);
+
+    // Health as the heartbeats report it.
+    store.heartbeat_with_health("bad", &[], LEASE, Some("3 different jobs in a row failed on this machine")).await.unwrap();
+    store.heartbeat_with_health("worse", &[], LEASE, Some("disk full")).await.unwrap();
+    let workers = store.list_workers(ALIVE).await.unwrap();
+    let health: Vec<(&str, Option<&str>)> = workers.iter().map(|w| (w.reg.worker_id.as_str(), w.unhealthy.as_deref())).collect();
+    assert_eq!(health, [("bad", Some("3 different jobs in a row failed on this machine")), ("good", None), ("worse", Some("disk full"))]);
+
+    // No other live, healthy worker: the job fails (it would wait forever), saying why.
+    let other = store.submit_sweep(&spec(&["l1"], &[0.2], &[7], 1), None).await.unwrap();
+    let only = claim_one(&store, "good").await;
+    store.fail_job_on(lease_of(&only), "no usable CUDA device", NODE_LOCAL, ALIVE).await.unwrap();
+    let j = store.get_job(only.job.id).await.unwrap();
+    assert_eq!(j.state, "failed");
+    assert!(j.last_error.unwrap().contains("no other live, healthy worker"));
+    // A retry starts afresh: the exclusions go, the worker may run it again.
+    assert_eq!(store.retry_sweep(other.sweep_id, None).await.unwrap(), 2);
+    let again = claim_one(&store, "good").await;
+    assert_eq!(again.job.id, only.job.id);
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM job_exclusions WHERE job_id = {}", only.job.id)).await, 0);
 }

@@ -480,7 +480,7 @@ async fn workers(coord: &Coordinator, all: bool, out: &mut dyn Write) -> Result<
         }
         return Ok(());
     }
-    let mut t = plain_table(&["worker", "host", "alive", "slots", "running", "GPUs", "CPUs", "libtorch", "CUDA", "last seen (UTC)"]);
+    let mut t = plain_table(&["worker", "host", "alive", "health", "slots", "running", "GPUs", "CPUs", "libtorch", "CUDA", "last seen (UTC)"]);
     for w in ws {
         let gpus = if w.gpus.is_empty() {
             "-".to_string()
@@ -491,6 +491,7 @@ async fn workers(coord: &Coordinator, all: bool, out: &mut dyn Write) -> Result<
             w.worker_id,
             w.host,
             if w.alive { "yes" } else { "lost" }.to_string(),
+            if w.unhealthy.is_empty() { "ok".to_string() } else { format!("unhealthy: {}", w.unhealthy) },
             w.slots.to_string(),
             w.running_jobs.to_string(),
             gpus,

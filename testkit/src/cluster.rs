@@ -97,8 +97,16 @@ impl Cluster {
 
     /// `lth-worker daemon` on CPU, one slot, one thread, polling fast; `extra` flags appended.
     pub fn start_worker_with(&mut self, id: &str, extra: &[&str]) {
+        self.start_worker_in(id, None, extra);
+    }
+
+    /// [`Cluster::start_worker_with`] in folder `cwd` (its jobs resolve relative dataset paths there).
+    pub fn start_worker_in(&mut self, id: &str, cwd: Option<&std::path::Path>, extra: &[&str]) {
         let log = self.dir.path().join(format!("{id}.log"));
         let mut cmd = Command::new(bin("lth-worker"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         cmd.args(["daemon", "--coordinator", &self.url(), "--worker-id", id, "--gpus", "none"])
             .args(extra)
             .arg("--cache-dir")

@@ -812,3 +812,78 @@ async fn a_lost_or_corrupt_weights_file_is_made_again_and_the_sweep_finishes_lik
     }
     assert!(c.worker("w2").log_text().contains("an input was lost and is being made again"));
 }
+
+/// A small safetensors dataset (8×8 one-channel images, 4 classes) at `path`.
+fn write_tiny_dataset(path: &Path) {
+    use tch::{Kind, Tensor};
+    let images = |n: i64, seed: i64| {
+        tch::manual_seed(seed);
+        Tensor::randint(256, [n, 8, 8, 1], (Kind::Uint8, tch::Device::Cpu))
+    };
+    let labels = |n: i64| Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(4);
+    let tensors = [("train_images", images(256, 1)), ("train_labels", labels(256)), ("test_images", images(64, 2)), ("test_labels", labels(64))];
+    Tensor::write_safetensors(&tensors, path).unwrap();
+}
+
+/// Issue 9, failure 4: one worker lacks the dataset (its jobs read `tiny.safetensors` relative to
+/// its working directory, which does not have the file), another has it. Before, the missing
+/// file failed each job on its first attempt (not retryable) and with it the sweep. Now the bad
+/// worker's failures are node-local: each job goes to the healthy worker, is never claimed by the
+/// bad one again, counts at most one failed attempt, and the error names the missing path and
+/// the worker; after `--max-node-failures` different jobs the bad worker stops claiming and
+/// reports itself unhealthy; its failed attempts leave no working directories behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_dataset_hands_its_jobs_to_a_healthy_one_and_turns_unhealthy() {
+    let mut c = Cluster::new(10).await;
+    let (good_dir, bad_dir) = (c.dir.path().join("good-node"), c.dir.path().join("bad-node"));
+    std::fs::create_dir_all(&good_dir).unwrap();
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    write_tiny_dataset(&good_dir.join("tiny.safetensors"));
+    let text = sweep_toml("e2e-bad-node", "\"magnitude\"", "1, 2, 3", 1, "1ep")
+        .replace("dataset = { name = \"digits\" }", "dataset = { name = \"safetensors\", path = \"tiny.safetensors\" }");
+    c.start_worker_in("good", Some(&good_dir), &[]);
+    let pool = c.db.pool().await;
+    wait_until("the good worker to register", Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM workers WHERE worker_id = 'good'").fetch_one(&pool).await.unwrap() == 1
+    })
+    .await;
+    let sweep_id = c.submit(&text).await;
+    c.start_worker_in("bad", Some(&bad_dir), &["--cpu-slots", "3", "--max-node-failures", "2"]);
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
+
+    let failed: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT a.job_id, a.worker_id, a.error FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+          WHERE j.sweep_id = $1 AND a.outcome = 'failed' ORDER BY a.job_id",
+    )
+    .bind(sweep_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(failed.len() >= 2, "the bad worker took (and failed) jobs: {failed:?}");
+    let missing = bad_dir.join("tiny.safetensors").display().to_string();
+    for (job, worker, error) in &failed {
+        assert_eq!(worker, "bad", "job {job}: only the bad worker fails");
+        assert!(error.contains("on worker bad") && error.contains(&missing), "job {job}: the error names the worker and the path: {error}");
+    }
+    let per_job: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT a.job_id, count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE j.sweep_id = $1 AND a.worker_id = 'bad' GROUP BY a.job_id",
+    )
+    .bind(sweep_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(per_job.iter().all(|(_, n)| *n == 1), "no job was retried on the bad worker: {per_job:?}");
+    let max_errors: i32 = sqlx::query_scalar("SELECT max(error_count) FROM jobs WHERE sweep_id = $1").bind(sweep_id).fetch_one(&pool).await.unwrap();
+    assert!(max_errors <= 1, "one failed attempt counted at most");
+    let states: Vec<String> = sqlx::query_scalar("SELECT DISTINCT state FROM jobs WHERE sweep_id = $1").bind(sweep_id).fetch_all(&pool).await.unwrap();
+    assert_eq!(states, ["succeeded"]);
+
+    // Unhealthy, as `lthctl workers` and the dashboard read it.
+    let workers = c.client().await.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    let bad = workers.iter().find(|w| w.worker_id == "bad").expect("the bad worker is listed");
+    assert!(bad.unhealthy.contains("different jobs in a row failed on this machine"), "{bad:?}");
+    assert!(workers.iter().find(|w| w.worker_id == "good").unwrap().unhealthy.is_empty());
+    assert!(c.worker("bad").log_text().contains("stops claiming jobs"));
+    let leftovers: Vec<_> = std::fs::read_dir(c.dir.path().join("cache-bad/jobs/bad")).unwrap().collect();
+    assert!(leftovers.is_empty(), "failed attempts' working directories are removed: {leftovers:?}");
+}

@@ -99,7 +99,7 @@ fn an_unusable_job_file_fails_without_retry() {
     assert_eq!(out.status.code(), Some(2));
     let line = String::from_utf8(out.stdout).unwrap();
     match ChildEvent::parse(line.lines().next().unwrap_or("")) {
-        Some(ChildEvent::Failed { error, retryable }) => {
+        Some(ChildEvent::Failed { error, retryable, .. }) => {
             assert!(!retryable);
             assert!(error.contains("job.json") && error.contains("not a job file"), "{error}");
         }
@@ -117,6 +117,28 @@ fn a_level_without_its_inputs_is_refused_as_not_retryable() {
     assert_eq!(status.code(), Some(1));
     match events.last() {
         Some(ChildEvent::Failed { error, .. }) => assert!(error.contains("missing.safetensors"), "{error}"),
+        other => panic!("expected a Failed event, got {other:?}"),
+    }
+}
+
+/// Issue 9, failure 4: a dataset path missing on this machine is reported as node-local (the job
+/// may run on a worker that has the files), retryable, naming the absolute path looked for.
+/// Before, it was a not-retryable failure of the job, which failed it (and its sweep) for good.
+#[test]
+fn a_missing_dataset_is_a_node_local_failure_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workdir = tmp.path().join("w");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let missing = tmp.path().join("not-on-this-node").join("data.safetensors");
+    let mut s = step(0);
+    s.dataset = toml::from_str(&format!("name = \"safetensors\"\npath = {:?}", missing.display().to_string())).unwrap();
+    let (events, status) = exec_job(&job_file(s, workdir.clone(), None, None), &workdir);
+    assert_eq!(status.code(), Some(1));
+    match events.last() {
+        Some(ChildEvent::Failed { error, retryable, node_local }) => {
+            assert!(*node_local && *retryable, "{error}");
+            assert!(error.contains(&missing.display().to_string()) && error.contains("does not exist on this machine"), "{error}");
+        }
         other => panic!("expected a Failed event, got {other:?}"),
     }
 }

@@ -117,7 +117,7 @@ impl Store {
                      seen AS (UPDATE workers SET last_seen = now() WHERE worker_id = ANY($1::text[]) RETURNING worker_id), \
                      slots AS (SELECT r.ord, r.worker_id, r.lease_secs, row_number() OVER (ORDER BY r.ord, g.i) AS slot \
                                  FROM req r JOIN seen s ON s.worker_id = r.worker_id CROSS JOIN LATERAL generate_series(1, r.n) AS g(i)), \
-                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused AND {no_twin_running} \
+                     picked AS (SELECT id, priority FROM jobs WHERE state = 'ready' AND NOT paused AND {no_twin_running} AND {not_excluded} \
                                  ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR UPDATE SKIP LOCKED), \
                      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs \
                                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p \
@@ -140,6 +140,7 @@ impl Store {
                     weights_of = file_of("c.parent_job_id", "weights"),
                     checkpoint_of = file_of("c.id", "checkpoint"),
                     no_twin_running = NO_TWIN_RUNNING,
+                    not_excluded = not_excluded("ANY($1::text[])"),
                 ))
                 .bind(&workers)
                 .bind(&ns)
@@ -421,6 +422,16 @@ async fn sqlite_attach_artifacts(conn: &mut SqliteConnection, jobs: Vec<JobRow>)
 const NO_TWIN_RUNNING: &str = "NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash \
      AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))";
 
+/// A condition on a ready `jobs` row: none of the claiming workers (`workers`: `$1` on SQLite, one
+/// worker; `ANY($1::text[])` on Postgres, the batch's workers) is excluded from it, having failed
+/// it for a reason of its own machine (`job_exclusions`, see [`Store::fail_job_on`]). Only jobs
+/// with a counted failure can have exclusions, so the common case costs no lookup. On Postgres a
+/// job excluded for one worker of a batch waits for a later batch: exclusions are rare and a
+/// worker that keeps failing stops claiming, so precision per slot is not worth a costlier claim.
+fn not_excluded(workers: &str) -> String {
+    format!("(jobs.error_count = 0 OR NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = jobs.id AND x.worker_id = {workers}))")
+}
+
 /// A job's result and masks are written once, except when the job runs again to repair a file
 /// lost from the object store (`repair.rs`): then the new run's numbers replace the old ones,
 /// which stayed readable meanwhile (other sweeps may be reusing this job's result).
@@ -457,6 +468,7 @@ async fn sqlite_claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs
     let d = &SQLITE;
     let now = d.now;
     let until = d.now_plus("$3");
+    let not_excluded = not_excluded("$1");
     let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
         .bind(worker_id)
         .execute(&mut *conn)
@@ -470,7 +482,7 @@ async fn sqlite_claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs
     let rows = sqlx::query(&format!(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1, lease_expires_at = {until}, \
                 started_at = {now}, progress = 0, eta_seconds = NULL \
-          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused AND {NO_TWIN_RUNNING} ORDER BY priority DESC, id LIMIT $2) \
+          WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND NOT paused AND {NO_TWIN_RUNNING} AND {not_excluded} ORDER BY priority DESC, id LIMIT $2) \
          RETURNING {JOB_COLUMNS}"
     ))
     .bind(worker_id)

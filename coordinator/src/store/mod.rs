@@ -406,6 +406,42 @@ pub struct ProgressInput {
 
 pub use lth_sweep::state::AbortReason;
 
+/// How an attempt failed, as its worker judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Failure {
+    /// Another attempt may succeed (false: a bad spec or bad data).
+    pub retryable: bool,
+    /// The worker's machine is at fault, not the job (see [`Store::fail_job_on`]).
+    pub node_local: bool,
+}
+
+/// Distinct workers a job may fail on node-locally before it fails for good.
+pub const MAX_EXCLUDED_WORKERS: i64 = 16;
+
+/// A failing job's counts, and the rule for what its failure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailRule {
+    pub errors: i32,
+    pub max_attempts: i32,
+    /// Workers already excluded from the job (earlier node-local failures).
+    pub excluded: i64,
+}
+
+impl FailRule {
+    /// (whether this failure counts against the job's attempts, whether the job is retried).
+    pub fn apply(&self, how: Failure) -> (bool, bool) {
+        if how.node_local {
+            // Counted once (so later failures of the job itself have one attempt less), but never
+            // the end of the job: it goes to another machine, until MAX_EXCLUDED_WORKERS have
+            // failed it this way (then the cause is hardly those machines).
+            (self.excluded == 0, self.excluded + 1 < MAX_EXCLUDED_WORKERS)
+        } else {
+            (true, how.retryable && self.errors + 1 < self.max_attempts)
+        }
+    }
+}
+
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpuRow {
     pub index: u32,
@@ -430,6 +466,8 @@ pub struct WorkerRow {
     pub running_jobs: u64,
     pub last_seen: DateTime<Utc>,
     pub alive: bool,
+    /// Why the worker stopped claiming, as its last heartbeat said; None while healthy.
+    pub unhealthy: Option<String>,
 }
 
 /// One row of the events table, with the job's static fields when it is a job event.
@@ -940,6 +978,8 @@ impl Store {
             }
             for r in &rows {
                 let (id, st, attempt): (i64, String, i32) = (r.try_get("id")?, r.try_get("state")?, r.try_get("attempt")?);
+                // A fresh start: the workers it failed on may run it again.
+                sqlx::query("DELETE FROM job_exclusions WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, detail) VALUES ($1, $2, 'state', $3, $4, $5)")
                     .bind(sweep_id)
                     .bind(id)
@@ -1041,7 +1081,7 @@ impl Store {
         both!(self, |pool, d, DB| {
             let cutoff = d.now_plus("$1");
             let rows = sqlx::query(&format!(
-                "SELECT w.worker_id, w.host, w.gpus, w.cpus, w.slots, w.libtorch_version, w.cuda_version, w.last_seen, \
+                "SELECT w.worker_id, w.host, w.gpus, w.cpus, w.slots, w.libtorch_version, w.cuda_version, w.last_seen, w.unhealthy, \
                         (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.worker_id = w.worker_id) AS running, \
                         CASE WHEN w.last_seen >= {cutoff} THEN 1 ELSE 0 END AS alive \
                    FROM workers w WHERE w.worker_id > $2 AND ($4 OR w.last_seen >= {cutoff}) ORDER BY w.worker_id LIMIT $3"
@@ -1068,6 +1108,7 @@ impl Store {
                     running_jobs: r.try_get::<i64, _>("running")? as u64,
                     last_seen: r.try_get("last_seen")?,
                     alive: r.try_get::<i32, _>("alive")? == 1,
+                    unhealthy: r.try_get("unhealthy")?,
                 });
             }
             Ok(out)
@@ -1088,13 +1129,20 @@ impl Store {
 
     /// Extends the leases the worker still holds and says which of its jobs to abort (and why).
     pub async fn heartbeat(&self, worker_id: &str, leases: &[Lease], lease: Duration) -> Result<Vec<(Lease, AbortReason)>> {
+        self.heartbeat_with_health(worker_id, leases, lease, None).await
+    }
+
+    /// [`Store::heartbeat`], recording the worker's health as it reports it: `unhealthy` is why
+    /// it stopped claiming, None while it is healthy.
+    pub async fn heartbeat_with_health(&self, worker_id: &str, leases: &[Lease], lease: Duration, unhealthy: Option<&str>) -> Result<Vec<(Lease, AbortReason)>> {
         let secs = lease.as_secs_f64();
         both!(self, |pool, d, DB| {
             let now = d.now;
             let until = d.now_plus("$4");
             let mut tx = pool.begin_write_for("heartbeat").await?;
-            let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now} WHERE worker_id = $1"))
+            let seen = sqlx::query(&format!("UPDATE workers SET last_seen = {now}, unhealthy = $2 WHERE worker_id = $1"))
                 .bind(worker_id)
+                .bind(unhealthy)
                 .execute(&mut *tx)
                 .await?;
             if seen.rows_affected() == 0 {
@@ -1202,24 +1250,77 @@ impl Store {
     /// otherwise the job fails, and with it its trial (every trial of the seed, for a dense job)
     /// and all its descendants.
     pub async fn fail_job(&self, lease: Lease, error: &str, retryable: bool) -> Result<()> {
+        self.fail_job_on(lease, error, Failure { retryable, node_local: false }, Duration::ZERO).await
+    }
+
+    /// [`Store::fail_job`], telling a failure of the worker's machine (`node_local`: a dataset
+    /// path missing there, a full disk, no CUDA, out of memory) from one of the job. A node-local
+    /// failure is retried elsewhere whatever `retryable` says: the worker is added to the job's
+    /// exclusions (never claimed by it again), and only the job's first node-local failure counts
+    /// against its attempts (none ends it), so one bad node cannot burn them. A job that failed
+    /// node-locally on [`MAX_EXCLUDED_WORKERS`] workers fails for good, and so does one that no
+    /// other worker can take: none seen within `alive_within`, healthy and not excluded (a
+    /// single-machine setup would otherwise wait forever for a worker that never comes).
+    pub async fn fail_job_on(&self, lease: Lease, error: &str, how: Failure, alive_within: Duration) -> Result<()> {
         both!(self, |pool, d, DB| {
             let now = d.now;
+            let lock = d.for_update();
             let mut tx = pool.begin_write().await?;
-            let row = sqlx::query(&format!(
-                "UPDATE jobs SET error_count = error_count + 1, last_error = $3, worker_id = NULL, lease_expires_at = NULL, \
-                        state = CASE WHEN $4 AND error_count + 1 < max_attempts THEN 'ready' ELSE 'failed' END, \
-                        finished_at = CASE WHEN $4 AND error_count + 1 < max_attempts THEN NULL ELSE {now} END \
-                  WHERE id = $1 AND attempt = $2 AND state = 'running' RETURNING sweep_id, state"
+            let Some(row) = sqlx::query(&format!(
+                "SELECT worker_id, error_count, max_attempts, (SELECT count(*) FROM job_exclusions x WHERE x.job_id = jobs.id) AS excluded \
+                   FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'{lock}"
             ))
             .bind(lease.job_id)
             .bind(lease.attempt)
-            .bind(error)
-            .bind(retryable)
             .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Err(stale(lease));
+            };
+            let worker: Option<String> = row.try_get("worker_id")?;
+            let (errors, max_attempts, excluded): (i32, i32, i64) = (row.try_get("error_count")?, row.try_get("max_attempts")?, row.try_get("excluded")?);
+            let rule = FailRule { errors, max_attempts, excluded };
+            let (counts, mut retry) = rule.apply(how);
+            let mut error = error.to_string();
+            if how.node_local && retry {
+                let cutoff = d.now_plus("$3");
+                let others: i64 = sqlx::query_scalar(&format!(
+                    "SELECT count(*) FROM workers w WHERE w.worker_id <> $1 AND w.last_seen >= {cutoff} AND w.unhealthy IS NULL \
+                       AND NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = $2 AND x.worker_id = w.worker_id)"
+                ))
+                .bind(worker.as_deref().unwrap_or_default())
+                .bind(lease.job_id)
+                .bind(-alive_within.as_secs_f64())
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    retry = false;
+                    error.push_str("\n(no other live, healthy worker may take the job: it failed here for good; `lthctl retry` it once a worker can run it)");
+                }
+            }
+            let error = error.as_str();
+            let state = if retry { "ready" } else { "failed" };
+            sqlx::query(&format!(
+                "UPDATE jobs SET error_count = error_count + $3, last_error = $4, worker_id = NULL, lease_expires_at = NULL, \
+                        state = $5, finished_at = CASE WHEN $5 = 'failed' THEN {now} ELSE NULL END \
+                  WHERE id = $1 AND attempt = $2"
+            ))
+            .bind(lease.job_id)
+            .bind(lease.attempt)
+            .bind(i32::from(counts))
+            .bind(error)
+            .bind(state)
+            .execute(&mut *tx)
             .await?;
-            let Some(row) = row else { return Err(stale(lease)) };
-            let sweep_id: i64 = row.try_get("sweep_id")?;
-            let state: String = row.try_get("state")?;
+            if let (true, Some(w)) = (how.node_local, worker.as_deref()) {
+                sqlx::query("INSERT INTO job_exclusions (job_id, worker_id, error) VALUES ($1, $2, $3) ON CONFLICT (job_id, worker_id) DO NOTHING")
+                    .bind(lease.job_id)
+                    .bind(w)
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let sweep_id: i64 = sqlx::query_scalar("SELECT sweep_id FROM jobs WHERE id = $1").bind(lease.job_id).fetch_one(&mut *tx).await?;
             sqlx::query(&format!(
                 "UPDATE job_attempts SET outcome = 'failed', finished_at = {now}, error = $3 WHERE job_id = $1 AND attempt = $2"
             ))
@@ -1228,12 +1329,17 @@ impl Store {
             .bind(error)
             .execute(&mut *tx)
             .await?;
+            let detail = if how.node_local {
+                serde_json::json!({ "error": error, "node_local": true, "worker": worker, "counted": counts })
+            } else {
+                serde_json::json!({ "error": error })
+            };
             sqlx::query("INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, detail) VALUES ($1, $2, 'state', $3, $4, $5)")
                 .bind(sweep_id)
                 .bind(lease.job_id)
-                .bind(&state)
+                .bind(state)
                 .bind(lease.attempt)
-                .bind(Json(serde_json::json!({ "error": error })))
+                .bind(Json(detail))
                 .execute(&mut *tx)
                 .await?;
             if state == "failed" {
@@ -1774,3 +1880,22 @@ pub use batch::{uploads_needed, ArtifactRecord, ClaimRequest, Completion};
 
 mod dashboard;
 pub use dashboard::{ArtifactInfo, AttemptRow, CollapseWarning, JobResult, KeptCell, OverlapCell, ProgressPoint, RunningJob, SweepListRow};
+
+#[cfg(test)]
+mod fail_rules {
+    use super::*;
+
+    #[test]
+    fn node_local_failures_count_once_and_move_the_job_elsewhere() {
+        let rule = |errors, excluded| FailRule { errors, max_attempts: 3, excluded };
+        let local = Failure { retryable: false, node_local: true };
+        let job = Failure { retryable: true, node_local: false };
+        assert_eq!(rule(0, 0).apply(local), (true, true), "the first counts, and the job is retried although not retryable");
+        assert_eq!(rule(1, 1).apply(local), (false, true), "later ones do not count");
+        assert_eq!(rule(2, 5).apply(local), (false, true), "nor end the job, whatever its attempts");
+        assert_eq!(rule(1, MAX_EXCLUDED_WORKERS - 1).apply(local), (false, false), "until too many machines failed it");
+        assert_eq!(rule(1, 1).apply(job), (true, true));
+        assert_eq!(rule(2, 1).apply(job), (true, false), "the job's own failures use up its attempts as before");
+        assert_eq!(rule(0, 0).apply(Failure { retryable: false, node_local: false }), (true, false));
+    }
+}

@@ -25,8 +25,14 @@ pub enum ChildEvent {
     Checkpoint { path: PathBuf },
     /// The step finished; its outputs are on disk.
     Finished { output: StepOutput },
-    /// The step failed. `retryable: false` for deterministic failures (bad spec or data).
-    Failed { error: String, retryable: bool },
+    /// The step failed. `retryable: false` for deterministic failures (bad spec or data);
+    /// `node_local`: the failure is this machine's (see `daemon::failure`).
+    Failed {
+        error: String,
+        retryable: bool,
+        #[serde(default)]
+        node_local: bool,
+    },
 }
 
 impl ChildEvent {

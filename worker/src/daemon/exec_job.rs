@@ -25,7 +25,7 @@ pub fn run(job_path: &Path) -> i32 {
     let job = match JobFile::read(job_path) {
         Ok(j) => j,
         Err(e) => {
-            emit(ChildEvent::Failed { error: format!("{e:#}"), retryable: false });
+            emit(ChildEvent::Failed { error: format!("{e:#}"), retryable: false, node_local: false });
             return 2;
         }
     };
@@ -42,10 +42,20 @@ pub fn run(job_path: &Path) -> i32 {
         Ok(d) => d,
         Err(e) => {
             // A device problem belongs to this machine, not the job: another worker may run it.
-            emit(ChildEvent::Failed { error: format!("device initialisation failed: {e:#}"), retryable: true });
+            emit(ChildEvent::Failed { error: format!("device initialisation failed: {e:#}"), retryable: true, node_local: true });
             return 1;
         }
     };
+    if job.cuda_device.is_some() && device == tch::Device::Cpu {
+        // A GPU slot without a usable CUDA device (driver, libtorch_cuda, a GPU gone): training on
+        // the CPU here would take days and be reported as a GPU run.
+        emit(ChildEvent::Failed {
+            error: "this GPU slot has no usable CUDA device (libtorch_cuda did not load or sees no GPU; see the lines above)".into(),
+            retryable: true,
+            node_local: true,
+        });
+        return 1;
+    }
     // A fixed thread count keeps CPU runs bit-reproducible (same result as run-local --threads N).
     engine::configure_threads(job.threads.filter(|t| *t > 0).map(|t| t as usize));
     let resumed = job.workdir.join(engine::CHECKPOINT_FILE).exists();
@@ -66,8 +76,9 @@ pub fn run(job_path: &Path) -> i32 {
             0
         }
         Err(e) => {
-            let retryable = is_retryable(&e);
-            emit(ChildEvent::Failed { error: format!("{e:#}"), retryable });
+            let node_local = super::failure::is_node_local(&e);
+            let retryable = node_local || is_retryable(&e);
+            emit(ChildEvent::Failed { error: format!("{e:#}"), retryable, node_local });
             1
         }
     }

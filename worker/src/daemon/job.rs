@@ -9,6 +9,7 @@
 
 use super::artifacts::{self, ArtifactCache, CachedArtifact, TransferError};
 use super::child;
+use super::failure;
 use super::convert;
 use super::events::ChildEvent;
 use super::host::Slot;
@@ -39,6 +40,9 @@ pub struct JobContext {
     pub keep_workdirs: bool,
     /// GPU names by nvidia-smi index, for the device a finished job reports ("cuda NVIDIA H200").
     pub gpu_names: std::collections::HashMap<u32, String>,
+    /// This worker's id and host, named in the errors of node-local failures.
+    pub worker_id: String,
+    pub host: String,
 }
 
 impl JobContext {
@@ -67,7 +71,9 @@ pub enum Stop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Completed,
-    Failed { retryable: bool },
+    /// `node_local`: the failure was this machine's (see `failure`), not the job's; `error` is
+    /// the first line of what was reported.
+    Failed { retryable: bool, node_local: bool, error: String },
     /// Killed and forgotten: cancelled, paused or the lease was lost.
     Dropped(String),
     /// Handed back on shutdown (with its latest checkpoint uploaded, if any).
@@ -81,6 +87,8 @@ enum Prepared {
     Invalid(String),
     /// A problem getting the inputs; another attempt may succeed.
     Unavailable(String),
+    /// A problem of this machine (a full disk): another worker may succeed.
+    NodeLocal(String),
     LeaseLost,
     /// An input was lost from the coordinator's object store: the coordinator re-runs the job
     /// that made it and has taken this job back (ARTIFACT_LOST); nothing more is written.
@@ -133,15 +141,16 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
         Prepared::Ready { job_file, inputs } => (job_file, inputs),
         Prepared::LeaseLost => return finish_dropped(&ctx, &workdir, "lease lost while fetching inputs"),
         Prepared::HandedBack(msg) => return finish_dropped(&ctx, &workdir, &format!("an input was lost and is being made again: {msg}")),
-        Prepared::Invalid(msg) => return fail(&ctx, lease, &workdir, format!("invalid job: {msg}"), false).await,
-        Prepared::Unavailable(msg) => return fail(&ctx, lease, &workdir, format!("cannot fetch inputs: {msg}"), true).await,
+        Prepared::Invalid(msg) => return fail(&ctx, lease, &workdir, format!("invalid job: {msg}"), false, false).await,
+        Prepared::Unavailable(msg) => return fail(&ctx, lease, &workdir, format!("cannot fetch inputs: {msg}"), true, false).await,
+        Prepared::NodeLocal(msg) => return fail(&ctx, lease, &workdir, format!("cannot prepare the job: {msg}"), true, true).await,
     };
 
     let log_path = workdir.join("exec-job.log");
     let (mut child, stdout) = match child::spawn(&ctx.exe, &job_file, &log_path, slot.gpu) {
         Ok(c) => c,
         Err(e) => {
-            return fail(&ctx, lease, &workdir, format!("cannot start {} exec-job: {e}", ctx.exe.display()), true).await;
+            return fail(&ctx, lease, &workdir, format!("cannot start {} exec-job: {e}", ctx.exe.display()), true, failure::io_is_node_local(&e)).await;
         }
     };
     tracing::debug!(job = job.job_id, pid = child.pid(), "job process started");
@@ -154,7 +163,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
 
     let mut lines = BufReader::new(stdout).lines();
     let mut finished: Option<StepOutput> = None;
-    let mut failed: Option<(String, bool)> = None;
+    let mut failed: Option<(String, bool, bool)> = None;
     let mut shutdown_deadline: Option<Instant> = None;
     let mut snapshots = 0u64;
     let mut stop_open = true;
@@ -196,7 +205,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
                         }
                     }
                     Some(ChildEvent::Finished { output }) => finished = Some(output),
-                    Some(ChildEvent::Failed { error, retryable }) => failed = Some((error, retryable)),
+                    Some(ChildEvent::Failed { error, retryable, node_local }) => failed = Some((error, retryable, node_local)),
                     None => tracing::debug!(job = job.job_id, line = %line, "ignoring non-event output of the job"),
                 },
                 Ok(None) | Err(_) => eof = true,
@@ -241,7 +250,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
         Ok(s) => s,
         Err(e) => {
             uploader.abort();
-            return fail(&ctx, lease, &workdir, format!("lost track of the job process: {e}"), true).await;
+            return fail(&ctx, lease, &workdir, format!("lost track of the job process: {e}"), true, false).await;
         }
     };
 
@@ -269,12 +278,12 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     }
     uploader.abort();
 
-    let (error, retryable) = failed.unwrap_or_else(|| {
-        (format!("the job process ended with {} without reporting a result", child::describe_exit(&status)), true)
+    let (error, retryable, node_local) = failed.unwrap_or_else(|| {
+        (format!("the job process ended with {} without reporting a result", child::describe_exit(&status)), true, false)
     });
     let tail = log_tail(&log_path, 2000);
     let error = if tail.is_empty() { error } else { format!("{error}\n--- end of the job's log ---\n{tail}") };
-    fail(&ctx, lease, &workdir, error, retryable).await
+    fail(&ctx, lease, &workdir, error, retryable, node_local).await
 }
 
 /// Waits for the next stop request (never returns if the sender is gone).
@@ -296,7 +305,8 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
         Err(e) => return Prepared::Invalid(format!("{e:#}")),
     };
     if let Err(e) = tokio::fs::create_dir_all(workdir).await {
-        return Prepared::Unavailable(format!("cannot create {}: {e}", workdir.display()));
+        let msg = format!("cannot create {}: {e}", workdir.display());
+        return if failure::io_is_node_local(&e) { Prepared::NodeLocal(msg) } else { Prepared::Unavailable(msg) };
     }
     let client = ctx.client.clone();
     let mut rewind = None;
@@ -355,6 +365,9 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
             Ok(p) => p,
             Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::LeaseLost => return Prepared::LeaseLost,
             Err(TransferError::Rpc(s)) if rpc::classify(&s) == Failure::ArtifactLost => return Prepared::HandedBack(s.message().to_string()),
+            Err(TransferError::Local(e)) if failure::is_node_local(&e) => {
+                return Prepared::NodeLocal(format!("artifact {:?} of job {}: {e:#}", input.name, input.job_id))
+            }
             Err(e) => return Prepared::Unavailable(format!("artifact {:?} of job {}: {e}", input.name, input.job_id)),
         };
         let path = cached.path.clone();
@@ -408,6 +421,7 @@ async fn prepare(ctx: &JobContext, job: &pb::JobAssignment, workdir: &Path, slot
     let path = workdir.join("job.json");
     match file.write(&path) {
         Ok(()) => Prepared::Ready { job_file: path, inputs: pinned },
+        Err(e) if failure::is_node_local(&e) => Prepared::NodeLocal(format!("{e:#}")),
         Err(e) => Prepared::Unavailable(format!("{e:#}")),
     }
 }
@@ -623,15 +637,24 @@ async fn complete(
         }
         // The coordinator will never accept this result: running the job again gives the same.
         Err(TransferError::Rpc(s)) if lth_proto::errors::error_reason(&s) == Some(pb::ErrorReason::InvalidResult) => {
-            fail(ctx, lease, workdir, format!("the coordinator refused the job's result: {}", s.message()), false).await
+            fail(ctx, lease, workdir, format!("the coordinator refused the job's result: {}", s.message()), false, false).await
         }
-        Err(e) => fail(ctx, lease, workdir, format!("the step finished but its result could not be stored: {e}"), true).await,
+        Err(e) => fail(ctx, lease, workdir, format!("the step finished but its result could not be stored: {e}"), true, false).await,
     }
 }
 
-async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: String, retryable: bool) -> Outcome {
-    tracing::warn!(job = lease.job_id, attempt = lease.attempt, retryable, error = %first_line(&error), "job failed");
-    let req = pb::FailJobRequest { lease: Some(lease), error, retryable };
+/// Reports a failed attempt. A node-local failure (this machine's fault, see `failure`) is sent
+/// as such, retryable (on another worker), and its error names this worker and host; the paths
+/// in it are this machine's.
+async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: String, retryable: bool, node_local: bool) -> Outcome {
+    let (error, retryable) = if node_local {
+        (format!("node-local failure on worker {} (host {}); the job runs on another worker: {error}", ctx.worker_id, ctx.host), true)
+    } else {
+        (error, retryable)
+    };
+    tracing::warn!(job = lease.job_id, attempt = lease.attempt, retryable, node_local, error = %first_line(&error), "job failed");
+    let summary = first_line(&error).to_string();
+    let req = pb::FailJobRequest { lease: Some(lease), error, retryable, node_local };
     let sent = rpc::retry_transient("FailJob", || {
         let mut c = ctx.client.clone();
         let req = req.clone();
@@ -641,7 +664,7 @@ async fn fail(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, error: Stri
     if let Err(s) = sent {
         tracing::warn!(job = lease.job_id, code = ?s.code(), error = %s.message(), "FailJob was not accepted");
     }
-    let outcome = Outcome::Failed { retryable };
+    let outcome = Outcome::Failed { retryable, node_local, error: summary };
     cleanup(ctx, workdir, &outcome);
     outcome
 }
@@ -691,8 +714,10 @@ fn finish_dropped(ctx: &JobContext, workdir: &Path, why: &str) -> Outcome {
     outcome
 }
 
-fn cleanup(ctx: &JobContext, workdir: &Path, outcome: &Outcome) {
-    if ctx.keep_workdirs || matches!(outcome, Outcome::Failed { .. }) {
+/// Removes the attempt's working directory, whatever its outcome (a failed attempt's too: its
+/// checkpoints and outputs could fill a disk, and the log tail is already in its error).
+fn cleanup(ctx: &JobContext, workdir: &Path, _outcome: &Outcome) {
+    if ctx.keep_workdirs {
         return;
     }
     let _ = std::fs::remove_dir_all(workdir);

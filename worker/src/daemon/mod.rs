@@ -19,6 +19,7 @@
 //!   lines out.
 //! - [`child`]: spawning and signalling a job's process group.
 //! - [`job`]: one claimed job from download to CompleteJob/FailJob.
+//! - [`failure`]: whether a failure is the job's or this machine's (node-local).
 //! - [`supervisor`]: registration, the claim loop, heartbeats and shutdown.
 //! - [`exec_job`]: the child side (`lth-worker exec-job`).
 
@@ -27,6 +28,7 @@ pub mod child;
 pub mod convert;
 pub mod events;
 pub mod exec_job;
+pub mod failure;
 pub mod host;
 pub mod job;
 pub mod jobfile;
@@ -87,9 +89,16 @@ pub struct DaemonArgs {
     /// On daemon shutdown, how long a job may take to finish or checkpoint after SIGTERM.
     #[arg(long, env = "LTH_SHUTDOWN_GRACE_SECONDS", default_value_t = 60.0)]
     pub shutdown_grace_seconds: f64,
-    /// Keep the working directory of every job (by default only failed jobs' are kept).
+    /// Keep the working directory of every job. By default every attempt's is removed when it
+    /// ends, failed ones too (so a full disk recovers); a failed job's log tail is in its error.
     #[arg(long, env = "LTH_KEEP_WORKDIRS")]
     pub keep_workdirs: bool,
+    /// Stop claiming after this many different jobs in a row failed for reasons of this machine
+    /// (a dataset path missing here, a full disk, no usable CUDA device, out of memory), and
+    /// report the worker unhealthy (`lthctl workers`, the dashboard) until it is restarted.
+    /// Running jobs go on. 0: never stop.
+    #[arg(long, env = "LTH_MAX_NODE_FAILURES", default_value_t = 3)]
+    pub max_node_failures: u32,
     /// Serve Prometheus metrics (jobs per slot, images/s, step time, job durations, cache, GPU
     /// utilisation and memory through NVML) on this address, e.g. 127.0.0.1:9102, or `off`. No
     /// token: it shows this machine's load only.

@@ -30,6 +30,44 @@ struct Shared {
     running: Mutex<HashMap<i64, Running>>,
     free_slots: Mutex<Vec<Slot>>,
     slot_freed: Notify,
+    health: Mutex<Health>,
+}
+
+/// Whether this machine still takes work: a node whose jobs keep failing for reasons of its own
+/// (a missing dataset path, a full disk, no CUDA) would otherwise take every job of a sweep in
+/// turn. After `limit` different jobs in a row failed node-locally it stops claiming and says why
+/// in its heartbeats, until it is restarted. A job that completes resets the count.
+#[derive(Debug, Default)]
+pub struct Health {
+    limit: u32,
+    /// The different jobs that failed node-locally since the last completion.
+    failed_here: std::collections::BTreeSet<i64>,
+    /// Why it stopped claiming.
+    pub unhealthy: Option<String>,
+}
+
+impl Health {
+    pub fn new(limit: u32) -> Health {
+        Health { limit, ..Health::default() }
+    }
+
+    /// Takes one job's outcome into account; returns the reason when this one made the worker
+    /// unhealthy.
+    pub fn record(&mut self, job_id: i64, outcome: &Outcome) -> Option<String> {
+        match outcome {
+            Outcome::Completed => self.failed_here.clear(),
+            Outcome::Failed { node_local: true, error, .. } => {
+                self.failed_here.insert(job_id);
+                if self.limit > 0 && self.unhealthy.is_none() && self.failed_here.len() >= self.limit as usize {
+                    let why = format!("{} different jobs in a row failed on this machine (the last: {error})", self.failed_here.len());
+                    self.unhealthy = Some(why.clone());
+                    return Some(why);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
 }
 
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -103,6 +141,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         running: Mutex::new(HashMap::new()),
         free_slots: Mutex::new(slots.iter().rev().copied().collect()),
         slot_freed: Notify::new(),
+        health: Mutex::new(Health::new(args.max_node_failures)),
     });
     let ctx = Arc::new(JobContext {
         client: client.clone(),
@@ -116,6 +155,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace_seconds.max(0.0)),
         keep_workdirs: args.keep_workdirs,
         gpu_names: inventory.gpus.iter().map(|g| (g.index, g.name.clone())).collect(),
+        worker_id: worker_id.clone(),
+        host: inventory.host.clone(),
     });
 
     let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
@@ -130,6 +171,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         // Reap finished job tasks (their slots were returned by the tasks themselves).
         while jobs.try_join_next().is_some() {}
+        if shared.health.lock().unwrap().unhealthy.is_some() {
+            // No more claims (the job tasks logged why); heartbeats carry the reason.
+            let _ = shutdown_rx.changed().await;
+            continue;
+        }
         let free = shared.free_slots.lock().unwrap().len();
         if free == 0 {
             tokio::select! {
@@ -242,7 +288,7 @@ fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>
         let lease = pb::JobLease { job_id: assignment.job_id, attempt: assignment.attempt };
         jobs.spawn(async move {
             let _ = client
-                .fail_job(pb::FailJobRequest { lease: Some(lease), error: "released: worker had no free slot".into(), retryable: true })
+                .fail_job(pb::FailJobRequest { lease: Some(lease), error: "released: worker had no free slot".into(), retryable: true, node_local: false })
                 .await;
         });
         return;
@@ -256,6 +302,9 @@ fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>
         tracing::debug!(job = job_id, ?outcome, "job finished on this worker");
         if let Outcome::Dropped(why) = &outcome {
             tracing::info!(job = job_id, "job stopped: {why}");
+        }
+        if let Some(why) = shared.health.lock().unwrap().record(job_id, &outcome) {
+            tracing::error!(reason = %why, "this worker stops claiming jobs and reports itself unhealthy; fix the machine and restart the daemon");
         }
         shared.running.lock().unwrap().remove(&job_id);
         shared.free_slots.lock().unwrap().push(slot);
@@ -324,7 +373,8 @@ async fn heartbeat_loop(client: Client, shared: Arc<Shared>, every: Duration, mu
             .iter()
             .map(|(id, r)| pb::JobLease { job_id: *id, attempt: r.attempt })
             .collect();
-        let req = pb::HeartbeatRequest { worker_id: shared.worker_id.clone(), running };
+        let unhealthy = shared.health.lock().unwrap().unhealthy.clone().unwrap_or_default();
+        let req = pb::HeartbeatRequest { worker_id: shared.worker_id.clone(), running, unhealthy };
         let reply = tokio::time::timeout(every.max(Duration::from_secs(2)) * 2, client.clone().heartbeat(req)).await;
         match reply {
             Ok(Ok(reply)) => {
@@ -397,4 +447,34 @@ fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
 
 fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_here(error: &str) -> Outcome {
+        Outcome::Failed { retryable: true, node_local: true, error: error.into() }
+    }
+
+    #[test]
+    fn different_jobs_failing_here_in_a_row_make_the_worker_unhealthy() {
+        let mut h = Health::new(3);
+        assert_eq!(h.record(1, &failed_here("no /data/cifar10")), None);
+        assert_eq!(h.record(1, &failed_here("no /data/cifar10")), None, "the same job again is one job");
+        assert_eq!(h.record(2, &Outcome::Failed { retryable: true, node_local: false, error: "bad spec".into() }), None);
+        assert_eq!(h.record(2, &failed_here("no /data/cifar10")), None);
+        assert_eq!(h.record(5, &Outcome::Completed), None, "a completion shows the machine works");
+        assert_eq!(h.record(6, &failed_here("disk full")), None);
+        assert_eq!(h.record(7, &failed_here("disk full")), None);
+        let why = h.record(8, &failed_here("disk full")).expect("the third different job");
+        assert!(why.contains("3 different jobs") && why.contains("disk full"), "{why}");
+        assert_eq!(h.unhealthy.as_deref(), Some(why.as_str()));
+        assert_eq!(h.record(9, &Outcome::Completed), None);
+        assert!(h.unhealthy.is_some(), "it stays unhealthy until restarted");
+        let mut never = Health::new(0);
+        for j in 0..10 {
+            assert_eq!(never.record(j, &failed_here("x")), None);
+        }
+    }
 }

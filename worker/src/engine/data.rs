@@ -149,6 +149,31 @@ pub fn load_cached(spec: &DatasetSpec, device: Device, cache: Option<&Path>) -> 
     Ok((ds, used))
 }
 
+/// The dataset's `path` does not exist on this machine. Typed, because it is this machine's
+/// problem and not the sweep's (the files are on the other workers): the daemon reports such a
+/// failure as node-local, and the job runs elsewhere. `path` is absolute (a relative one is
+/// resolved against the working directory it was looked up in).
+#[derive(Debug)]
+pub struct DatasetMissing {
+    pub dataset: String,
+    pub path: PathBuf,
+}
+
+impl DatasetMissing {
+    pub fn new(dataset: &str, path: &Path) -> DatasetMissing {
+        let path = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf()) };
+        DatasetMissing { dataset: dataset.to_string(), path }
+    }
+}
+
+impl std::fmt::Display for DatasetMissing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dataset {}: {} does not exist on this machine (copy or mount the dataset there, or fix `path`)", self.dataset, self.path.display())
+    }
+}
+
+impl std::error::Error for DatasetMissing {}
+
 /// Decodes the dataset a step asks for, on the host (ImageFolder through the default cache).
 pub fn load_host(spec: &DatasetSpec) -> Result<HostDataset> {
     Ok(load_host_cached(spec, custom_data::default_cache_dir().as_deref())?.0)
@@ -170,6 +195,9 @@ pub fn load_host_cached(spec: &DatasetSpec, cache: Option<&Path>) -> Result<(Hos
             anyhow!("dataset {} needs `path` (the folder holding its files) in [dataset]", spec.name.as_str())
         })?;
         let p = PathBuf::from(p);
+        if !p.exists() {
+            return Err(DatasetMissing::new(spec.name.as_str(), &p).into());
+        }
         if !p.is_dir() {
             bail!("dataset {} path {} is not a directory: point `path` at the folder with the dataset's files", spec.name.as_str(), p.display());
         }
@@ -189,6 +217,9 @@ pub fn load_host_cached(spec: &DatasetSpec, cache: Option<&Path>) -> Result<(Hos
         }
         DatasetKind::Safetensors => {
             let p = spec.path.as_deref().ok_or_else(|| anyhow!("dataset safetensors needs `path`: the .safetensors file"))?;
+            if !Path::new(p).exists() {
+                return Err(DatasetMissing::new("safetensors", Path::new(p)).into());
+            }
             custom_data::load_safetensors(Path::new(p))?
         }
     };

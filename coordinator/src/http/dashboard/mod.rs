@@ -591,7 +591,11 @@ async fn workers_page(State(st): State<Arc<HttpState>>, c: Caller) -> Response {
                 esc(&w.reg.worker_id),
                 esc(&w.reg.worker_id),
                 esc(&w.reg.host),
-                state_badge(if w.alive { "alive" } else { "silent" }),
+                match &w.unhealthy {
+                    // Stopped claiming: its reason (a missing dataset path, a full disk, …) as hover text.
+                    Some(why) if w.alive => format!(r#"<span title="{}">{}</span>"#, esc(why), state_badge("unhealthy")),
+                    _ => state_badge(if w.alive { "alive" } else { "silent" }),
+                },
                 w.reg.slots,
                 bar(w.running_jobs as i64, w.reg.slots as i64, &format!("p-w-{}", w.reg.worker_id)),
                 w.reg.cpus,
