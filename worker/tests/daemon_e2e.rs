@@ -792,7 +792,10 @@ async fn a_lost_or_corrupt_weights_file_is_made_again_and_the_sweep_finishes_lik
         .await
         .unwrap();
     for (rate, seed) in [("0.2", 1u64), ("0.2", 2), ("0.5", 1), ("0.5", 2)] {
-        let local = run_local_at(c.dir.path(), &sweep_file, "magnitude", rate, seed, 1);
+        // One folder per rate: run-local's output folder is named by file, metric and seed.
+        let dir = c.dir.path().join(format!("rate-{rate}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let local = run_local_at(&dir, &sweep_file, "magnitude", rate, seed, 1);
         for l in &local {
             let r = rows
                 .iter()
