@@ -146,7 +146,7 @@ async fn hot_path(url: String, stop: Arc<AtomicBool>) -> Calls {
         };
         let running: Vec<pb::JobLease> = claimed.iter().map(lease_of).collect();
         let t = Instant::now();
-        match w.heartbeat(pb::HeartbeatRequest { worker_id: me.clone(), running }).await {
+        match w.heartbeat(pb::HeartbeatRequest { worker_id: me.clone(), running, ..Default::default() }).await {
             Ok(r) => assert!(r.into_inner().abort.is_empty(), "the hot path's lease was lost"),
             Err(e) => calls.errors.push(format!("Heartbeat: {e}")),
         }

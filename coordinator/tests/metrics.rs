@@ -196,7 +196,7 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
             }
             let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
             // A heartbeat for each running job (the daemon sends them every few seconds).
-            w.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running: vec![pb::JobLease { job_id: a.job_id, attempt: a.attempt }] }).await.unwrap();
+            w.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running: vec![pb::JobLease { job_id: a.job_id, attempt: a.attempt }], ..Default::default() }).await.unwrap();
             heartbeats += 1;
             if !failed_once {
                 failed_once = true;

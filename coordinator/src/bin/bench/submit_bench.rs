@@ -67,7 +67,7 @@ async fn heartbeater(url: String, every: Duration, stop: Arc<AtomicBool>) -> any
     let mut out = HotPath::default();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        match w.heartbeat(pb::HeartbeatRequest { worker_id: me.clone(), running: running.clone() }).await {
+        match w.heartbeat(pb::HeartbeatRequest { worker_id: me.clone(), running: running.clone(), ..Default::default() }).await {
             Ok(r) if r.get_ref().abort.is_empty() => {}
             Ok(r) => out.errors.push(format!("Heartbeat: told to abort {:?}", r.into_inner().abort)),
             Err(e) => out.errors.push(format!("Heartbeat: {e}")),
