@@ -519,19 +519,24 @@ fn grid_spec(seeds: u64, levels: u32) -> anyhow::Result<lth_sweep::SweepSpec> {
     Ok(lth_sweep::SweepSpec::from_toml_str(&text)?)
 }
 
+/// A simulated worker: one CPU slot, no GPU.
+fn bench_worker(worker_id: &str) -> WorkerRegistration {
+    WorkerRegistration {
+        worker_id: worker_id.into(),
+        host: "bench".into(),
+        gpus: vec![],
+        cpus: 1,
+        slots: 1,
+        libtorch_version: String::new(),
+        cuda_version: String::new(),
+    }
+}
+
 /// Completes the sweep's `seeds` dense jobs through the store (with their files recorded, so that
 /// each level job's claim finds its inputs as in a real sweep): afterwards every level job is ready.
 async fn complete_dense_jobs(store: &Store, seeds: u64) -> anyhow::Result<()> {
     store
-        .register_worker(&WorkerRegistration {
-            worker_id: "bench-prefill".into(),
-            host: "bench".into(),
-            gpus: vec![],
-            cpus: 1,
-            slots: 1,
-            libtorch_version: String::new(),
-            cuda_version: String::new(),
-        })
+        .register_worker(&bench_worker("bench-prefill"))
         .await?;
     let digest = hex::encode(Sha256::digest(BLOB));
     let mut left = seeds;
@@ -750,15 +755,7 @@ async fn run(args: &Args, mode: Mode, secure: bool, queued: Option<u64>) -> anyh
     if in_process_clients {
         for w in 0..args.workers {
             store
-                .register_worker(&WorkerRegistration {
-                    worker_id: format!("bench-{w}"),
-                    host: "bench".into(),
-                    gpus: vec![],
-                    cpus: 1,
-                    slots: 1,
-                    libtorch_version: String::new(),
-                    cuda_version: String::new(),
-                })
+                .register_worker(&bench_worker(&format!("bench-{w}")))
                 .await?;
         }
     }

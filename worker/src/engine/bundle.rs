@@ -35,7 +35,7 @@
 
 use super::cuda;
 use super::data::Dataset;
-use super::fused::{self, FusedStep};
+use super::fused::FusedStep;
 use super::models::Network;
 use super::train::{learning_rate, Progress, StepHook, StepImpl, Trainer};
 use anyhow::{bail, Context, Result};
@@ -319,11 +319,7 @@ impl<'a> BundleTrainer<'a> {
             }
             let w: Vec<&Tensor> = weights.iter().collect();
             let mk: Vec<&Tensor> = masks.iter().collect();
-            let built = match fused::unsupported(&params, &w, &mk) {
-                Some(why) => Err(anyhow::anyhow!(why)),
-                None => FusedStep::new(&params, &momentum, &w, &mk, self.lead().loss_scale),
-            };
-            match built {
+            match FusedStep::checked(&params, &momentum, &w, &mk, self.lead().loss_scale) {
                 Ok(f) => self.fused = Some(f),
                 Err(e) => {
                     eprintln!("lth-worker: fused SGD not used for the bundle ({e:#}); training with the per-tensor step");

@@ -80,6 +80,15 @@ unsafe impl Send for FusedStep {}
 impl FusedStep {
     /// `momentum` is empty when the optimizer has no momentum; otherwise one buffer per parameter.
     /// `grad_scale` ≠ 1 divides each gradient by it inside the step (fp16's static loss scale).
+    /// `new` for tensors the shim accepts; for others (`unsupported`) the reason as the error, so
+    /// that the caller falls back to the per-tensor step.
+    pub fn checked(params: &[(String, Tensor)], momentum: &[Tensor], weights: &[&Tensor], masks: &[&Tensor], grad_scale: f64) -> Result<Self> {
+        match unsupported(params, weights, masks) {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Self::new(params, momentum, weights, masks, grad_scale),
+        }
+    }
+
     pub fn new(params: &[(String, Tensor)], momentum: &[Tensor], weights: &[&Tensor], masks: &[&Tensor], grad_scale: f64) -> Result<Self> {
         if !momentum.is_empty() && momentum.len() != params.len() {
             bail!("{} momentum buffers for {} parameters", momentum.len(), params.len());

@@ -5,7 +5,7 @@
 //! synchronisation inside an epoch (the loss is summed on the device and read once per epoch).
 
 use super::cuda;
-use super::fused::{self, FusedStep};
+use super::fused::FusedStep;
 use super::data::Dataset;
 use super::models::{self, Network};
 use anyhow::{bail, Result};
@@ -241,11 +241,7 @@ impl<'a> Trainer<'a> {
         if self.fused.is_none() {
             let weights: Vec<&Tensor> = self.masks.iter().map(|m| &m.weight).collect();
             let masks: Vec<&Tensor> = self.masks.iter().map(|m| &m.mask).collect();
-            let built = match fused::unsupported(&self.params, &weights, &masks) {
-                Some(why) => Err(anyhow::anyhow!(why)),
-                None => FusedStep::new(&self.params, &self.momentum, &weights, &masks, self.loss_scale),
-            };
-            match built {
+            match FusedStep::checked(&self.params, &self.momentum, &weights, &masks, self.loss_scale) {
                 Ok(f) => self.fused = Some(f),
                 Err(e) => {
                     eprintln!("lth-worker: fused SGD not used ({e:#}); training with the per-tensor step");
