@@ -202,6 +202,7 @@ impl From<&Recipe> for pb::Recipe {
             augment: r.augment,
             channels_last: r.channels_last,
             checkpoint_every: Some(r.checkpoint_every.into()),
+            cuda_graph: Some(r.cuda_graph),
         }
     }
 }
@@ -353,6 +354,7 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
                         rewind: length_from(&r.rewind).unwrap_or_default(),
                         augment: r.augment,
                         channels_last: r.channels_last,
+                        cuda_graph: r.cuda_graph.unwrap_or(true),
                         checkpoint_every: length_from(&r.checkpoint_every).unwrap_or(TrainLength::Epochs(1)),
                     }),
                     _ => None,

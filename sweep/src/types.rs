@@ -305,6 +305,12 @@ pub struct Recipe {
     /// Channels-last memory format on CUDA.
     #[serde(default = "default_true")]
     pub channels_last: bool,
+    /// CUDA only: capture one whole training step (forward, backward, SGD, masks) as a CUDA graph
+    /// and replay it, which removes the per-kernel launch cost that bounds small networks. Falls
+    /// back to eager steps, with a log line, where the capture fails. The default (on) stays out of
+    /// the job hashes, so sweeps written before the option keep theirs.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub cuda_graph: bool,
     /// How often a running job writes a resumable checkpoint ("0it": only at the end).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: TrainLength,
@@ -318,6 +324,9 @@ fn default_momentum() -> f64 {
 }
 fn default_true() -> bool {
     true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 fn default_checkpoint_every() -> TrainLength {
     TrainLength::Epochs(1)

@@ -209,3 +209,21 @@ fn proto_with_missing_parts_is_rejected_with_names() {
     let errs = SweepSpec::try_from(&wire).unwrap_err().to_string();
     assert!(errs.contains("neither `levels` nor `target_sparsity`"), "{errs}");
 }
+
+#[test]
+fn cuda_graph_defaults_on_and_only_turning_it_off_enters_the_hashes() {
+    let spec = paper();
+    assert!(spec.recipe.cuda_graph, "on unless the sweep file says otherwise");
+    // Written out explicitly, the default keeps the golden hash (sweeps from before the option).
+    let on = SweepSpec::from_toml_str(&PAPER.replace("[recipe]\n", "[recipe]\ncuda_graph = true\n")).unwrap();
+    assert_eq!(on.dense_hash(0), GOLDEN_DENSE_SEED0);
+    let off = SweepSpec::from_toml_str(&PAPER.replace("[recipe]\n", "[recipe]\ncuda_graph = false\n")).unwrap();
+    assert!(!off.recipe.cuda_graph);
+    assert_ne!(off.dense_hash(0), GOLDEN_DENSE_SEED0);
+    // A client that predates the field sends no value: that is on.
+    let mut wire: lth_proto::v1::SweepSpec = (&off).into();
+    assert_eq!(wire.recipe.as_ref().unwrap().cuda_graph, Some(false));
+    assert!(!SweepSpec::try_from(&wire).unwrap().recipe.cuda_graph);
+    wire.recipe.as_mut().unwrap().cuda_graph = None;
+    assert!(SweepSpec::try_from(&wire).unwrap().recipe.cuda_graph);
+}
