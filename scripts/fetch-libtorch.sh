@@ -19,7 +19,49 @@ dest="${LTH_LIBTORCH_DIR:-$root/third_party/libtorch}"
 stamp="$dest/.lth-libtorch-version"
 want="torch=$TORCH_VERSION cudart=$CUDART_VERSION cupti=$CUPTI_VERSION"
 
+CRT_VERSION=13.0.88
+cuda_inc="$dest/cuda-include"
+
+# The CUDA runtime's headers (cuda_runtime_api.h, crt/host_config.h: the runtime and crt wheels,
+# ~4 MB) for the worker's CUDA-graph shim (worker/shim/lth_cuda_graph.cpp), which includes
+# ATen/cuda/CUDAGraph.h. A separate, idempotent step so that a checkout whose libtorch is already
+# in place only gains this folder.
+fetch_cuda_headers() {
+  [[ -f "$cuda_inc/crt/host_config.h" && -f "$cuda_inc/cuda_runtime_api.h" ]] && return 0
+  local cache="${LTH_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lth/wheels}"
+  local py
+  py="$(command -v python3 || command -v python)" || { echo "fetch-libtorch: python3 with pip is required" >&2; exit 1; }
+  mkdir -p "$cache"
+  "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$cache" "nvidia-cuda-runtime==$CUDART_VERSION" "nvidia-cuda-crt==$CRT_VERSION"
+  local tmp
+  tmp="$(mktemp -d)"
+  "$py" - "$cache" "$tmp" "$CUDART_VERSION" "$CRT_VERSION" <<'PY'
+import glob, os, sys, zipfile
+cache, out, rv, crt = sys.argv[1:]
+for pat in (f"nvidia_cuda_runtime-{rv}-*.whl", f"nvidia_cuda_crt-{crt}-*.whl"):
+    hits = sorted(glob.glob(os.path.join(cache, pat)))
+    if not hits:
+        sys.exit(f"fetch-libtorch: no wheel matching {pat} in {cache}")
+    with zipfile.ZipFile(hits[-1]) as z:
+        for info in z.infolist():
+            n = info.filename
+            i = n.find("/include/")
+            if i < 0 or n.endswith("/"):
+                continue
+            target = os.path.join(out, n[i + len("/include/"):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(info) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+PY
+  rm -rf "$cuda_inc"
+  mv "$tmp" "$cuda_inc"
+  echo "fetch-libtorch: CUDA runtime headers ready in $cuda_inc" >&2
+}
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  fetch_cuda_headers
   exit 0
 fi
 
@@ -71,4 +113,5 @@ mkdir -p "$(dirname "$dest")"
 mv "$tmp" "$dest"
 trap - EXIT
 echo "$want" > "$stamp"
+fetch_cuda_headers
 echo "fetch-libtorch: libtorch $TORCH_VERSION (CPU subset) ready in $dest" >&2

@@ -42,3 +42,27 @@ fn channels_last_keeps_the_function() {
     let after = net.forward_t(&lth_worker::engine::models::to_channels_last(&x), false);
     assert!(before.allclose(&after, 1e-4, 1e-5, false));
 }
+
+#[test]
+fn autocast_is_switched_off_again_when_the_forward_panics() {
+    // A CUDA-graph capture turns a failing tch call's panic into an error and trains on eagerly
+    // (engine::graph): autocast must not stay on behind it.
+    let r = std::panic::catch_unwind(|| cuda::with_autocast(cuda::SCALAR_BFLOAT16, || panic!("a capture refused this op")));
+    assert!(r.is_err());
+    assert!(!cuda::cuda_autocast_state().unwrap().0, "autocast is switched off again");
+}
+
+#[test]
+fn the_cuda_graph_shim_is_built_in_and_refused_without_a_cuda_backend() {
+    use lth_worker::engine::graph;
+    // scripts/fetch-libtorch.sh unpacks the CUDA runtime headers beside libtorch; with them the
+    // build compiles the graph shim and embeds it (worker/build.rs).
+    let headers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../third_party/libtorch/cuda-include/crt/host_config.h");
+    if headers.exists() || std::env::var_os("LTH_CUDA_INCLUDE").is_some() {
+        assert!(graph::built_in(), "the CUDA headers are there but the shim was not built in");
+    }
+    if !tch::Cuda::is_available() {
+        let e = graph::available().unwrap_err().to_string();
+        assert!(e.contains("CUDA backend") || e.contains("built without"), "{e}");
+    }
+}

@@ -27,6 +27,7 @@ fn recipe(batch: u32, lr: f64, momentum: f64, nesterov: bool, weight_decay: f64)
         rewind: TrainLength::ZERO,
         augment: false,
         channels_last: false,
+        cuda_graph: true,
         checkpoint_every: TrainLength::ZERO,
     }
 }

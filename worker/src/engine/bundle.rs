@@ -36,6 +36,7 @@
 use super::cuda;
 use super::data::Dataset;
 use super::fused::FusedStep;
+use super::graph::{GraphedStep, Outcome};
 use super::models::Network;
 use super::train::{learning_rate, Progress, StepHook, StepImpl, Trainer};
 use anyhow::{bail, Context, Result};
@@ -259,6 +260,9 @@ pub struct BundleTrainer<'a> {
     pub step_impl: StepImpl,
     fused: Option<FusedStep>,
     fused_refused: Option<String>,
+    /// The bundle's CUDA graph, as `Trainer`'s (dropped when the masks or the active set change).
+    graph: Option<GraphedStep>,
+    graph_refused: Option<String>,
 }
 
 impl<'a> BundleTrainer<'a> {
@@ -275,7 +279,7 @@ impl<'a> BundleTrainer<'a> {
         let nets: Vec<&Network> = members.iter().map(|m| m.net).collect();
         let net = BundledNetwork::new(&nets)?;
         let k = members.len();
-        Ok(BundleTrainer { members, net, active: (0..k).collect(), diverged: vec![false; k], step_impl: StepImpl::Fused, fused: None, fused_refused: None })
+        Ok(BundleTrainer { members, net, active: (0..k).collect(), diverged: vec![false; k], step_impl: StepImpl::Fused, fused: None, fused_refused: None, graph: None, graph_refused: None })
     }
 
     fn lead(&self) -> &Trainer<'a> {
@@ -294,6 +298,51 @@ impl<'a> BundleTrainer<'a> {
     pub fn masks_changed(&mut self) {
         self.fused = None;
         self.fused_refused = None;
+        self.graph = None;
+    }
+
+    /// Whether the step runs as a CUDA graph (captured already, or warming up to be).
+    pub fn graph_in_use(&self) -> bool {
+        self.graph.is_some() && self.graph_refused.is_none()
+    }
+
+    /// The bundle's step through its CUDA graph (see `Trainer::graph_step`).
+    fn graph_step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<Outcome> {
+        if self.fused_step().is_none() {
+            return Ok(Outcome::Refused(anyhow::anyhow!("the fused step is not in use")));
+        }
+        let device = self.lead().device;
+        if self.graph.is_none() {
+            match GraphedStep::new(device, x, y) {
+                Ok(g) => self.graph = Some(g),
+                Err(e) => return Ok(Outcome::Refused(e)),
+            }
+        }
+        let r = self.lead().recipe;
+        let (wd, mom, nesterov) = (r.weight_decay, r.momentum, r.nesterov);
+        let (autocast, loss_scale) = (self.lead().autocast, self.lead().loss_scale);
+        let (net, active) = (&self.net, &self.active);
+        let fused = self.fused.as_mut().expect("built by fused_step");
+        let graph = self.graph.as_mut().expect("built above");
+        let mut body = |x: &Tensor, y: &Tensor, lr: &Tensor| -> Result<Tensor> {
+            fused.zero_grad()?;
+            let out = match autocast {
+                Some(dt) => cuda::with_autocast(dt, || net.forward_t(x, active, true))?,
+                None => net.forward_t(x, active, true),
+            };
+            let losses: Vec<Tensor> = (0..active.len() as i64).map(|j| out.get(j).to_kind(Kind::Float).cross_entropy_for_logits(y)).collect();
+            let losses = Tensor::stack(&losses, 0);
+            let total = losses.sum(Kind::Float);
+            if loss_scale != 1.0 {
+                (&total * loss_scale).backward();
+            } else {
+                total.backward();
+            }
+            fused.sgd_tensor_lr(wd, mom, lr, nesterov)?;
+            fused.apply_masks()?;
+            Ok(losses.detach())
+        };
+        graph.step(x, y, lr, &mut body)
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -338,6 +387,17 @@ impl<'a> BundleTrainer<'a> {
     /// One optimizer step of every active member on a shared batch; returns their losses
     /// ([K_active], on the device, in `active` order).
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<Tensor> {
+        let lead = self.lead();
+        if lead.device.is_cuda() && lead.recipe.cuda_graph && self.step_impl == StepImpl::Fused && self.graph_refused.is_none() {
+            match self.graph_step(x, y, lr)? {
+                Outcome::Ran(losses) => return Ok(losses),
+                Outcome::Refused(e) => {
+                    eprintln!("lth-worker: CUDA graph not used for the bundle ({e:#}); training with eager steps");
+                    self.graph = None;
+                    self.graph_refused = Some(format!("{e:#}"));
+                }
+            }
+        }
         let out = self.forward(x, true)?;
         // Each member's loss exactly as a solo trainer computes it.
         let losses: Vec<Tensor> = (0..self.active.len() as i64).map(|j| out.get(j).to_kind(Kind::Float).cross_entropy_for_logits(y)).collect();

@@ -32,6 +32,13 @@ fn torch_lib_dir_from_python() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
+static LOADED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The `libtorch_cuda.so` this process loaded, if any (the CUDA-graph shim resolves against it).
+pub fn loaded_cuda_backend() -> Option<&'static Path> {
+    LOADED.get().map(|p| p.as_path())
+}
+
 /// Loads `libtorch_cuda.so` from `dir` (or the Python torch's lib dir) when it exists; returns
 /// the path loaded. Missing libraries are not an error: the node is then CPU-only.
 pub fn load_cuda_backend(torch_lib_dir: Option<&Path>) -> Result<Option<PathBuf>> {
@@ -58,6 +65,7 @@ pub fn load_cuda_backend(torch_lib_dir: Option<&Path>) -> Result<Option<PathBuf>
         };
         bail!("dlopen {} failed: {err}. Check that --torch-lib-dir points at a torch 2.11 lib folder whose CUDA runtime is installed", lib.display());
     }
+    let _ = LOADED.set(lib.clone());
     Ok(Some(lib))
 }
 
@@ -150,12 +158,20 @@ pub fn with_autocast<T>(dtype: i8, f: impl FnOnce() -> T) -> Result<T> {
         (fns.increment)();
         prev
     };
-    let out = f();
-    unsafe {
-        if (fns.decrement)() == 0 {
-            (fns.clear_cache)();
+    // Restored on unwinding too: a CUDA-graph capture turns a failing tch call's panic into an
+    // error (engine::graph) and the run goes on eagerly, which must not stay under autocast.
+    struct Restore(&'static AutocastFns, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: plain calls into libtorch's thread-local autocast state.
+            unsafe {
+                if (self.0.decrement)() == 0 {
+                    (self.0.clear_cache)();
+                }
+                (self.0.set_enabled)(K_CUDA, self.1);
+            }
         }
-        (fns.set_enabled)(K_CUDA, prev);
     }
-    Ok(out)
+    let _restore = Restore(fns, prev);
+    Ok(f())
 }

@@ -32,6 +32,7 @@ extern "C" {
     ) -> *mut LthStep;
     fn lth_step_free(s: *mut LthStep);
     fn lth_step_sgd(s: *mut LthStep, weight_decay: f64, momentum: f64, lr: f64, nesterov: bool) -> libc::c_int;
+    fn lth_step_sgd_tensor_lr(s: *mut LthStep, weight_decay: f64, momentum: f64, lr: *const C_tensor, nesterov: bool) -> libc::c_int;
     fn lth_step_masks(s: *mut LthStep) -> libc::c_int;
     fn lth_step_zero_grad(s: *mut LthStep) -> libc::c_int;
     fn lth_step_clear_grad(s: *mut LthStep) -> libc::c_int;
@@ -113,6 +114,13 @@ impl FusedStep {
     pub fn sgd(&mut self, weight_decay: f64, momentum: f64, lr: f64, nesterov: bool) -> Result<()> {
         // SAFETY: `raw` is a live shim object owned by self.
         check(unsafe { lth_step_sgd(self.raw, weight_decay, momentum, lr, nesterov) }, "at::_fused_sgd_")
+    }
+
+    /// [`Self::sgd`] with the learning rate read from a device scalar at run time (a CUDA graph
+    /// replays the step with the rate its caller filled in, `engine::graph`).
+    pub fn sgd_tensor_lr(&mut self, weight_decay: f64, momentum: f64, lr: &Tensor, nesterov: bool) -> Result<()> {
+        // SAFETY: `raw` is a live shim object; `lr` a live tensor for the duration of the call.
+        check(unsafe { lth_step_sgd_tensor_lr(self.raw, weight_decay, momentum, lr.as_ptr(), nesterov) }, "at::_fused_sgd_ (tensor lr)")
     }
 
     /// weight ×= mask for every masked weight.

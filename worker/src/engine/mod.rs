@@ -23,6 +23,7 @@ pub mod cuda;
 pub mod custom_data;
 pub mod data;
 pub mod fused;
+pub mod graph;
 pub mod models;
 pub mod prune;
 pub mod rng;
@@ -575,6 +576,7 @@ fn start_state(
         }
         tr.set_masks(&masks)?;
         progress.iteration = artifacts::get_i64(&ck, "state.iteration")? as u64;
+        eprintln!("lth-worker: resuming from {} at iteration {}", ckpt_path.display(), progress.iteration);
         progress.loss_steps = artifacts::get_i64(&ck, "state.loss_steps")? as u64;
         progress.loss_sum = ck.get("state.loss_sum").context("checkpoint lacks state.loss_sum")?.reshape([]).to_kind(Kind::Float).to_device(device);
         if spec.level == 0 && progress.iteration >= rewind_it {

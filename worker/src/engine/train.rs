@@ -6,6 +6,7 @@
 
 use super::cuda;
 use super::fused::FusedStep;
+use super::graph::{GraphedStep, Outcome};
 use super::data::Dataset;
 use super::models::{self, Network};
 use anyhow::{bail, Result};
@@ -28,6 +29,14 @@ pub fn learning_rate(recipe: &Recipe, it: u64, iterations_per_epoch: u64, total:
         LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * it as f64 / total.max(1) as f64).cos()),
     };
     recipe.lr * w * s
+}
+
+/// The network's forward pass, under CUDA autocast to `autocast` when set.
+pub(crate) fn forward_with(net: &Network, autocast: Option<i8>, x: &Tensor, train: bool) -> Result<Tensor> {
+    match autocast {
+        Some(dt) => cuda::with_autocast(dt, || net.forward_t(x, train)),
+        None => Ok(net.forward_t(x, train)),
+    }
 }
 
 /// One prunable weight and its mask on the device (float 0/1, same layout as the weight).
@@ -98,6 +107,10 @@ pub struct Trainer<'a> {
     fused: Option<FusedStep>,
     /// Why the shim refused these tensors (then the per-tensor step runs).
     fused_refused: Option<String>,
+    /// The CUDA graph of the step (CUDA, `recipe.cuda_graph`, fused step; dropped when the masks
+    /// change), and why it is not used when it could not be (logged once; eager steps then).
+    graph: Option<GraphedStep>,
+    graph_refused: Option<String>,
 }
 
 /// What the training loop reports after each step, for the caller's bookkeeping.
@@ -159,6 +172,8 @@ impl<'a> Trainer<'a> {
             step_impl: StepImpl::Fused,
             fused: None,
             fused_refused: None,
+            graph: None,
+            graph_refused: None,
         })
     }
 
@@ -168,6 +183,8 @@ impl<'a> Trainer<'a> {
         self.masks.clear();
         self.fused = None;
         self.fused_refused = None;
+        // The graph captured the old masks' memory.
+        self.graph = None;
         for (name, bytes) in masks {
             let Some(w) = vars.get(name) else { bail!("mask for unknown layer {name}") };
             if bytes.len() != w.numel() {
@@ -191,10 +208,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self.autocast {
-            Some(dt) => cuda::with_autocast(dt, || self.net.forward_t(x, train)),
-            None => Ok(self.net.forward_t(x, train)),
-        }
+        forward_with(self.net, self.autocast, x, train)
     }
 
     /// One SGD step (PyTorch's formulation, dampening 0):
@@ -258,8 +272,59 @@ impl<'a> Trainer<'a> {
         if self.fused_step().is_some() { StepImpl::Fused } else { StepImpl::PerTensor }
     }
 
+    /// Whether the step runs as a CUDA graph (captured already, or warming up to be).
+    pub fn graph_in_use(&self) -> bool {
+        self.graph.is_some() && self.graph_refused.is_none()
+    }
+
+    fn graph_wanted(&self) -> bool {
+        self.device.is_cuda() && self.recipe.cuda_graph && self.step_impl == StepImpl::Fused && self.graph_refused.is_none()
+    }
+
+    /// The step through the CUDA graph (`engine::graph`): zero the gradients in place, forward,
+    /// backward, SGD with the learning rate on the device, masks.
+    fn graph_step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<Outcome> {
+        if self.fused_step().is_none() {
+            return Ok(Outcome::Refused(anyhow::anyhow!("the fused step is not in use")));
+        }
+        if self.graph.is_none() {
+            match GraphedStep::new(self.device, x, y) {
+                Ok(g) => self.graph = Some(g),
+                Err(e) => return Ok(Outcome::Refused(e)),
+            }
+        }
+        let (wd, mom, nesterov) = (self.recipe.weight_decay, self.recipe.momentum, self.recipe.nesterov);
+        let (net, autocast, loss_scale) = (self.net, self.autocast, self.loss_scale);
+        let fused = self.fused.as_mut().expect("built by fused_step");
+        let graph = self.graph.as_mut().expect("built above");
+        let mut body = |x: &Tensor, y: &Tensor, lr: &Tensor| -> Result<Tensor> {
+            fused.zero_grad()?;
+            let out = forward_with(net, autocast, x, true)?;
+            let loss = out.to_kind(Kind::Float).cross_entropy_for_logits(y);
+            if loss_scale != 1.0 {
+                (&loss * loss_scale).backward();
+            } else {
+                loss.backward();
+            }
+            fused.sgd_tensor_lr(wd, mom, lr, nesterov)?;
+            fused.apply_masks()?;
+            Ok(loss.detach())
+        };
+        graph.step(x, y, lr, &mut body)
+    }
+
     /// One optimizer step on a prepared batch, masks re-applied; returns the (device) loss.
     pub fn train_step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> Result<Tensor> {
+        if self.graph_wanted() {
+            match self.graph_step(x, y, lr)? {
+                Outcome::Ran(loss) => return Ok(loss),
+                Outcome::Refused(e) => {
+                    eprintln!("lth-worker: CUDA graph not used ({e:#}); training with eager steps");
+                    self.graph = None;
+                    self.graph_refused = Some(format!("{e:#}"));
+                }
+            }
+        }
         let out = self.forward(x, true)?;
         let loss = out.to_kind(Kind::Float).cross_entropy_for_logits(y);
         let (wd, mom, nesterov) = (self.recipe.weight_decay, self.recipe.momentum, self.recipe.nesterov);
