@@ -89,6 +89,10 @@ enum Command {
         /// same run and print its step time and its speed-up over as many solo runs.
         #[arg(long, default_value_t = 0)]
         bundle: u32,
+        /// Comma-separated: on, off. CUDA-graph replay of the step (Recipe.cuda_graph; CUDA only,
+        /// falls back to eager steps with a log line where the capture fails).
+        #[arg(long, value_delimiter = ',', default_value = "on")]
+        graph: Vec<String>,
     },
     /// Serve a coordinator with this machine's job slots (GPUs or CPU).
     #[command(after_help = lth_proto::client_env_help!())]
@@ -149,34 +153,43 @@ fn main() -> Result<()> {
             let args = lth_worker::local::LocalChain { sweep_file: sweep, metric, rate, seed, levels, out };
             lth_worker::local::run(&args, device)?;
         }
-        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json, step, bundle } => {
+        Command::Bench { models, batches, precisions, device, warmup, steps, epoch_images, test_images, torch_lib_dir, json, step, bundle, graph } => {
+            let graphs: Vec<bool> = graph
+                .iter()
+                .map(|g| match g.as_str() {
+                    "on" | "true" => Ok(true),
+                    "off" | "false" => Ok(false),
+                    other => anyhow::bail!("--graph takes on or off, not {other:?}"),
+                })
+                .collect::<Result<_>>()?;
             let step_impl = engine::train::StepImpl::parse(&step)?;
             let device = device_for(device, torch_lib_dir.as_deref())?;
             engine::configure_threads(cli.threads);
             if !json {
                 println!(
-                    "{:<18} {:>5} {:>5} {:>8} {:>3} {:>10} {:>9} {:>10} {:>10} {:>8}",
-                    "model", "batch", "prec", "device", "CL", "img/s", "ms/step", "epoch s", "steps s", "ratio"
+                    "{:<18} {:>5} {:>5} {:>8} {:>3} {:>5} {:>10} {:>9} {:>10} {:>10} {:>8}",
+                    "model", "batch", "prec", "device", "CL", "graph", "img/s", "ms/step", "epoch s", "steps s", "ratio"
                 );
             }
             for m in &models {
                 let model = parse_model(m)?;
                 for &batch in &batches {
-                    for p in &precisions {
+                    for (p, &graph) in precisions.iter().flat_map(|p| graphs.iter().map(move |g| (p, g))) {
                         let precision = parse_precision(p)?;
-                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images, step_impl, bundle };
+                        let cfg = engine::bench::BenchConfig { model, batch, precision, device, warmup_steps: warmup, steps, epoch_images, test_images, step_impl, bundle, graph };
                         let r = engine::bench::run(&cfg)?;
                         if json {
                             println!("{}", serde_json::to_string(&r)?);
                         } else {
                             let f = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "-".into());
                             println!(
-                                "{:<18} {:>5} {:>5} {:>8} {:>3} {:>10.1} {:>9.2} {:>10} {:>10} {:>8}",
+                                "{:<18} {:>5} {:>5} {:>8} {:>3} {:>5} {:>10.1} {:>9.2} {:>10} {:>10} {:>8}",
                                 r.model,
                                 r.batch,
                                 r.precision,
                                 r.device,
                                 if r.channels_last { "y" } else { "n" },
+                                if r.graph { "y" } else { "n" },
                                 r.step_images_per_second,
                                 r.step_ms,
                                 f(r.epoch_seconds, 2),
@@ -185,8 +198,8 @@ fn main() -> Result<()> {
                             );
                             if let Some(b) = &r.bundle {
                                 println!(
-                                    "{:<18} {:>5} bundle of {} ({}): {:.1} img/s summed, {:.2} ms/step, {:.2}x {} solo steps",
-                                    "", "", b.members, b.step, b.images_per_second, b.step_ms, b.speedup, b.members
+                                    "{:<18} {:>5} bundle of {} ({}{}): {:.1} img/s summed, {:.2} ms/step, {:.2}x {} solo steps",
+                                    "", "", b.members, b.step, if b.graph { ", graph" } else { "" }, b.images_per_second, b.step_ms, b.speedup, b.members
                                 );
                             }
                         }

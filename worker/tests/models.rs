@@ -90,10 +90,13 @@ fn cifar_resnet18_forward_backward_on_cpu() {
         test_images: 2,
         step_impl: lth_worker::engine::train::StepImpl::Fused,
         bundle: 0,
+        // Asked for, but a CPU step never runs as a CUDA graph.
+        graph: true,
     })
     .unwrap();
     assert!(r.step_images_per_second > 0.0 && r.epoch_seconds.unwrap() > 0.0);
     assert_eq!(r.step, "fused");
+    assert!(!r.graph);
 }
 
 #[test]

@@ -30,6 +30,8 @@ pub struct BenchConfig {
     pub step_impl: StepImpl,
     /// Also time a bundle of this many members (0 or 1: solo only); see [`BundleBench`].
     pub bundle: u32,
+    /// Ask for CUDA-graph replay of the step (`Recipe::cuda_graph`; CUDA only).
+    pub graph: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -42,6 +44,8 @@ pub struct BenchResult {
     pub threads: i32,
     /// The optimizer step that ran: "fused" or "per-tensor".
     pub step: String,
+    /// Whether the timed steps were CUDA-graph replays.
+    pub graph: bool,
     pub step_images_per_second: f64,
     pub step_ms: f64,
     pub epoch_images: u32,
@@ -62,6 +66,8 @@ pub struct BenchResult {
 pub struct BundleBench {
     pub members: u32,
     pub step: String,
+    /// Whether the bundle's timed steps were CUDA-graph replays.
+    pub graph: bool,
     pub step_ms: f64,
     /// Images per second summed over the members.
     pub images_per_second: f64,
@@ -114,6 +120,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         rewind: TrainLength::ZERO,
         augment: true,
         channels_last: true,
+        cuda_graph: cfg.graph,
         checkpoint_every: TrainLength::ZERO,
     };
     let net = Network::new(cfg.model, shape, classes, cfg.device, 0)?;
@@ -145,6 +152,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
     let _ = acc.double_value(&[]);
     sync(cfg.device);
     let step_s = t0.elapsed().as_secs_f64() / cfg.steps.max(1) as f64;
+    let graph = tr.graph_in_use();
 
     let bundle = if cfg.bundle > 1 { Some(bench_bundle(cfg, &data, &recipe, shape, classes, &x, &y, step_s)?) } else { None };
 
@@ -167,6 +175,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         channels_last: tr.channels_last,
         threads: tch::get_num_threads(),
         step: step_used.as_str().to_string(),
+        graph,
         step_images_per_second: cfg.batch as f64 / step_s,
         step_ms: step_s * 1e3,
         epoch_images: if cfg.epoch_images > 0 { (tr.iterations_per_epoch * cfg.batch as u64) as u32 } else { 0 },
@@ -214,6 +223,7 @@ fn bench_bundle(cfg: &BenchConfig, data: &Dataset, recipe: &Recipe, shape: Input
     Ok(BundleBench {
         members: cfg.bundle,
         step: step_used.as_str().to_string(),
+        graph: bt.graph_in_use(),
         step_ms: step_s * 1e3,
         images_per_second: (k as u32 * cfg.batch) as f64 / step_s,
         speedup: k as f64 * solo_step_s / step_s,
