@@ -58,6 +58,7 @@ contract!(
     uploaded_inputs_are_recorded_once_per_digest,
     a_lost_artifact_reruns_its_producer_once_while_its_dependents_wait,
     a_node_local_failure_moves_the_job_to_another_worker_and_counts_once,
+    listed_sweeps_read_as_each_sweep_alone_and_owners_are_cheap_to_check,
 );
 
 async fn claim_one(store: &Store, worker: &str) -> lth_coordinator::store::ClaimedJob {
@@ -1301,4 +1302,34 @@ async fn a_node_local_failure_moves_the_job_to_another_worker_and_counts_once(st
     let again = claim_one(&store, "good").await;
     assert_eq!(again.job.id, only.job.id);
     assert_eq!(scalar(&store, &format!("SELECT count(*) FROM job_exclusions WHERE job_id = {}", only.job.id)).await, 0);
+}
+
+/// `list_sweeps` reads all its sweeps in two statements (not one `get_sweep` each): every field
+/// must still be what `get_sweep` reads for that sweep alone, in every state and count.
+async fn listed_sweeps_read_as_each_sweep_alone_and_owners_are_cheap_to_check(store: Store) {
+    let a = store.submit_sweep_as(&spec(&["magnitude", "l1"], &[0.2], &[0, 1], 2), None, Some("alice")).await.unwrap();
+    let b = store.submit_sweep(&spec(&["l2"], &[0.5], &[3], 3), None).await.unwrap();
+    let c = store.submit_sweep(&spec(&["softmax"], &[0.2], &[4], 1), None).await.unwrap();
+    register(&store, "w").await;
+    // a: partly run, one job running; b: untouched; c: cancelled.
+    let first = claim_one(&store, "w").await;
+    store.complete_job(lease_of(&first), &fabricated_result(&first)).await.unwrap();
+    let _running = claim_one(&store, "w").await;
+    store.cancel_sweep(c.sweep_id).await.unwrap();
+
+    let listed = store.list_sweeps(10).await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![c.sweep_id, b.sweep_id, a.sweep_id], "newest first");
+    for s in &listed {
+        let alone = store.get_sweep(s.id).await.unwrap();
+        assert_eq!(format!("{s:?}"), format!("{alone:?}"), "sweep {}", s.id);
+    }
+    let sa = &listed[2];
+    assert_eq!((sa.jobs.succeeded, sa.jobs.running, sa.trials, sa.owner.as_deref()), (1, 1, 4, Some("alice")));
+    assert_eq!(sa.metrics.len(), 2, "{:?}", sa.metrics);
+    assert!(listed[0].jobs.cancelled > 0 && listed[0].state == "cancelled");
+    assert_eq!(store.list_sweeps(2).await.unwrap().len(), 2);
+
+    assert_eq!(store.sweep_owner(a.sweep_id).await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(store.sweep_owner(b.sweep_id).await.unwrap(), None);
+    assert!(matches!(store.sweep_owner(9_999).await, Err(StoreError::NotFound(_))));
 }

@@ -1,12 +1,10 @@
 //! How long the hot paths wait for a database connection: `lth_db_pool_wait_seconds{op}`.
 //!
 //! sqlx times nothing of its pool's acquire, so the store takes the connection itself on the hot
-//! paths (claim, complete, heartbeat; every write transaction through [`BeginWrite`]) and records
+//! paths (claim, complete, heartbeat; every write transaction: each backend's `begin_write`, and `paced.rs`) and records
 //! the wait. When the pool is too small for the load (`--db-max-connections`), this is where it
 //! shows first: claims and completions queue for a connection before any SQL runs, and
 //! `lth_db_errors_total{kind="pool_timed_out"}` only counts the waits that gave up (10 s).
-//!
-//! [`BeginWrite`]: super::BeginWrite
 
 use std::time::Instant;
 

@@ -26,91 +26,114 @@
 //! leaves nothing to clean up after a crash, which matters when several coordinators share the
 //! database.
 
-use super::*;
-use std::collections::HashSet;
+//! This file is the part both backends share: expanding the plan, the order of the writes and
+//! what each row holds. The statements are each backend's (`postgres/submit.rs`,
+//! `sqlite/submit.rs`, through [`SubmitSql`]).
+
+use super::error::{Result, StoreError};
+use super::paced::PacedTx;
+use super::rules::{initial_job_state, schedule_to_db};
+use super::types::SubmitOutcome;
+use super::Store;
+use lth_sweep::SweepSpec;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// On SQLite, the longest a submit keeps the write lock before it commits and lets others in.
 /// A heartbeat or completion waits at most about this long (plus one statement) for a submit.
-const SQLITE_HOLD: Duration = Duration::from_millis(50);
-
-/// The pause after each of those commits: waiting writers retry every millisecond.
-const SQLITE_PAUSE: Duration = Duration::from_millis(3);
+pub(crate) const SQLITE_HOLD: Duration = Duration::from_millis(50);
 
 /// How long a submit waits for an earlier one with the same client token to finish writing.
 const SAME_TOKEN_WAIT: Duration = Duration::from_secs(600);
 
-/// A write made of many statements: on SQLite a series of transactions, each committed once it
-/// has held the lock for `hold`; on Postgres (`hold` None) one transaction.
-struct PacedTx<'p, P: BeginWrite> {
-    pool: &'p P,
-    tx: Option<sqlx::Transaction<'static, P::Db>>,
-    opened: Instant,
-    hold: Option<Duration>,
+/// Rows per bulk insert or IN list (well under both backends' limits on bound parameters).
+pub(crate) const BIND_ROWS: usize = 1000;
+
+/// One job row to insert. Reused jobs are created succeeded (progress 1, finished now).
+#[derive(Debug, Clone)]
+pub(crate) struct NewJob<'a> {
+    pub sweep_id: i64,
+    pub trial_id: Option<i64>,
+    pub kind: &'static str,
+    pub seed: i64,
+    pub metric: Option<&'a str>,
+    /// 0 for a dense job (the column's default).
+    pub rate: f64,
+    pub level: i32,
+    pub parent_job_id: Option<i64>,
+    pub dense_job_id: Option<i64>,
+    pub state: &'static str,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub content_hash: &'a str,
+    pub reused_from: Option<i64>,
+    pub control: Option<&'a str>,
 }
 
-impl<'p, P: BeginWrite> PacedTx<'p, P> {
-    fn new(pool: &'p P, hold: Option<Duration>) -> Self {
-        PacedTx { pool, tx: None, opened: Instant::now(), hold }
-    }
+/// What an insert of jobs returns of each.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct InsertedJob {
+    pub id: i64,
+    pub content_hash: String,
+    pub state: String,
+    pub trial_id: Option<i64>,
+    pub level: i32,
+    pub parent_job_id: Option<i64>,
+}
 
-    /// The open transaction's connection, opening one if none is.
-    async fn conn(&mut self) -> Result<&mut <P::Db as sqlx::Database>::Connection> {
-        if self.tx.is_none() {
-            self.tx = Some(self.pool.begin_write().await?);
-            self.opened = Instant::now();
-        }
-        Ok(&mut **self.tx.as_mut().expect("opened above"))
-    }
+/// One trial row to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct NewTrial<'a> {
+    pub sweep_id: i64,
+    pub metric: &'a str,
+    pub rate: f64,
+    pub seed: i64,
+    pub levels: i32,
+    pub dense_job_id: i64,
+    pub state: &'static str,
+    pub schedule: Option<String>,
+}
 
-    /// Between statements: on SQLite, commits once the transaction has held the lock long
-    /// enough, and pauses so that others get it.
-    async fn pace(&mut self) -> Result<()> {
-        if let Some(hold) = self.hold {
-            if self.tx.is_some() && self.opened.elapsed() >= hold {
-                self.commit_now().await?;
-            }
-        }
-        Ok(())
-    }
+/// What an insert of trials returns of each.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct InsertedTrial {
+    pub id: i64,
+    pub metric: String,
+    pub rate: f64,
+    pub seed: i64,
+    pub schedule: Option<String>,
+}
 
-    /// On SQLite, commits what is written so far (so the next transaction starts with the lock
-    /// fresh); on Postgres nothing: everything commits at [`PacedTx::finish`].
-    async fn commit_now(&mut self) -> Result<()> {
-        if self.hold.is_some() {
-            if let Some(tx) = self.tx.take() {
-                tx.commit().await?;
-                tokio::time::sleep(SQLITE_PAUSE).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<()> {
-        if let Some(tx) = self.tx.take() {
-            tx.commit().await?;
-        }
-        Ok(())
-    }
-
-    async fn rollback(mut self) -> Result<()> {
-        if let Some(tx) = self.tx.take() {
-            tx.rollback().await?;
-        }
-        Ok(())
-    }
+/// The statements of a submit, on one backend's connection (inside a [`PacedTx`]).
+/// The statements of a submit, on one backend's connection (inside a [`PacedTx`]). The futures
+/// are `Send`: a submit is written in a task of its own.
+pub(crate) trait SubmitSql: sqlx::Database {
+    /// The sweep row, `submitting`; None when the client token is taken.
+    fn insert_sweep(conn: &mut Self::Connection, spec: &SweepSpec, token: Option<&str>, owner: Option<&str>) -> impl Future<Output = Result<Option<i64>>> + Send;
+    fn insert_jobs(conn: &mut Self::Connection, rows: &[NewJob<'_>]) -> impl Future<Output = Result<Vec<InsertedJob>>> + Send;
+    fn insert_trials(conn: &mut Self::Connection, rows: &[NewTrial<'_>]) -> impl Future<Output = Result<Vec<InsertedTrial>>> + Send;
+    /// Blocked jobs become ready (at most [`BIND_ROWS`] ids).
+    fn make_ready(conn: &mut Self::Connection, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// The submitting sweep becomes running (its event written, and closed at once when nothing
+    /// is left to run); false when it is no longer there.
+    fn open_sweep(conn: &mut Self::Connection, sweep_id: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn sweep_state(conn: &mut Self::Connection, sweep_id: i64) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Deletes up to 2000 level jobs of the sweep, newest first; returns how many.
+    fn delete_level_jobs(conn: &mut Self::Connection, sweep_id: i64) -> impl Future<Output = Result<u64>> + Send;
+    fn delete_submitting_sweep(conn: &mut Self::Connection, sweep_id: i64) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// What one attempt to write a sweep did.
-enum Written {
+pub(crate) enum Written {
     Created(SubmitOutcome),
     /// A concurrent submit with the same client token created its sweep row first.
     TokenTaken,
 }
 
 /// Every content hash of a plan: dense jobs, levels, controls.
-fn plan_hashes(plan: &lth_sweep::SweepPlan) -> Vec<&str> {
+pub(crate) fn plan_hashes(plan: &lth_sweep::SweepPlan) -> Vec<&str> {
     plan.dense
         .iter()
         .map(|d| d.content_hash.as_str())
@@ -120,7 +143,7 @@ fn plan_hashes(plan: &lth_sweep::SweepPlan) -> Vec<&str> {
 }
 
 /// A plan may take a while to expand (a content hash per job): off the async workers.
-async fn expand(spec: &SweepSpec) -> Result<Arc<lth_sweep::SweepPlan>> {
+pub(crate) async fn expand(spec: &SweepSpec) -> Result<Arc<lth_sweep::SweepPlan>> {
     let spec = spec.clone();
     tokio::task::spawn_blocking(move || Arc::new(spec.expand())).await.map_err(|e| match e.try_into_panic() {
         Ok(p) => std::panic::resume_unwind(p),
@@ -128,30 +151,25 @@ async fn expand(spec: &SweepSpec) -> Result<Arc<lth_sweep::SweepPlan>> {
     })
 }
 
+fn outcome(sweep_id: i64, created: bool, plan: &lth_sweep::SweepPlan, hashes: &[&str], reusable: &HashMap<String, i64>) -> SubmitOutcome {
+    SubmitOutcome {
+        sweep_id,
+        created,
+        trials: plan.trials.len() as u64,
+        jobs: plan.total_jobs() as u64,
+        jobs_reused: hashes.iter().filter(|h| reusable.contains_key(**h)).count() as u64,
+        dense_jobs: plan.dense.len() as u64,
+    }
+}
+
 impl Store {
     /// Succeeded jobs with these content hashes, from any sweep: hash -> the job holding the
     /// results (the oldest such job's original).
     async fn reusable_hashes(&self, hashes: &[&str]) -> Result<HashMap<String, i64>> {
-        let mut found: HashMap<String, i64> = HashMap::new();
-        both!(self, |pool, d, DB| {
-            let mut conn = pool.acquire().await?;
-            for chunk in hashes.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "SELECT content_hash, COALESCE(reused_from, id) AS src FROM jobs WHERE state = 'succeeded' AND content_hash IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for h in chunk {
-                    sep.push_bind(h.to_string());
-                }
-                qb.push(") ORDER BY id");
-                for r in qb.build().fetch_all(&mut *conn).await? {
-                    let h: String = r.try_get("content_hash")?;
-                    let src: i64 = r.try_get("src")?;
-                    found.entry(h).or_insert(src);
-                }
-            }
-        });
-        Ok(found)
+        match self {
+            Store::Postgres(p) => super::postgres::submit::reusable_hashes(p, hashes).await,
+            Store::Sqlite(p) => super::sqlite::submit::reusable_hashes(p, hashes).await,
+        }
     }
 
     /// Counts what a submit would create and reuse, without writing.
@@ -159,14 +177,7 @@ impl Store {
         let plan = expand(spec).await?;
         let hashes = plan_hashes(&plan);
         let reusable = self.reusable_hashes(&hashes).await?;
-        Ok(SubmitOutcome {
-            sweep_id: 0,
-            created: false,
-            trials: plan.trials.len() as u64,
-            jobs: plan.total_jobs() as u64,
-            jobs_reused: hashes.iter().filter(|h| reusable.contains_key(**h)).count() as u64,
-            dense_jobs: plan.dense.len() as u64,
-        })
+        Ok(outcome(0, false, &plan, &hashes, &reusable))
     }
 
     /// Expands and stores a validated sweep (see the top of this file for how). A second submit
@@ -208,15 +219,10 @@ impl Store {
     async fn submitted_with_token(&self, token: &str, spec: &SweepSpec) -> Result<Option<SubmitOutcome>> {
         let started = Instant::now();
         loop {
-            let row = both!(self, |pool, d, DB| {
-                match sqlx::query("SELECT id, spec, state FROM sweeps WHERE client_token = $1").bind(token).fetch_optional(pool).await? {
-                    None => None,
-                    Some(r) => {
-                        let Json(old): Json<SweepSpec> = r.try_get("spec")?;
-                        Some((r.try_get::<i64, _>("id")?, old, r.try_get::<String, _>("state")?))
-                    }
-                }
-            });
+            let row = match self {
+                Store::Postgres(p) => super::postgres::submit::sweep_by_token(p, token).await?,
+                Store::Sqlite(p) => super::sqlite::submit::sweep_by_token(p, token).await?,
+            };
             let Some((id, old, state)) = row else { return Ok(None) };
             if &old != spec {
                 return Err(StoreError::AlreadyExists(format!(
@@ -242,7 +248,12 @@ impl Store {
         let hashes = plan_hashes(&plan);
         let reusable = self.reusable_hashes(&hashes).await?;
         let mut sweep_id = None;
-        let written = self.write_sweep_rows(spec, &plan, &reusable, token, owner, &mut sweep_id).await;
+        let written = match self {
+            Store::Postgres(p) => write_sweep_rows(PacedTx::new(p, None, None), spec, &plan, &reusable, token, owner, &mut sweep_id).await,
+            Store::Sqlite(p) => {
+                write_sweep_rows(PacedTx::new(p, Some(super::sqlite::BEGIN_WRITE), Some(SQLITE_HOLD)), spec, &plan, &reusable, token, owner, &mut sweep_id).await
+            }
+        };
         if written.is_err() {
             if let Some(id) = sweep_id {
                 if let Err(e) = self.delete_unfinished_sweep(id).await {
@@ -250,278 +261,19 @@ impl Store {
                 }
             }
         }
-        let created = match written? {
-            None => return Ok(Written::TokenTaken),
-            Some(id) => id,
-        };
-        Ok(Written::Created(SubmitOutcome {
-            sweep_id: created,
-            created: true,
-            trials: plan.trials.len() as u64,
-            jobs: plan.total_jobs() as u64,
-            jobs_reused: hashes.iter().filter(|h| reusable.contains_key(**h)).count() as u64,
-            dense_jobs: plan.dense.len() as u64,
-        }))
-    }
-
-    /// The statements of a submit. Returns the new sweep's id (None: the token was taken by a
-    /// concurrent submit); sets `sweep_id` as soon as the sweep row exists.
-    async fn write_sweep_rows(
-        &self,
-        spec: &SweepSpec,
-        plan: &lth_sweep::SweepPlan,
-        reusable: &HashMap<String, i64>,
-        client_token: Option<&str>,
-        owner: Option<&str>,
-        sweep_id_out: &mut Option<i64>,
-    ) -> Result<Option<i64>> {
-        both!(self, |pool, d, DB| {
-            let mut w = PacedTx::new(pool, if d.sqlite { Some(SQLITE_HOLD) } else { None });
-            let inserted = sqlx::query(
-                "INSERT INTO sweeps (client_token, name, spec, state, priority, max_attempts, owner) \
-                 VALUES ($1, $2, $3, 'submitting', $4, $5, $6) ON CONFLICT (client_token) DO NOTHING RETURNING id",
-            )
-            .bind(client_token)
-            .bind(&spec.name)
-            .bind(Json(spec))
-            .bind(spec.priority)
-            .bind(spec.max_attempts as i32)
-            .bind(owner)
-            .fetch_optional(w.conn().await?)
-            .await?;
-            let Some(row) = inserted else {
-                w.rollback().await?;
-                return Ok(None);
-            };
-            let sweep_id: i64 = row.try_get("id")?;
-            // Committed at once on SQLite, so that a submit with the same token waits for this one.
-            w.commit_now().await?;
-            *sweep_id_out = Some(sweep_id);
-
-            let now = d.now;
-            let priority = spec.priority;
-            let max_attempts = spec.max_attempts as i32;
-            // Jobs created succeeded (reused): their children may be ready.
-            let mut succeeded: HashSet<i64> = HashSet::new();
-            // Jobs written blocked that the last transaction makes ready.
-            let mut to_ready: Vec<i64> = Vec::new();
-            // Which of a statement's returned jobs are those: blocked, and the parent (if any) done.
-            let mut note = |id: i64, state: &str, parent: Option<i64>, succeeded: &mut HashSet<i64>| {
-                if state == "succeeded" {
-                    succeeded.insert(id);
-                } else if parent.is_none_or(|p| succeeded.contains(&p)) {
-                    to_ready.push(id);
-                }
-            };
-            // Written blocked instead of ready (see the top of this file).
-            let hidden = |state: &'static str| if state == "ready" { "blocked" } else { state };
-
-            // Level 0: one dense job per seed. content hash -> (job id, succeeded)
-            let mut ids: HashMap<String, (i64, bool)> = HashMap::new();
-            for chunk in plan.dense.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO jobs (sweep_id, kind, seed, level, state, priority, max_attempts, content_hash, reused_from, progress, finished_at) ",
-                );
-                qb.push_values(chunk, |mut b, dp| {
-                    let reused = reusable.get(&dp.content_hash).copied();
-                    b.push_bind(sweep_id)
-                        .push_bind("dense")
-                        .push_bind(dp.seed as i64)
-                        .push_bind(0i32)
-                        .push_bind(hidden(if reused.is_some() { "succeeded" } else { "ready" }))
-                        .push_bind(priority)
-                        .push_bind(max_attempts)
-                        .push_bind(dp.content_hash.clone())
-                        .push_bind(reused)
-                        .push_bind(if reused.is_some() { 1.0f64 } else { 0.0 })
-                        .push(if reused.is_some() { now } else { "NULL" });
-                });
-                qb.push(" RETURNING id, content_hash, state");
-                for r in qb.build().fetch_all(w.conn().await?).await? {
-                    let (id, st): (i64, String) = (r.try_get("id")?, r.try_get("state")?);
-                    note(id, &st, None, &mut succeeded);
-                    ids.insert(r.try_get("content_hash")?, (id, st == "succeeded"));
-                }
-                w.pace().await?;
-            }
-
-            // Trials; one whose every job is reused is done already.
-            // (metric, rate, seed, schedule) -> trial id
-            type TrialKey = (String, u64, i64, Option<String>);
-            let trial_key = |t: &lth_sweep::TrialPlan| -> TrialKey {
-                (t.metric.as_str().to_string(), t.rate.to_bits(), t.seed as i64, schedule_to_db(&t.schedule))
-            };
-            let all_reused = |t: &lth_sweep::TrialPlan| {
-                reusable.contains_key(&t.dense_hash)
-                    && t.levels.iter().all(|l| reusable.contains_key(&l.content_hash))
-                    && t.controls.iter().all(|c| reusable.contains_key(&c.content_hash))
-            };
-            let mut trial_ids: HashMap<TrialKey, i64> = HashMap::new();
-            for chunk in plan.trials.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO trials (sweep_id, metric, rate, seed, levels, dense_job_id, state, schedule) ",
-                );
-                qb.push_values(chunk, |mut b, t| {
-                    b.push_bind(sweep_id)
-                        .push_bind(t.metric.as_str())
-                        .push_bind(t.rate)
-                        .push_bind(t.seed as i64)
-                        .push_bind(t.levels.len() as i32)
-                        .push_bind(ids[&t.dense_hash].0)
-                        .push_bind(if all_reused(t) { "succeeded" } else { "running" })
-                        .push_bind(schedule_to_db(&t.schedule));
-                });
-                qb.push(" RETURNING id, metric, rate, seed, schedule");
-                for r in qb.build().fetch_all(w.conn().await?).await? {
-                    let rate: f64 = r.try_get("rate")?;
-                    trial_ids.insert((r.try_get("metric")?, rate.to_bits(), r.try_get("seed")?, r.try_get("schedule")?), r.try_get("id")?);
-                }
-                w.pace().await?;
-            }
-
-            // Levels, one depth at a time so that each level's parent id is known. Parents are
-            // looked up within the trial: two trials of one sweep can hold identical jobs (a
-            // constant 0.2 and a schedule starting at 0.2 agree on level 1), and each keeps its own.
-            // (trial id, level) -> (job id, succeeded)
-            let mut level_ids: HashMap<(i64, u32), (i64, bool)> = HashMap::new();
-            let parent_of = |level_ids: &HashMap<(i64, u32), (i64, bool)>, t: &lth_sweep::TrialPlan, level: u32| -> (i64, bool) {
-                if level == 0 {
-                    ids[&t.dense_hash]
-                } else {
-                    level_ids[&(trial_ids[&trial_key(t)], level)]
-                }
-            };
-            let max_level = plan.trials.iter().map(|t| t.levels.len()).max().unwrap_or(0);
-            for depth in 0..max_level {
-                let rows: Vec<(&lth_sweep::TrialPlan, &lth_sweep::LevelPlan)> =
-                    plan.trials.iter().filter_map(|t| t.levels.get(depth).map(|l| (t, l))).collect();
-                for chunk in rows.chunks(BIND_ROWS) {
-                    let mut qb = QueryBuilder::<DB>::new(
-                        "INSERT INTO jobs (sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
-                         state, priority, max_attempts, content_hash, reused_from, progress, finished_at) ",
-                    );
-                    qb.push_values(chunk, |mut b, (t, l)| {
-                        let reused = reusable.get(&l.content_hash).copied();
-                        let (parent_id, parent_done) = parent_of(&level_ids, t, l.level - 1);
-                        b.push_bind(sweep_id)
-                            .push_bind(trial_ids[&trial_key(t)])
-                            .push_bind("level")
-                            .push_bind(t.seed as i64)
-                            .push_bind(t.metric.as_str())
-                            .push_bind(l.rate)
-                            .push_bind(l.level as i32)
-                            .push_bind(parent_id)
-                            .push_bind(ids[&t.dense_hash].0)
-                            .push_bind(hidden(initial_job_state(reused.is_some(), parent_done)))
-                            .push_bind(priority)
-                            .push_bind(max_attempts)
-                            .push_bind(l.content_hash.clone())
-                            .push_bind(reused)
-                            .push_bind(if reused.is_some() { 1.0f64 } else { 0.0 })
-                            .push(if reused.is_some() { now } else { "NULL" });
-                    });
-                    qb.push(" RETURNING id, trial_id, level, state, parent_job_id");
-                    for r in qb.build().fetch_all(w.conn().await?).await? {
-                        let (id, st): (i64, String) = (r.try_get("id")?, r.try_get("state")?);
-                        note(id, &st, r.try_get("parent_job_id")?, &mut succeeded);
-                        let level: i32 = r.try_get("level")?;
-                        level_ids.insert((r.try_get("trial_id")?, level as u32), (id, st == "succeeded"));
-                    }
-                    w.pace().await?;
-                }
-            }
-
-            // Controls: children of the level they control (whose "weights" hold the ticket's
-            // mask), at that level and its rate; reused by content hash like any job.
-            let controls: Vec<(&lth_sweep::TrialPlan, &lth_sweep::ControlPlan)> =
-                plan.trials.iter().flat_map(|t| t.controls.iter().map(move |c| (t, c))).collect();
-            for chunk in controls.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new(
-                    "INSERT INTO jobs (sweep_id, trial_id, kind, seed, metric, rate, level, parent_job_id, dense_job_id, \
-                     state, priority, max_attempts, content_hash, reused_from, control, progress, finished_at) ",
-                );
-                qb.push_values(chunk, |mut b, (t, c)| {
-                    let reused = reusable.get(&c.content_hash).copied();
-                    let (parent_id, parent_done) = parent_of(&level_ids, t, c.level);
-                    let rate = t.levels.iter().find(|l| l.level == c.level).map(|l| l.rate).unwrap_or(t.rate);
-                    b.push_bind(sweep_id)
-                        .push_bind(trial_ids[&trial_key(t)])
-                        .push_bind("level")
-                        .push_bind(t.seed as i64)
-                        .push_bind(t.metric.as_str())
-                        .push_bind(rate)
-                        .push_bind(c.level as i32)
-                        .push_bind(parent_id)
-                        .push_bind(ids[&t.dense_hash].0)
-                        .push_bind(hidden(initial_job_state(reused.is_some(), parent_done)))
-                        .push_bind(priority)
-                        .push_bind(max_attempts)
-                        .push_bind(c.content_hash.clone())
-                        .push_bind(reused)
-                        .push_bind(c.control.as_str())
-                        .push_bind(if reused.is_some() { 1.0f64 } else { 0.0 })
-                        .push(if reused.is_some() { now } else { "NULL" });
-                });
-                qb.push(" RETURNING id, state, parent_job_id");
-                for r in qb.build().fetch_all(w.conn().await?).await? {
-                    let (id, st): (i64, String) = (r.try_get("id")?, r.try_get("state")?);
-                    note(id, &st, r.try_get("parent_job_id")?, &mut succeeded);
-                }
-                w.pace().await?;
-            }
-
-            // The last transaction, short: the ready jobs become ready and the sweep running.
-            w.commit_now().await?;
-            let conn = w.conn().await?;
-            for chunk in to_ready.chunks(BIND_ROWS) {
-                let mut qb = QueryBuilder::<DB>::new("UPDATE jobs SET state = 'ready' WHERE state = 'blocked' AND id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                qb.push(")");
-                qb.build().execute(&mut *conn).await?;
-            }
-            let flipped = sqlx::query("UPDATE sweeps SET state = 'running' WHERE id = $1 AND state = 'submitting'")
-                .bind(sweep_id)
-                .execute(&mut *conn)
-                .await?;
-            if flipped.rows_affected() != 1 {
-                // Only a coordinator starting on this database deletes a submitting sweep.
-                return Err(StoreError::FailedPrecondition(format!(
-                    "sweep {sweep_id} was deleted while it was being submitted (another coordinator started on this database?): submit it again"
-                )));
-            }
-            sqlx::query("INSERT INTO events (sweep_id, kind) VALUES ($1, 'sweep')").bind(sweep_id).execute(&mut *conn).await?;
-            finalize_sweeps!(conn, d, Some(sweep_id));
-            w.finish().await?;
-            Ok(Some(sweep_id))
-        })
+        match written? {
+            None => Ok(Written::TokenTaken),
+            Some(id) => Ok(Written::Created(outcome(id, true, &plan, &hashes, &reusable))),
+        }
     }
 
     /// The outcome of a submit that an earlier one with the same token already made.
     async fn existing_submit(&self, id: i64) -> Result<SubmitOutcome> {
-        let (jobs, reused, dense, trials) = both!(self, |pool, d, DB| {
-            let r = sqlx::query(
-                "SELECT count(*) AS jobs, \
-                        CAST(COALESCE(sum(CASE WHEN reused_from IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS reused, \
-                        CAST(COALESCE(sum(CASE WHEN kind = 'dense' THEN 1 ELSE 0 END), 0) AS BIGINT) AS dense, \
-                        (SELECT count(*) FROM trials WHERE sweep_id = $1) AS trials \
-                   FROM jobs WHERE sweep_id = $1",
-            )
-            .bind(id)
-            .fetch_one(pool)
-            .await?;
-            (r.try_get::<i64, _>("jobs")?, r.try_get::<i64, _>("reused")?, r.try_get::<i64, _>("dense")?, r.try_get::<i64, _>("trials")?)
-        });
-        Ok(SubmitOutcome {
-            sweep_id: id,
-            created: false,
-            trials: trials as u64,
-            jobs: jobs as u64,
-            jobs_reused: reused as u64,
-            dense_jobs: dense as u64,
-        })
+        let (jobs, reused, dense, trials) = match self {
+            Store::Postgres(p) => super::postgres::submit::submitted_counts(p, id).await?,
+            Store::Sqlite(p) => super::sqlite::submit::submitted_counts(p, id).await?,
+        };
+        Ok(SubmitOutcome { sweep_id: id, created: false, trials: trials as u64, jobs: jobs as u64, jobs_reused: reused as u64, dense_jobs: dense as u64 })
     }
 
     /// Deletes the sweeps a submit left `submitting` (the coordinator stopped while writing
@@ -529,9 +281,10 @@ impl Store {
     /// writes the sweep afresh. Run when the coordinator starts, before it serves. Returns the
     /// ids deleted.
     pub async fn discard_unfinished_submits(&self) -> Result<Vec<i64>> {
-        let ids: Vec<i64> = both!(self, |pool, d, DB| {
-            sqlx::query_scalar("SELECT id FROM sweeps WHERE state = 'submitting' ORDER BY id").fetch_all(pool).await?
-        });
+        let ids = match self {
+            Store::Postgres(p) => super::postgres::submit::unfinished_submits(p).await?,
+            Store::Sqlite(p) => super::sqlite::submit::unfinished_submits(p).await?,
+        };
         for &id in &ids {
             self.delete_unfinished_sweep(id).await?;
         }
@@ -542,29 +295,217 @@ impl Store {
     /// SQLite: level jobs newest first (a job's children are newer than it), then the sweep,
     /// whose delete cascades to its trials, dense jobs and events.
     async fn delete_unfinished_sweep(&self, sweep_id: i64) -> Result<()> {
-        both!(self, |pool, d, DB| {
-            let mut w = PacedTx::new(pool, if d.sqlite { Some(SQLITE_HOLD) } else { None });
-            let state: Option<String> =
-                sqlx::query_scalar("SELECT state FROM sweeps WHERE id = $1").bind(sweep_id).fetch_optional(w.conn().await?).await?;
-            if state.as_deref() != Some("submitting") {
-                w.rollback().await?;
-                return Ok(());
-            }
-            loop {
-                let gone = sqlx::query(
-                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE sweep_id = $1 AND kind = 'level' ORDER BY id DESC LIMIT 2000)",
-                )
-                .bind(sweep_id)
-                .execute(w.conn().await?)
-                .await?;
-                if gone.rows_affected() == 0 {
-                    break;
-                }
-                w.pace().await?;
-            }
-            sqlx::query("DELETE FROM sweeps WHERE id = $1 AND state = 'submitting'").bind(sweep_id).execute(w.conn().await?).await?;
-            w.finish().await?;
-            Ok(())
-        })
+        match self {
+            Store::Postgres(p) => delete_unfinished_sweep(PacedTx::new(p, None, None), sweep_id).await,
+            Store::Sqlite(p) => delete_unfinished_sweep(PacedTx::new(p, Some(super::sqlite::BEGIN_WRITE), Some(SQLITE_HOLD)), sweep_id).await,
+        }
     }
+}
+
+async fn delete_unfinished_sweep<DB: SubmitSql>(mut w: PacedTx<'_, DB>, sweep_id: i64) -> Result<()> {
+    if DB::sweep_state(w.conn().await?, sweep_id).await?.as_deref() != Some("submitting") {
+        w.rollback().await?;
+        return Ok(());
+    }
+    while DB::delete_level_jobs(w.conn().await?, sweep_id).await? > 0 {
+        w.pace().await?;
+    }
+    DB::delete_submitting_sweep(w.conn().await?, sweep_id).await?;
+    w.finish().await
+}
+
+/// The statements of a submit. Returns the new sweep's id (None: the token was taken by a
+/// concurrent submit); sets `sweep_id_out` as soon as the sweep row exists.
+async fn write_sweep_rows<DB: SubmitSql>(
+    mut w: PacedTx<'_, DB>,
+    spec: &SweepSpec,
+    plan: &lth_sweep::SweepPlan,
+    reusable: &HashMap<String, i64>,
+    client_token: Option<&str>,
+    owner: Option<&str>,
+    sweep_id_out: &mut Option<i64>,
+) -> Result<Option<i64>> {
+    let Some(sweep_id) = DB::insert_sweep(w.conn().await?, spec, client_token, owner).await? else {
+        w.rollback().await?;
+        return Ok(None);
+    };
+    // Committed at once on SQLite, so that a submit with the same token waits for this one.
+    w.commit_now().await?;
+    *sweep_id_out = Some(sweep_id);
+
+    let priority = spec.priority;
+    let max_attempts = spec.max_attempts as i32;
+    // Jobs created succeeded (reused): their children may be ready.
+    let mut succeeded: HashSet<i64> = HashSet::new();
+    // Jobs written blocked that the last transaction makes ready.
+    let mut to_ready: Vec<i64> = Vec::new();
+    // Which of a statement's returned jobs are those: blocked, and the parent (if any) done.
+    let mut note = |j: &InsertedJob, succeeded: &mut HashSet<i64>| {
+        if j.state == "succeeded" {
+            succeeded.insert(j.id);
+        } else if j.parent_job_id.is_none_or(|p| succeeded.contains(&p)) {
+            to_ready.push(j.id);
+        }
+    };
+    // Written blocked instead of ready (see the top of this file).
+    let hidden = |state: &'static str| if state == "ready" { "blocked" } else { state };
+    let job = |kind: &'static str, seed: i64| NewJob {
+        sweep_id,
+        trial_id: None,
+        kind,
+        seed,
+        metric: None,
+        rate: 0.0,
+        level: 0,
+        parent_job_id: None,
+        dense_job_id: None,
+        state: "blocked",
+        priority,
+        max_attempts,
+        content_hash: "",
+        reused_from: None,
+        control: None,
+    };
+
+    // Level 0: one dense job per seed. content hash -> (job id, succeeded)
+    let mut ids: HashMap<String, (i64, bool)> = HashMap::new();
+    for chunk in plan.dense.chunks(BIND_ROWS) {
+        let rows: Vec<NewJob> = chunk
+            .iter()
+            .map(|dp| {
+                let reused = reusable.get(&dp.content_hash).copied();
+                NewJob {
+                    state: hidden(if reused.is_some() { "succeeded" } else { "ready" }),
+                    content_hash: dp.content_hash.as_str(),
+                    reused_from: reused,
+                    ..job("dense", dp.seed as i64)
+                }
+            })
+            .collect();
+        for j in DB::insert_jobs(w.conn().await?, &rows).await? {
+            note(&j, &mut succeeded);
+            ids.insert(j.content_hash.clone(), (j.id, j.state == "succeeded"));
+        }
+        w.pace().await?;
+    }
+
+    // Trials; one whose every job is reused is done already.
+    // (metric, rate, seed, schedule) -> trial id
+    type TrialKey = (String, u64, i64, Option<String>);
+    let trial_key = |t: &lth_sweep::TrialPlan| -> TrialKey { (t.metric.as_str().to_string(), t.rate.to_bits(), t.seed as i64, schedule_to_db(&t.schedule)) };
+    let all_reused = |t: &lth_sweep::TrialPlan| {
+        reusable.contains_key(&t.dense_hash)
+            && t.levels.iter().all(|l| reusable.contains_key(&l.content_hash))
+            && t.controls.iter().all(|c| reusable.contains_key(&c.content_hash))
+    };
+    let mut trial_ids: HashMap<TrialKey, i64> = HashMap::new();
+    for chunk in plan.trials.chunks(BIND_ROWS) {
+        let rows: Vec<NewTrial> = chunk
+            .iter()
+            .map(|t| NewTrial {
+                sweep_id,
+                metric: t.metric.as_str(),
+                rate: t.rate,
+                seed: t.seed as i64,
+                levels: t.levels.len() as i32,
+                dense_job_id: ids[&t.dense_hash].0,
+                state: if all_reused(t) { "succeeded" } else { "running" },
+                schedule: schedule_to_db(&t.schedule),
+            })
+            .collect();
+        for t in DB::insert_trials(w.conn().await?, &rows).await? {
+            trial_ids.insert((t.metric, t.rate.to_bits(), t.seed, t.schedule), t.id);
+        }
+        w.pace().await?;
+    }
+
+    // Levels, one depth at a time so that each level's parent id is known. Parents are looked up
+    // within the trial: two trials of one sweep can hold identical jobs (a constant 0.2 and a
+    // schedule starting at 0.2 agree on level 1), and each keeps its own.
+    // (trial id, level) -> (job id, succeeded)
+    let mut level_ids: HashMap<(i64, u32), (i64, bool)> = HashMap::new();
+    let parent_of = |level_ids: &HashMap<(i64, u32), (i64, bool)>, t: &lth_sweep::TrialPlan, level: u32| -> (i64, bool) {
+        if level == 0 {
+            ids[&t.dense_hash]
+        } else {
+            level_ids[&(trial_ids[&trial_key(t)], level)]
+        }
+    };
+    let max_level = plan.trials.iter().map(|t| t.levels.len()).max().unwrap_or(0);
+    for depth in 0..max_level {
+        let at_depth: Vec<(&lth_sweep::TrialPlan, &lth_sweep::LevelPlan)> =
+            plan.trials.iter().filter_map(|t| t.levels.get(depth).map(|l| (t, l))).collect();
+        for chunk in at_depth.chunks(BIND_ROWS) {
+            let rows: Vec<NewJob> = chunk
+                .iter()
+                .map(|(t, l)| {
+                    let reused = reusable.get(&l.content_hash).copied();
+                    let (parent_id, parent_done) = parent_of(&level_ids, t, l.level - 1);
+                    NewJob {
+                        trial_id: Some(trial_ids[&trial_key(t)]),
+                        metric: Some(t.metric.as_str()),
+                        rate: l.rate,
+                        level: l.level as i32,
+                        parent_job_id: Some(parent_id),
+                        dense_job_id: Some(ids[&t.dense_hash].0),
+                        state: hidden(initial_job_state(reused.is_some(), parent_done)),
+                        content_hash: l.content_hash.as_str(),
+                        reused_from: reused,
+                        ..job("level", t.seed as i64)
+                    }
+                })
+                .collect();
+            for j in DB::insert_jobs(w.conn().await?, &rows).await? {
+                note(&j, &mut succeeded);
+                let trial = j.trial_id.expect("a level job belongs to a trial");
+                level_ids.insert((trial, j.level as u32), (j.id, j.state == "succeeded"));
+            }
+            w.pace().await?;
+        }
+    }
+
+    // Controls: children of the level they control (whose "weights" hold the ticket's mask), at
+    // that level and its rate; reused by content hash like any job.
+    let controls: Vec<(&lth_sweep::TrialPlan, &lth_sweep::ControlPlan)> =
+        plan.trials.iter().flat_map(|t| t.controls.iter().map(move |c| (t, c))).collect();
+    for chunk in controls.chunks(BIND_ROWS) {
+        let rows: Vec<NewJob> = chunk
+            .iter()
+            .map(|(t, c)| {
+                let reused = reusable.get(&c.content_hash).copied();
+                let (parent_id, parent_done) = parent_of(&level_ids, t, c.level);
+                NewJob {
+                    trial_id: Some(trial_ids[&trial_key(t)]),
+                    metric: Some(t.metric.as_str()),
+                    rate: t.levels.iter().find(|l| l.level == c.level).map(|l| l.rate).unwrap_or(t.rate),
+                    level: c.level as i32,
+                    parent_job_id: Some(parent_id),
+                    dense_job_id: Some(ids[&t.dense_hash].0),
+                    state: hidden(initial_job_state(reused.is_some(), parent_done)),
+                    content_hash: c.content_hash.as_str(),
+                    reused_from: reused,
+                    control: Some(c.control.as_str()),
+                    ..job("level", t.seed as i64)
+                }
+            })
+            .collect();
+        for j in DB::insert_jobs(w.conn().await?, &rows).await? {
+            note(&j, &mut succeeded);
+        }
+        w.pace().await?;
+    }
+
+    // The last transaction, short: the ready jobs become ready and the sweep running.
+    w.commit_now().await?;
+    for chunk in to_ready.chunks(BIND_ROWS) {
+        DB::make_ready(w.conn().await?, chunk).await?;
+    }
+    if !DB::open_sweep(w.conn().await?, sweep_id).await? {
+        // Only a coordinator starting on this database deletes a submitting sweep.
+        return Err(StoreError::FailedPrecondition(format!(
+            "sweep {sweep_id} was deleted while it was being submitted (another coordinator started on this database?): submit it again"
+        )));
+    }
+    w.finish().await?;
+    Ok(Some(sweep_id))
 }

@@ -1,0 +1,1 @@
+UPDATE sweeps SET state = 'cancelled', finished_at = now() WHERE id = $1

@@ -1,0 +1,1 @@
+UPDATE trials SET state = 'cancelled' WHERE sweep_id = $1 AND state = 'running'

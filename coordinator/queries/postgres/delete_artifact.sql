@@ -1,0 +1,1 @@
+DELETE FROM artifacts WHERE job_id = $1 AND name = $2

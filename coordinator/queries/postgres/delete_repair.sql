@@ -1,0 +1,1 @@
+DELETE FROM artifact_repairs WHERE job_id = $1

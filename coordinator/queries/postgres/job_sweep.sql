@@ -1,0 +1,1 @@
+SELECT sweep_id FROM jobs WHERE id = $1

@@ -1,0 +1,1 @@
+SELECT max(id) FROM events WHERE sweep_id = $1

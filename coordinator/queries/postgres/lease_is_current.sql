@@ -1,0 +1,1 @@
+SELECT count(*) FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'

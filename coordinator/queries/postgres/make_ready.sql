@@ -1,0 +1,1 @@
+UPDATE jobs SET state = 'ready' WHERE state = 'blocked' AND id = ANY($1::bigint[])

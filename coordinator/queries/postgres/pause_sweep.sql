@@ -1,0 +1,1 @@
+UPDATE sweeps SET state = 'paused' WHERE id = $1

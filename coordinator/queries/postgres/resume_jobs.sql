@@ -1,0 +1,1 @@
+UPDATE jobs SET paused = false WHERE sweep_id = $1 AND paused

@@ -1,0 +1,1 @@
+SELECT id, spec, state FROM sweeps WHERE client_token = $1

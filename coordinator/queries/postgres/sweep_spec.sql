@@ -1,0 +1,1 @@
+SELECT spec FROM sweeps WHERE id = $1

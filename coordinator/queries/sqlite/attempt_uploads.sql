@@ -1,0 +1,1 @@
+SELECT name FROM artifacts WHERE job_id = $1 AND attempt = $2

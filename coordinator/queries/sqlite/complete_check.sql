@@ -1,0 +1,1 @@
+SELECT state, attempt, kind FROM jobs WHERE id = $1

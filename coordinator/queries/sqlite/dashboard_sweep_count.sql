@@ -1,0 +1,1 @@
+SELECT count(*) FROM sweeps WHERE ($1 IS NULL OR state = $1)

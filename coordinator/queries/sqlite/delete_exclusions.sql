@@ -1,0 +1,1 @@
+DELETE FROM job_exclusions WHERE job_id = $1

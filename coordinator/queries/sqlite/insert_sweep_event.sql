@@ -1,0 +1,1 @@
+INSERT INTO events (sweep_id, kind, detail) VALUES ($1, 'sweep', $2)

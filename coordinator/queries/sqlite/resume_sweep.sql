@@ -1,0 +1,1 @@
+UPDATE sweeps SET state = 'running' WHERE id = $1

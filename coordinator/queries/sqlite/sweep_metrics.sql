@@ -1,0 +1,3 @@
+-- Level jobs per metric of one sweep: (metric, jobs, succeeded).
+SELECT sweep_id, metric, count(*) AS n, CAST(COALESCE(sum(CASE WHEN state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT) AS done
+  FROM jobs WHERE sweep_id = $1 AND kind = 'level' GROUP BY sweep_id, metric ORDER BY sweep_id, metric

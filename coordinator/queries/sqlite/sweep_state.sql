@@ -1,0 +1,1 @@
+SELECT state FROM sweeps WHERE id = $1

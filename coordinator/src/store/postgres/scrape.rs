@@ -1,0 +1,13 @@
+//! What `/metrics` reads at scrape time: two statements, both one pass.
+
+use crate::store::error::Result;
+use crate::store::types::{JobCountRow, ScrapeCounts};
+use sqlx::{FromRow, PgPool, Row};
+use std::time::Duration;
+
+pub(crate) async fn counts(pool: &PgPool, live_within: Duration) -> Result<ScrapeCounts> {
+    let rows = sqlx::query(sql!("scrape_jobs")).fetch_all(pool).await?;
+    let jobs = rows.iter().map(JobCountRow::from_row).collect::<Result<_, _>>()?;
+    let w = sqlx::query(sql!("scrape_workers")).bind(-live_within.as_secs_f64()).fetch_one(pool).await?;
+    Ok(ScrapeCounts { jobs, workers_registered: w.try_get("registered")?, workers_live: w.try_get("live")? })
+}
