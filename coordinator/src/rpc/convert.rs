@@ -6,7 +6,7 @@
 //! the database that this coordinator does not know (a newer lth wrote it, or a hand edit) is an
 //! INTERNAL error naming it, never a silent UNSPECIFIED.
 
-use crate::store::{ArtifactRow, InputRow, JobRow, LayerInput, Lease, ResultInput, ResultRow, SweepInfo, UnitStats, WorkerRow};
+use crate::store::{ArtifactRow, InputRow, JobRow, Lease, ResultRow, SweepInfo, WorkerRow};
 use lth_proto::v1 as pb;
 use lth_sweep::state::{AbortReason, JobKind, JobState, SweepState, UnknownState};
 use lth_sweep::{Control, ImportanceMetric};
@@ -216,79 +216,6 @@ pub(super) fn result_row(r: ResultRow) -> Result<pb::ResultRow, Status> {
             device: String::new(),
         }),
     })
-}
-
-/// A CompleteJob result as the store records it.
-impl From<pb::LevelResult> for ResultInput {
-    fn from(r: pb::LevelResult) -> ResultInput {
-        ResultInput {
-            sparsity: r.sparsity,
-            test_accuracy: r.test_accuracy,
-            test_loss: r.test_loss,
-            train_loss: r.train_loss,
-            epochs: r.epochs,
-            wall_seconds: r.wall_seconds,
-            iterations: r.iterations,
-            diverged: r.diverged,
-            layers: r
-                .layers
-                .into_iter()
-                .map(|l| LayerInput {
-                    units: (l.outputs > 0).then_some(UnitStats {
-                        outputs: l.outputs,
-                        dead_outputs: l.dead_outputs,
-                        inputs: l.inputs,
-                        dead_inputs: l.dead_inputs,
-                        output_layer: l.output_layer,
-                    }),
-                    name: l.layer,
-                    kept: l.kept,
-                    total: l.total,
-                    bits: l.mask_bits,
-                    collapsed: l.collapsed,
-                    weight_norm: l.weight_norm,
-                })
-                .collect(),
-            device: r.device,
-        }
-    }
-}
-
-/// The inverse, for clients that build results as the store sees them (the benchmark).
-impl From<ResultInput> for pb::LevelResult {
-    fn from(r: ResultInput) -> pb::LevelResult {
-        pb::LevelResult {
-            sparsity: r.sparsity,
-            test_accuracy: r.test_accuracy,
-            test_loss: r.test_loss,
-            train_loss: r.train_loss,
-            epochs: r.epochs,
-            wall_seconds: r.wall_seconds,
-            iterations: r.iterations,
-            diverged: r.diverged,
-            layers: r
-                .layers
-                .into_iter()
-                .map(|l| {
-                    let u = l.units.unwrap_or_default();
-                    pb::LayerStats {
-                        layer: l.name,
-                        kept: l.kept,
-                        total: l.total,
-                        mask_bits: l.bits,
-                        collapsed: l.collapsed,
-                        weight_norm: l.weight_norm,
-                        outputs: u.outputs,
-                        dead_outputs: u.dead_outputs,
-                        inputs: u.inputs,
-                        dead_inputs: u.dead_inputs,
-                        output_layer: u.output_layer,
-                    }
-                })
-                .collect(),
-            device: r.device,
-        }
-    }
 }
 
 pub(super) fn artifact_ref(a: &ArtifactRow) -> pb::ArtifactRef {

@@ -593,7 +593,8 @@ async fn complete(
             .await?;
             refs.push(r);
         }
-        let result = pb::LevelResult { device: device.clone(), ..convert::level_result(&output.report) };
+        // The engine's result as the wire carries it (the domain's one conversion), with the slot's device.
+        let result = pb::LevelResult::from(lth_sweep::result::LevelResult { device: device.clone(), ..output.report.result.clone() });
         let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: refs };
         rpc::retry_transient("CompleteJob", || {
             let mut c = ctx.client.clone();
