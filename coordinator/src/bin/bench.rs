@@ -300,7 +300,7 @@ impl Client {
                     w.upload_artifact(tokio_stream::iter([chunk])).await.expect("UploadArtifact");
                 }
                 let result = pb::LevelResult::from(result(c.level));
-                w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: vec![] }).await.expect("CompleteJob");
+                w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result) }).await.expect("CompleteJob");
             }
         }
     }
