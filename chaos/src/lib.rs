@@ -14,8 +14,8 @@
 //! The scenarios are listed in [`SCENARIOS`] with the test that runs each. Some ran as tests of
 //! `worker/tests/daemon_e2e.rs` before this suite existed and stay there (same names); the suite's
 //! own are in `chaos/tests/faults.rs`. `chaos/tests/scenarios.rs` checks that every listed test
-//! exists, so the list cannot drift. Failure modes still being built (2: a missing or corrupt
-//! artifact, 4: one bad node) have a slot with no test yet.
+//! exists, so the list cannot drift. A slot with `test: None` would be a fault still without its
+//! test; there is none today.
 //!
 //! # Layout
 //! - `src/lib.rs`: the scenario list and the shared checks.
@@ -38,11 +38,11 @@ pub struct Scenario {
     pub fault: &'static str,
     /// The failure mode of issue 9 it closes, if it is one of them (1 to 10).
     pub failure_mode: Option<u8>,
-    /// `path/from/workspace/root.rs::test_function`, or None: not written yet.
+    /// `path/from/workspace/root.rs::test_function`, or None: not written yet (an open slot).
     pub test: Option<&'static str>,
 }
 
-/// Every fault the suite covers, and the slots still open.
+/// Every fault the suite covers (and any slot still open).
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         fault: "kill -9 of a worker daemon mid-job: its lease expires, another worker resumes the job from its checkpoint",
@@ -70,10 +70,9 @@ pub const SCENARIOS: &[Scenario] = &[
         test: Some("worker/tests/daemon_e2e.rs::daemons_register_again_after_the_store_is_reset_and_finish_the_next_sweep"),
     },
     Scenario {
-        fault: "a missing or corrupt artifact in the coordinator's object store (repair by re-running its producer)",
+        fault: "a weights file deleted from the coordinator's object store, another corrupted there: each producer re-runs once, its dependents wait, the sweep equals run-local",
         failure_mode: Some(2),
-        // Being built by helper "fault"; its real-binary test goes here.
-        test: None,
+        test: Some("worker/tests/daemon_e2e.rs::a_lost_or_corrupt_weights_file_is_made_again_and_the_sweep_finishes_like_run_local"),
     },
     Scenario {
         fault: "flipped bits in the worker's artifact cache",
@@ -81,10 +80,9 @@ pub const SCENARIOS: &[Scenario] = &[
         test: Some("worker/tests/daemon_e2e.rs::corrupted_cache_entries_are_evicted_and_fetched_again"),
     },
     Scenario {
-        fault: "one bad node (missing dataset, full disk) failing every job it takes",
+        fault: "one bad node (its dataset path missing) failing every job it takes: the jobs move to a healthy worker, the bad one turns unhealthy",
         failure_mode: Some(4),
-        // Being built by helper "fault"; its real-binary test goes here.
-        test: None,
+        test: Some("worker/tests/daemon_e2e.rs::a_worker_without_the_dataset_hands_its_jobs_to_a_healthy_one_and_turns_unhealthy"),
     },
     Scenario {
         fault: "a diverged run (NaN loss)",

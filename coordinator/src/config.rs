@@ -1,8 +1,8 @@
 //! Coordinator configuration: command-line flags, `LTH_*` environment variables, and an optional
 //! TOML file, in that order of precedence (a flag beats the environment, which beats the file).
 //!
-//! The flag names are the ones agreed for the whole project (notes/cli_flags.md), so scripts,
-//! Dockerfiles and Kubernetes manifests can rely on them.
+//! The flag names are the ones agreed for the whole project (`lth-coordinator --help` lists
+//! them), so scripts, Dockerfiles and Kubernetes manifests can rely on them.
 
 use clap::Parser;
 use serde::Deserialize;
@@ -240,7 +240,7 @@ impl Args {
             },
             max_jobs_per_sweep: self.max_jobs_per_sweep.or(file.max_jobs_per_sweep).unwrap_or(100_000),
             max_artifact_bytes: self.max_artifact_mib.or(file.max_artifact_mib).unwrap_or(4096).saturating_mul(1 << 20),
-            max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(crate::service::DEFAULT_MAX_INPUT_BYTES),
+            max_input_bytes: self.max_input_bytes.or(file.max_input_bytes).unwrap_or(crate::rpc::DEFAULT_MAX_INPUT_BYTES),
         };
         if cfg.max_jobs_per_sweep == 0 || cfg.max_artifact_bytes == 0 {
             anyhow::bail!("--max-jobs-per-sweep and --max-artifact-mib must be at least 1");

@@ -5,7 +5,7 @@
 //! `lth-coordinator healthcheck` asks that service and exits 0 only on SERVING, so container
 //! HEALTHCHECKs and Kubernetes exec probes need no extra probe binary.
 
-use crate::service::{SweepSvc, WorkerSvc};
+use crate::rpc::{SweepSvc, WorkerSvc};
 use crate::store::Store;
 use lth_proto::v1 as pb;
 use std::time::Duration;

@@ -5,7 +5,7 @@ use lth_coordinator::artifacts::ArtifactStore;
 use lth_coordinator::auth::{AuthPolicy, Tokens};
 use lth_coordinator::config::{check_exposure, Args, Command, Config, LogFormat, TokenCommand};
 use lth_coordinator::group_commit::GroupCommitOptions;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_coordinator::store::{redact_url, Store, StoreOptions};
 use std::process::ExitCode;
 

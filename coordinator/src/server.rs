@@ -1,10 +1,11 @@
-//! Assembles the gRPC server (both services, health, reflection) and the lease reaper, and runs
-//! them until a shutdown signal. Used by the binary and by the integration tests, which serve on
-//! an ephemeral port.
+//! Assembles the gRPC server (both services, health, reflection), the HTTP port, the health probe
+//! and the reaper (`reaper.rs`), and runs them until a shutdown signal. Used by the binary and by
+//! the integration tests, which serve on an ephemeral port.
 
 use crate::artifacts::ArtifactStore;
 use crate::auth::{AuthLayer, AuthPolicy};
-use crate::service::{Coordinator, ServiceOptions, SweepSvc, WorkerSvc};
+use crate::reaper::run_reaper;
+use crate::rpc::{Coordinator, ServiceOptions, SweepSvc, WorkerSvc};
 use crate::store::Store;
 use lth_proto::v1 as pb;
 use std::future::Future;
@@ -14,41 +15,6 @@ use tokio::net::TcpListener;
 
 /// Large enough for a completion carrying VGG-16's masks (15M weights = 1.9 MB of bits).
 const MAX_MESSAGE: usize = 64 << 20;
-
-/// Re-queues expired leases, closes finished sweeps and vacuums the jobs table when it needs it,
-/// every `every`, until `stop` fires.
-pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match store.reap().await {
-            Ok(r) => {
-                metrics::counter!(crate::http::metrics::names::LEASES_LOST).increment(r.lost.len() as u64);
-                for l in &r.lost {
-                    tracing::warn!(job_id = l.job_id, attempt = l.attempt, "lease expired: job re-queued (worker lost)");
-                }
-                for s in &r.finished_sweeps {
-                    tracing::info!(sweep_id = s, "sweep finished");
-                }
-            }
-            Err(e) => {
-                if let crate::store::StoreError::Db(db) = &e {
-                    crate::http::metrics::count_db_error(crate::http::metrics::db_error_kind(db));
-                }
-                tracing::error!(error = %e, "reaper pass failed; retrying next interval")
-            }
-        }
-        match store.vacuum_jobs_if_needed().await {
-            Ok(Some(v)) => tracing::debug!(dead_rows = v.dead_rows, took_ms = v.took.as_millis() as u64, "vacuumed the jobs table"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "vacuum of the jobs table failed; autovacuum still runs"),
-        }
-    }
-}
 
 /// Who may call, over which transport, and how health is probed.
 pub struct Security {

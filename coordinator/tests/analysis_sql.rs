@@ -340,7 +340,7 @@ async fn dead_units_are_stored_and_counted(store: Store) {
     // Units that cannot belong to the weight are refused with a clear cause.
     let mut bad = demo_result(Some("l2"), 1, 1);
     bad.layers[0].units = Some(UnitStats { outputs: 5, dead_outputs: 0, inputs: 6, dead_inputs: 0, output_layer: false });
-    let err = bad.check().unwrap_err().to_string();
+    let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("do not fit a weight of 48 entries"), "{err}");
 }
 

@@ -15,7 +15,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::artifacts::ArtifactStore;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_coordinator::store::Store;
 use lth_proto::v1 as pb;
 use pb::sweep_service_client::SweepServiceClient;
@@ -166,7 +166,7 @@ async fn hot_path(url: String, stop: Arc<AtomicBool>) -> Calls {
                 }
             }
             let t = Instant::now();
-            let done = w.complete_job(pb::CompleteJobRequest { lease: Some(lease_of(a)), result: Some(small_result(a)), artifacts: vec![] }).await;
+            let done = w.complete_job(pb::CompleteJobRequest { lease: Some(lease_of(a)), result: Some(small_result(a)) }).await;
             calls.completions.push((t, t.elapsed()));
             if let Err(e) = done {
                 calls.errors.push(format!("CompleteJob: {e}"));

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::artifacts::ArtifactStore;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_coordinator::store::Store;
 use lth_proto::v1 as pb;
 use pb::sweep_service_client::SweepServiceClient;
@@ -236,7 +236,7 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
             if !checked_failures {
                 checked_failures = true;
                 // Completing before uploading is refused; a corrupted upload is refused and discarded.
-                let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), artifacts: vec![] }).await.unwrap_err();
+                let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)) }).await.unwrap_err();
                 assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
                 let data = weights_of(a.job_id, "weights");
                 let e = upload(&mut w, a, "weights", &data, &sha(b"something else")).await.unwrap_err();
@@ -246,16 +246,15 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
                 assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
             }
 
-            let mut refs = Vec::new();
             let names: &[&str] = if a.kind == pb::JobKind::Dense as i32 { &["rewind", "weights"] } else { &["weights"] };
             for name in names {
                 let data = weights_of(a.job_id, name);
                 let up = upload(&mut w, a, name, &data, &sha(&data)).await.unwrap();
-                refs.push(up.artifact.unwrap());
+                assert_eq!(up.artifact.unwrap().sha256, sha(&data));
             }
-            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), artifacts: refs }).await.unwrap();
+            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)) }).await.unwrap();
             // A second completion of the same lease is stale.
-            let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), artifacts: vec![] }).await.unwrap_err();
+            let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)) }).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::FailedPrecondition);
             done += 1;
         }

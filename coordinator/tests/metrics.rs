@@ -12,7 +12,7 @@ use common::*;
 use lth_coordinator::artifacts::ArtifactStore;
 use lth_coordinator::auth::{auth_line, new_token, AuthPolicy, Role, Tokens};
 use lth_coordinator::server::Security;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_proto::client::ClientOptions;
 use lth_proto::v1 as pb;
 use pb::sweep_service_client::SweepServiceClient;
@@ -204,13 +204,12 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
                 continue;
             }
             let names: &[&str] = if a.kind == pb::JobKind::Dense as i32 { &["rewind", "weights"] } else { &["weights"] };
-            let mut refs = Vec::new();
             for name in names {
                 let data = format!("{name} of {}", a.job_id).repeat(1000).into_bytes();
                 uploaded += data.len() as u64;
-                refs.push(upload(&mut w, &a, name, &data).await);
+                upload(&mut w, &a, name, &data).await;
             }
-            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(&a)), artifacts: refs }).await.unwrap();
+            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(&a)) }).await.unwrap();
             completed += 1;
         }
     }

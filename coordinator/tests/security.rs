@@ -8,7 +8,7 @@ use common::*;
 use lth_coordinator::artifacts::ArtifactStore;
 use lth_coordinator::auth::{auth_line, new_token, AuthPolicy, Role, Tokens};
 use lth_coordinator::server::Security;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_proto::client::{scheme_hint, ClientOptions};
 use lth_proto::v1 as pb;
 use pb::sweep_service_client::SweepServiceClient;

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use lth_coordinator::artifacts::ArtifactStore;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_coordinator::store::{Lease, ResultInput, Store};
 use lth_proto::v1 as pb;
 use pb::sweep_service_client::SweepServiceClient;

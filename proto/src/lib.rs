@@ -2,6 +2,15 @@
 //!
 //! Kept in its own crate (as Ballista does) so that lthctl, the coordinator and the worker agree on
 //! one definition and none of them has to link the others.
+//!
+//! # Layout
+//! - `lth/v1/lth.proto`: the protocol (SweepService for people, WorkerService for daemons);
+//!   `build.rs` compiles it with a vendored protoc.
+//! - [`v1`]: the generated messages, clients and servers, and the descriptor set for reflection.
+//! - [`errors`]: the machine-readable cause of a refused call (`ErrorReason` in an ErrorInfo),
+//!   built by servers and read by clients.
+//! - [`client`]: channels as lthctl and the daemon open them (TLS by scheme, bearer token,
+//!   plaintext/TLS mismatch hints).
 
 pub mod client;
 

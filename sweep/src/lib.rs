@@ -17,6 +17,9 @@
 //! - `state`: sweep, trial, job and attempt states as enums, and the pure rules between them
 //!   (which operations a sweep state allows, a job's initial state, the uploads a job kind needs,
 //!   why a heartbeat aborts a job).
+//! - `result`: `LevelResult`, one level's result as the engine emits it, the wire carries it and
+//!   the store records it, with its validation (numbers that are numbers unless the run diverged,
+//!   masks that match their counts, the model's layers) and its wire and JSON forms.
 //! - `pack`: an ImageFolder tree as a deterministic tar (for `lthctl dataset upload`) and back.
 
 mod control;
@@ -27,6 +30,7 @@ mod model;
 pub mod pack;
 mod pattern;
 mod rate;
+pub mod result;
 pub mod state;
 mod types;
 mod validate;

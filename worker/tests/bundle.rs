@@ -129,7 +129,7 @@ fn check_bundle_matches_solo(model: ModelKind, r: &Recipe) {
         assert_eq!((b.level, b.iterations, b.sparsity), (s.level, s.iterations, s.sparsity));
         assert_eq!(b.layers.len(), s.layers.len());
         for (lb, ls) in b.layers.iter().zip(&s.layers) {
-            assert_eq!((&lb.name, lb.kept, lb.total, &lb.mask_bits), (&ls.name, ls.kept, ls.total, &ls.mask_bits));
+            assert_eq!((&lb.name, lb.kept, lb.total, &lb.bits), (&ls.name, ls.kept, ls.total, &ls.bits));
             assert!(rel(lb.weight_norm, ls.weight_norm) <= WEIGHT_TOL, "{}: norm {} vs {}", lb.name, lb.weight_norm, ls.weight_norm);
             // Pruned weights of the bundled member are exactly zero.
             let (w, m) = (&wb[&lb.name], &wb[&format!("{}{}", artifacts::MASK_PREFIX, lb.name)]);
@@ -405,7 +405,7 @@ fn a_bundled_members_checkpoint_resumes_as_a_solo_step() {
     let gap = weight_gap(&load(&retry.join(engine::WEIGHTS_FILE)), &load(&members[1].workdir.join(engine::WEIGHTS_FILE)));
     println!("resumed solo vs bundled: weight gap {gap:.3e}");
     assert!(gap <= WEIGHT_TOL);
-    assert_eq!(solo.report.layers.iter().map(|l| &l.mask_bits).collect::<Vec<_>>(), bundled.report.layers.iter().map(|l| &l.mask_bits).collect::<Vec<_>>());
+    assert_eq!(solo.report.layers.iter().map(|l| &l.bits).collect::<Vec<_>>(), bundled.report.layers.iter().map(|l| &l.bits).collect::<Vec<_>>());
 }
 
 #[test]

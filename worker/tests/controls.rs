@@ -77,8 +77,8 @@ fn reinit_keeps_the_mask_and_changes_the_initialisation_random_mask_keeps_the_co
         for (a, b) in r.layers.iter().zip(&ticket.layers) {
             assert_eq!((a.name.as_str(), a.kept, a.total), (b.name.as_str(), b.kept, b.total));
             match control {
-                Control::Reinit => assert_eq!(a.mask_bits, b.mask_bits),
-                Control::RandomMask => assert_ne!(a.mask_bits, b.mask_bits),
+                Control::Reinit => assert_eq!(a.bits, b.bits),
+                Control::RandomMask => assert_ne!(a.bits, b.bits),
             }
         }
         assert_eq!(r.iterations, ticket.iterations, "a control trains the ticket's span (k to the end)");

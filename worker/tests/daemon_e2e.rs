@@ -211,7 +211,7 @@ async fn controls_and_a_rate_schedule_run_through_the_daemon_like_run_local() {
         let report: LevelReport = serde_json::from_slice(&std::fs::read(out.join(&folder).join("report.json")).unwrap()).unwrap();
         assert_eq!(row.2.to_bits(), report.test_accuracy.to_bits(), "{folder}: accuracy");
         let layers: Vec<(String, i64, String)> =
-            report.layers.iter().map(|l| (l.name.clone(), l.kept as i64, bit_string(&l.mask_bits, l.total))).collect();
+            report.layers.iter().map(|l| (l.name.clone(), l.kept as i64, bit_string(&l.bits, l.total))).collect();
         assert_eq!(row.4, layers, "{folder}: masks");
     }
 }

@@ -79,7 +79,7 @@ fn exec_job_streams_events_and_matches_the_engine_bit_for_bit() {
         assert_eq!(direct.report.train_loss.to_bits(), output.report.train_loss.to_bits());
         assert_eq!(direct.report.sparsity, output.report.sparsity);
         for (a, b) in direct.report.layers.iter().zip(&output.report.layers) {
-            assert_eq!((a.name.as_str(), a.kept, &a.mask_bits), (b.name.as_str(), b.kept, &b.mask_bits));
+            assert_eq!((a.name.as_str(), a.kept, &a.bits), (b.name.as_str(), b.kept, &b.bits));
         }
         if level == 0 {
             let path = |n: &str| output.artifacts.iter().find(|(a, _)| a == n).unwrap().1.display().to_string();

@@ -114,9 +114,10 @@ fn pruned_weights_are_exactly_zero_after_training_and_survivors_start_from_theta
             let size = m2.size();
             let dead_out = m2.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64).eq(0).sum(Kind::Int64).int64_value(&[]) as u64;
             let dead_in = m2.sum_dim_intlist([0i64].as_slice(), false, Kind::Int64).eq(0).sum(Kind::Int64).int64_value(&[]) as u64;
-            assert_eq!((layer.outputs, layer.inputs), (size[0] as u64, size[1] as u64), "{}", layer.name);
-            assert_eq!((layer.dead_outputs, layer.dead_inputs), (dead_out, dead_in), "{}", layer.name);
-            assert_eq!(layer.output_layer, layer.name == "fc.weight", "{}", layer.name);
+            let units = layer.units.expect("the engine counts dead units");
+            assert_eq!((units.outputs, units.inputs), (size[0] as u64, size[1] as u64), "{}", layer.name);
+            assert_eq!((units.dead_outputs, units.dead_inputs), (dead_out, dead_in), "{}", layer.name);
+            assert_eq!(units.output_layer, layer.name == "fc.weight", "{}", layer.name);
         }
         assert!((rep.sparsity - (1.0 - 0.5f64.powi(level as i32))).abs() < 1e-4);
     }

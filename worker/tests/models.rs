@@ -215,9 +215,10 @@ fn dead_classes_of_a_lenet_mask_counted_by_hand() {
     // fc.weight is 10 × 100: prune classes 3 and 7 entirely, and input 42 in every class.
     let keep: Vec<bool> = (0..1000).map(|i| { let (class, input) = (i / 100, i % 100); class != 3 && class != 7 && input != 42 }).collect();
     let r = layer_report(&LayerMask::from_bools("fc.weight", &[10, 100], &keep), 1.0, true);
-    assert_eq!((r.outputs, r.dead_outputs, r.inputs, r.dead_inputs, r.output_layer), (10, 2, 100, 1, true));
+    let u = r.units.unwrap();
+    assert_eq!((u.outputs, u.dead_outputs, u.inputs, u.dead_inputs, u.output_layer), (10, 2, 100, 1, true));
     assert_eq!(r.kept, 8 * 99);
     // The hidden layer fc_layers.1 (100 × 300) with nothing pruned has no dead units.
-    let r = layer_report(&LayerMask::ones("fc_layers.1.weight", &[100, 300]), 1.0, false);
-    assert_eq!((r.outputs, r.dead_outputs, r.inputs, r.dead_inputs, r.output_layer), (100, 0, 300, 0, false));
+    let u = layer_report(&LayerMask::ones("fc_layers.1.weight", &[100, 300]), 1.0, false).units.unwrap();
+    assert_eq!((u.outputs, u.dead_outputs, u.inputs, u.dead_inputs, u.output_layer), (100, 0, 300, 0, false));
 }

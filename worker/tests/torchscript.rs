@@ -141,7 +141,7 @@ fn torchscript_lenet_trains_prunes_and_rewinds_through_run_local_like_the_builti
         let (mut same, mut all) = (0u64, 0u64);
         for (x, y) in a.layers.iter().zip(&b.layers) {
             assert_eq!((x.name.as_str(), x.kept, x.total), (y.name.as_str(), y.kept, y.total));
-            for (p, q) in x.mask_bits.iter().zip(&y.mask_bits) {
+            for (p, q) in x.bits.iter().zip(&y.bits) {
                 same += 8 - (p ^ q).count_ones() as u64;
             }
             all += x.total;

@@ -40,7 +40,7 @@ mod submit_bench;
 use clap::Parser;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
 use lth_coordinator::artifacts::ArtifactStore;
-use lth_coordinator::service::ServiceOptions;
+use lth_coordinator::rpc::ServiceOptions;
 use lth_coordinator::store::{uploads_needed, ArtifactRecord, Completion, LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
 use lth_proto::v1 as pb;
 use pb::worker_service_client::WorkerServiceClient;
@@ -300,7 +300,7 @@ impl Client {
                     w.upload_artifact(tokio_stream::iter([chunk])).await.expect("UploadArtifact");
                 }
                 let result = pb::LevelResult::from(result(c.level));
-                w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: vec![] }).await.expect("CompleteJob");
+                w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result) }).await.expect("CompleteJob");
             }
         }
     }
@@ -771,7 +771,7 @@ async fn run(args: &Args, mode: Mode, secure: bool, queued: Option<u64>) -> anyh
     // over gRPC, the server runs its own.
     let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
     let reaper = match args.via {
-        Via::Store => Some(tokio::spawn(lth_coordinator::server::run_reaper(store.clone(), Duration::from_secs(2), reaper_rx))),
+        Via::Store => Some(tokio::spawn(lth_coordinator::reaper::run_reaper(store.clone(), Duration::from_secs(2), reaper_rx))),
         Via::Grpc => None,
     };
     let art_dir = std::env::temp_dir().join(format!("lth-bench-artifacts-{}", uuid::Uuid::new_v4().simple()));

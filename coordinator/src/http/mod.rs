@@ -17,7 +17,7 @@ pub mod dashboard;
 pub mod metrics;
 
 use crate::auth::AuthPolicy;
-use crate::service::Coordinator;
+use crate::rpc::Coordinator;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

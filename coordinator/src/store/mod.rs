@@ -319,7 +319,7 @@ impl Store {
     /// unblocks its children, closes its trial (last level) and its sweep (last open job).
     /// Returns one outcome per completion, in order; a stale lease changes nothing.
     pub async fn complete_jobs(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
-        let mut out: Vec<Option<Result<()>>> = items.iter().map(|c| c.result.check().err().map(Err)).collect();
+        let mut out: Vec<Option<Result<()>>> = items.iter().map(|c| types::CheckResult::check(&c.result).err().map(Err)).collect();
         // A lease twice in one batch: the first copy competes, later copies are stale by then.
         let mut seen = HashSet::new();
         let mut todo: Vec<usize> = Vec::new();

@@ -52,20 +52,7 @@ pub fn uploads_needed(kind: &str) -> &'static [&'static str] {
     kind.parse::<JobKind>().map(JobKind::uploads_needed).unwrap_or(&[])
 }
 
-/// The rule for a result's layers: exactly the model's prunable layers (each once; duplicates
-/// are refused earlier, by [`super::ResultInput::check`]). Says what differs.
-pub fn layers_match(reported: &[&str], model: &[String]) -> std::result::Result<(), String> {
-    let known: std::collections::HashSet<&str> = model.iter().map(|s| s.as_str()).collect();
-    if let Some(unknown) = reported.iter().find(|l| !known.contains(**l)) {
-        return Err(format!("layer {unknown:?} is not a layer of this sweep's model (its prunable layers: {})", model.join(", ")));
-    }
-    let got: std::collections::HashSet<&str> = reported.iter().copied().collect();
-    let missing: Vec<&str> = model.iter().map(|s| s.as_str()).filter(|l| !got.contains(l)).collect();
-    if !missing.is_empty() {
-        return Err(format!("the result lacks the model's layers {missing:?}"));
-    }
-    Ok(())
-}
+pub use lth_sweep::result::layers_match;
 
 /// A trial's `schedule` column (a JSON array of rates) as numbers.
 pub(crate) fn schedule_from_db(text: Option<String>) -> Result<Option<Vec<f64>>> {

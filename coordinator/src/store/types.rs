@@ -126,146 +126,19 @@ pub struct ClaimedJob {
     pub resume_checkpoint: Option<ArtifactRow>,
 }
 
-// result types: moving to lth_sweep::result (helper rpc)
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerInput {
-    pub name: String,
-    pub kept: u64,
-    pub total: u64,
-    /// Row-major, MSB-first; exactly ceil(total / 8) bytes.
-    pub bits: Vec<u8>,
-    pub collapsed: bool,
-    pub weight_norm: f64,
-    /// Dead units, when the worker reports them.
-    pub units: Option<UnitStats>,
+// Result types: the domain's `lth_sweep::result`, under the store's names (the engine emits a
+// LevelResult, CompleteJob carries it, the store records it).
+pub use lth_sweep::result::{check_loss, stored_number, LayerResult as LayerInput, LevelResult as ResultInput, UnitStats};
+
+/// The domain's validation ([`ResultInput::validate`]) as a store refusal,
+/// [`StoreError::InvalidResult`](super::StoreError::InvalidResult), on both backends.
+pub trait CheckResult {
+    fn check(&self) -> super::Result<()>;
 }
 
-/// Unit-level collapse of one layer's mask (see `LayerStats` in the proto).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UnitStats {
-    pub outputs: u64,
-    pub dead_outputs: u64,
-    pub inputs: u64,
-    pub dead_inputs: u64,
-    /// The classifier: its dead outputs are dead classes.
-    pub output_layer: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResultInput {
-    pub sparsity: f64,
-    pub test_accuracy: f64,
-    pub test_loss: f64,
-    pub train_loss: f64,
-    pub epochs: f64,
-    pub wall_seconds: f64,
-    pub iterations: u64,
-    pub layers: Vec<LayerInput>,
-    /// Where it ran ("cpu", "cuda <GPU name>"); empty when the worker did not say.
-    pub device: String,
-    /// Training diverged (the loss became NaN or infinite): recorded as such, with its level.
-    pub diverged: bool,
-}
-
-/// A loss or norm as stored: a diverged run's non-finite values become +Infinity, the same on
-/// both backends (SQLite cannot store NaN: it binds as NULL).
-pub fn stored_number(x: f64) -> f64 {
-    if x.is_finite() {
-        x
-    } else {
-        f64::INFINITY
-    }
-}
-
-/// The rule for a loss or weight norm: a finite number ≥ 0, or anything when the run diverged.
-/// Returns what is wrong, for the error message.
-pub fn check_loss(what: &str, x: f64, diverged: bool) -> std::result::Result<(), String> {
-    if x.is_finite() && x >= 0.0 {
-        return Ok(());
-    }
-    if !x.is_finite() && diverged {
-        return Ok(());
-    }
-    if x.is_finite() {
-        Err(format!("{what} = {x} is negative"))
-    } else {
-        Err(format!("{what} = {x} is not a number: a run whose loss stops being a number diverged; report it with diverged = true"))
-    }
-}
-
-impl ResultInput {
-    /// Rejects results that would corrupt the analysis: numbers that are not numbers (unless the
-    /// run diverged, for losses and norms) or out of range, masks whose size or popcount disagree
-    /// with kept/total, duplicate layers. Every refusal is [`StoreError::InvalidResult`]. (Layer
-    /// names the model does not have are refused in [`Store::complete_jobs`], which knows the
-    /// sweep's layers.)
-    pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(StoreError::InvalidResult(format!("invalid result: {m}")));
-        if !(0.0..=1.0).contains(&self.sparsity) {
-            return bad(format!("sparsity = {} is outside [0, 1]", self.sparsity));
-        }
-        if !(0.0..=1.0).contains(&self.test_accuracy) {
-            return bad(format!("test_accuracy = {} is outside [0, 1]", self.test_accuracy));
-        }
-        if !(self.epochs.is_finite() && self.epochs >= 0.0) {
-            return bad(format!("epochs = {} must be a finite number ≥ 0", self.epochs));
-        }
-        if !(self.wall_seconds.is_finite() && self.wall_seconds >= 0.0) {
-            return bad(format!("wall_seconds = {} must be a finite number ≥ 0", self.wall_seconds));
-        }
-        if self.iterations > i64::MAX as u64 {
-            return bad(format!("iterations = {} is out of range", self.iterations));
-        }
-        for (what, x) in [("test_loss", self.test_loss), ("train_loss", self.train_loss)] {
-            if let Err(m) = check_loss(what, x, self.diverged) {
-                return bad(m);
-            }
-        }
-        if self.device.len() > 128 || self.device.chars().any(|c| c.is_control()) {
-            return bad(format!("result.device must be at most 128 printable characters (got {} bytes)", self.device.len()));
-        }
-        let mut names = std::collections::HashSet::new();
-        for l in &self.layers {
-            if !names.insert(l.name.as_str()) {
-                return bad(format!("layer {:?} is reported twice", l.name));
-            }
-            if let Err(m) = check_loss(&format!("layer {:?}: weight_norm", l.name), l.weight_norm, self.diverged) {
-                return bad(m);
-            }
-            if l.total > i64::MAX as u64 {
-                return bad(format!("layer {:?}: total {} is out of range", l.name, l.total));
-            }
-            if l.kept > l.total {
-                return bad(format!("layer {:?}: kept {} > total {}", l.name, l.kept, l.total));
-            }
-            let want = l.total.div_ceil(8) as usize;
-            if l.bits.len() != want {
-                return bad(format!(
-                    "layer {:?}: mask has {} bytes, expected ceil({}/8) = {want} (one bit per weight, MSB-first)",
-                    l.name,
-                    l.bits.len(),
-                    l.total
-                ));
-            }
-            let ones: u64 = l.bits.iter().map(|b| b.count_ones() as u64).sum();
-            let pad = (want as u64) * 8 - l.total;
-            if pad > 0 && (l.bits[want - 1] & ((1u8 << pad) - 1)) != 0 {
-                return bad(format!("layer {:?}: the mask's padding bits after bit {} must be zero", l.name, l.total));
-            }
-            if ones != l.kept {
-                return bad(format!("layer {:?}: mask has {ones} bits set but kept = {}", l.name, l.kept));
-            }
-            if let Some(u) = &l.units {
-                let block = u.outputs.saturating_mul(u.inputs.max(1));
-                if u.dead_outputs > u.outputs || u.dead_inputs > u.inputs || block == 0 || l.total % block != 0 {
-                    return bad(format!(
-                        "layer {:?}: units (outputs {}, dead {}; inputs {}, dead {}) do not fit a weight of {} entries",
-                        l.name, u.outputs, u.dead_outputs, u.inputs, u.dead_inputs, l.total
-                    ));
-                }
-            }
-        }
-        Ok(())
+impl CheckResult for ResultInput {
+    fn check(&self) -> super::Result<()> {
+        self.validate().map_err(|e| super::StoreError::InvalidResult(e.to_string()))
     }
 }
 

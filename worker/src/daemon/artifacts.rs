@@ -8,7 +8,7 @@
 //! Cached files are re-verified on every use and the cache is bounded (LRU); see `ArtifactCache`.
 
 use super::rpc::Client;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::StreamExt;
 use lth_proto::v1::{ArtifactChunk, ArtifactRef, DownloadArtifactRequest, DownloadInputRequest, JobLease};
 use sha2::{Digest, Sha256};
@@ -486,15 +486,6 @@ pub async fn upload(client: &mut Client, lease: JobLease, name: &str, path: &Pat
         )));
     }
     Ok(artifact)
-}
-
-/// Validates a file that should be an artifact we can hand to the engine (exists, non-empty).
-pub fn check_nonempty(path: &Path) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{} is missing", path.display()))?;
-    if meta.len() == 0 {
-        bail!("{} is empty", path.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! Wire types to engine types and back: a `JobAssignment` becomes the engine's `StepSpec`, the
-//! engine's `LevelReport` becomes the `LevelResult` of CompleteJob.
+//! Wire types to engine types: a `JobAssignment` becomes the engine's `StepSpec`. (The engine's
+//! result goes back as `lth_sweep::result::LevelResult`, whose wire conversion is the sweep
+//! crate's.)
 //!
 //! Conversion errors are deterministic (the spec itself is wrong), so a job that fails here is
 //! failed as not retryable.
 
-use crate::engine::{LevelReport, StepSpec};
+use crate::engine::StepSpec;
 use anyhow::{anyhow, bail, Result};
 use lth_proto::v1 as pb;
 use lth_sweep::{Control, ImportanceMetric, SweepSpec};
@@ -43,39 +44,6 @@ pub fn step_spec(job: &pb::JobAssignment) -> Result<StepSpec> {
             Err(_) => bail!("job {} names an unknown control number {}", job.job_id, job.control),
         },
     })
-}
-
-/// The engine's report as CompleteJob's result.
-pub fn level_result(r: &LevelReport) -> pb::LevelResult {
-    pb::LevelResult {
-        sparsity: r.sparsity,
-        test_accuracy: r.test_accuracy,
-        test_loss: r.test_loss,
-        train_loss: r.train_loss,
-        epochs: r.epochs,
-        wall_seconds: r.wall_seconds,
-        iterations: r.iterations,
-        diverged: r.diverged,
-        layers: r
-            .layers
-            .iter()
-            .map(|l| pb::LayerStats {
-                layer: l.name.clone(),
-                kept: l.kept,
-                total: l.total,
-                mask_bits: l.mask_bits.clone().into(),
-                collapsed: l.collapsed,
-                weight_norm: l.weight_norm,
-                outputs: l.outputs,
-                dead_outputs: l.dead_outputs,
-                inputs: l.inputs,
-                dead_inputs: l.dead_inputs,
-                output_layer: l.output_layer,
-            })
-            .collect(),
-        // The daemon knows the slot's device and fills it in.
-        device: String::new(),
-    }
 }
 
 #[cfg(test)]

@@ -583,18 +583,19 @@ async fn complete(
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Outcome {
     let work = async {
-        let mut refs = Vec::new();
+        // The coordinator records each upload under the lease; CompleteJob then checks that the
+        // ones the children need are there.
         for (name, path) in &output.artifacts {
-            let r = retry_transfer("upload output", || {
+            retry_transfer("upload output", || {
                 let mut c = ctx.client.clone();
                 let (name, path) = (name.clone(), path.clone());
                 async move { artifacts::upload(&mut c, lease, &name, &path).await }
             })
             .await?;
-            refs.push(r);
         }
-        let result = pb::LevelResult { device: device.clone(), ..convert::level_result(&output.report) };
-        let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), artifacts: refs };
+        // The engine's result as the wire carries it (the domain's one conversion), with the slot's device.
+        let result = pb::LevelResult::from(lth_sweep::result::LevelResult { device: device.clone(), ..output.report.result.clone() });
+        let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result) };
         rpc::retry_transient("CompleteJob", || {
             let mut c = ctx.client.clone();
             let req = req.clone();

@@ -14,7 +14,8 @@
 //!   lease lost, permanent).
 //! - [`artifacts`]: chunked, sha256-checked uploads and downloads, and the local content-addressed
 //!   cache of input artifacts.
-//! - [`convert`]: wire types (proto) to the engine's types and back.
+//! - [`convert`]: wire types (proto) to the engine's types (results go back through
+//!   `lth_sweep::result`'s conversion).
 //! - [`jobfile`] / [`events`]: the two files of the daemon ↔ child contract: `job.json` in, JSON
 //!   lines out.
 //! - [`child`]: spawning and signalling a job's process group.

@@ -1,7 +1,7 @@
 //! The training engine: one lottery-ticket chain step (dense level 0, or prune → rewind → retrain
 //! at level L ≥ 1) as a library call, with resumable checkpoints and safetensors artifacts.
 //!
-//! This is the contract of `notes/engine_api.md`: the daemon serialises a [`StepSpec`] as job.json,
+//! The contract (`worker/ENGINE.md`): the daemon serialises a [`StepSpec`] as job.json,
 //! downloads the [`StepInputs`], runs [`run_step`] in a child process, and uploads the artifacts.
 //!
 //! # Layout
@@ -31,6 +31,7 @@ pub mod torchscript;
 pub mod train;
 
 use anyhow::{bail, Context, Result};
+use lth_sweep::result::{LayerResult, LevelResult, UnitStats};
 use lth_sweep::{Control, DatasetSpec, ImportanceMetric, ModelSpec, PrunePolicy, Recipe};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 pub use cuda::init_device;
+// Whether a step diverged: the domain's rule.
+pub use lth_sweep::result::diverged;
 pub use models::{InputShape, Network};
 pub use prune::{LayerMask, UnitCounts};
 
@@ -79,121 +82,21 @@ pub enum StepEvent {
     Checkpoint { path: PathBuf },
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct LayerReport {
-    pub name: String,
-    pub kept: u64,
-    pub total: u64,
-    /// Row-major, MSB-first in each byte.
-    pub mask_bits: Vec<u8>,
-    /// kept == 0: no signal passes this layer.
-    pub collapsed: bool,
-    /// L2 norm of the layer's trained (masked) weights (NaN or infinite when training diverged).
-    #[serde(with = "nonfinite")]
-    pub weight_norm: f64,
-    /// Output units (neurons, filters: the weight's first dimension) and how many of them have
-    /// their whole fan-in pruned; inputs (second dimension) and how many no kept weight reads
-    /// (`LayerMask::units`). Reports written before these fields read as 0.
-    #[serde(default)]
-    pub outputs: u64,
-    #[serde(default)]
-    pub dead_outputs: u64,
-    #[serde(default)]
-    pub inputs: u64,
-    #[serde(default)]
-    pub dead_inputs: u64,
-    /// The classifier: the network's last weight of rank ≥ 2 with one output per class. Its dead
-    /// outputs are dead classes, which the network can never predict from its input.
-    #[serde(default)]
-    pub output_layer: bool,
-}
-
+/// One step's report: the domain's [`LevelResult`] (what CompleteJob sends and the store
+/// records) and the level it is of. `report.json` holds it flat, as before the domain type.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct LevelReport {
     pub level: u32,
-    /// Fraction of prunable weights that are pruned.
-    pub sparsity: f64,
-    pub test_accuracy: f64,
-    #[serde(with = "nonfinite")]
-    pub test_loss: f64,
-    /// Mean training loss over the last epoch.
-    #[serde(with = "nonfinite")]
-    pub train_loss: f64,
-    /// Epochs trained by this step (from the rewind point for level ≥ 1).
-    pub epochs: f64,
-    /// Wall time of the process that finished the step.
-    pub wall_seconds: f64,
-    /// Optimizer steps of this step (from the rewind point for level ≥ 1).
-    pub iterations: u64,
-    pub layers: Vec<LayerReport>,
-    /// Training diverged: a loss or a weight norm is NaN or infinite ([`diverged`]). A real
-    /// outcome, reported as such (the coordinator refuses non-finite losses without it).
-    #[serde(default)]
-    pub diverged: bool,
+    #[serde(flatten)]
+    pub result: LevelResult,
 }
 
-/// Whether a finished step diverged: its losses or trained weights stopped being numbers.
-pub fn diverged(train_loss: f64, test_loss: f64, weight_norms: impl IntoIterator<Item = f64>) -> bool {
-    !train_loss.is_finite() || !test_loss.is_finite() || weight_norms.into_iter().any(|n| !n.is_finite())
-}
-
-/// JSON has no NaN or infinity (serde_json writes `null`, which then does not read back as an
-/// f64): numbers that may be non-finite are written as the strings "NaN", "inf", "-inf".
-pub mod nonfinite {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if x.is_finite() {
-            s.serialize_f64(*x)
-        } else if x.is_nan() {
-            s.serialize_str("NaN")
-        } else if *x > 0.0 {
-            s.serialize_str("inf")
-        } else {
-            s.serialize_str("-inf")
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Num {
-        N(f64),
-        S(String),
-        Null(()),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Num::deserialize(d)? {
-            Num::N(x) => Ok(x),
-            // Reports written before this encoding had null for a NaN.
-            Num::Null(()) => Ok(f64::NAN),
-            Num::S(s) => match s.as_str() {
-                "NaN" => Ok(f64::NAN),
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                other => Err(serde::de::Error::custom(format!("{other:?} is not a number"))),
-            },
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[derive(serde::Serialize, serde::Deserialize)]
-        struct L(#[serde(with = "super")] f64);
-
-        #[test]
-        fn non_finite_numbers_survive_json() {
-            for x in [0.25, f64::INFINITY, f64::NEG_INFINITY] {
-                let back: L = serde_json::from_str(&serde_json::to_string(&L(x)).unwrap()).unwrap();
-                assert_eq!(back.0, x);
-            }
-            let nan: L = serde_json::from_str(&serde_json::to_string(&L(f64::NAN)).unwrap()).unwrap();
-            assert!(nan.0.is_nan());
-            assert!(serde_json::from_str::<L>("null").unwrap().0.is_nan());
-            assert!(super::super::diverged(f64::NAN, 0.1, [1.0]));
-            assert!(super::super::diverged(0.1, 0.1, [f64::INFINITY]));
-            assert!(!super::super::diverged(0.1, 0.2, [1.0, 2.0]));
-        }
+/// A report reads as its result (`report.test_accuracy`, `report.layers`): the level is the only
+/// thing it adds.
+impl std::ops::Deref for LevelReport {
+    type Target = LevelResult;
+    fn deref(&self) -> &LevelResult {
+        &self.result
     }
 }
 
@@ -415,21 +318,24 @@ fn write_checkpoint(path: &Path, spec: &StepSpec, tr: &train::Trainer, progress:
     artifacts::write_atomic(path, &t)
 }
 
-/// The per-layer report of one mask: counts, bits and dead units.
-pub fn layer_report(m: &LayerMask, weight_norm: f64, output_layer: bool) -> LayerReport {
+/// The per-layer result of one mask: counts, bits and dead units.
+pub fn layer_report(m: &LayerMask, weight_norm: f64, output_layer: bool) -> LayerResult {
     let u = m.units();
-    LayerReport {
+    LayerResult {
         name: m.name.clone(),
         kept: m.kept,
         total: m.total,
         collapsed: m.kept == 0,
-        mask_bits: m.bits.clone(),
+        bits: m.bits.clone(),
         weight_norm,
-        outputs: u.outputs,
-        dead_outputs: u.dead_outputs,
-        inputs: u.inputs,
-        dead_inputs: u.dead_inputs,
-        output_layer,
+        // No output units (a weight of rank 0) reads as "not reported", as on the wire.
+        units: (u.outputs > 0).then_some(UnitStats {
+            outputs: u.outputs,
+            dead_outputs: u.dead_outputs,
+            inputs: u.inputs,
+            dead_inputs: u.dead_inputs,
+            output_layer,
+        }),
     }
 }
 
@@ -632,15 +538,19 @@ fn finish_step(
     }
     let report = LevelReport {
         level: spec.level,
-        sparsity: if all > 0 { 1.0 - kept as f64 / all as f64 } else { 0.0 },
-        test_accuracy,
-        test_loss,
-        train_loss,
-        epochs: (end_it - start_it) as f64 / tr.iterations_per_epoch as f64,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        iterations: end_it - start_it,
-        layers,
-        diverged,
+        result: LevelResult {
+            sparsity: if all > 0 { 1.0 - kept as f64 / all as f64 } else { 0.0 },
+            test_accuracy,
+            test_loss,
+            train_loss,
+            epochs: (end_it - start_it) as f64 / tr.iterations_per_epoch as f64,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            iterations: end_it - start_it,
+            layers,
+            // The daemon knows its slot's device and fills it in.
+            device: String::new(),
+            diverged,
+        },
     };
     std::fs::write(paths.workdir.join(REPORT_FILE), serde_json::to_vec_pretty(&report)?)?;
     let _ = std::fs::remove_file(&paths.checkpoint);

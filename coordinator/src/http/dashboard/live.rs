@@ -1,5 +1,5 @@
 //! `GET /sweeps/{id}/live`: the sweep's events as Server-Sent Events, read from the same events
-//! table as the gRPC WatchSweep stream (`service.rs`) with the same loop: one indexed read per
+//! table as the gRPC WatchSweep stream (`rpc/watch.rs`) with the same loop: one indexed read per
 //! `--watch-poll` interval per open page, nothing when nothing happened, and a fresh summary
 //! (counts per state, per metric) once per batch of events rather than per event.
 //!

@@ -1,7 +1,7 @@
 //! `SweepService.StreamMasks`: a sweep's kept-weight masks, one layer per message.
 //!
-//! Self-contained on purpose (one handler, its own two statements per backend), so that it moves
-//! as a unit into whatever shape the service and store take. GetResults carries the per-layer
+//! Self-contained on purpose (one handler, its own two statements per backend), so that it moved
+//! as a unit when the service became `rpc/`. GetResults carries the per-layer
 //! counts; this carries the bits behind them, for `lthctl export --what masks` and the report's
 //! ticket-overlap plot.
 //!
