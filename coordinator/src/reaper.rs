@@ -16,13 +16,18 @@ use std::time::Duration;
 pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Event watermarks of the last two passes: a pass closes trials with a job that succeeded
+    // after the older one (the first two passes look at every running trial).
+    let (mut older, mut newer): (Option<i64>, Option<i64>) = (None, None);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match store.reap().await {
+        match store.reap_after(older).await {
             Ok(r) => {
+                older = newer;
+                newer = Some(r.event_watermark);
                 metrics::counter!(crate::http::metrics::names::LEASES_LOST).increment(r.lost.len() as u64);
                 for l in &r.lost {
                     tracing::warn!(job_id = l.job_id, attempt = l.attempt, "lease expired: job re-queued (worker lost)");

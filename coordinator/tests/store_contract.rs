@@ -58,6 +58,7 @@ contract!(
     uploaded_inputs_are_recorded_once_per_digest,
     a_lost_artifact_reruns_its_producer_once_while_its_dependents_wait,
     a_node_local_failure_moves_the_job_to_another_worker_and_counts_once,
+    the_reaper_closes_trials_left_open_by_concurrent_completions,
     listed_sweeps_read_as_each_sweep_alone_and_owners_are_cheap_to_check,
 );
 
@@ -1332,4 +1333,36 @@ async fn listed_sweeps_read_as_each_sweep_alone_and_owners_are_cheap_to_check(st
     assert_eq!(store.sweep_owner(a.sweep_id).await.unwrap().as_deref(), Some("alice"));
     assert_eq!(store.sweep_owner(b.sweep_id).await.unwrap(), None);
     assert!(matches!(store.sweep_owner(9_999).await, Err(StoreError::NotFound(_))));
+}
+
+/// The reaper closes a trial whose last jobs completed in concurrent batches (each saw the other
+/// still running). A pass looks only at trials with a job that succeeded after the watermark it
+/// is given (the reaper passes the one of two passes back); a pass without one looks at every
+/// running trial.
+async fn the_reaper_closes_trials_left_open_by_concurrent_completions(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 1);
+    let sweep = store.submit_sweep(&s, None).await.unwrap().sweep_id;
+    register(&store, "w").await;
+    let before = store.reap().await.unwrap().event_watermark;
+    assert_eq!(drive(&store, "w").await, 2);
+    // What two concurrent batches leave behind: every job succeeded, the trial still running.
+    exec(&store, &format!("UPDATE trials SET state = 'running' WHERE sweep_id = {sweep}")).await;
+    exec(&store, &format!("UPDATE sweeps SET state = 'running', finished_at = NULL WHERE id = {sweep}")).await;
+    let now = store.reap_after(None).await.map(|r| r.event_watermark).unwrap();
+    // (That full pass closed it; open it again to look at the windowed passes.)
+    exec(&store, &format!("UPDATE trials SET state = 'running' WHERE sweep_id = {sweep}")).await;
+    exec(&store, &format!("UPDATE sweeps SET state = 'running', finished_at = NULL WHERE id = {sweep}")).await;
+    store.reap_after(Some(now)).await.unwrap();
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {sweep} AND state = 'running'")).await, 1, "no job succeeded after the watermark: not looked at");
+    store.reap_after(Some(before)).await.unwrap();
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {sweep} AND state = 'succeeded'")).await, 1);
+    // (The sweep closes on its jobs alone, in whichever pass comes first.)
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM sweeps WHERE id = {sweep} AND state = 'succeeded'")).await, 1);
+}
+
+async fn exec(store: &Store, sql: &str) {
+    match store {
+        Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+        Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+    }
 }

@@ -9,6 +9,11 @@
 -- with a counted failure can have exclusions, so the common case costs no lookup, and a job
 -- excluded for one worker of a batch waits for a later batch (exclusions are rare).
 --
+-- `j.id = ANY(ARRAY(SELECT id FROM assigned))` makes the update find its rows by primary key: the
+-- generic plan cannot know how few rows `assigned` holds (its LIMIT is a subquery) and otherwise
+-- hash-joins it against a sequential scan of every job (87.7 ms a claim at 102,500 jobs, growing
+-- with the table; 5.2 ms with it; BENCHMARKS.md).
+--
 -- The files each job downloads come back in the same round trip, by keyed lookups per claimed job:
 -- `LIMIT 1` (there is at most one such file) keeps Postgres from flattening the lateral subquery
 -- into a join, which its generic plan, expecting thousands of claimed rows, runs as hash joins over
@@ -32,7 +37,7 @@ WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDI
      claimed AS (UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = a.worker_id,
                         lease_expires_at = now() + make_interval(secs => a.lease_secs), started_at = now(),
                         progress = 0, eta_seconds = NULL
-                   FROM assigned a WHERE j.id = a.id RETURNING j.*, a.ord AS claim_ord),
+                   FROM assigned a WHERE j.id = a.id AND j.id = ANY(ARRAY(SELECT id FROM assigned)) RETURNING j.*, a.ord AS claim_ord),
      hist AS (INSERT INTO job_attempts (job_id, attempt, worker_id, outcome)
               SELECT id, attempt, worker_id, 'running' FROM claimed),
      ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress)

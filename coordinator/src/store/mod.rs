@@ -422,12 +422,21 @@ impl Store {
     /// sweeps with no open jobs left (a backstop for completions that raced each other), and
     /// unblocks jobs whose repaired input was made again.
     pub async fn reap(&self) -> Result<ReapReport> {
-        let (lost, finished_sweeps) = match self {
-            Store::Postgres(p) => postgres::reap::reap(p).await?,
-            Store::Sqlite(p) => sqlite::reap::reap(p).await?,
+        self.reap_after(None).await
+    }
+
+    /// [`Store::reap`], closing only trials with a job that succeeded after event `since` (None:
+    /// every running trial, which cost 303-621 ms a pass at 100k trials). The reaper passes the
+    /// watermark of two passes back ([`ReapReport::event_watermark`]), so a completion that
+    /// committed after a later pass read its watermark (event ids are taken at insert and commit
+    /// in any order) is still looked at.
+    pub async fn reap_after(&self, since: Option<i64>) -> Result<ReapReport> {
+        let (lost, finished_sweeps, event_watermark) = match self {
+            Store::Postgres(p) => postgres::reap::reap(p, since).await?,
+            Store::Sqlite(p) => sqlite::reap::reap(p, since).await?,
         };
         let unblocked_after_repair = self.unblock_repaired().await?;
-        Ok(ReapReport { lost, finished_sweeps, unblocked_after_repair })
+        Ok(ReapReport { lost, finished_sweeps, unblocked_after_repair, event_watermark })
     }
 
     /// Vacuums the jobs table when it holds many dead row versions (Postgres only).

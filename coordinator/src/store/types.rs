@@ -133,12 +133,12 @@ pub use lth_sweep::result::{check_loss, stored_number, LayerResult as LayerInput
 /// The domain's validation ([`ResultInput::validate`]) as a store refusal,
 /// [`StoreError::InvalidResult`](super::StoreError::InvalidResult), on both backends.
 pub trait CheckResult {
-    fn check(&self) -> super::Result<()>;
+    fn check(&self) -> Result<()>;
 }
 
 impl CheckResult for ResultInput {
-    fn check(&self) -> super::Result<()> {
-        self.validate().map_err(|e| super::StoreError::InvalidResult(e.to_string()))
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(|e| StoreError::InvalidResult(e.to_string()))
     }
 }
 
@@ -256,6 +256,9 @@ pub struct ReapReport {
     pub finished_sweeps: Vec<i64>,
     /// Jobs made ready again after the lost file they rewind to was made again (`repair.rs`).
     pub unblocked_after_repair: u64,
+    /// The newest event id when the pass began: later passes look only at trials with a job that
+    /// succeeded after it (see [`super::Store::reap_after`]).
+    pub event_watermark: i64,
 }
 
 /// A vacuum of the jobs table that [`Store::vacuum_jobs_if_needed`] ran.

@@ -5,10 +5,12 @@ use crate::store::error::Result;
 use crate::store::types::Lease;
 use sqlx::{SqlitePool, Row};
 
-/// Re-queues jobs whose lease expired (counted as lost) and closes what is done. Returns the lost
-/// leases and the sweeps it closed.
-pub(crate) async fn reap(pool: &SqlitePool) -> Result<(Vec<Lease>, Vec<i64>)> {
+/// Re-queues jobs whose lease expired (counted as lost) and closes what is done; trials only
+/// among those with a job that succeeded after event `since` (None: every running trial).
+/// Returns the lost leases, the sweeps it closed and the newest event id when it began.
+pub(crate) async fn reap(pool: &SqlitePool, since: Option<i64>) -> Result<(Vec<Lease>, Vec<i64>, i64)> {
     let mut tx = begin_write(pool, "write").await?;
+    let watermark: i64 = sqlx::query_scalar(sql!("newest_event_id")).fetch_one(&mut *tx).await?;
     let rows = sqlx::query(sql!("reap_expired")).fetch_all(&mut *tx).await?;
     let mut lost = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -18,8 +20,15 @@ pub(crate) async fn reap(pool: &SqlitePool) -> Result<(Vec<Lease>, Vec<i64>)> {
         insert_job_event(&mut tx, sweep_id, l.job_id, "ready", l.attempt, None, None).await?;
         lost.push(l);
     }
-    sqlx::query(sql!("close_finished_trials")).execute(&mut *tx).await?;
+    match since {
+        None => {
+            sqlx::query(sql!("close_finished_trials")).execute(&mut *tx).await?;
+        }
+        Some(after) => {
+            sqlx::query(sql!("close_finished_trials_since")).bind(after).execute(&mut *tx).await?;
+        }
+    }
     let finished = finalize_sweeps(&mut tx, None).await?;
     tx.commit().await?;
-    Ok((lost, finished))
+    Ok((lost, finished, watermark))
 }
