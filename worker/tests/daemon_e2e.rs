@@ -548,10 +548,11 @@ async fn a_daemon_stopped_during_a_claim_hands_the_claimed_job_back() {
     wait_until("the daemon's ClaimJobs to wait on the lock", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move {
-            // The claim is the statement that starts with its `req` CTE (store/batch.rs).
+            // The claim is the statement with the `req` CTE (coordinator/queries/postgres/claim.sql,
+            // which starts with comment lines).
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                  AND wait_event_type = 'Lock' AND query LIKE 'WITH req AS%'",
+                  AND wait_event_type = 'Lock' AND query LIKE '%WITH req AS (SELECT%'",
             )
             .fetch_one(&pool)
             .await
