@@ -548,11 +548,11 @@ async fn a_daemon_stopped_during_a_claim_hands_the_claimed_job_back() {
     wait_until("the daemon's ClaimJobs to wait on the lock", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move {
-            // The claim is the statement with the `req` CTE (coordinator/queries/postgres/claim.sql,
-            // which starts with comment lines).
+            // The claim is coordinator/queries/postgres/claim.sql; pg_stat_activity keeps the first
+            // 1 kB of a statement, which for that file is its leading comment.
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                  AND wait_event_type = 'Lock' AND query LIKE '%WITH req AS (SELECT%'",
+                  AND wait_event_type = 'Lock' AND (query LIKE '-- Claims for a batch of workers%' OR query LIKE 'WITH req AS%')",
             )
             .fetch_one(&pool)
             .await
