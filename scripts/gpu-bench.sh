@@ -150,8 +150,12 @@ for w in sorted(glob.glob(f"{out}/**/weights.safetensors", recursive=True)):
         wdt, _, wraw = t[k[5:]]
         size = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "BOOL": 1}
         ms, ws = size[dt], size[wdt]
+        # A pruned weight is w × 0, which is -0.0 for a negative w: zero is every bit clear
+        # but the sign bit (little-endian: the sign is the top bit of the last byte).
+        def is_zero(b):
+            return not any(b[:-1]) and (b[-1] & 0x7F) == 0
         for i in range(len(raw) // ms):
-            if not any(raw[i * ms:(i + 1) * ms]) and any(wraw[i * ws:(i + 1) * ws]):
+            if not any(raw[i * ms:(i + 1) * ms]) and not is_zero(wraw[i * ws:(i + 1) * ws]):
                 bad.append(k); break
         checked += 1
 text = open(log).read()
