@@ -58,15 +58,20 @@ pub fn load_cuda_backend(torch_lib_dir: Option<&Path>) -> Result<Option<PathBuf>
     // SAFETY: dlopen with a valid C string; the handle is intentionally never closed.
     let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     if h.is_null() {
-        // SAFETY: dlerror returns a thread-local C string or null.
-        let err = unsafe {
-            let e = libc::dlerror();
-            if e.is_null() { "unknown error".to_string() } else { CStr::from_ptr(e).to_string_lossy().into_owned() }
-        };
+        let err = dl_error();
         bail!("dlopen {} failed: {err}. Check that --torch-lib-dir points at a torch 2.11 lib folder whose CUDA runtime is installed", lib.display());
     }
     let _ = LOADED.set(lib.clone());
     Ok(Some(lib))
+}
+
+/// The reason of the last failed dlopen/dlsym of this thread.
+pub(crate) fn dl_error() -> String {
+    // SAFETY: dlerror returns a thread-local C string or null.
+    unsafe {
+        let e = libc::dlerror();
+        if e.is_null() { "unknown error".into() } else { CStr::from_ptr(e).to_string_lossy().into_owned() }
+    }
 }
 
 /// See `engine::init_device`.

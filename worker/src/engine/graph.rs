@@ -55,14 +55,6 @@ pub fn built_in() -> bool {
     cfg!(lth_cuda_graph)
 }
 
-fn dl_error() -> String {
-    // SAFETY: dlerror returns a thread-local C string or null.
-    unsafe {
-        let e = libc::dlerror();
-        if e.is_null() { "unknown error".into() } else { CStr::from_ptr(e).to_string_lossy().into_owned() }
-    }
-}
-
 /// Makes an already loaded library's symbols global (dlopen of a loaded object with RTLD_GLOBAL
 /// promotes it); the graph shim resolves libc10_cuda's and the CUDA runtime's symbols from them.
 fn promote(name: &str, noload: bool) {
@@ -95,7 +87,7 @@ fn open_shim() -> Result<*mut c_void> {
     // SAFETY: dlopen of the shim we just wrote.
     let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if h.is_null() {
-        bail!("loading the CUDA-graph shim failed: {} (it needs libtorch_cuda.so and libc10_cuda.so of torch 2.11 loaded first)", dl_error());
+        bail!("loading the CUDA-graph shim failed: {} (it needs libtorch_cuda.so and libc10_cuda.so of torch 2.11 loaded first)", super::cuda::dl_error());
     }
     Ok(h)
 }
