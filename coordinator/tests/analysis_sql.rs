@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use lth_coordinator::store::{Lease, LayerInput, ResultInput, Store, UnitStats};
+use lth_coordinator::store::{Lease, LayerResult, LevelResult, Store, UnitStats};
 use sqlx::Row;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -51,7 +51,7 @@ fn units_of(bits: &[bool], outputs: usize, inputs: usize, output_layer: bool) ->
 /// A LeNet-shaped result (three tiny layers in network order) whose masks depend on metric, seed
 /// and level. min_max empties the output layer from level 3 on (a collapse: every class dead); l1
 /// at level 4 prunes class 0's whole fan-in for seed 1 (one dead class, no collapse).
-fn demo_result(metric: Option<&str>, seed: i64, level: i32) -> ResultInput {
+fn demo_result(metric: Option<&str>, seed: i64, level: i32) -> LevelResult {
     let keep = 0.8f64.powi(level);
     let salt = metric.map(|m| m.len()).unwrap_or(0) + seed as usize;
     let layer = |name: &str, outputs: usize, inputs: usize, collapse: bool, dead_row: Option<usize>, last: bool| {
@@ -62,7 +62,7 @@ fn demo_result(metric: Option<&str>, seed: i64, level: i32) -> ResultInput {
             bits[r * inputs..(r + 1) * inputs].iter_mut().for_each(|b| *b = false);
         }
         let kept = bits.iter().filter(|b| **b).count();
-        LayerInput {
+        LayerResult {
             name: name.into(),
             kept: kept as u64,
             total: total as u64,
@@ -74,7 +74,7 @@ fn demo_result(metric: Option<&str>, seed: i64, level: i32) -> ResultInput {
     };
     let collapse = level >= 3 && metric == Some("min_max");
     let dead_class = (level == 4 && seed == 1 && metric == Some("l1")).then_some(0);
-    ResultInput {
+    LevelResult {
         sparsity: 1.0 - keep,
         test_accuracy: 0.95 - 0.01 * level as f64 - 0.002 * seed as f64,
         test_loss: 0.2,
@@ -193,8 +193,8 @@ fn architectures() -> Vec<(&'static str, Vec<&'static str>)> {
     ]
 }
 
-fn result_with_layers(names: &[&str]) -> ResultInput {
-    ResultInput {
+fn result_with_layers(names: &[&str]) -> LevelResult {
+    LevelResult {
         sparsity: 0.0,
         test_accuracy: 0.5,
         test_loss: 1.0,
@@ -202,7 +202,7 @@ fn result_with_layers(names: &[&str]) -> ResultInput {
         epochs: 1.0,
         wall_seconds: 1.0,
         iterations: 1,
-        layers: names.iter().map(|n| LayerInput { name: (*n).into(), kept: 8, total: 8, bits: vec![0xff], collapsed: false, weight_norm: 1.0, units: None }).collect(),
+        layers: names.iter().map(|n| LayerResult { name: (*n).into(), kept: 8, total: 8, bits: vec![0xff], collapsed: false, weight_norm: 1.0, units: None }).collect(),
         device: String::new(),
         diverged: false,
     }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use lth_coordinator::artifacts::ArtifactStore;
 use lth_coordinator::rpc::ServiceOptions;
-use lth_coordinator::store::{Lease, ResultInput, Store};
+use lth_coordinator::store::{Lease, LevelResult, Store};
 use lth_proto::v1 as pb;
 use pb::sweep_service_client::SweepServiceClient;
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ async fn masks_come_back_bit_for_bit(store: Store) {
     let s = spec(&["magnitude", "l1", "l2"], &[0.5], &[0, 1], 3);
     let first = store.submit_sweep(&s, Some("a")).await.unwrap();
     register(&store, "w").await;
-    let mut sent: HashMap<i64, ResultInput> = HashMap::new();
+    let mut sent: HashMap<i64, LevelResult> = HashMap::new();
     loop {
         let jobs = store.claim_jobs("w", 4, LEASE).await.unwrap();
         if jobs.is_empty() {

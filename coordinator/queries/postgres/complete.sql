@@ -2,12 +2,15 @@
 -- that were refused, with what the job looked like; the others are now succeeded.
 --
 -- Inputs: per completion $1 job, $2 attempt, $3..$9 the result's numbers, $18 whether the attempt's
--- uploads are required, $26 diverged; per mask row $10..$17 and $21..$25; $19 / $20 the uploads a
--- dense / level job needs.
+-- uploads are required, $26 diverged, $27 the device it ran on ('' = not said); per mask row
+-- $10..$17 and $21..$25; $19 / $20 the uploads a dense / level job needs.
 --
--- `chk` reads each job's state and, where required, the uploads it lacks, from the statement's
--- snapshot; `done` then updates only current, complete ones, re-checking the lease under the row
--- lock, so a concurrent expiry still wins.
+-- `chk` reads each job's state, where required the uploads it lacks, and for a level job whether
+-- the layers it reports are its model's (the layers its dense job reported; `model` is returned
+-- only when they differ, for the error), from the statement's snapshot; `done` then updates only
+-- current, complete, valid ones, re-checking the lease under the row lock, so a concurrent expiry
+-- still wins. Where each job ran is recorded in the same statement (`dev`): a second transaction
+-- would cost a second WAL flush per batch.
 --
 -- A job's result and masks are written once, except when the job runs again to repair a file lost
 -- from the object store (repair.rs): then the new run's numbers replace the old ones, which stayed
@@ -19,17 +22,31 @@
 -- job still running; the reaper closes such a sweep on its next pass. The parts of a statement run
 -- in no fixed order; the sweep's closing event reads `ev` so that it is numbered after the jobs'
 -- events, because WatchSweep ends its stream on it.
-WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[], $18::bool[], $26::bool[])
-                  AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, require_uploads, diverged)),
+WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::bigint[], $18::bool[], $26::bool[], $27::text[])
+                  AS i(job_id, attempt, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, require_uploads, diverged, device)),
+     reported AS (SELECT r.job_id, array_agg(r.layer) AS layers FROM unnest($10::bigint[], $11::text[]) AS r(job_id, layer) GROUP BY r.job_id),
+     known AS (SELECT i.job_id,
+                      CASE WHEN j.kind = 'level' THEN
+                        ARRAY(SELECT m.layer FROM jobs d JOIN masks m ON m.job_id = COALESCE(d.reused_from, d.id)
+                               WHERE d.id = j.dense_job_id ORDER BY m.ordinal)
+                      END AS model
+                 FROM input i JOIN jobs j ON j.id = i.job_id),
      chk AS (SELECT i.job_id, i.attempt, j.state, j.attempt AS current_attempt,
                     CASE WHEN i.require_uploads AND j.id IS NOT NULL THEN
                       ARRAY(SELECT need FROM unnest(CASE WHEN j.kind = 'dense' THEN $19::text[] ELSE $20::text[] END) AS need
                              WHERE NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = i.job_id AND a.attempt = i.attempt AND a.name = need))
-                    ELSE '{}'::text[] END AS missing
-               FROM input i LEFT JOIN jobs j ON j.id = i.job_id),
+                    ELSE '{}'::text[] END AS missing,
+                    CASE WHEN cardinality(k.model) > 0
+                              AND NOT (k.model @> COALESCE(r.layers, '{}') AND COALESCE(r.layers, '{}') @> k.model)
+                         THEN k.model END AS bad_layers_model
+               FROM input i LEFT JOIN jobs j ON j.id = i.job_id LEFT JOIN known k ON k.job_id = i.job_id LEFT JOIN reported r ON r.job_id = i.job_id),
      done AS (UPDATE jobs j SET state = 'succeeded', progress = 1, eta_seconds = 0, finished_at = now(), lease_expires_at = NULL
                 FROM chk WHERE j.id = chk.job_id AND j.attempt = chk.attempt AND j.state = 'running' AND cardinality(chk.missing) = 0
+                           AND chk.bad_layers_model IS NULL
               RETURNING j.id, j.attempt, j.sweep_id, j.trial_id, j.level),
+     dev AS (INSERT INTO job_devices (job_id, device)
+             SELECT i.job_id, i.device FROM input i JOIN done ON done.id = i.job_id WHERE i.device <> ''
+             ON CONFLICT (job_id) DO NOTHING),
      att AS (UPDATE job_attempts a SET outcome = 'succeeded', finished_at = now()
                FROM done WHERE a.job_id = done.id AND a.attempt = done.attempt),
      res AS (INSERT INTO level_results (job_id, sparsity, test_accuracy, test_loss, train_loss, epochs, wall_seconds, iterations, diverged)
@@ -71,5 +88,5 @@ WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::f
                                    ORDER BY j.id DESC LIMIT 1)
              RETURNING sweeps.id),
      fin_ev AS (INSERT INTO events (sweep_id, kind) SELECT id, 'sweep' FROM fin WHERE (SELECT count(*) FROM ev) >= 0)
-SELECT chk.job_id, chk.attempt, chk.state, chk.current_attempt, chk.missing FROM chk
+SELECT chk.job_id, chk.attempt, chk.state, chk.current_attempt, chk.missing, chk.bad_layers_model FROM chk
  WHERE NOT EXISTS (SELECT 1 FROM done WHERE done.id = chk.job_id AND done.attempt = chk.attempt)

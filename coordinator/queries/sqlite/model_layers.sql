@@ -1,5 +1,5 @@
--- The prunable layers of each level job in $1 (a JSON array), as its dense job reported them, in network order.
-SELECT x.id AS for_job, m.layer FROM jobs x
+-- The prunable layers of the level job $1, as its dense job reported them, in network order.
+SELECT m.layer FROM jobs x
   JOIN jobs r ON r.id = x.dense_job_id
   JOIN masks m ON m.job_id = COALESCE(r.reused_from, r.id)
- WHERE x.kind = 'level' AND x.id IN (SELECT value FROM json_each($1)) ORDER BY x.id, m.ordinal
+ WHERE x.kind = 'level' AND x.id = $1 ORDER BY m.ordinal

@@ -41,7 +41,7 @@ use clap::Parser;
 use lth_coordinator::group_commit::{GroupCommit, GroupCommitOptions};
 use lth_coordinator::artifacts::ArtifactStore;
 use lth_coordinator::rpc::ServiceOptions;
-use lth_coordinator::store::{uploads_needed, ArtifactRecord, Completion, LayerInput, Lease, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_coordinator::store::{uploads_needed, ArtifactRecord, Completion, LayerResult, Lease, LevelResult, Store, StoreOptions, WorkerRegistration};
 use lth_proto::v1 as pb;
 use pb::worker_service_client::WorkerServiceClient;
 use sha2::{Digest, Sha256};
@@ -200,16 +200,16 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn result(level: i32) -> ResultInput {
+fn result(level: i32) -> LevelResult {
     let layer = |name: &str, total: u64| {
         let kept = if level == 0 { total } else { total * 4 / 5 };
         let mut bits = vec![0u8; total.div_ceil(8) as usize];
         for i in 0..kept as usize {
             bits[i / 8] |= 0x80 >> (i % 8);
         }
-        LayerInput { name: name.into(), kept, total, bits, collapsed: false, weight_norm: 1.0, units: None }
+        LayerResult { name: name.into(), kept, total, bits, collapsed: false, weight_norm: 1.0, units: None }
     };
-    ResultInput {
+    LevelResult {
         sparsity: if level == 0 { 0.0 } else { 0.2 },
         test_accuracy: 0.9,
         test_loss: 0.3,
@@ -238,7 +238,7 @@ impl Path {
         }
         .expect("claim")
     }
-    async fn complete(&self, lease: Lease, r: ResultInput) {
+    async fn complete(&self, lease: Lease, r: LevelResult) {
         match self {
             Path::Direct(s) => s.complete_job(lease, &r).await,
             Path::Group(g) => g.complete(Completion { lease, result: r, require_uploads: false }).await,

@@ -21,16 +21,17 @@ impl SweepSvc {
         if who.role == Role::Admin {
             return Ok(());
         }
-        let s = self.0.store.get_sweep(sweep_id).await.map_err(status)?;
-        if s.owner.as_deref() == Some(who.name.as_str()) {
+        // The owner alone (one row), not the sweep's summary with its counts.
+        let owner = self.0.store.sweep_owner(sweep_id).await.map_err(status)?;
+        if owner.as_deref() == Some(who.name.as_str()) {
             return Ok(());
         }
         let message = format!(
             "sweep {sweep_id} belongs to {}: a submitter token ({:?}) may {verb} only its own sweeps; this needs role admin",
-            s.owner.as_deref().map(|o| format!("{o:?}")).unwrap_or_else(|| "no recorded owner".into()),
+            owner.as_deref().map(|o| format!("{o:?}")).unwrap_or_else(|| "no recorded owner".into()),
             who.name
         );
-        let owner = s.owner.unwrap_or_default();
+        let owner = owner.unwrap_or_default();
         Err(lth_proto::errors::error_status_with(
             tonic::Code::PermissionDenied,
             pb::ErrorReason::NotOwner,
@@ -124,7 +125,7 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = req.into_inner();
         let state = pb::JobState::try_from(req.state).map_err(|_| lth_proto::errors::invalid_argument(format!("unknown job state {}", req.state)))?;
-        self.0.store.sweep_spec(req.sweep_id).await.map_err(status)?;
+        self.0.store.sweep_owner(req.sweep_id).await.map_err(status)?;
         let after: i64 = if req.page_token.is_empty() {
             0
         } else {
@@ -178,7 +179,8 @@ impl pb::sweep_service_server::SweepService for SweepSvc {
 
     async fn get_results(&self, req: Request<pb::GetResultsRequest>) -> Result<Response<pb::GetResultsResponse>, Status> {
         let id = req.into_inner().sweep_id;
-        self.0.store.get_sweep(id).await.map_err(status)?;
+        // Existence only: NOT_FOUND for an unknown sweep rather than an empty table.
+        self.0.store.sweep_owner(id).await.map_err(status)?;
         let rows = self.0.store.results(id).await.map_err(status)?;
         let accuracy = self.0.store.accuracy(id).await.map_err(status)?;
         Ok(Response::new(pb::GetResultsResponse {

@@ -8,7 +8,7 @@ use super::limits::{check_worker_id, MAX_CLAIM};
 use super::{audit, outcome, status, Coordinator};
 use crate::auth::caller;
 use crate::http::metrics::names as M;
-use crate::store::{ClaimedJob, Completion, GpuRow, Lease, ProgressInput, ResultInput, WorkerRegistration};
+use crate::store::{ClaimedJob, Completion, GpuRow, Lease, ProgressInput, LevelResult, WorkerRegistration};
 use lth_proto::v1 as pb;
 use lth_sweep::state::JobKind;
 use std::sync::Arc;
@@ -140,7 +140,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
         let result = r.result.ok_or_else(|| lth_proto::errors::invalid_argument("result is missing: send the level's result with the completion"))?;
-        let input = ResultInput::from(result);
+        let input = LevelResult::from(result);
         let (accuracy, diverged) = (input.test_accuracy, input.diverged);
         // The store refuses, in the completing statement itself, a stale lease and a completion
         // whose attempt has not uploaded what the next levels download.

@@ -49,8 +49,8 @@ pub use lth_sweep::state::AbortReason;
 pub use rules::{layers_match, uploads_needed, FailRule, MAX_EXCLUDED_WORKERS};
 pub use types::{
     check_loss, stored_number, AccuracyRow, ArtifactInfo, ArtifactRecord, ArtifactRow, AttemptRow, ClaimRequest, ClaimedJob, CollapseWarning,
-    Completion, EventRow, Failure, GpuRow, InputRow, JobCountRow, JobCounts, JobResult, JobRow, KeptCell, LayerInput, LayerStatsRow, Lease,
-    LostArtifact, OverlapCell, PoolStats, ProgressInput, ProgressPoint, ReapReport, ResultInput, ResultRow, RunningJob, ScrapeCounts,
+    Completion, EventRow, Failure, GpuRow, InputRow, JobCountRow, JobCounts, JobResult, JobRow, KeptCell, LayerResult, LayerStatsRow, Lease,
+    LostArtifact, OverlapCell, PoolStats, ProgressInput, ProgressPoint, ReapReport, LevelResult, ResultRow, RunningJob, ScrapeCounts,
     SubmitOutcome, SweepInfo, SweepListRow, Throughput, UnitStats, VacuumReport, WorkerRegistration, WorkerRow,
 };
 
@@ -310,7 +310,7 @@ impl Store {
     /// its trial (last level) and sweep (last job). Fenced: a stale lease changes nothing.
     /// Does not ask for the attempt's uploads; the gRPC service completes through
     /// [`Completion::require_uploads`], which does.
-    pub async fn complete_job(&self, lease: Lease, result: &ResultInput) -> Result<()> {
+    pub async fn complete_job(&self, lease: Lease, result: &LevelResult) -> Result<()> {
         let item = Completion { lease, result: result.clone(), require_uploads: false };
         self.complete_jobs(std::slice::from_ref(&item)).await?.pop().expect("one outcome per completion")
     }
@@ -334,49 +334,22 @@ impl Store {
             }
         }
         if !todo.is_empty() {
-            // Layer names the model does not have: the model is known by the layers the job's
-            // dense job reported.
-            let ids: Vec<i64> = todo.iter().map(|&i| items[i].lease.job_id).collect();
-            let model_layers = match self {
-                Store::Postgres(p) => postgres::complete::model_layers(p, &ids).await?,
-                Store::Sqlite(p) => sqlite::complete::model_layers(p, &ids).await?,
-            };
-            todo.retain(|&i| {
-                let Some(known) = model_layers.get(&items[i].lease.job_id) else { return true };
-                let reported: Vec<&str> = items[i].result.layers.iter().map(|l| l.name.as_str()).collect();
-                match layers_match(&reported, known) {
-                    Ok(()) => true,
-                    Err(m) => {
-                        out[i] = Some(Err(StoreError::InvalidResult(format!("invalid result of job {}: {m}", items[i].lease.job_id))));
-                        false
-                    }
-                }
-            });
-        }
-        if !todo.is_empty() {
-            // The refused leases and why; every other item in `todo` was applied.
+            // The refused leases and why; every other item in `todo` was applied, with where it
+            // ran, and a level job's layers were checked against its model's (the layers its
+            // dense job reported) in the same transaction.
             let mut refused: HashMap<Lease, Refusal> = match self {
                 Store::Postgres(p) => postgres::complete::complete(p, items, &todo).await?,
                 Store::Sqlite(p) => sqlite::complete::complete(p, items, &todo).await?,
             };
-            let mut devices: Vec<(i64, &str)> = Vec::new();
             for &i in &todo {
                 let l = items[i].lease;
                 out[i] = Some(match refused.remove(&l) {
-                    None => {
-                        let device = items[i].result.device.as_str();
-                        if !device.is_empty() {
-                            devices.push((l.job_id, device));
-                        }
-                        Ok(())
+                    None => Ok(()),
+                    Some(why) => {
+                        let reported: Vec<&str> = items[i].result.layers.iter().map(|l| l.name.as_str()).collect();
+                        Err(why.into_error(l, &reported))
                     }
-                    Some(why) => Err(why.into_error(l)),
                 });
-            }
-            // After the completions committed, and never failing them: a job without a device
-            // row only goes unmeasured.
-            if let Err(e) = self.record_devices(&devices).await {
-                tracing::warn!(error = %e, jobs = devices.len(), "could not record where finished jobs ran; their throughput goes unmeasured");
             }
         }
         Ok(out.into_iter().map(|o| o.expect("every item has an outcome")).collect())
@@ -577,17 +550,6 @@ impl Store {
         match self {
             Store::Postgres(p) => postgres::results::results(p, sweep_id).await,
             Store::Sqlite(p) => sqlite::results::results(p, sweep_id).await,
-        }
-    }
-
-    /// Records where jobs that just completed ran (`(job id, device)`, devices non-empty).
-    async fn record_devices(&self, devices: &[(i64, &str)]) -> Result<()> {
-        if devices.is_empty() {
-            return Ok(());
-        }
-        match self {
-            Store::Postgres(p) => postgres::throughput::record_devices(p, devices).await,
-            Store::Sqlite(p) => sqlite::throughput::record_devices(p, devices).await,
         }
     }
 

@@ -73,20 +73,29 @@ pub(crate) enum Refusal {
     Stale { state: String, attempt: i32 },
     /// The attempt did not upload these artifacts.
     MissingUploads(Vec<String>),
+    /// The result's layers are not its model's, which are these (the layers the job's dense job
+    /// reported, in network order).
+    WrongLayers(Vec<String>),
 }
 
 impl Refusal {
     /// What a completion that found the job `state` at `attempt` (None: no such job) lacking
-    /// `missing` uploads was refused for.
-    pub(crate) fn of(lease: super::Lease, state: Option<String>, attempt: i32, missing: Vec<String>) -> Refusal {
+    /// `missing` uploads, with layers that differ from `model` (None: they match, or the model
+    /// is not known), was refused for. A stale lease is stale whatever its result says.
+    pub(crate) fn of(lease: super::Lease, state: Option<String>, attempt: i32, missing: Vec<String>, model: Option<Vec<String>>) -> Refusal {
         match state {
             None => Refusal::NoSuchJob,
-            Some(state) if state == "running" && attempt == lease.attempt && !missing.is_empty() => Refusal::MissingUploads(missing),
+            Some(state) if state == "running" && attempt == lease.attempt => match model {
+                Some(model) => Refusal::WrongLayers(model),
+                None if !missing.is_empty() => Refusal::MissingUploads(missing),
+                None => Refusal::Stale { state, attempt },
+            },
             Some(state) => Refusal::Stale { state, attempt },
         }
     }
 
-    pub(crate) fn into_error(self, lease: super::Lease) -> StoreError {
+    /// The error a completion of `lease` reporting the layers `reported` gets for this refusal.
+    pub(crate) fn into_error(self, lease: super::Lease, reported: &[&str]) -> StoreError {
         match self {
             Refusal::NoSuchJob => StoreError::NotFound(format!("job {} does not exist: check the lease the claim returned", lease.job_id)),
             // The row changed between the statement's snapshot and its update (a concurrent
@@ -99,6 +108,10 @@ impl Refusal {
                 "job {} completed without uploading {names:?} in attempt {}: upload them with UploadArtifact, then complete",
                 lease.job_id, lease.attempt
             )),
+            Refusal::WrongLayers(model) => {
+                let why = layers_match(reported, &model).err().unwrap_or_else(|| format!("its layers are not the model's ({})", model.join(", ")));
+                StoreError::InvalidResult(format!("invalid result of job {}: {why}", lease.job_id))
+            }
         }
     }
 }
@@ -146,10 +159,19 @@ mod tests {
     #[test]
     fn a_refusal_names_its_cause() {
         let lease = super::super::Lease { job_id: 7, attempt: 2 };
-        assert!(matches!(Refusal::of(lease, None, 0, vec![]), Refusal::NoSuchJob));
-        assert!(matches!(Refusal::of(lease, Some("running".into()), 2, vec!["weights".into()]), Refusal::MissingUploads(_)));
-        assert!(matches!(Refusal::of(lease, Some("running".into()), 3, vec!["weights".into()]), Refusal::Stale { .. }));
-        assert!(matches!(Refusal::of(lease, Some("ready".into()), 2, vec![]), Refusal::Stale { .. }));
-        assert!(matches!(Refusal::of(lease, Some("running".into()), 3, vec![]).into_error(lease), StoreError::StaleLease(_)));
+        let model = || Some(vec!["fc1.weight".to_string(), "fc2.weight".to_string()]);
+        assert!(matches!(Refusal::of(lease, None, 0, vec![], None), Refusal::NoSuchJob));
+        assert!(matches!(Refusal::of(lease, Some("running".into()), 2, vec!["weights".into()], None), Refusal::MissingUploads(_)));
+        assert!(matches!(Refusal::of(lease, Some("running".into()), 3, vec!["weights".into()], None), Refusal::Stale { .. }));
+        assert!(matches!(Refusal::of(lease, Some("ready".into()), 2, vec![], None), Refusal::Stale { .. }));
+        assert!(matches!(Refusal::of(lease, Some("running".into()), 3, vec![], None).into_error(lease, &[]), StoreError::StaleLease(_)));
+        // Wrong layers on the current attempt: the result is invalid (whatever else it lacks);
+        // on a stale lease the staleness is what the worker must act on.
+        assert!(matches!(Refusal::of(lease, Some("running".into()), 2, vec!["weights".into()], model()), Refusal::WrongLayers(_)));
+        assert!(matches!(Refusal::of(lease, Some("running".into()), 3, vec![], model()), Refusal::Stale { .. }));
+        match Refusal::of(lease, Some("running".into()), 2, vec![], model()).into_error(lease, &["fc1.weight", "fc9.weight"]) {
+            StoreError::InvalidResult(m) => assert!(m.contains("job 7") && m.contains("\"fc9.weight\" is not a layer"), "{m}"),
+            e => panic!("{e:?}"),
+        }
     }
 }

@@ -126,17 +126,17 @@ pub struct ClaimedJob {
     pub resume_checkpoint: Option<ArtifactRow>,
 }
 
-// Result types: the domain's `lth_sweep::result`, under the store's names (the engine emits a
-// LevelResult, CompleteJob carries it, the store records it).
-pub use lth_sweep::result::{check_loss, stored_number, LayerResult as LayerInput, LevelResult as ResultInput, UnitStats};
+// Result types: the domain's own `lth_sweep::result` (the engine emits a LevelResult, CompleteJob
+// carries it, the store records it).
+pub use lth_sweep::result::{check_loss, stored_number, LayerResult, LevelResult, UnitStats};
 
-/// The domain's validation ([`ResultInput::validate`]) as a store refusal,
+/// The domain's validation ([`LevelResult::validate`]) as a store refusal,
 /// [`StoreError::InvalidResult`](super::StoreError::InvalidResult), on both backends.
 pub trait CheckResult {
     fn check(&self) -> Result<()>;
 }
 
-impl CheckResult for ResultInput {
+impl CheckResult for LevelResult {
     fn check(&self) -> Result<()> {
         self.validate().map_err(|e| StoreError::InvalidResult(e.to_string()))
     }
@@ -283,7 +283,7 @@ pub struct ClaimRequest {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub lease: Lease,
-    pub result: ResultInput,
+    pub result: LevelResult,
     /// Refuse the completion unless this attempt uploaded the files its dependents download
     /// ([`uploads_needed`]). The gRPC service always sets it: a job marked succeeded without
     /// its weights would strand every child. Checked in the same statement that completes, so

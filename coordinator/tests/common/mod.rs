@@ -3,7 +3,7 @@
 //! contract and gRPC tests.
 #![allow(dead_code)]
 
-use lth_coordinator::store::{ClaimedJob, LayerInput, ResultInput, Store, StoreOptions, WorkerRegistration};
+use lth_coordinator::store::{ClaimedJob, LayerResult, LevelResult, Store, StoreOptions, WorkerRegistration};
 use lth_sweep::SweepSpec;
 use sqlx::Row;
 
@@ -70,16 +70,16 @@ pub fn pack(bits: &[bool]) -> Vec<u8> {
 
 /// A plausible result for a job: two layers of 16 and 12 weights, pruned at the job's rate per
 /// level, with a mask that depends on the metric (so tickets of different metrics differ).
-pub fn fabricated_result(job: &ClaimedJob) -> ResultInput {
+pub fn fabricated_result(job: &ClaimedJob) -> LevelResult {
     let j = &job.job;
     let keep = (1.0 - j.rate).powi(j.level);
     let salt = j.metric.as_deref().map(|m| m.len()).unwrap_or(0);
     let layer = |name: &str, total: usize, collapse: bool| {
         let kept = if collapse { 0 } else { ((total as f64) * keep).round().max(1.0) as usize };
         let bits: Vec<bool> = (0..total).map(|i| ((i + salt) % total) < kept).collect();
-        LayerInput { name: name.into(), kept: kept as u64, total: total as u64, bits: pack(&bits), collapsed: collapse, weight_norm: 1.5, units: None }
+        LayerResult { name: name.into(), kept: kept as u64, total: total as u64, bits: pack(&bits), collapsed: collapse, weight_norm: 1.5, units: None }
     };
-    ResultInput {
+    LevelResult {
         sparsity: 1.0 - keep,
         test_accuracy: 0.9 - 0.01 * j.level as f64 - 0.001 * j.seed as f64,
         test_loss: 0.3,

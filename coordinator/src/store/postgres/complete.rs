@@ -7,21 +7,12 @@ use crate::store::types::{stored_number, Completion, Lease};
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 
-/// The prunable layers of each level job's model, as its dense job (finished, since it is an
-/// ancestor) reported them. Dense jobs, and jobs whose dense job reported none, are left out.
-pub(crate) async fn model_layers(pool: &PgPool, job_ids: &[i64]) -> Result<HashMap<i64, Vec<String>>> {
-    let mut out: HashMap<i64, Vec<String>> = HashMap::new();
-    for r in sqlx::query(sql!("model_layers")).bind(job_ids).fetch_all(pool).await? {
-        out.entry(r.try_get("for_job")?).or_default().push(r.try_get("layer")?);
-    }
-    Ok(out)
-}
-
 /// Completes `items[todo]`. Returns the leases that were refused and why; the others are now
 /// succeeded.
 pub(crate) async fn complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<HashMap<Lease, Refusal>> {
     let n = todo.len();
-    let (mut job_ids, mut attempts, mut require, mut diverged) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut job_ids, mut attempts, mut require, mut diverged, mut device) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut sparsity, mut acc, mut test_loss, mut train_loss, mut epochs, mut wall, mut iters) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let layers: usize = todo.iter().map(|&i| items[i].result.layers.len()).sum();
@@ -43,6 +34,7 @@ pub(crate) async fn complete(pool: &PgPool, items: &[Completion], todo: &[usize]
         attempts.push(l.attempt);
         require.push(items[i].require_uploads);
         diverged.push(r.diverged);
+        device.push(r.device.as_str());
         sparsity.push(r.sparsity);
         acc.push(r.test_accuracy);
         test_loss.push(stored_number(r.test_loss));
@@ -93,6 +85,7 @@ pub(crate) async fn complete(pool: &PgPool, items: &[Completion], todo: &[usize]
         .bind(&u_dead_in)
         .bind(&u_final)
         .bind(&diverged)
+        .bind(&device)
         .fetch_all(&mut *pool_wait::acquire(pool, "complete").await?)
         .await?;
     let mut refused = HashMap::with_capacity(rows.len());
@@ -100,7 +93,8 @@ pub(crate) async fn complete(pool: &PgPool, items: &[Completion], todo: &[usize]
         let lease = Lease { job_id: r.try_get("job_id")?, attempt: r.try_get("attempt")? };
         let state: Option<String> = r.try_get("state")?;
         let (attempt, missing) = if state.is_some() { (r.try_get("current_attempt")?, r.try_get("missing")?) } else { (0, Vec::new()) };
-        refused.insert(lease, Refusal::of(lease, state, attempt, missing));
+        let model: Option<Vec<String>> = r.try_get("bad_layers_model")?;
+        refused.insert(lease, Refusal::of(lease, state, attempt, missing, model));
     }
     Ok(refused)
 }

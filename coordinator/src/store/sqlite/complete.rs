@@ -4,23 +4,17 @@
 
 use super::{begin_write, finalize_sweeps, insert_job_event};
 use crate::store::error::Result;
-use crate::store::rules::{uploads_needed, Refusal};
-use crate::store::submit::BIND_ROWS;
+use crate::store::rules::{layers_match, uploads_needed, Refusal};
 use crate::store::types::{stored_number, Completion, Lease};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 
-/// The prunable layers of each level job's model, as its dense job (finished, since it is an
-/// ancestor) reported them. Dense jobs, and jobs whose dense job reported none, are left out.
-pub(crate) async fn model_layers(pool: &SqlitePool, job_ids: &[i64]) -> Result<HashMap<i64, Vec<String>>> {
-    let mut out: HashMap<i64, Vec<String>> = HashMap::new();
-    for chunk in job_ids.chunks(BIND_ROWS) {
-        let ids = serde_json::to_string(chunk).expect("ids serialise");
-        for r in sqlx::query(sql!("model_layers")).bind(ids).fetch_all(pool).await? {
-            out.entry(r.try_get("for_job")?).or_default().push(r.try_get("layer")?);
-        }
-    }
-    Ok(out)
+/// The prunable layers of a level job's model, as its dense job (finished, since it is an
+/// ancestor) reported them, in network order. Empty for a dense job, or when the dense job
+/// reported none.
+async fn model_layers(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query(sql!("model_layers")).bind(job_id).fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| Ok(r.try_get("layer")?)).collect()
 }
 
 /// Completes `items[todo]` and closes the sweeps they finish. Returns the leases that were
@@ -56,6 +50,15 @@ async fn complete_one(conn: &mut SqliteConnection, item: &Completion) -> Result<
     let (state, attempt, kind): (String, i32, String) = (job.try_get("state")?, job.try_get("attempt")?, job.try_get("kind")?);
     if state != "running" || attempt != lease.attempt {
         return Ok(Err(Refusal::Stale { state, attempt }));
+    }
+    // Layer names the model does not have (the model is known by the layers the job's dense job
+    // reported): checked here, under the write lock, as Postgres checks them in its statement.
+    let model = model_layers(conn, lease.job_id).await?;
+    if !model.is_empty() {
+        let reported: Vec<&str> = result.layers.iter().map(|l| l.name.as_str()).collect();
+        if layers_match(&reported, &model).is_err() {
+            return Ok(Err(Refusal::WrongLayers(model)));
+        }
     }
     if item.require_uploads {
         let uploaded: Vec<String> = sqlx::query_scalar(sql!("attempt_uploads")).bind(lease.job_id).bind(lease.attempt).fetch_all(&mut *conn).await?;
@@ -113,5 +116,9 @@ async fn complete_one(conn: &mut SqliteConnection, item: &Completion) -> Result<
         sqlx::query(sql!("close_trial")).bind(trial_id).execute(&mut *conn).await?;
     }
     insert_job_event(conn, sweep_id, lease.job_id, "succeeded", lease.attempt, Some(1.0), None).await?;
+    // Where it ran, in the completion's transaction (a missing row only means "not measured").
+    if !result.device.is_empty() {
+        sqlx::query(sql!("record_device")).bind(lease.job_id).bind(&result.device).execute(&mut *conn).await?;
+    }
     Ok(Ok(sweep_id))
 }
