@@ -749,8 +749,9 @@ fn hex_sha(bytes: &[u8]) -> String {
 fn wait_finished(c: &Cluster, id: &str, secs: u64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let out = c.lthctl(&["status", id]).expect_ok("status");
         let ls = c.lthctl(&["ls"]).expect_ok("ls");
+        // Status is read after ls saw the sweep failed: read before, it may predate the failure.
+        let out = c.lthctl(&["status", id]).expect_ok("status");
         if ls.lines().any(|l| l.split_whitespace().next() == Some(id) && l.split_whitespace().any(|w| w == "failed")) {
             return out;
         }
