@@ -103,12 +103,12 @@ pub const SCENARIOS: &[Scenario] = &[
         test: Some("chaos/tests/faults.rs::a_hostile_client_is_refused_at_every_limit_and_the_sweep_finishes"),
     },
     Scenario {
-        fault: "a ~288,000-job grid submitted on SQLite while a daemon trains under a 3 s lease, then cancelled",
+        fault: "a ~288,000-job grid submitted on SQLite while a daemon trains under a 3 s lease",
         failure_mode: Some(7),
         test: Some("chaos/tests/faults.rs::a_big_submit_on_sqlite_starves_no_lease"),
     },
     Scenario {
-        fault: "a ~96,000-job grid submitted on Postgres while a daemon trains under a 3 s lease, then cancelled",
+        fault: "a ~96,000-job grid submitted on Postgres while a daemon trains under a 3 s lease",
         failure_mode: Some(7),
         test: Some("chaos/tests/faults.rs::a_big_submit_on_postgres_starves_no_lease"),
     },
