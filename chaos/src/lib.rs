@@ -1,6 +1,7 @@
 //! The fault suite (issue 9): the real `lth-coordinator`, `lth-worker daemon` and `lthctl`
-//! processes on real sockets and a real Postgres, each scenario disturbing a tiny digits sweep one
-//! way, and every scenario held to the same bar ([`assert_recovered`]):
+//! processes on real sockets and a real Postgres (SQLite where the scenario is about that backend),
+//! each scenario disturbing a tiny digits sweep one way, and every scenario held to the same bar
+//! ([`assert_recovered`], on either backend):
 //!
 //! 1. the sweep reaches a final state (succeeded);
 //! 2. its results equal an undisturbed run bit for bit on CPU (`lth-worker run-local` of every
@@ -14,8 +15,15 @@
 //! The scenarios are listed in [`SCENARIOS`] with the test that runs each. Some ran as tests of
 //! `worker/tests/daemon_e2e.rs` before this suite existed and stay there (same names); the suite's
 //! own are in `chaos/tests/faults.rs`. `chaos/tests/scenarios.rs` checks that every listed test
-//! exists, so the list cannot drift. A slot with `test: None` would be a fault still without its
-//! test; there is none today.
+//! exists, so the list cannot drift, and that every one of issue 9's ten failure modes has a
+//! scenario. A slot with `test: None` would be a fault still without its test; there is none today.
+//!
+//! Besides process deaths, the suite's own scenarios include a hostile gRPC client going over every
+//! limit of the coordinator while a sweep runs (failure 6: each refusal checked by its code and
+//! ErrorInfo reason, never its text), a big submit (~288,000 jobs on SQLite, ~96,000 on Postgres)
+//! beside a daemon under a 3 s lease (failure 7: a probe times heartbeats through it), and a sweep
+//! that failed for good, re-queued with `lthctl retry`, beside a daemon killed -9 and listed as
+//! lost (failure 9).
 //!
 //! # Layout
 //! - `src/lib.rs`: the scenario list and the shared checks.
@@ -25,7 +33,7 @@
 //! The processes, databases and result readers are lth-testkit's.
 
 use lth_proto::v1 as pb;
-use lth_testkit::results::{assert_no_duplicate_rows, assert_nothing_running, assert_one_result_per_trial_level, assert_same_results, run_local, stored_results};
+use lth_testkit::results::{assert_no_duplicate_rows, assert_nothing_running, assert_one_result_per_trial_level, assert_same_results, run_local, sqlite, stored_results};
 use lth_testkit::{Cluster, DigitsSweep};
 use std::future::Future;
 use std::path::Path;
@@ -90,6 +98,21 @@ pub const SCENARIOS: &[Scenario] = &[
         test: Some("worker/tests/daemon_e2e.rs::a_diverged_run_is_recorded_as_diverged_with_its_level"),
     },
     Scenario {
+        fault: "a hostile client over every limit while a sweep runs: a grid over the 100,000-job cap, worker ids of 129 characters or with control characters, uploads under names the job kind does not make, over --max-artifact-mib (declared and streamed) and under a handed-back lease, made-up page tokens, pages of u32::MAX rows",
+        failure_mode: Some(6),
+        test: Some("chaos/tests/faults.rs::a_hostile_client_is_refused_at_every_limit_and_the_sweep_finishes"),
+    },
+    Scenario {
+        fault: "a ~288,000-job grid submitted on SQLite while a daemon trains under a 3 s lease",
+        failure_mode: Some(7),
+        test: Some("chaos/tests/faults.rs::a_big_submit_on_sqlite_starves_no_lease"),
+    },
+    Scenario {
+        fault: "a ~96,000-job grid submitted on Postgres while a daemon trains under a 3 s lease",
+        failure_mode: Some(7),
+        test: Some("chaos/tests/faults.rs::a_big_submit_on_postgres_starves_no_lease"),
+    },
+    Scenario {
         fault: "SIGTERM to a daemon mid-job: checkpoint uploaded, job released and claimable at once",
         failure_mode: Some(8),
         test: Some("worker/tests/daemon_e2e.rs::a_daemon_stopped_mid_job_hands_the_job_back_at_once"),
@@ -98,6 +121,11 @@ pub const SCENARIOS: &[Scenario] = &[
         fault: "SIGTERM to a daemon while its ClaimJobs is in flight: what the claim brought is handed back",
         failure_mode: Some(8),
         test: Some("worker/tests/daemon_e2e.rs::a_daemon_stopped_during_a_claim_hands_the_claimed_job_back"),
+    },
+    Scenario {
+        fault: "a job failed for good (its process killed -9 under max_attempts = 1) and a daemon killed -9: the sweep fails, the dead daemon is listed as lost only by `lthctl workers --all`, `lthctl retry` reopens the sweep",
+        failure_mode: Some(9),
+        test: Some("chaos/tests/faults.rs::a_failed_sweep_is_retried_with_lthctl_and_a_dead_daemon_is_listed_as_lost"),
     },
     Scenario {
         fault: "identical sweeps in flight at once, submitted with lthctl",
@@ -118,14 +146,21 @@ pub async fn assert_recovered(c: &mut Cluster, sweep_id: i64, sweep: &DigitsSwee
 }
 
 /// Bars 2 and 3 for a finished sweep: one result per (trial, level), no content hash stored
-/// twice, and every chain equal to run-local's bit for bit.
+/// twice, and every chain equal to run-local's bit for bit. On either backend.
 pub async fn assert_results_match(c: &Cluster, sweep_id: i64, sweep: &DigitsSweep, chains: &[Chain]) {
-    let pool = c.db.pool().await;
     let trial_levels = chains.len() as i64 * (1 + sweep.levels as i64);
-    assert_one_result_per_trial_level(&pool, sweep_id, trial_levels).await;
-    assert_no_duplicate_rows(&pool).await;
+    let stored = if c.db.is_postgres() {
+        let pool = c.db.pool().await;
+        assert_one_result_per_trial_level(&pool, sweep_id, trial_levels).await;
+        assert_no_duplicate_rows(&pool).await;
+        stored_results(&pool, sweep_id).await
+    } else {
+        let pool = c.db.sqlite_pool().await;
+        sqlite::assert_one_result_per_trial_level(&pool, sweep_id, trial_levels).await;
+        sqlite::assert_no_duplicate_rows(&pool).await;
+        sqlite::stored_results(&pool, sweep_id).await
+    };
     let file = c.write_file(&format!("undisturbed-{sweep_id}.toml"), &sweep.toml());
-    let stored = stored_results(&pool, sweep_id).await;
     for (metric, seed) in chains {
         let mine: Vec<_> = stored.iter().filter(|s| s.metric == *metric && s.seed == *seed as i64).cloned().collect();
         let local = run_local(c.dir.path(), &file, metric, &sweep.rates.join(","), *seed, sweep.levels);
@@ -137,7 +172,11 @@ pub async fn assert_results_match(c: &Cluster, sweep_id: i64, sweep: &DigitsSwee
 /// process), and the store has no running job or open attempt.
 pub async fn assert_nothing_left(c: &mut Cluster) {
     c.stop_workers_and_check_none_left(Duration::from_secs(30));
-    assert_nothing_running(&c.db.pool().await).await;
+    if c.db.is_postgres() {
+        assert_nothing_running(&c.db.pool().await).await;
+    } else {
+        sqlite::assert_nothing_running(&c.db.sqlite_pool().await).await;
+    }
 }
 
 /// Polls `f` every 100 ms until it is true; fails the test after `within`.
@@ -161,6 +200,47 @@ pub async fn job_mid_way(pool: &sqlx::PgPool, sweep_id: i64, worker: &str, withi
         let row: Option<(i64,)> = sqlx::query_as(
             "SELECT j.id FROM jobs j JOIN artifacts a ON a.job_id = j.id AND a.name = 'checkpoint' \
               WHERE j.sweep_id = $1 AND j.state = 'running' AND j.worker_id = $2 AND j.progress > 0 ORDER BY j.id LIMIT 1",
+        )
+        .bind(sweep_id)
+        .bind(worker)
+        .fetch_optional(pool)
+        .await
+        .unwrap_or(None);
+        if let Some((id,)) = row {
+            return id;
+        }
+        assert!(t0.elapsed() < within, "no job of sweep {sweep_id} running with a checkpoint on {worker} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`job_mid_way`] on any worker: (job id, the worker running it).
+pub async fn any_job_mid_way(pool: &sqlx::PgPool, sweep_id: i64, within: Duration) -> (i64, String) {
+    let t0 = Instant::now();
+    loop {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT j.id, j.worker_id FROM jobs j JOIN artifacts a ON a.job_id = j.id AND a.name = 'checkpoint' \
+              WHERE j.sweep_id = $1 AND j.state = 'running' AND j.progress > 0 ORDER BY j.id LIMIT 1",
+        )
+        .bind(sweep_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap_or(None);
+        if let Some(found) = row {
+            return found;
+        }
+        assert!(t0.elapsed() < within, "no job of sweep {sweep_id} running with a checkpoint after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`job_mid_way`] on a SQLite store.
+pub async fn job_mid_way_sqlite(pool: &sqlx::SqlitePool, sweep_id: i64, worker: &str, within: Duration) -> i64 {
+    let t0 = Instant::now();
+    loop {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT j.id FROM jobs j JOIN artifacts a ON a.job_id = j.id AND a.name = 'checkpoint' \
+              WHERE j.sweep_id = ? AND j.state = 'running' AND j.worker_id = ? AND j.progress > 0 ORDER BY j.id LIMIT 1",
         )
         .bind(sweep_id)
         .bind(worker)

@@ -89,6 +89,14 @@ impl TestDb {
         sqlx::PgPool::connect(&self.url).await.unwrap()
     }
 
+    /// A read-only pool on the (SQLite) database, for the test's own queries: it never takes
+    /// the write lock the coordinator's writers wait for.
+    pub async fn sqlite_pool(&self) -> sqlx::SqlitePool {
+        assert!(!self.is_postgres(), "TestDb::sqlite_pool is for SQLite databases");
+        let opts = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&self.url).unwrap().read_only(true);
+        sqlx::sqlite::SqlitePoolOptions::new().max_connections(2).connect_with(opts).await.unwrap()
+    }
+
     /// Drops the database and creates it empty under the same name (a store reset).
     pub async fn recreate(&self) {
         let (admin, name) = self.pg.clone().expect("recreate is for Postgres databases");

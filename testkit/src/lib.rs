@@ -14,8 +14,8 @@
 //!   and released before the coordinator binds it).
 //! - [`cluster`]: a coordinator, its database and CPU worker daemons in one temporary folder,
 //!   with the gRPC calls the process tests make.
-//! - [`results`]: stored results read back from Postgres, and `lth-worker run-local`'s for the
-//!   same chain, to compare bit for bit.
+//! - [`results`]: stored results read back from Postgres (or SQLite: [`results::sqlite`]), and
+//!   `lth-worker run-local`'s for the same chain, to compare bit for bit.
 //! - [`sweeps`]: small digits sweeps as TOML or [`lth_sweep::SweepSpec`].
 
 pub mod cluster;

@@ -1,4 +1,4 @@
-//! A sweep's stored results read back from Postgres, `lth-worker run-local`'s for the same chain,
+//! A sweep's stored results read back from Postgres (or SQLite: [`sqlite`]), `lth-worker run-local`'s for the same chain,
 //! and the invariants a finished sweep must hold (one result and one set of masks per
 //! (trial, level), nothing running).
 //!
@@ -157,4 +157,97 @@ pub async fn assert_nothing_running(pool: &sqlx::PgPool) {
     let open: Vec<(i64, i32)> =
         sqlx::query_as("SELECT job_id, attempt FROM job_attempts WHERE outcome = 'running' ORDER BY 1, 2").fetch_all(pool).await.unwrap();
     assert!(open.is_empty(), "attempts still open: {open:?}");
+}
+
+/// The same readers and invariants on a SQLite store (same tables and views; masks' bits are a
+/// BLOB there, MSB-first, turned into the '0'/'1' text Postgres gives).
+pub mod sqlite {
+    use super::{bit_string, StoredLevel};
+    use sqlx::{Row, SqlitePool};
+
+    /// [`super::stored_results`] on SQLite.
+    pub async fn stored_results(pool: &SqlitePool, sweep_id: i64) -> Vec<StoredLevel> {
+        let rows = sqlx::query(
+            "SELECT metric, seed, level, result_job_id, test_accuracy, sparsity FROM trial_results \
+              WHERE sweep_id = ? AND control IS NULL ORDER BY metric, seed, level",
+        )
+        .bind(sweep_id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for r in rows {
+            let job: i64 = r.get("result_job_id");
+            let layers = sqlx::query("SELECT layer, kept, total, bits FROM masks WHERE job_id = ? ORDER BY ordinal")
+                .bind(job)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| {
+                    let bits: Vec<u8> = m.get("bits");
+                    (m.get::<String, _>("layer"), m.get::<i64, _>("kept"), bit_string(&bits, m.get::<i64, _>("total") as u64))
+                })
+                .collect();
+            out.push(StoredLevel {
+                metric: r.get("metric"),
+                seed: r.get("seed"),
+                level: r.get::<i64, _>("level") as i32,
+                test_accuracy: r.get("test_accuracy"),
+                sparsity: r.get("sparsity"),
+                layers,
+            });
+        }
+        out
+    }
+
+    /// [`super::assert_one_result_per_trial_level`] on SQLite.
+    pub async fn assert_one_result_per_trial_level(pool: &SqlitePool, sweep_id: i64, expected: i64) {
+        let rows: Vec<(i64, i64, i64)> =
+            sqlx::query_as("SELECT trial_id, level, count(*) FROM trial_results WHERE sweep_id = ? GROUP BY trial_id, level ORDER BY 1, 2")
+                .bind(sweep_id)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(rows.len() as i64, expected, "a result row for every (metric, rate, seed, level): {rows:?}");
+        assert!(rows.iter().all(|r| r.2 == 1), "no duplicate results: {rows:?}");
+        let masks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT DISTINCT tl.trial_id, tl.level FROM trial_levels tl JOIN masks m ON m.job_id = tl.result_job_id WHERE tl.sweep_id = ?)",
+        )
+        .bind(sweep_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(masks, expected, "masks stored for every (trial, level)");
+    }
+
+    /// [`super::assert_no_duplicate_rows`] on SQLite.
+    pub async fn assert_no_duplicate_rows(pool: &SqlitePool) {
+        let twins: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT j.content_hash, count(*) FROM jobs j JOIN level_results r ON r.job_id = j.id \
+              GROUP BY j.content_hash HAVING count(*) > 1",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(twins.is_empty(), "content hashes computed and stored more than once: {twins:?}");
+        let without: Vec<(i64,)> = sqlx::query_as(
+            "SELECT j.id FROM jobs j LEFT JOIN level_results r ON r.job_id = COALESCE(j.reused_from, j.id) \
+              WHERE j.state = 'succeeded' AND r.job_id IS NULL",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(without.is_empty(), "succeeded jobs without a result: {without:?}");
+    }
+
+    /// [`super::assert_nothing_running`] on SQLite.
+    pub async fn assert_nothing_running(pool: &SqlitePool) {
+        let running: Vec<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, worker_id FROM jobs WHERE state = 'running' ORDER BY id").fetch_all(pool).await.unwrap();
+        assert!(running.is_empty(), "jobs still running: {running:?}");
+        let open: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT job_id, attempt FROM job_attempts WHERE outcome = 'running' ORDER BY 1, 2").fetch_all(pool).await.unwrap();
+        assert!(open.is_empty(), "attempts still open: {open:?}");
+    }
 }
