@@ -1368,3 +1368,27 @@ async fn exec(store: &Store, sql: &str) {
         Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
     }
 }
+
+/// A sweep-state change (cancel, pause, retry) locks the sweep's row while it works through the
+/// sweep's jobs, and claims and completions insert events that reference that row. With the row
+/// locked `FOR UPDATE`, a claim waited for the lock to insert its events while a cancel waited
+/// for the job rows the claim held: a deadlock the fault suite hit. The lock those operations
+/// take (the statement itself) must let a claim and a completion through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_and_completions_proceed_while_a_sweep_state_change_holds_the_sweep() {
+    let db = TestDb::postgres().await;
+    let store = db.store().await;
+    let out = store.submit_sweep(&spec(&["magnitude"], &[0.2], &[1, 2], 1), None).await.unwrap();
+    register(&store, "w").await;
+    let mut held = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut held).await.unwrap();
+    let state: String = sqlx::query_scalar(include_str!("../queries/postgres/sweep_state_for_update.sql")).bind(out.sweep_id).fetch_one(&mut held).await.unwrap();
+    assert_eq!(state, "running");
+    let wait = Duration::from_secs(10);
+    let claimed = tokio::time::timeout(wait, store.claim_jobs("w", 1, LEASE)).await.expect("the claim waited for the sweep's row").unwrap();
+    assert_eq!(claimed.len(), 1);
+    let j = &claimed[0];
+    tokio::time::timeout(wait, store.complete_job(lease_of(j), &fabricated_result(j))).await.expect("the completion waited for the sweep's row").unwrap();
+    sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
+    assert_eq!(scalar(&store, "SELECT count(*) FROM jobs WHERE state = 'succeeded'").await, 1);
+}

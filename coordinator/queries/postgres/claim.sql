@@ -30,7 +30,7 @@ WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDI
                    AND NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash
                              AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))
                    AND (jobs.error_count = 0 OR NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = jobs.id AND x.worker_id = ANY($1::text[])))
-                 ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR UPDATE SKIP LOCKED),
+                 ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR NO KEY UPDATE SKIP LOCKED),
      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs
                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p
                     JOIN slots s ON s.slot = p.slot),

@@ -4,7 +4,7 @@
 WITH input AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[])
                   AS i(job_id, attempt, name, uri, sha256, bytes)),
      cur AS (SELECT i.* FROM input i JOIN LATERAL (SELECT id FROM jobs j WHERE j.id = i.job_id AND j.attempt = i.attempt
-                     AND j.state = 'running' FOR UPDATE) j ON true)
+                     AND j.state = 'running' FOR NO KEY UPDATE) j ON true)
 INSERT INTO artifacts (job_id, name, attempt, uri, sha256, bytes)
 SELECT job_id, name, attempt, uri, sha256, bytes FROM cur
 ON CONFLICT (job_id, name) DO UPDATE SET attempt = excluded.attempt, uri = excluded.uri,

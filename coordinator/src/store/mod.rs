@@ -10,7 +10,7 @@
 //! the backend's function for the concern, `postgres::NAME::op` or `sqlite::NAME::op`. Each
 //! backend keeps one file per concern and one SQL statement per file under
 //! `coordinator/queries/{postgres,sqlite}/NAME.sql` (compiled in with `include_str!`): the
-//! dialects differ in the clock (`now()` / `strftime(...)`), in locking (Postgres: `FOR UPDATE`,
+//! dialects differ in the clock (`now()` / `strftime(...)`), in locking (Postgres: `FOR NO KEY UPDATE`,
 //! `SKIP LOCKED`; SQLite: every write transaction is `BEGIN IMMEDIATE`, one writer at a time),
 //! and in the hot paths (Postgres runs a batch of claims or completions as one statement; SQLite
 //! as a series of statements in one transaction).

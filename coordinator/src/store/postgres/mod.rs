@@ -1,7 +1,10 @@
 //! The store on Postgres: one file per concern, one SQL statement per file under
 //! `coordinator/queries/postgres/` (loaded with [`sql!`]).
 //!
-//! Rows are locked where a read precedes a write in the same transaction (`FOR UPDATE`), and the
+//! Rows are locked where a read precedes a write in the same transaction (`FOR NO KEY UPDATE`,
+//! never `FOR UPDATE`: no statement changes a key, and `FOR UPDATE` would also block the
+//! `KEY SHARE` locks that inserts referencing the row take for their foreign keys, which is how
+//! a cancel and a claim once deadlocked), and the
 //! hot paths (claim, complete, record uploads) run a whole batch as one statement
 //! (`claim.sql`, `complete.sql`, `record_artifacts.sql`). The statements shared by several
 //! operations are the helpers below.

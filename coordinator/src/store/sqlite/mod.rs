@@ -1,9 +1,11 @@
 //! The store on Sqlite: one file per concern, one SQL statement per file under
 //! `coordinator/queries/sqlite/` (loaded with [`sql!`]).
 //!
-//! Rows are locked where a read precedes a write in the same transaction (`FOR UPDATE`), and the
-//! hot paths (claim, complete, record uploads) run a whole batch as one statement
-//! (`claim.sql`, `complete.sql`, `record_artifacts.sql`). The statements shared by several
+//! SQLite has no row locks: every write transaction begins `IMMEDIATE` ([`begin_write`]) and so
+//! holds the database's one write lock, which makes a read followed by a write in it atomic. The
+//! hot paths (claim, complete, record uploads) run a whole batch as a series of statements in one
+//! such transaction; a big write (a submit) is cut into short transactions (`paced.rs`) so that
+//! heartbeats and completions get the lock in between. The statements shared by several
 //! operations are the helpers below.
 
 /// The text of `coordinator/queries/sqlite/NAME.sql`, compiled into the binary.
