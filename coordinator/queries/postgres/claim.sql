@@ -19,6 +19,14 @@
 -- into a join, which its generic plan, expecting thousands of claimed rows, runs as hash joins over
 -- every job and artifact (55 ms a claim with 5k artifacts, growing with them).
 --
+-- Ticket bundles (jobs.bundle_id, formed at submit): `picked` takes only a bundle's lead (no ready,
+-- unpaused member of its bundle has a lower id), so a bundle fills one slot; `sibs` takes the
+-- lead's other ready members for the same worker, slot and lease length, under the same rules
+-- (twins, the claiming worker's exclusions), SKIP LOCKED (a member a concurrent claim holds runs
+-- later, alone or with whoever is ready then). Each member gets its own attempt, lease, attempt
+-- row and event. Jobs outside bundles cost no lookup; the lookups by bundle are keyed
+-- (`= ANY(ARRAY(...))`, index jobs_bundle) for the reason above.
+--
 -- Rows: one per claimed job (known = true), and one of NULLs (known = false) per request whose
 -- worker is not registered.
 WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS r(worker_id, n, lease_secs, ord)),
@@ -30,19 +38,31 @@ WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDI
                    AND NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash
                              AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))
                    AND (jobs.error_count = 0 OR NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = jobs.id AND x.worker_id = ANY($1::text[])))
+                   AND (jobs.bundle_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs sib WHERE sib.bundle_id = jobs.bundle_id
+                             AND sib.state = 'ready' AND NOT sib.paused AND sib.id < jobs.id))
                  ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR UPDATE SKIP LOCKED),
      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs
                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p
                     JOIN slots s ON s.slot = p.slot),
+     leads AS (SELECT a.id, a.ord, a.worker_id, a.lease_secs, j.bundle_id FROM assigned a JOIN jobs j ON j.id = a.id
+                WHERE j.id = ANY(ARRAY(SELECT id FROM assigned)) AND j.bundle_id IS NOT NULL),
+     sibs AS (SELECT m.id, l.ord, l.worker_id, l.lease_secs FROM jobs m JOIN leads l ON l.bundle_id = m.bundle_id
+               WHERE m.bundle_id = ANY(ARRAY(SELECT bundle_id FROM leads)) AND m.id <> l.id
+                 AND m.state = 'ready' AND NOT m.paused
+                 AND NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = m.content_hash
+                           AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < m.id AND NOT twin.paused)))
+                 AND (m.error_count = 0 OR NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = m.id AND x.worker_id = l.worker_id))
+               FOR UPDATE OF m SKIP LOCKED),
+     taken AS (SELECT id, ord, worker_id, lease_secs FROM assigned UNION ALL SELECT id, ord, worker_id, lease_secs FROM sibs),
      claimed AS (UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = a.worker_id,
                         lease_expires_at = now() + make_interval(secs => a.lease_secs), started_at = now(),
                         progress = 0, eta_seconds = NULL
-                   FROM assigned a WHERE j.id = a.id AND j.id = ANY(ARRAY(SELECT id FROM assigned)) RETURNING j.*, a.ord AS claim_ord),
+                   FROM taken a WHERE j.id = a.id AND j.id = ANY(ARRAY(SELECT id FROM taken)) RETURNING j.*, a.ord AS claim_ord),
      hist AS (INSERT INTO job_attempts (job_id, attempt, worker_id, outcome)
               SELECT id, attempt, worker_id, 'running' FROM claimed),
      ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress)
               SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed)
-SELECT c.claim_ord, true AS known, c.id, c.sweep_id, c.trial_id, c.kind, c.seed, c.metric, c.rate, c.level, c.parent_job_id, c.dense_job_id, c.state, c.attempt, c.worker_id, c.error_count, c.lost_count, c.last_error, c.content_hash, c.reused_from, c.progress, c.eta_seconds, c.lease_expires_at, c.control,
+SELECT c.claim_ord, true AS known, c.id, c.sweep_id, c.trial_id, c.kind, c.seed, c.metric, c.rate, c.level, c.parent_job_id, c.dense_job_id, c.state, c.attempt, c.worker_id, c.error_count, c.lost_count, c.last_error, c.content_hash, c.reused_from, c.progress, c.eta_seconds, c.lease_expires_at, c.control, c.bundle_id,
        rw.job_id AS rw_job_id, rw.name AS rw_name, rw.attempt AS rw_attempt, rw.uri AS rw_uri, rw.sha256 AS rw_sha256, rw.bytes AS rw_bytes,
        wt.job_id AS wt_job_id, wt.name AS wt_name, wt.attempt AS wt_attempt, wt.uri AS wt_uri, wt.sha256 AS wt_sha256, wt.bytes AS wt_bytes,
        ck.job_id AS ck_job_id, ck.name AS ck_name, ck.attempt AS ck_attempt, ck.uri AS ck_uri, ck.sha256 AS ck_sha256, ck.bytes AS ck_bytes
@@ -53,6 +73,6 @@ SELECT c.claim_ord, true AS known, c.id, c.sweep_id, c.trial_id, c.kind, c.seed,
 UNION ALL
 SELECT r.ord, false, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::text, NULL::double precision,
        NULL::integer, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::integer, NULL::integer, NULL::text,
-       NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz, NULL::text,
+       NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz, NULL::text, NULL::bigint,
        NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint
   FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)
