@@ -120,12 +120,16 @@ where
     }
 }
 
-async fn training(pool: &sqlx::PgPool, sweep_id: i64) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE sweep_id = $1 AND kind = 'level' AND state = 'running' AND progress > 0")
-        .bind(sweep_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+/// Level jobs of the sweep that are running and have uploaded a checkpoint (of this attempt).
+async fn checkpointed(pool: &sqlx::PgPool, sweep_id: i64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j JOIN artifacts a ON a.job_id = j.id AND a.name = 'checkpoint' AND a.attempt = j.attempt \
+          WHERE j.sweep_id = $1 AND j.kind = 'level' AND j.state = 'running'",
+    )
+    .bind(sweep_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// A shutdown mid-bundle hands every member back (each with its own checkpoint); another daemon
@@ -135,11 +139,11 @@ async fn a_bundle_is_handed_back_member_by_member_and_a_cancel_stops_its_process
     let mut c = Cluster::new(30).await;
     c.start_worker("w1");
     let pool = c.db.pool().await;
-    let sweep = digits("handback", Some("metrics")).levels(1).length("30ep");
+    // 40 epochs (~900 iterations): the shutdown comes right after every member's first checkpoint
+    // (every 10 iterations), long before the end.
+    let sweep = digits("handback", Some("metrics")).levels(1).length("40ep");
     let id = c.submit(&sweep.toml()).await;
-    wait_until("the bundle training", Duration::from_secs(120), || async { training(&pool, id).await == 3 }).await;
-    // Past a checkpoint (every 10 iterations) before the shutdown.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("the bundle's first checkpoints", Duration::from_secs(120), || async { checkpointed(&pool, id).await == 3 }).await;
     let status = c.worker("w1").terminate(Duration::from_secs(30)).expect("the daemon stops on SIGTERM");
     assert!(status.success(), "{status:?}");
     let released: i64 = sqlx::query_scalar(
@@ -173,8 +177,11 @@ async fn a_bundle_is_handed_back_member_by_member_and_a_cancel_stops_its_process
     assert_eq!(second, vec![(3, 1)], "w2 claimed the handed-back bundle whole and finished every member");
 
     // A cancel aborts each member by its lease; when the last one leaves, the process goes.
-    let other = c.submit(&digits("cancelled", Some("metrics")).levels(1).length("60ep").toml()).await;
-    wait_until("the next bundle training", Duration::from_secs(120), || async { training(&pool, other).await == 3 }).await;
+    // Another rate: the same dense job (reused), a new bundle of three.
+    let mut next = sweep.clone().rates(&[0.5]);
+    next.name = "cancelled".into();
+    let other = c.submit(&next.toml()).await;
+    wait_until("the next bundle's first checkpoints", Duration::from_secs(120), || async { checkpointed(&pool, other).await == 3 }).await;
     let bundle_processes = || c.processes().into_iter().filter(|(_, cmd)| cmd.contains("bundle.json")).count();
     assert_eq!(bundle_processes(), 1, "one process trains the bundle");
     let t0 = Instant::now();

@@ -504,8 +504,10 @@ fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
                 _ = int.recv() => "SIGINT",
             };
             tracing::info!(signal = name, "signal received");
-            let _ = shutdown.send(true);
+            // Counted first: the shutdown it starts subscribes to the count, and must not see
+            // this signal as a second one.
             counter.send_modify(|n| *n += 1);
+            let _ = shutdown.send(true);
         }
     });
 }
