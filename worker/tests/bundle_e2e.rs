@@ -101,6 +101,21 @@ async fn a_bundled_sweep_finishes_like_the_same_sweep_unbundled() {
         }
         assert!(!rb.diverged);
     }
+    // The SQL results table (trial_results, masks) the same way: the same (metric, seed, level)
+    // rows with the same layers, per member; masks equal but for near-tied scores.
+    let (sa, sb) = (lth_testkit::results::stored_results(&pool, solo).await, lth_testkit::results::stored_results(&pool, bundled).await);
+    let key = |v: &[lth_testkit::results::StoredLevel]| v.iter().map(|l| (l.metric.clone(), l.seed, l.level)).collect::<Vec<_>>();
+    assert_eq!(key(&sa), key(&sb), "trial_results: same rows");
+    assert_eq!(sa.len(), 3 * 3, "3 metrics x (dense + 2 levels)");
+    for (la, lb) in sa.iter().zip(&sb) {
+        assert!((la.test_accuracy - lb.test_accuracy).abs() <= 0.01, "{}/{}: accuracy {} vs {}", la.metric, la.level, la.test_accuracy, lb.test_accuracy);
+        assert_eq!(la.layers.len(), lb.layers.len());
+        for ((na, ka, ba), (nb, kb, bb)) in la.layers.iter().zip(&lb.layers) {
+            assert_eq!(na, nb);
+            let differing = ba.chars().zip(bb.chars()).filter(|(x, y)| x != y).count();
+            assert!(differing as f64 <= 1e-3 * ba.len() as f64 + 1.0, "{}/{} {na}: {differing} of {} mask bits differ (kept {ka} vs {kb})", la.metric, la.level, ba.len());
+        }
+    }
     let shape = |v: &[pb::AccuracyPoint]| v.iter().map(|p| (p.metric, p.rate.to_bits(), p.level, p.seeds)).collect::<Vec<_>>();
     assert_eq!(shape(&acc_a), shape(&acc_b), "the accuracy_vs_sparsity view has the same rows");
     assert!(acc_b.len() >= 3 * 2, "{} points", acc_b.len());
