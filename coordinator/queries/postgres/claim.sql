@@ -20,12 +20,9 @@
 -- every job and artifact (55 ms a claim with 5k artifacts, growing with them).
 --
 -- Ticket bundles (jobs.bundle_id, formed at submit): `picked` takes only a bundle's lead (no ready,
--- unpaused member of its bundle has a lower id), so a bundle fills one slot; `sibs` takes the
--- lead's other ready members for the same worker, slot and lease length, under the same rules
--- (twins, the claiming worker's exclusions), SKIP LOCKED (a member a concurrent claim holds runs
--- later, alone or with whoever is ready then). Each member gets its own attempt, lease, attempt
--- row and event. Jobs outside bundles cost no lookup; the lookups by bundle are keyed
--- (`= ANY(ARRAY(...))`, index jobs_bundle) for the reason above.
+-- unpaused member of its bundle has a lower id), so a bundle fills one slot; its other ready members
+-- are claimed for the same worker right after, by claim_siblings.sql (store/postgres/claim.rs).
+-- Jobs outside bundles cost no lookup.
 --
 -- Rows: one per claimed job (known = true), and one of NULLs (known = false) per request whose
 -- worker is not registered.
@@ -44,20 +41,10 @@ WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDI
      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs
                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p
                     JOIN slots s ON s.slot = p.slot),
-     leads AS (SELECT a.id, a.ord, a.worker_id, a.lease_secs, j.bundle_id FROM assigned a JOIN jobs j ON j.id = a.id
-                WHERE j.id = ANY(ARRAY(SELECT id FROM assigned)) AND j.bundle_id IS NOT NULL),
-     sibs AS (SELECT m.id, l.ord, l.worker_id, l.lease_secs FROM jobs m JOIN leads l ON l.bundle_id = m.bundle_id
-               WHERE m.bundle_id = ANY(ARRAY(SELECT bundle_id FROM leads)) AND m.id <> l.id
-                 AND m.state = 'ready' AND NOT m.paused
-                 AND NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = m.content_hash
-                           AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < m.id AND NOT twin.paused)))
-                 AND (m.error_count = 0 OR NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = m.id AND x.worker_id = l.worker_id))
-               FOR UPDATE OF m SKIP LOCKED),
-     taken AS (SELECT id, ord, worker_id, lease_secs FROM assigned UNION ALL SELECT id, ord, worker_id, lease_secs FROM sibs),
      claimed AS (UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker_id = a.worker_id,
                         lease_expires_at = now() + make_interval(secs => a.lease_secs), started_at = now(),
                         progress = 0, eta_seconds = NULL
-                   FROM taken a WHERE j.id = a.id AND j.id = ANY(ARRAY(SELECT id FROM taken)) RETURNING j.*, a.ord AS claim_ord),
+                   FROM assigned a WHERE j.id = a.id AND j.id = ANY(ARRAY(SELECT id FROM assigned)) RETURNING j.*, a.ord AS claim_ord),
      hist AS (INSERT INTO job_attempts (job_id, attempt, worker_id, outcome)
               SELECT id, attempt, worker_id, 'running' FROM claimed),
      ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress)

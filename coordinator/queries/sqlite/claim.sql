@@ -1,7 +1,7 @@
 -- Up to $2 ready jobs for worker $1 under a lease of $3 seconds, inside the caller's write
 -- transaction (one claimer at a time). Waits for twins and skips exclusions as claim.sql on
 -- Postgres does, and takes only a ticket bundle's lead (its other ready members follow with
--- bundle_claim_siblings.sql).
+-- claim_siblings.sql).
 UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = $1,
        lease_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', $3)),
        started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), progress = 0, eta_seconds = NULL

@@ -34,7 +34,7 @@ async fn claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs: f64) 
     if !bundles.is_empty() {
         bundles.sort_unstable();
         bundles.dedup();
-        let rows = sqlx::query(sql!("bundle_claim_siblings"))
+        let rows = sqlx::query(sql!("claim_siblings"))
             .bind(worker_id)
             .bind(secs)
             .bind(serde_json::to_string(&bundles).expect("ids serialise"))
