@@ -39,7 +39,7 @@ async fn a_failing_member_is_isolated_and_its_retry_runs_alone() {
     c.wait_for_state(id, pb::SweepState::Succeeded, Duration::from_secs(300)).await;
 
     let rows = sqlx::query(
-        "SELECT j.metric, a.attempt, a.outcome, a.started_at::text AS started_at, a.error FROM jobs j JOIN job_attempts a ON a.job_id = j.id \
+        "SELECT j.metric, a.attempt, a.outcome, extract(epoch FROM a.started_at)::float8 AS started_at, a.error FROM jobs j JOIN job_attempts a ON a.job_id = j.id \
           WHERE j.sweep_id = $1 AND j.kind = 'level' ORDER BY j.metric, a.attempt",
     )
     .bind(id)
@@ -52,18 +52,19 @@ async fn a_failing_member_is_isolated_and_its_retry_runs_alone() {
     let first = get("l1", 1);
     assert_eq!(first.get::<String, _>("outcome"), "failed");
     assert!(first.get::<Option<String>, _>("error").unwrap_or_default().contains("fault-injected-missing-parent"), "the member's own error");
-    let claimed_at = |r: &sqlx::postgres::PgRow| r.get::<String, _>("started_at");
+    // One claim: the leads' statement and their siblings' right after (within a second).
+    let claimed_at = |r: &sqlx::postgres::PgRow| r.get::<f64, _>("started_at");
     for m in ["magnitude", "l2"] {
         let r = get(m, 1);
         assert_eq!(r.get::<String, _>("outcome"), "succeeded", "{m}: the siblings finish");
-        assert_eq!(claimed_at(r), claimed_at(first), "{m}: claimed with l1 in one claim");
+        assert!((claimed_at(r) - claimed_at(first)).abs() < 1.0, "{m}: claimed with l1 in one claim");
     }
     let retry = get("l1", 2);
     assert_eq!(retry.get::<String, _>("outcome"), "succeeded");
-    let with_retry = rows.iter().filter(|r| claimed_at(r) == claimed_at(retry)).count();
-    assert_eq!(with_retry, 1, "the retry ran alone");
     let log = std::fs::read_to_string(c.dir.path().join("w1.log")).unwrap();
-    assert!(log.contains("bundle claimed"), "the first attempt ran in a bundle");
+    // The daemon logs "bundle claimed" for each bundle it starts: the first attempts only; the
+    // retry was a claim of one job.
+    assert_eq!(log.matches("bundle claimed").count(), 1, "the first attempt ran in a bundle, the retry alone");
     c.stop_workers_and_check_none_left(Duration::from_secs(30));
     lth_testkit::results::assert_nothing_running(&pool).await;
 }
