@@ -19,7 +19,8 @@ const PAPER_EXAMPLES: [&str; 6] =
     ["cifar10-resnet18.toml", "cifar10-resnet20.toml", "cifar10-vgg16.toml", "digits-lenet.toml", "mnist-lenet.toml", "tinyimagenet-resnet18.toml"];
 
 /// One example per feature of docs/byo.md.
-const FEATURE_EXAMPLES: [&str; 8] = [
+const FEATURE_EXAMPLES: [&str; 9] = [
+    "digits-bundles.toml",
     "digits-controls.toml",
     "digits-schedule.toml",
     "digits-target-sparsity.toml",

@@ -296,6 +296,8 @@ impl From<&SweepSpec> for pb::SweepSpec {
             max_attempts: s.max_attempts,
             priority: s.priority,
             description: s.description.clone(),
+            bundle: if s.bundle.is_off() { String::new() } else { s.bundle.as_str().to_string() },
+            max_bundle: s.max_bundle.unwrap_or(0),
         }
     }
 }
@@ -392,6 +394,7 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
                 Err(e) => errs.push(e),
             }
         }
+        let bundle = BundleMode::parse(&p.bundle).map_err(|e| errs.push(format!("spec.bundle: {e}"))).unwrap_or_default();
         let mut rates: Vec<Rate> = p.rates.iter().map(|&r| Rate::Constant(r)).collect();
         rates.extend(p.rate_schedules.iter().map(|s| Rate::Schedule(s.rates.clone())));
         let (Some(model), Some(dataset), Some(recipe)) = (model, dataset, recipe) else {
@@ -413,6 +416,9 @@ impl TryFrom<&pb::SweepSpec> for SweepSpec {
             pruning,
             max_attempts: if p.max_attempts == 0 { 3 } else { p.max_attempts },
             priority: p.priority,
+            bundle,
+            // 0 is the wire's unset.
+            max_bundle: (p.max_bundle != 0).then_some(p.max_bundle),
         };
         if let Err(ValidationErrors(more)) = spec.validate() {
             errs.extend(more);

@@ -34,6 +34,11 @@ struct LevelKey<'a> {
     rate: f64,
     pruning: &'a PrunePolicy,
     level: u32,
+    /// The job may train in a bundle (`bundle` on): its numbers then equal a solo run's only
+    /// within float tolerance, so it is not reused for a solo request, nor a solo one for it.
+    /// Absent when false, so unbundled hashes are those written before bundles existed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    bundled: bool,
 }
 
 #[derive(Serialize)]
@@ -59,7 +64,12 @@ pub fn dense_hash(model: &ModelSpec, dataset: &DatasetSpec, recipe: &Recipe, see
 
 /// The hash of a pruning level: its parent's hash plus how this level prunes.
 pub fn level_hash(parent_hash: &str, metric: ImportanceMetric, rate: f64, pruning: &PrunePolicy, level: u32) -> String {
-    sha256_json(&LevelKey { v: HASH_VERSION, kind: "level", parent: parent_hash, metric, rate, pruning, level })
+    level_hash_with(parent_hash, metric, rate, pruning, level, false)
+}
+
+/// [`level_hash`] of a level that may train in a bundle (`bundled`; see [`SweepSpec::bundled`]).
+pub fn level_hash_with(parent_hash: &str, metric: ImportanceMetric, rate: f64, pruning: &PrunePolicy, level: u32, bundled: bool) -> String {
+    sha256_json(&LevelKey { v: HASH_VERSION, kind: "level", parent: parent_hash, metric, rate, pruning, level, bundled })
 }
 
 /// The hash of a control job: the ticket (level) it controls plus which control.
@@ -183,6 +193,7 @@ impl SweepSpec {
         let dense: Vec<DensePlan> =
             self.seeds.iter().map(|&seed| DensePlan { seed, content_hash: self.dense_hash(seed) }).collect();
         let mut trials = Vec::with_capacity(self.metrics.len() * self.rates.len() * self.seeds.len());
+        let bundled = self.bundled();
         for &metric in &self.metrics {
             for rate in &self.rates {
                 for d in &dense {
@@ -191,7 +202,7 @@ impl SweepSpec {
                     let mut levels = Vec::with_capacity(n as usize);
                     for level in 1..=n {
                         let r = rate.at_level(level);
-                        let h = level_hash(&parent, metric, r, &self.pruning, level);
+                        let h = level_hash_with(&parent, metric, r, &self.pruning, level, bundled);
                         levels.push(LevelPlan { level, content_hash: h.clone(), parent_hash: parent, rate: r });
                         parent = h;
                     }

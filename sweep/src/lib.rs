@@ -14,6 +14,7 @@
 //! - `expand`: the grid (dense jobs, trials, levels, controls) and content hashes.
 //! - `pattern`: `*` / `?` name patterns for `pruning.layers`.
 //! - `convert`: the typed spec to and from the wire's `lth.v1.SweepSpec`.
+//! - `bundle`: `bundle = "metrics" | "metrics+rates"`: which level jobs train together.
 //! - `state`: sweep, trial, job and attempt states as enums, and the pure rules between them
 //!   (which operations a sweep state allows, a job's initial state, the uploads a job kind needs,
 //!   why a heartbeat aborts a job).
@@ -22,6 +23,7 @@
 //!   masks that match their counts, the model's layers) and its wire and JSON forms.
 //! - `pack`: an ImageFolder tree as a deterministic tar (for `lthctl dataset upload`) and back.
 
+mod bundle;
 mod control;
 mod convert;
 mod expand;
@@ -35,8 +37,9 @@ pub mod state;
 mod types;
 mod validate;
 
+pub use bundle::{bundleable, BundleMode, DEFAULT_MAX_BUNDLE, MAX_BUNDLE_LIMIT};
 pub use control::Control;
-pub use expand::{check_grid_size, control_hash, dense_hash, level_hash, ControlPlan, DensePlan, LevelPlan, SweepPlan, TrialPlan};
+pub use expand::{check_grid_size, control_hash, dense_hash, level_hash, level_hash_with, ControlPlan, DensePlan, LevelPlan, SweepPlan, TrialPlan};
 pub use length::{ParseLengthError, TrainLength};
 pub use model::{file_sha256, ModelInit, ModelSpec, TorchScriptModel};
 pub use pattern::name_matches;

@@ -396,6 +396,13 @@ pub struct SweepSpec {
     pub max_attempts: u32,
     #[serde(default)]
     pub priority: i32,
+    /// Ticket bundles: "off" (default), "metrics" or "metrics+rates" (see [`crate::BundleMode`]).
+    /// Left out of the stored spec when off, so unbundled sweeps read and hash as before.
+    #[serde(default, skip_serializing_if = "crate::BundleMode::is_off")]
+    pub bundle: crate::BundleMode,
+    /// The largest bundle (≥ 2; default [`crate::DEFAULT_MAX_BUNDLE`] when `bundle` is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bundle: Option<u32>,
 }
 
 fn default_max_attempts() -> u32 {

@@ -220,6 +220,27 @@ impl SweepSpec {
             }
         }
 
+        // Bundles.
+        match (self.bundle.is_off(), self.max_bundle) {
+            (true, Some(k)) => errs.push(format!(
+                "`max_bundle = {k}` is set but `bundle` is off: add bundle = \"metrics\" (or \"metrics+rates\"), or drop max_bundle"
+            )),
+            (false, Some(k)) if k < 2 => errs.push(format!(
+                "`max_bundle = {k}`: a bundle trains at least 2 jobs together; write max_bundle = 2 or more, or bundle = \"off\""
+            )),
+            (false, Some(k)) if k > crate::MAX_BUNDLE_LIMIT => errs.push(format!(
+                "`max_bundle = {k}` is more than {}: write a smaller max_bundle (gains flatten well before)",
+                crate::MAX_BUNDLE_LIMIT
+            )),
+            _ => {}
+        }
+        if !self.bundle.is_off() && !crate::bundleable(&self.model) {
+            errs.push(format!(
+                "`bundle = \"{}\"` needs a built-in model: a TorchScript network cannot be grouped; write bundle = \"off\"",
+                self.bundle
+            ));
+        }
+
         // Model.
         if let ModelSpec::TorchScript(t) = &self.model {
             if t.torchscript.trim().is_empty() {

@@ -190,7 +190,7 @@ fn builtin_specs_keep_their_hashes_and_stored_form() {
     // a built-in sweep stays reusable.
     let s = spec(DIGITS);
     let json = serde_json::to_string(&s).unwrap();
-    for key in ["controls", "control_levels", "layers"] {
+    for key in ["controls", "control_levels", "layers", "bundle", "max_bundle"] {
         assert!(!json.contains(&format!("\"{key}\":")), "{key} in {json}");
     }
     assert_eq!(serde_json::to_string(&s.dataset).unwrap(), r#"{"name":"digits","path":null}"#);

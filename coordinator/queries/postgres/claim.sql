@@ -19,6 +19,11 @@
 -- into a join, which its generic plan, expecting thousands of claimed rows, runs as hash joins over
 -- every job and artifact (55 ms a claim with 5k artifacts, growing with them).
 --
+-- Ticket bundles (jobs.bundle_id, formed at submit): `picked` takes only a bundle's lead (no ready,
+-- unpaused member of its bundle has a lower id), so a bundle fills one slot; its other ready members
+-- are claimed for the same worker right after, by claim_siblings.sql (store/postgres/claim.rs).
+-- Jobs outside bundles cost no lookup.
+--
 -- Rows: one per claimed job (known = true), and one of NULLs (known = false) per request whose
 -- worker is not registered.
 WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS r(worker_id, n, lease_secs, ord)),
@@ -30,6 +35,8 @@ WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDI
                    AND NOT EXISTS (SELECT 1 FROM jobs twin WHERE twin.content_hash = jobs.content_hash
                              AND (twin.state = 'running' OR (twin.state = 'ready' AND twin.id < jobs.id AND NOT twin.paused)))
                    AND (jobs.error_count = 0 OR NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = jobs.id AND x.worker_id = ANY($1::text[])))
+                   AND (jobs.bundle_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs sib WHERE sib.bundle_id = jobs.bundle_id
+                             AND sib.state = 'ready' AND NOT sib.paused AND sib.id < jobs.id))
                  ORDER BY priority DESC, id LIMIT (SELECT count(*) FROM slots) FOR NO KEY UPDATE SKIP LOCKED),
      assigned AS (SELECT p.id, s.ord, s.worker_id, s.lease_secs
                     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, id) AS slot FROM picked) p
@@ -42,7 +49,7 @@ WITH req AS (SELECT * FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDI
               SELECT id, attempt, worker_id, 'running' FROM claimed),
      ev AS (INSERT INTO events (sweep_id, job_id, kind, job_state, attempt, progress)
               SELECT sweep_id, id, 'state', 'running', attempt, 0 FROM claimed)
-SELECT c.claim_ord, true AS known, c.id, c.sweep_id, c.trial_id, c.kind, c.seed, c.metric, c.rate, c.level, c.parent_job_id, c.dense_job_id, c.state, c.attempt, c.worker_id, c.error_count, c.lost_count, c.last_error, c.content_hash, c.reused_from, c.progress, c.eta_seconds, c.lease_expires_at, c.control,
+SELECT c.claim_ord, true AS known, c.id, c.sweep_id, c.trial_id, c.kind, c.seed, c.metric, c.rate, c.level, c.parent_job_id, c.dense_job_id, c.state, c.attempt, c.worker_id, c.error_count, c.lost_count, c.last_error, c.content_hash, c.reused_from, c.progress, c.eta_seconds, c.lease_expires_at, c.control, c.bundle_id,
        rw.job_id AS rw_job_id, rw.name AS rw_name, rw.attempt AS rw_attempt, rw.uri AS rw_uri, rw.sha256 AS rw_sha256, rw.bytes AS rw_bytes,
        wt.job_id AS wt_job_id, wt.name AS wt_name, wt.attempt AS wt_attempt, wt.uri AS wt_uri, wt.sha256 AS wt_sha256, wt.bytes AS wt_bytes,
        ck.job_id AS ck_job_id, ck.name AS ck_name, ck.attempt AS ck_attempt, ck.uri AS ck_uri, ck.sha256 AS ck_sha256, ck.bytes AS ck_bytes
@@ -53,6 +60,6 @@ SELECT c.claim_ord, true AS known, c.id, c.sweep_id, c.trial_id, c.kind, c.seed,
 UNION ALL
 SELECT r.ord, false, NULL::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::text, NULL::double precision,
        NULL::integer, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::integer, NULL::integer, NULL::text,
-       NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz, NULL::text,
+       NULL::text, NULL::bigint, NULL::double precision, NULL::double precision, NULL::timestamptz, NULL::text, NULL::bigint,
        NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::integer, NULL::text, NULL::text, NULL::bigint
   FROM req r WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.worker_id = r.worker_id)

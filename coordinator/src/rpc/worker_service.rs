@@ -46,6 +46,7 @@ impl WorkerSvc {
             lease_expires_at: j.lease_expires_at.map(ts),
             content_hash: j.content_hash.clone(),
             control: control_i32(j.control.as_deref())?,
+            bundle_id: j.bundle_id.unwrap_or(0),
         })
     }
 }

@@ -116,6 +116,8 @@ pub(crate) trait SubmitSql: sqlx::Database {
     fn insert_trials(conn: &mut Self::Connection, rows: &[NewTrial<'_>]) -> impl Future<Output = Result<Vec<InsertedTrial>>> + Send;
     /// Blocked jobs become ready (at most [`BIND_ROWS`] ids).
     fn make_ready(conn: &mut Self::Connection, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// Records ticket bundles: (job id, bundle id) pairs (at most [`BIND_ROWS`]).
+    fn assign_bundles(conn: &mut Self::Connection, pairs: &[(i64, i64)]) -> impl Future<Output = Result<()>> + Send;
     /// The submitting sweep becomes running (its event written, and closed at once when nothing
     /// is left to run); false when it is no longer there.
     fn open_sweep(conn: &mut Self::Connection, sweep_id: i64) -> impl Future<Output = Result<bool>> + Send;
@@ -492,6 +494,20 @@ async fn write_sweep_rows<DB: SubmitSql>(
         for j in DB::insert_jobs(w.conn().await?, &rows).await? {
             note(&j, &mut succeeded);
         }
+        w.pace().await?;
+    }
+
+    // Ticket bundles (`SweepSpec::bundle_groups`: one seed's level jobs at one level across
+    // metrics, or metrics and rates; reused jobs left out; at most max_bundle each), recorded
+    // while nothing of the sweep is claimable. A bundle is named by its first member's id.
+    let mut pairs: Vec<(i64, i64)> = Vec::new();
+    for group in spec.bundle_groups(plan, |h| !reusable.contains_key(h)) {
+        let members: Vec<i64> = group.iter().map(|&(t, level)| level_ids[&(trial_ids[&trial_key(&plan.trials[t])], level)].0).collect();
+        let bundle_id = *members.iter().min().expect("a bundle has members");
+        pairs.extend(members.into_iter().map(|id| (id, bundle_id)));
+    }
+    for chunk in pairs.chunks(BIND_ROWS) {
+        DB::assign_bundles(w.conn().await?, chunk).await?;
         w.pace().await?;
     }
 

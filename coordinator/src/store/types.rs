@@ -87,6 +87,9 @@ pub struct JobRow {
     /// NULL for a ticket (dense or level job); "reinit" or "random_mask" for a control of the
     /// level it is a child of.
     pub control: Option<String>,
+    /// The ticket bundle this job trains in (the id of its first member, formed at submit from
+    /// `SweepSpec::bundle_groups`); None when it runs alone.
+    pub bundle_id: Option<i64>,
 }
 
 /// A file in the object store that belongs to a job.

@@ -35,6 +35,25 @@ pub enum ChildEvent {
     },
 }
 
+/// A bundle child's line: member `member`'s (its index in `bundle.json`) event.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct MemberEvent {
+    pub member: usize,
+    pub event: ChildEvent,
+}
+
+impl MemberEvent {
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("member events always serialize");
+        s.push('\n');
+        s
+    }
+
+    pub fn parse(line: &str) -> Option<MemberEvent> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
 impl ChildEvent {
     pub fn to_line(&self) -> String {
         let mut s = serde_json::to_string(self).expect("child events always serialize");

@@ -8,6 +8,7 @@
 //! back.
 
 use super::artifacts::{self, ArtifactCache, CachedArtifact, TransferError};
+use super::bundle::{MemberProc, Seat};
 use super::child;
 use super::failure;
 use super::convert;
@@ -95,13 +96,15 @@ enum Prepared {
     HandedBack(String),
 }
 
-pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>) -> Outcome {
+/// Runs one claimed job to its end. `seat`: the job is a member of a ticket bundle and trains in
+/// its bundle's shared process (`bundle.rs`); None: in a process of its own.
+pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>, seat: Option<Seat>) -> Outcome {
     use super::metrics::names as M;
     let kind = if job.kind == pb::JobKind::Dense as i32 { "dense" } else { "level" };
     let slot_label = slot.id.to_string();
     metrics::gauge!(M::JOBS_RUNNING, "slot" => slot_label.clone()).set(1.0);
     let t0 = Instant::now();
-    let outcome = run_job(ctx, job, slot, stop).await;
+    let outcome = run_job(ctx, job, slot, stop, seat).await;
     metrics::gauge!(M::JOBS_RUNNING, "slot" => slot_label.clone()).set(0.0);
     metrics::gauge!(M::IMAGES_PER_SECOND, "slot" => slot_label.clone()).set(0.0);
     let label = match &outcome {
@@ -114,7 +117,7 @@ pub async fn run(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop:
     outcome
 }
 
-async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut stop: watch::Receiver<Option<Stop>>) -> Outcome {
+async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut stop: watch::Receiver<Option<Stop>>, seat: Option<Seat>) -> Outcome {
     let slot_label = slot.id.to_string();
     let mut last_progress: Option<(Instant, u64)> = None;
     let lease = pb::JobLease { job_id: job.job_id, attempt: job.attempt };
@@ -146,13 +149,40 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
         Prepared::NodeLocal(msg) => return fail(&ctx, lease, &workdir, format!("cannot prepare the job: {msg}"), true, true).await,
     };
 
-    let log_path = workdir.join("exec-job.log");
-    let (mut child, stdout) = match child::spawn(&ctx.exe, &job_file, &log_path, slot.gpu) {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(&ctx, lease, &workdir, format!("cannot start {} exec-job: {e}", ctx.exe.display()), true, failure::io_is_node_local(&e)).await;
+    let mut child = match seat {
+        None => {
+            let log = workdir.join("exec-job.log");
+            match child::spawn(&ctx.exe, &job_file, &log, slot.gpu) {
+                Ok((child, stdout)) => Proc::Own { child, lines: BufReader::new(stdout).lines(), log },
+                Err(e) => {
+                    return fail(&ctx, lease, &workdir, format!("cannot start {} exec-job: {e}", ctx.exe.display()), true, failure::io_is_node_local(&e)).await;
+                }
+            }
+        }
+        // A bundle member: waits for the others to be prepared; one process trains them all.
+        Some(seat) => {
+            let joined = tokio::select! {
+                j = seat.join(job_file.clone()) => j,
+                s = next_stop(&mut stop) => {
+                    // The seat was dropped with the select: the bundle starts without this member.
+                    let outcome = match s {
+                        Stop::Abort(reason) => Outcome::Dropped(format!("aborted before start ({})", reason.as_str_name())),
+                        Stop::Shutdown => {
+                            release(&ctx, lease, "the worker shut down before the job started").await;
+                            Outcome::Released
+                        }
+                    };
+                    cleanup(&ctx, &workdir, &outcome);
+                    return outcome;
+                }
+            };
+            match joined {
+                Ok(m) => Proc::Member(m),
+                Err(e) => return fail(&ctx, lease, &workdir, e, true, false).await,
+            }
         }
     };
+    let log_path = child.log_path().to_path_buf();
     tracing::debug!(job = job.job_id, pid = child.pid(), "job process started");
 
     let (lost_tx, mut lost_rx) = watch::channel(false);
@@ -161,7 +191,6 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     let reporter = tokio::spawn(report_progress(ctx.client.clone(), progress_rx, ctx.progress_interval, lost_tx.clone()));
     let uploader = tokio::spawn(upload_checkpoints(ctx.client.clone(), lease, checkpoint_rx, lost_tx.clone()));
 
-    let mut lines = BufReader::new(stdout).lines();
     let mut finished: Option<StepOutput> = None;
     let mut failed: Option<(String, bool, bool)> = None;
     let mut shutdown_deadline: Option<Instant> = None;
@@ -170,12 +199,13 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     let mut eof = false;
     let status = loop {
         tokio::select! {
-            line = lines.next_line(), if !eof => match line {
-                Ok(Some(line)) => match ChildEvent::parse(&line) {
-                    Some(ChildEvent::Started { device, resumed }) => {
+            next = child.next(eof) => match next {
+                Next::Exited(status) => break status,
+                Next::Event(event) => match event {
+                    ChildEvent::Started { device, resumed } => {
                         tracing::info!(job = job.job_id, %device, resumed, "training started");
                     }
-                    Some(ChildEvent::Progress { iteration, total_iterations, epoch, train_loss, test_accuracy, images_per_second }) => {
+                    ChildEvent::Progress { iteration, total_iterations, epoch, train_loss, test_accuracy, images_per_second } => {
                         use super::metrics::names as M;
                         metrics::gauge!(M::IMAGES_PER_SECOND, "slot" => slot_label.clone()).set(images_per_second);
                         let now = Instant::now();
@@ -196,7 +226,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
                             images_per_second,
                         }));
                     }
-                    Some(ChildEvent::Checkpoint { path }) => {
+                    ChildEvent::Checkpoint { path } => {
                         // Hard-link the checkpoint so the child can replace it while we upload.
                         snapshots += 1;
                         match snapshot(&path, &workdir, snapshots) {
@@ -204,13 +234,11 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
                             Err(e) => tracing::warn!(job = job.job_id, error = %e, "cannot snapshot checkpoint for upload"),
                         }
                     }
-                    Some(ChildEvent::Finished { output }) => finished = Some(output),
-                    Some(ChildEvent::Failed { error, retryable, node_local }) => failed = Some((error, retryable, node_local)),
-                    None => tracing::debug!(job = job.job_id, line = %line, "ignoring non-event output of the job"),
+                    ChildEvent::Finished { output } => finished = Some(output),
+                    ChildEvent::Failed { error, retryable, node_local } => failed = Some((error, retryable, node_local)),
                 },
-                Ok(None) | Err(_) => eof = true,
+                Next::Eof => eof = true,
             },
-            status = child.wait(), if eof => break status,
             changed = stop.changed(), if stop_open => {
                 if changed.is_err() { stop_open = false; continue; }
                 let s = *stop.borrow_and_update();
@@ -243,7 +271,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
         }
     };
     // Whatever else of the group is still around goes now.
-    child.signal_group(libc::SIGKILL);
+    child.after_exit();
     reporter.abort();
     drop(progress_tx);
     let status = match status {
@@ -284,6 +312,99 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     let tail = log_tail(&log_path, 2000);
     let error = if tail.is_empty() { error } else { format!("{error}\n--- end of the job's log ---\n{tail}") };
     fail(&ctx, lease, &workdir, error, retryable, node_local).await
+}
+
+/// The process a job's events come from: its own `exec-job`, or its bundle's, shared with the
+/// other members (`bundle.rs`).
+enum Proc {
+    Own { child: child::JobChild, lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, log: PathBuf },
+    Member(MemberProc),
+}
+
+/// What a job's process did next: an event, the end of its output, then its exit.
+enum Next {
+    Event(ChildEvent),
+    Eof,
+    Exited(std::io::Result<std::process::ExitStatus>),
+}
+
+impl Proc {
+    /// Before `eof`: the next event (or the end of the output); after it: the exit status. One
+    /// call for both, so that the job's select loop borrows the process once (cancel-safe).
+    async fn next(&mut self, eof: bool) -> Next {
+        if eof {
+            Next::Exited(self.wait().await)
+        } else {
+            match self.next_event().await {
+                Some(e) => Next::Event(e),
+                None => Next::Eof,
+            }
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        match self {
+            Proc::Own { child, .. } => child.pid(),
+            Proc::Member(m) => m.pid(),
+        }
+    }
+
+    /// The job's next event; None when the process's output has ended. Lines that are not
+    /// events (a stray print) are skipped rather than failing the job.
+    async fn next_event(&mut self) -> Option<ChildEvent> {
+        match self {
+            Proc::Own { lines, .. } => loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => match ChildEvent::parse(&line) {
+                        Some(e) => return Some(e),
+                        None => tracing::debug!(line = %line, "ignoring non-event output of the job"),
+                    },
+                    Ok(None) | Err(_) => return None,
+                }
+            },
+            Proc::Member(m) => m.next_event().await,
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Own { child, .. } => child.wait().await,
+            Proc::Member(m) => m.wait().await,
+        }
+    }
+
+    /// Stops following the job: its own process is terminated; a bundle member leaves, and the
+    /// bundle's process trains on for the others.
+    async fn terminate(&mut self, grace: Duration) {
+        match self {
+            Proc::Own { child, .. } => {
+                let _ = child.terminate(grace).await;
+            }
+            Proc::Member(m) => m.leave(),
+        }
+    }
+
+    fn signal_group(&self, signal: i32) {
+        match self {
+            Proc::Own { child, .. } => child.signal_group(signal),
+            Proc::Member(m) => m.signal_group(signal),
+        }
+    }
+
+    /// After the process exited: nothing of its group may survive it (a bundle's driver sees
+    /// to its own).
+    fn after_exit(&self) {
+        if let Proc::Own { child, .. } = self {
+            child.signal_group(libc::SIGKILL);
+        }
+    }
+
+    fn log_path(&self) -> &Path {
+        match self {
+            Proc::Own { log, .. } => log,
+            Proc::Member(m) => m.log_path(),
+        }
+    }
 }
 
 /// Waits for the next stop request (never returns if the sender is gone).
@@ -748,7 +869,7 @@ fn first_line(s: &str) -> &str {
 }
 
 #[allow(dead_code)]
-fn _assert_send(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>) {
+fn _assert_send(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, stop: watch::Receiver<Option<Stop>>, seat: Option<Seat>) {
     fn is_send<T: Send>(_: T) {}
-    is_send(run(ctx, job, slot, stop));
+    is_send(run(ctx, job, slot, stop, seat));
 }

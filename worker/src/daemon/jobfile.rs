@@ -44,3 +44,46 @@ impl JobFile {
         })
     }
 }
+
+/// `bundle.json`: a ticket bundle's members, trained together by one `exec-job` process
+/// (`engine::run_bundle`). Each member is the job file the daemon wrote for it (in its own
+/// workdir, where it also lies as `job.json`), so a bundle can be re-run by hand as the daemon ran
+/// it, and any member alone with its own `job.json`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct BundleFile {
+    /// The coordinator's bundle id (for logs).
+    pub bundle_id: i64,
+    pub members: Vec<JobFile>,
+}
+
+impl BundleFile {
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// What `exec-job --job FILE` was given: one job, or a bundle of them (a top-level `members`).
+pub enum ExecFile {
+    Solo(JobFile),
+    Bundle(BundleFile),
+}
+
+impl ExecFile {
+    pub fn read(path: &Path) -> anyhow::Result<ExecFile> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read job file {}", path.display()))?;
+        let bundle = serde_json::from_slice::<serde_json::Value>(&bytes).ok().is_some_and(|v| v.get("members").is_some());
+        let unusable = || format!("{} is not a job file written by this lth-worker version (re-run the job through the daemon)", path.display());
+        if bundle {
+            let b: BundleFile = serde_json::from_slice(&bytes).with_context(unusable)?;
+            if b.members.is_empty() {
+                anyhow::bail!("{} lists no members", path.display());
+            }
+            Ok(ExecFile::Bundle(b))
+        } else {
+            Ok(ExecFile::Solo(serde_json::from_slice(&bytes).with_context(unusable)?))
+        }
+    }
+}

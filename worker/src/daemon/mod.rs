@@ -16,15 +16,18 @@
 //!   cache of input artifacts.
 //! - [`convert`]: wire types (proto) to the engine's types (results go back through
 //!   `lth_sweep::result`'s conversion).
-//! - [`jobfile`] / [`events`]: the two files of the daemon ↔ child contract: `job.json` in, JSON
-//!   lines out.
+//! - [`jobfile`] / [`events`]: the two files of the daemon ↔ child contract: `job.json` (or a
+//!   bundle's `bundle.json`) in, JSON lines out (tagged with the member for a bundle).
 //! - [`child`]: spawning and signalling a job's process group.
 //! - [`job`]: one claimed job from download to CompleteJob/FailJob.
+//! - [`bundle`]: a ticket bundle's members (one claim, one slot) sharing one `exec-job` process,
+//!   each still a job of its own.
 //! - [`failure`]: whether a failure is the job's or this machine's (node-local).
 //! - [`supervisor`]: registration, the claim loop, heartbeats and shutdown.
 //! - [`exec_job`]: the child side (`lth-worker exec-job`).
 
 pub mod artifacts;
+pub mod bundle;
 pub mod child;
 pub mod convert;
 pub mod events;

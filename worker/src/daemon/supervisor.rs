@@ -220,8 +220,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                     }
                     continue;
                 }
-                for assignment in assignments {
-                    start_job(&mut jobs, &ctx, &shared, assignment);
+                for group in bundles_of(assignments) {
+                    if group.len() == 1 {
+                        start_job(&mut jobs, &ctx, &shared, group.into_iter().next().expect("one job"));
+                    } else {
+                        start_bundle(&mut jobs, &ctx, &shared, group);
+                    }
                 }
             }
             Err(status) => {
@@ -280,6 +284,74 @@ fn hand_back_unstarted(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, assignment
     jobs.spawn(async move { job::release(&ctx, lease, "the worker shut down while claiming it").await });
 }
 
+/// A claim's jobs grouped for the slots: the members of one ticket bundle (same nonzero
+/// `bundle_id`) together, in claim order; every other job alone. A bundle takes one slot.
+fn bundles_of(assignments: Vec<pb::JobAssignment>) -> Vec<Vec<pb::JobAssignment>> {
+    let mut groups: Vec<Vec<pb::JobAssignment>> = Vec::new();
+    for a in assignments {
+        match groups.iter_mut().find(|g| a.bundle_id != 0 && g[0].bundle_id == a.bundle_id) {
+            Some(g) => g.push(a),
+            None => groups.push(vec![a]),
+        }
+    }
+    groups
+}
+
+/// Starts a ticket bundle's members in one slot (`bundle.rs`): each member is a job task of its
+/// own (own lease, heartbeat entry, outcome), sharing one process. The slot is free again when
+/// the last member's task ends.
+fn start_bundle(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>, members: Vec<pb::JobAssignment>) {
+    let Some(slot) = shared.free_slots.lock().unwrap().pop() else {
+        tracing::error!(bundle = members[0].bundle_id, "claimed a bundle without a free slot; handing its members back");
+        for a in members {
+            let mut client = ctx.client.clone();
+            let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+            jobs.spawn(async move {
+                let _ = client
+                    .fail_job(pb::FailJobRequest { lease: Some(lease), error: "released: worker had no free slot".into(), retryable: true, node_local: false })
+                    .await;
+            });
+        }
+        return;
+    };
+    tracing::info!(
+        bundle = members[0].bundle_id,
+        jobs = ?members.iter().map(|m| m.job_id).collect::<Vec<_>>(),
+        slot = slot.id,
+        "bundle claimed: its members train together in one process"
+    );
+    let seats = super::bundle::start(ctx, &members, slot);
+    let mut tasks = Vec::new();
+    for (assignment, seat) in members.into_iter().zip(seats) {
+        let (stop_tx, stop_rx) = watch::channel(None);
+        shared.running.lock().unwrap().insert(assignment.job_id, Running { attempt: assignment.attempt, stop: stop_tx });
+        let (ctx, shared) = (ctx.clone(), shared.clone());
+        tasks.push(async move {
+            let job_id = assignment.job_id;
+            let outcome = job::run(ctx, assignment, slot, stop_rx, Some(seat)).await;
+            finish_job(&shared, job_id, &outcome);
+        });
+    }
+    let shared = shared.clone();
+    jobs.spawn(async move {
+        futures::future::join_all(tasks).await;
+        shared.free_slots.lock().unwrap().push(slot);
+        shared.slot_freed.notify_one();
+    });
+}
+
+/// A job task's end on this worker: health, and out of the heartbeat's running list.
+fn finish_job(shared: &Shared, job_id: i64, outcome: &Outcome) {
+    tracing::debug!(job = job_id, ?outcome, "job finished on this worker");
+    if let Outcome::Dropped(why) = outcome {
+        tracing::info!(job = job_id, "job stopped: {why}");
+    }
+    if let Some(why) = shared.health.lock().unwrap().record(job_id, outcome) {
+        tracing::error!(reason = %why, "this worker stops claiming jobs and reports itself unhealthy; fix the machine and restart the daemon");
+    }
+    shared.running.lock().unwrap().remove(&job_id);
+}
+
 fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>, assignment: pb::JobAssignment) {
     let Some(slot) = shared.free_slots.lock().unwrap().pop() else {
         // More jobs than free slots: the coordinator should never do this. Hand the extra back.
@@ -298,15 +370,8 @@ fn start_job(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>
     let (ctx, shared) = (ctx.clone(), shared.clone());
     let job_id = assignment.job_id;
     jobs.spawn(async move {
-        let outcome = job::run(ctx, assignment, slot, stop_rx).await;
-        tracing::debug!(job = job_id, ?outcome, "job finished on this worker");
-        if let Outcome::Dropped(why) = &outcome {
-            tracing::info!(job = job_id, "job stopped: {why}");
-        }
-        if let Some(why) = shared.health.lock().unwrap().record(job_id, &outcome) {
-            tracing::error!(reason = %why, "this worker stops claiming jobs and reports itself unhealthy; fix the machine and restart the daemon");
-        }
-        shared.running.lock().unwrap().remove(&job_id);
+        let outcome = job::run(ctx, assignment, slot, stop_rx, None).await;
+        finish_job(&shared, job_id, &outcome);
         shared.free_slots.lock().unwrap().push(slot);
         shared.slot_freed.notify_one();
     });
@@ -439,8 +504,10 @@ fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
                 _ = int.recv() => "SIGINT",
             };
             tracing::info!(signal = name, "signal received");
-            let _ = shutdown.send(true);
+            // Counted first: the shutdown it starts subscribes to the count, and must not see
+            // this signal as a second one.
             counter.send_modify(|n| *n += 1);
+            let _ = shutdown.send(true);
         }
     });
 }

@@ -77,6 +77,12 @@ impl SubmitSql for Postgres {
         Ok(())
     }
 
+    async fn assign_bundles(conn: &mut PgConnection, pairs: &[(i64, i64)]) -> Result<()> {
+        let (ids, bundles): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+        sqlx::query(sql!("bundle_assign")).bind(&ids).bind(&bundles).execute(conn).await?;
+        Ok(())
+    }
+
     async fn open_sweep(conn: &mut PgConnection, sweep_id: i64) -> Result<bool> {
         if sqlx::query(sql!("open_sweep")).bind(sweep_id).execute(&mut *conn).await?.rows_affected() != 1 {
             return Ok(false);

@@ -29,6 +29,21 @@ async fn claim(conn: &mut SqliteConnection, worker_id: &str, n: u32, secs: f64) 
     }
     let rows = sqlx::query(sql!("claim")).bind(worker_id).bind(n as i64).bind(secs).fetch_all(&mut *conn).await?;
     let mut out = rows.iter().map(JobRow::from_row).collect::<Result<Vec<_>, _>>()?;
+    // Ticket bundles: the claimed leads' other ready members, for the same worker and lease.
+    let mut bundles: Vec<i64> = out.iter().filter_map(|j| j.bundle_id).collect();
+    if !bundles.is_empty() {
+        bundles.sort_unstable();
+        bundles.dedup();
+        let rows = sqlx::query(sql!("claim_siblings"))
+            .bind(worker_id)
+            .bind(secs)
+            .bind(serde_json::to_string(&bundles).expect("ids serialise"))
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in &rows {
+            out.push(JobRow::from_row(r)?);
+        }
+    }
     out.sort_by_key(|j| j.id);
     for j in &out {
         sqlx::query(sql!("open_attempt")).bind(j.id).bind(j.attempt).bind(worker_id).execute(&mut *conn).await?;

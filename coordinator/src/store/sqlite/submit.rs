@@ -80,6 +80,13 @@ impl SubmitSql for Sqlite {
         Ok(())
     }
 
+    async fn assign_bundles(conn: &mut SqliteConnection, pairs: &[(i64, i64)]) -> Result<()> {
+        let (ids, bundles): (Vec<i64>, Vec<i64>) = pairs.iter().copied().unzip();
+        let json = |v: &[i64]| serde_json::to_string(v).expect("ids serialise");
+        sqlx::query(sql!("bundle_assign")).bind(json(&ids)).bind(json(&bundles)).execute(conn).await?;
+        Ok(())
+    }
+
     async fn open_sweep(conn: &mut SqliteConnection, sweep_id: i64) -> Result<bool> {
         if sqlx::query(sql!("open_sweep")).bind(sweep_id).execute(&mut *conn).await?.rows_affected() != 1 {
             return Ok(false);
