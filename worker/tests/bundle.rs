@@ -502,3 +502,51 @@ fn every_builtin_model_steps_like_its_solo_members() {
         assert!(best < 1e-4, "{model:?}: no member within 1e-4 of its solo run (best {best:.3e})");
     }
 }
+
+/// Members handed back with checkpoints at different iterations (each uploads its own as it goes)
+/// resume as one claim: those at the first member's iteration train together, the other alone
+/// after them from its own checkpoint. Every member succeeds (a handback costs no attempt), each
+/// resumed from its own checkpoint, with the results of an undisturbed bundle.
+#[test]
+fn members_resumed_from_checkpoints_at_different_iterations_all_finish() {
+    engine::configure_threads(Some(1));
+    let tmp = tempfile::tempdir().unwrap();
+    // 23 iterations per epoch; from k = 10 to 69, checkpoints at 20, 40, 60.
+    let r = recipe("length = \"3ep\"\ncheckpoint_every = \"20it\"");
+    let l0 = tmp.path().join("level-0");
+    engine::run_step(&spec(ModelKind::Lenet300100, &r, 0, None, 0.0), &StepInputs::default(), &l0, Device::Cpu, &mut |_| {}).unwrap();
+    let inputs = StepInputs { rewind: Some(l0.join(engine::REWIND_FILE)), parent: Some(l0.join(engine::WEIGHTS_FILE)) };
+    let member = |m: ImportanceMetric, dir: &str| BundleMember { spec: spec(ModelKind::Lenet300100, &r, 1, Some(m), 0.3), inputs: inputs.clone(), workdir: tmp.path().join(format!("{dir}-{m}")) };
+    let members: Vec<BundleMember> = METRICS.iter().map(|&m| member(m, "a")).collect();
+    let resumed: Vec<BundleMember> = METRICS.iter().map(|&m| member(m, "b")).collect();
+    for m in &resumed {
+        std::fs::create_dir_all(&m.workdir).unwrap();
+    }
+    // What a handback leaves: members 0 and 2 uploaded their checkpoint at iteration 40, member 1
+    // only the one at 20.
+    let mut seen = [0usize; 3];
+    let undisturbed = engine::run_bundle(&members, Device::Cpu, &mut |i, e| {
+        if let StepEvent::Checkpoint { path } = e {
+            seen[i] += 1;
+            if seen[i] == if i == 1 { 1 } else { 2 } {
+                std::fs::copy(&path, resumed[i].workdir.join(engine::CHECKPOINT_FILE)).unwrap();
+            }
+        }
+    })
+    .unwrap();
+    let mut first: [Option<u64>; 3] = [None; 3];
+    let out = engine::run_bundle(&resumed, Device::Cpu, &mut |i, e| {
+        if let StepEvent::Progress { iteration, .. } = e {
+            first[i].get_or_insert(iteration);
+        }
+    })
+    .unwrap();
+    assert_eq!(first, [Some(46), Some(23), Some(46)], "each member resumed from its own checkpoint (40, 20, 40)");
+    for i in 0..3 {
+        let (a, b) = (undisturbed[i].as_ref().unwrap(), out[i].as_ref().unwrap_or_else(|e| panic!("member {i}: {e:#}")));
+        let gap = weight_gap(&load(&members[i].workdir.join(engine::WEIGHTS_FILE)), &load(&resumed[i].workdir.join(engine::WEIGHTS_FILE)));
+        println!("member {i}: resumed vs undisturbed weight gap {gap:.3e}");
+        assert!(gap <= WEIGHT_TOL, "member {i}: weight gap {gap}");
+        assert_eq!(a.report.layers.iter().map(|l| &l.bits).collect::<Vec<_>>(), b.report.layers.iter().map(|l| &l.bits).collect::<Vec<_>>(), "member {i}'s masks");
+    }
+}

@@ -200,15 +200,13 @@ async fn a_bundle_is_handed_back_member_by_member_and_a_cancel_stops_its_process
     .await
     .unwrap();
     assert_eq!(second, vec![(3, 1)], "w2 claimed the handed-back bundle whole; attempts: {attempts:?}");
-    // Known limit (not fixed yet): the members' last uploaded checkpoints can be at different
-    // iterations (each member uploads its own as it goes); the engine then refuses the member
-    // that is behind ("run this step alone"), and its retry runs alone. Anything else is a bug.
+    // The members' last uploaded checkpoints can be at different iterations (each member uploads
+    // its own as it goes); a member that is behind then trains alone after the bundle, from its
+    // own checkpoint. Either way the handback cost no attempt: every second attempt succeeded.
     for (job, attempt, _, outcome) in &attempts {
-        assert!(
-            *attempt == 1 || outcome.starts_with("succeeded") || outcome.contains("run this step alone"),
-            "job {job} attempt {attempt}: {outcome}"
-        );
+        assert!(*attempt == 1 || outcome.starts_with("succeeded"), "job {job} attempt {attempt}: {outcome}");
     }
+    assert!(attempts.iter().all(|(_, attempt, _, _)| *attempt <= 2), "a handback cost an attempt: {attempts:?}");
 
     // A cancel aborts each member by its lease; when the last one leaves, the process goes.
     // Another rate: the same dense job (reused), a new bundle of three.

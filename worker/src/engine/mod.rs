@@ -621,6 +621,7 @@ pub fn run_bundle(members: &[BundleMember], device: Device, on_event: &mut dyn F
     let mut trainers = Vec::new();
     let mut progress = Vec::new();
     let mut start_it = 0;
+    let mut alone = Vec::new();
     for (i, net) in &nets {
         let m = &members[*i];
         let setup = (|| -> Result<_> {
@@ -633,12 +634,12 @@ pub fn run_bundle(members: &[BundleMember], device: Device, on_event: &mut dyn F
             Ok((tr, p, rewind_it)) => {
                 if let Some(other) = progress.first().map(|q: &train::Progress| q.iteration) {
                     if p.iteration != other {
-                        // Checkpoints written at different iterations (a crash between two
-                        // members' writes): this one cannot join; a retry runs it alone.
-                        results[*i] = Some(Err(anyhow::anyhow!(
-                            "bundle member's checkpoint is at iteration {}, the bundle's at {other}; run this step alone",
-                            p.iteration
-                        )));
+                        // Checkpoints at different iterations (each member uploads its own as it
+                        // goes, so a handback or a crash can leave them apart): this one cannot
+                        // join, and trains alone after the bundle from its own checkpoint, so
+                        // that a handback never costs its job an attempt.
+                        tracing::info!(job_checkpoint = p.iteration, bundle_checkpoint = other, member = *i, "bundle member resumes alone: its checkpoint is at another iteration");
+                        alone.push(*i);
                         continue;
                     }
                 }
@@ -686,6 +687,11 @@ pub fn run_bundle(members: &[BundleMember], device: Device, on_event: &mut dyn F
         for (j, &i) in slots.iter().enumerate() {
             results[i] = Some(finish_step(&members[i].spec, &bt.members[j], &paths[j], start_it, progress[j].iteration, started, last[j]));
         }
+    }
+    drop(nets);
+    for i in alone {
+        let m = &members[i];
+        results[i] = Some(run_step(&m.spec, &m.inputs, &m.workdir, device, &mut |e| on_event(i, e)));
     }
     Ok(results.into_iter().map(|r| r.expect("every member has a result")).collect())
 }
