@@ -1,38 +1,15 @@
 //! Ticket bundles in the store (issue 10, item 3), on both backends: formed at submit, claimed
 //! together into one slot, and fenced, failed and retried per member.
 
+#[macro_use]
 mod common;
 
 use common::*;
-use lth_coordinator::store::{AbortReason, ClaimedJob, Failure, JobRow, Lease, Store, StoreError};
+use lth_coordinator::store::{AbortReason, Failure, JobRow, Lease, Store, StoreError};
 use lth_sweep::{BundleMode, SweepSpec};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-const LEASE: Duration = Duration::from_secs(30);
-
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let db = super::TestDb::postgres().await;
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let db = super::TestDb::sqlite().await;
-                    super::$name(db.store().await).await;
-                }
-            )*
-        }
-    };
-}
 
 contract!(
     bundles_are_formed_at_submit_deterministically,
@@ -50,9 +27,6 @@ fn bundled(metrics: &[&str], rates: &[f64], seeds: &[u64], levels: u32, mode: Bu
     s
 }
 
-fn lease_of(c: &ClaimedJob) -> Lease {
-    Lease { job_id: c.job.id, attempt: c.job.attempt }
-}
 
 /// bundle id -> its members' ids, over a sweep's jobs.
 fn bundles(jobs: &[JobRow]) -> BTreeMap<i64, Vec<i64>> {

@@ -3,9 +3,44 @@
 //! contract and gRPC tests.
 #![allow(dead_code)]
 
-use lth_coordinator::store::{ClaimedJob, LayerResult, LevelResult, Store, StoreOptions, WorkerRegistration};
+use lth_coordinator::store::{ClaimedJob, LayerResult, LevelResult, Lease, Store, StoreOptions, WorkerRegistration};
 use lth_sweep::SweepSpec;
 use sqlx::Row;
+
+/// The lease every contract test claims with.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The lease a claim returned.
+pub fn lease_of(c: &ClaimedJob) -> Lease {
+    Lease { job_id: c.job.id, attempt: c.job.attempt }
+}
+
+/// `contract!(test_a, test_b)`: each `async fn test_x(store: Store)` of the calling file runs as
+/// a test on a fresh Postgres database (`postgres::test_x`) and on a fresh SQLite file
+/// (`sqlite::test_x`). Needs `#[macro_use] mod common;`.
+#[allow(unused_macros)]
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::postgres().await;
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
 
 /// lth-testkit's test database (a fresh Postgres database or SQLite file), plus the
 /// coordinator's store on it.
