@@ -128,17 +128,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     // Prepare, unless stopped meanwhile.
     let prepared = tokio::select! {
         p = prepare(&ctx, &job, &workdir, slot) => p,
-        s = next_stop(&mut stop) => {
-            let outcome = match s {
-                Stop::Abort(reason) => Outcome::Dropped(format!("aborted before start ({})", reason.as_str_name())),
-                Stop::Shutdown => {
-                    release(&ctx, lease, "the worker shut down before the job started").await;
-                    Outcome::Released
-                }
-            };
-            cleanup(&ctx, &workdir, &outcome);
-            return outcome;
-        }
+        s = next_stop(&mut stop) => return stopped_before_start(&ctx, lease, &workdir, s).await,
     };
     let (job_file, _inputs) = match prepared {
         Prepared::Ready { job_file, inputs } => (job_file, inputs),
@@ -163,18 +153,8 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
         Some(seat) => {
             let joined = tokio::select! {
                 j = seat.join(job_file.clone()) => j,
-                s = next_stop(&mut stop) => {
-                    // The seat was dropped with the select: the bundle starts without this member.
-                    let outcome = match s {
-                        Stop::Abort(reason) => Outcome::Dropped(format!("aborted before start ({})", reason.as_str_name())),
-                        Stop::Shutdown => {
-                            release(&ctx, lease, "the worker shut down before the job started").await;
-                            Outcome::Released
-                        }
-                    };
-                    cleanup(&ctx, &workdir, &outcome);
-                    return outcome;
-                }
+                // The seat was dropped with the select: the bundle starts without this member.
+                s = next_stop(&mut stop) => return stopped_before_start(&ctx, lease, &workdir, s).await,
             };
             match joined {
                 Ok(m) => Proc::Member(m),
@@ -827,6 +807,20 @@ pub async fn release(ctx: &JobContext, lease: pb::JobLease, why: &str) {
             "ReleaseJob did not reach the coordinator within {deadline:?}; the job is re-queued when its lease expires"
         ),
     }
+}
+
+/// A job stopped before its process started (while preparing, or while its bundle gathered): an
+/// abort drops it, a shutdown hands it back at once; either way its workdir goes.
+async fn stopped_before_start(ctx: &JobContext, lease: pb::JobLease, workdir: &Path, stop: Stop) -> Outcome {
+    let outcome = match stop {
+        Stop::Abort(reason) => Outcome::Dropped(format!("aborted before start ({})", reason.as_str_name())),
+        Stop::Shutdown => {
+            release(ctx, lease, "the worker shut down before the job started").await;
+            Outcome::Released
+        }
+    };
+    cleanup(ctx, workdir, &outcome);
+    outcome
 }
 
 fn finish_dropped(ctx: &JobContext, workdir: &Path, why: &str) -> Outcome {
