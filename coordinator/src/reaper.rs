@@ -17,14 +17,23 @@ pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::wa
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Event watermarks of the last two passes: a pass closes trials with a job that succeeded
-    // after the older one (the first two passes look at every running trial).
-    let (mut older, mut newer): (Option<i64>, Option<i64>) = (None, None);
+    // after the older one. They start at the mark an earlier reaper recorded (the first passes
+    // look at every running trial only where none is known); each pass records the one its
+    // successor will start from.
+    let mark = match store.reaper_mark().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the reaper's mark; the first passes look at every running trial");
+            None
+        }
+    };
+    let (mut older, mut newer): (Option<i64>, Option<i64>) = (mark, mark);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match store.reap_after(older).await {
+        match store.reap_after(older, newer).await {
             Ok(r) => {
                 older = newer;
                 newer = Some(r.event_watermark);

@@ -395,21 +395,36 @@ impl Store {
     /// sweeps with no open jobs left (a backstop for completions that raced each other), and
     /// unblocks jobs whose repaired input was made again.
     pub async fn reap(&self) -> Result<ReapReport> {
-        self.reap_after(None).await
+        self.reap_after(None, None).await
     }
 
     /// [`Store::reap`], closing only trials with a job that succeeded after event `since` (None:
-    /// every running trial, which cost 303-621 ms a pass at 100k trials). The reaper passes the
-    /// watermark of two passes back ([`ReapReport::event_watermark`]), so a completion that
-    /// committed after a later pass read its watermark (event ids are taken at insert and commit
-    /// in any order) is still looked at.
-    pub async fn reap_after(&self, since: Option<i64>) -> Result<ReapReport> {
+    /// every running trial, which cost 303-621 ms a pass at 100k trials and 6-9 s at 1M). The
+    /// reaper passes the watermark of two passes back ([`ReapReport::event_watermark`]), so a
+    /// completion that committed after a later pass read its watermark (event ids are taken at
+    /// insert and commit in any order) is still looked at.
+    ///
+    /// `closed_through`: the watermark the reaper's next pass will use as its `since`, recorded in
+    /// this pass's transaction once this pass has covered what lies before it, so that a
+    /// coordinator started later begins there ([`Store::reaper_mark`]) instead of looking at every
+    /// running trial again.
+    pub async fn reap_after(&self, since: Option<i64>, closed_through: Option<i64>) -> Result<ReapReport> {
         let (lost, finished_sweeps, event_watermark) = match self {
-            Store::Postgres(p) => postgres::reap::reap(p, since).await?,
-            Store::Sqlite(p) => sqlite::reap::reap(p, since).await?,
+            Store::Postgres(p) => postgres::reap::reap(p, since, closed_through).await?,
+            Store::Sqlite(p) => sqlite::reap::reap(p, since, closed_through).await?,
         };
         let unblocked_after_repair = self.unblock_repaired().await?;
         Ok(ReapReport { lost, finished_sweeps, unblocked_after_repair, event_watermark })
+    }
+
+    /// Where an earlier reaper got to: every trial whose jobs all succeeded with events up to
+    /// this id is closed. None when not known (a database migrated while it held running trials,
+    /// before any pass recorded a mark): the first pass then looks at every running trial.
+    pub async fn reaper_mark(&self) -> Result<Option<i64>> {
+        match self {
+            Store::Postgres(p) => postgres::reap::mark(p).await,
+            Store::Sqlite(p) => sqlite::reap::mark(p).await,
+        }
     }
 
     /// Vacuums the jobs table when it holds many dead row versions (Postgres only).

@@ -1,0 +1,1 @@
+SELECT trials_closed_through FROM reaper_marks WHERE id = 1
