@@ -45,7 +45,11 @@ async fn kill9_of_a_job_process() {
     assert_eq!(attempts[0].0, "failed", "{attempts:?}");
     assert!(attempts[0].1.as_deref().unwrap_or("").contains("SIGKILL"), "the error names the signal: {attempts:?}");
     assert_eq!(attempts[1].0, "succeeded", "{attempts:?}");
-    assert!(c.worker("w1").log_text().contains("resuming from the checkpoint"), "the retry resumed from the checkpoint");
+    let log = c.worker("w1").log_text();
+    // On failure, the daemon's lines about the checkpoint say why (a failed download starts over).
+    let about: Vec<&str> = log.lines().filter(|l| l.contains("checkpoint") || l.contains(&format!("job={job}"))).collect();
+    let about = &about[about.len().saturating_sub(60)..];
+    assert!(log.contains("resuming from the checkpoint"), "the retry resumed from the checkpoint; the daemon said: {about:#?}");
 }
 
 /// kill -9 of the coordinator while a job trains, started again on the same address two seconds
