@@ -208,6 +208,9 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
         for a in &claimed {
             let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
             assert_eq!(a.spec.as_ref().unwrap().name, "test");
+            // The submitted spec, its seed list cut to the job's own seed (the whole list made each
+            // assignment grow with the grid: ~60 KB a job at 25,000 seeds).
+            assert_eq!(a.spec.as_ref().unwrap(), &pb::SweepSpec { seeds: vec![a.seed], ..spec_proto() });
             if a.kind == pb::JobKind::Level as i32 {
                 // Inputs: θk from the seed's dense job and the parent's weights, both downloadable and intact.
                 let rewind = a.inputs.iter().find(|i| i.name == "rewind").expect("rewind input");

@@ -91,9 +91,9 @@ pub struct Coordinator {
     pub batcher: GroupCommit,
     pub artifacts: ArtifactStore,
     pub opts: ServiceOptions,
-    /// Sweep specs never change once stored; assignments carry them, so keep them at hand. One
-    /// cell per sweep, so the claims that race in after a restart read the spec once, not once
-    /// each.
+    /// Sweep specs never change once stored; assignments carry them (without the seed list), so
+    /// keep them at hand. One cell per sweep, so the claims that race in after a restart read the
+    /// spec once, not once each.
     specs: Mutex<HashMap<i64, Arc<tokio::sync::OnceCell<pb::SweepSpec>>>>,
 }
 
@@ -130,13 +130,21 @@ impl Coordinator {
         }
     }
 
-    /// The sweep's spec as assignments carry it, read from the store once per sweep.
-    async fn spec_of(&self, sweep_id: i64) -> Result<pb::SweepSpec, Status> {
+    /// The sweep's spec as an assignment of a job with `seed` carries it, read from the store once
+    /// per sweep: the seed list cut to the job's own seed. The worker needs the recipe, not the
+    /// grid, and the whole list made every assignment grow with the grid: at 25,000 seeds (1M
+    /// jobs) ~60 KB to clone, encode and decode per claimed job, which cost the coordinator and
+    /// the workers about twice the CPU per claim+complete of a 250-seed sweep (BENCHMARKS.md).
+    async fn spec_of(&self, sweep_id: i64, seed: u64) -> Result<pb::SweepSpec, Status> {
         let cell = self.specs.lock().unwrap().entry(sweep_id).or_default().clone();
         let spec = cell
-            .get_or_try_init(|| async { self.store.sweep_spec(sweep_id).await.map(|s| pb::SweepSpec::from(&s)).map_err(status) })
+            .get_or_try_init(|| async {
+                let mut spec = self.store.sweep_spec(sweep_id).await.map(|s| pb::SweepSpec::from(&s)).map_err(status)?;
+                spec.seeds = Vec::new();
+                Ok::<_, Status>(spec)
+            })
             .await?;
-        Ok(spec.clone())
+        Ok(pb::SweepSpec { seeds: vec![seed], ..spec.clone() })
     }
 }
 

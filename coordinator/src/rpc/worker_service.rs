@@ -19,7 +19,7 @@ pub struct WorkerSvc(pub Arc<Coordinator>);
 
 impl WorkerSvc {
     async fn assignment(&self, c: ClaimedJob) -> Result<pb::JobAssignment, Status> {
-        let spec = self.0.spec_of(c.job.sweep_id).await?;
+        let spec = self.0.spec_of(c.job.sweep_id, c.job.seed as u64).await?;
         let j = &c.job;
         let kind: JobKind = parse_state(&j.kind)?;
         let mut inputs = Vec::new();
