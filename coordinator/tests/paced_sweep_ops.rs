@@ -2,11 +2,11 @@
 //! by a crash is finished afterwards.
 //!
 //! - While a ~100k-job sweep is paused, resumed and cancelled, a worker holding a job of another
-//!   sweep heartbeats back to back: each heartbeat waits far less than the operation takes, and
-//!   heartbeats keep being answered through it. When SQLite wrote each operation in one
-//!   transaction, every heartbeat that began during it waited for the whole of it (a cancel of
-//!   288k jobs held the lock 1.2-2.9 s). Postgres writes each in one transaction and locks only
-//!   the rows of the sweep, so the same holds there.
+//!   sweep heartbeats back to back: no heartbeat waits longer than [`BOUND`], and the cancel takes
+//!   longer than that. When SQLite wrote each operation in one transaction, a heartbeat that
+//!   began with it waited for the whole of it (a cancel of 100k jobs: ~450 ms here; of 288k in
+//!   the fault suite: 1.2-2.9 s). Postgres writes each in one transaction and locks only the
+//!   rows of the sweep, so the bound holds there too.
 //! - SQLite writes them in short transactions (`store/sqlite/sweeps.rs`): a cancel or a pause cut
 //!   short (the store closed under it, as a dying coordinator leaves it) is finished by the next
 //!   reaper pass once its writer is gone, or by a restarted coordinator, and a later resume of a
@@ -20,6 +20,12 @@ use lth_coordinator::store::{AbortReason, Lease, Store};
 use std::time::{Duration, Instant};
 
 contract!(pause_resume_and_cancel_of_a_big_sweep_let_heartbeats_through);
+
+/// The longest a heartbeat may wait during a pause, resume or cancel of the big sweep: five times
+/// the longest a paced SQLite operation holds the lock at a time (`SQLITE_HOLD`, 50 ms; measured
+/// waits: 50-60 ms), and about half what a cancel of its 100k jobs in one transaction made a
+/// heartbeat wait on an idle machine (445 ms).
+const BOUND: Duration = Duration::from_millis(250);
 
 /// 4 metrics x 2 rates x `seeds` seeds x 50 levels, plus a dense job per seed.
 fn big_spec(seeds: u64) -> lth_sweep::SweepSpec {
@@ -84,12 +90,11 @@ async fn pause_resume_and_cancel_of_a_big_sweep_let_heartbeats_through(store: St
         .await;
         eprintln!("{name} of {} jobs: {took:?}; longest heartbeat during it {longest:?}, {answered} answered within it", big.jobs);
         assert_eq!(store.get_sweep(id).await.unwrap().state, want);
-        // One transaction over the sweep's jobs makes a heartbeat that begins with it wait for
-        // nearly all of it, and none end within it but that one. Only an operation long enough
-        // to tell shows anything.
-        if took > Duration::from_millis(150) {
-            assert!(longest < took / 2, "{name}: a heartbeat waited {longest:?} of the {took:?} it took");
-            assert!(answered >= 3, "{name}: only {answered} heartbeats were answered during its {took:?}");
+        assert!(longest < BOUND, "{name}: a heartbeat waited {longest:?} (the {name} took {took:?})");
+        if name == "cancel" && matches!(store, Store::Sqlite(_)) {
+            // Or the bound proves nothing. (A pause or resume of 100k jobs held the lock only
+            // about 15-130 ms in one transaction: a flag changes, few index entries do.)
+            assert!(took > BOUND, "the cancel took only {took:?}: make the sweep bigger");
         }
     }
     let open = scalar(&store, &format!("SELECT count(*) FROM jobs WHERE sweep_id = {id} AND state IN ('blocked', 'ready', 'running')")).await;
