@@ -10,7 +10,8 @@
 //! - SQLite writes them in short transactions (`store/sqlite/sweeps.rs`): a cancel or a pause cut
 //!   short (the store closed under it, as a dying coordinator leaves it) is finished by the next
 //!   reaper pass once its writer is gone, or by a restarted coordinator, and a later resume of a
-//!   half-paused sweep leaves no job paused.
+//!   half-paused sweep leaves no job paused. A retry over several chunks re-queues each job once,
+//!   behind its parent as in one statement, and one cut short reopens what it re-queued.
 
 #[macro_use]
 mod common;
@@ -19,7 +20,7 @@ use common::*;
 use lth_coordinator::store::{AbortReason, Lease, Store};
 use std::time::{Duration, Instant};
 
-contract!(pause_resume_and_cancel_of_a_big_sweep_let_heartbeats_through);
+contract!(pause_resume_and_cancel_of_a_big_sweep_let_heartbeats_through, a_retry_of_more_jobs_than_a_chunk_requeues_each_behind_its_parent);
 
 /// The longest a heartbeat may wait during a pause, resume or cancel of the big sweep: five times
 /// the longest a paced SQLite operation holds the lock at a time (`SQLITE_HOLD`, 50 ms; measured
@@ -247,4 +248,70 @@ async fn a_pause_or_resume_cut_short_ends_whole() {
     assert_eq!(count(&store, &paused).await, 0);
     assert_eq!(count(&store, "SELECT count(*) FROM unfinished_sweep_ops").await, 0);
     assert!(!store.claim_jobs("w", 1, LEASE).await.unwrap().is_empty(), "the resumed sweep's jobs are claimable");
+}
+
+/// A dense job fails for good and with it 8 x 150 levels: a retry re-queues all 1,201 (more than
+/// one chunk of ids on SQLite), the dense job ready and each level blocked behind its parent as
+/// one statement would, one event each; the trials and the sweep reopen, and a cancel then stops
+/// the lot.
+async fn a_retry_of_more_jobs_than_a_chunk_requeues_each_behind_its_parent(store: Store) {
+    let mut s = spec(&["magnitude", "l1", "l2", "random"], &[0.2, 0.4], &[0], 150);
+    s.max_attempts = 1;
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    assert_eq!(out.jobs, 1201);
+    register(&store, "w").await;
+    let mut dense = store.claim_jobs("w", 1, LEASE).await.unwrap();
+    let dense = dense.pop().unwrap();
+    store.fail_job(lease_of(&dense), "disk full", true).await.unwrap();
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.failed), ("failed", 1201));
+    let events_before = scalar(&store, "SELECT count(*) FROM events WHERE kind = 'state'").await;
+
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 1201);
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.ready, sweep.jobs.blocked), ("running", 1, 1200));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM trials WHERE state = 'running'").await, 8);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM events WHERE kind = 'state'").await - events_before, 1201, "one event per re-queued job");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM jobs WHERE error_count <> 0 OR last_error IS NOT NULL").await, 0);
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 0, "nothing left to retry");
+    let again = store.claim_jobs("w", 10, LEASE).await.unwrap();
+    assert_eq!(again.iter().map(|c| (c.job.id, c.job.attempt)).collect::<Vec<_>>(), vec![(dense.job.id, 2)], "only the dense job is ready");
+    store.complete_job(lease_of(&again[0]), &fabricated_result(&again[0])).await.unwrap();
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().jobs.ready, 8, "the dense job's children");
+
+    store.cancel_sweep(out.sweep_id).await.unwrap();
+    let sweep = store.get_sweep(out.sweep_id).await.unwrap();
+    assert_eq!((sweep.state.as_str(), sweep.jobs.cancelled, sweep.jobs.succeeded), ("cancelled", 1200, 1));
+}
+
+/// What a retry cut short after some chunks leaves: jobs re-queued in a sweep still failed, with
+/// its trials failed. Once its row is stale the reaper gives it its last transaction: the trials
+/// of the re-queued jobs and the sweep reopen (jobs the chunks did not reach would stay failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_cut_short_reopens_what_it_requeued() {
+    let db = TestDb::sqlite().await;
+    let store = db.store().await;
+    let mut s = spec(&["magnitude", "l1"], &[0.2], &[0], 2);
+    s.max_attempts = 1;
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let mut dense = store.claim_jobs("w", 1, LEASE).await.unwrap();
+    let dense = dense.pop().unwrap();
+    store.fail_job(lease_of(&dense), "disk full", true).await.unwrap();
+    assert_eq!(store.retry_sweep(out.sweep_id, None).await.unwrap(), 5);
+    // Back to the state a retry cut short after its chunks leaves.
+    let pool = sqlite_pool(&store);
+    let id = out.sweep_id;
+    sqlx::query(&format!("UPDATE sweeps SET state = 'failed' WHERE id = {id}")).execute(pool).await.unwrap();
+    sqlx::query(&format!("UPDATE trials SET state = 'failed' WHERE sweep_id = {id}")).execute(pool).await.unwrap();
+    sqlx::query(&format!("INSERT INTO unfinished_sweep_ops (sweep_id, op) VALUES ({id}, 'retry')")).execute(pool).await.unwrap();
+    store.reap().await.unwrap();
+    assert_eq!(store.get_sweep(id).await.unwrap().state, "failed", "a recent row is left to its writer");
+    sqlx::query("UPDATE unfinished_sweep_ops SET touched_at = '2000-01-01T00:00:00.000Z'").execute(pool).await.unwrap();
+    store.reap().await.unwrap();
+    assert_eq!(store.get_sweep(id).await.unwrap().state, "running");
+    assert_eq!(count(&store, &format!("SELECT count(*) FROM trials WHERE sweep_id = {id} AND state = 'running'")).await, 2);
+    assert_eq!(count(&store, "SELECT count(*) FROM unfinished_sweep_ops").await, 0);
+    let again = store.claim_jobs("w", 1, LEASE).await.unwrap();
+    assert_eq!(again[0].job.id, dense.job.id);
 }
