@@ -67,6 +67,11 @@ pub async fn serve_with(
     if !discarded.is_empty() {
         tracing::warn!(sweeps = ?discarded, "deleted sweeps whose submit did not finish (the coordinator stopped while writing them); submit them again");
     }
+    // A pause, resume, cancel or retry cut short by a crash (SQLite writes them in chunks).
+    let finished = store.finish_unfinished_sweep_ops().await?;
+    if !finished.is_empty() {
+        tracing::warn!(ops = ?finished, "finished sweep operations that the coordinator stopped half-way");
+    }
     let coord: Arc<Coordinator> = Coordinator::new(store.clone(), artifacts, opts);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::sweep_service_server::SweepServiceServer<SweepSvc>>().await;

@@ -138,7 +138,10 @@ impl Store {
     }
 
     /// Stops new claims, re-queues the sweep's running jobs (their workers learn it from the next
-    /// heartbeat) and keeps everything else. Pausing a paused sweep is a no-op.
+    /// heartbeat) and keeps everything else. Pausing a paused sweep is a no-op (on SQLite it
+    /// finishes a pause that was cut short). On SQLite this, resume, cancel and retry are written
+    /// in short transactions, so that other sweeps' writers get the lock in between
+    /// (`sqlite/sweeps.rs`).
     pub async fn pause_sweep(&self, sweep_id: i64) -> Result<()> {
         match self {
             Store::Postgres(p) => postgres::sweeps::pause(p, sweep_id).await,
@@ -392,8 +395,9 @@ impl Store {
     // -----------------------------------------------------------------------------------------
 
     /// Re-queues jobs whose lease expired (counted as lost, not as failed), closes trials and
-    /// sweeps with no open jobs left (a backstop for completions that raced each other), and
-    /// unblocks jobs whose repaired input was made again.
+    /// sweeps with no open jobs left (a backstop for completions that raced each other),
+    /// unblocks jobs whose repaired input was made again, and on SQLite finishes a pause, resume,
+    /// cancel or retry whose writer stopped half-way ([`Store::finish_unfinished_sweep_ops`]).
     pub async fn reap(&self) -> Result<ReapReport> {
         self.reap_after(None, None).await
     }
@@ -414,6 +418,11 @@ impl Store {
             Store::Sqlite(p) => sqlite::reap::reap(p, since, closed_through).await?,
         };
         let unblocked_after_repair = self.unblock_repaired().await?;
+        if let Store::Sqlite(p) = self {
+            for (sweep_id, op) in sqlite::sweeps::finish_unfinished(p, sqlite::sweeps::STALE).await? {
+                tracing::warn!(sweep_id, op = %op, "finished a sweep operation that stopped half-way (its coordinator died or its writes failed)");
+            }
+        }
         Ok(ReapReport { lost, finished_sweeps, unblocked_after_repair, event_watermark })
     }
 
@@ -424,6 +433,17 @@ impl Store {
         match self {
             Store::Postgres(p) => postgres::reap::mark(p).await,
             Store::Sqlite(p) => sqlite::reap::mark(p).await,
+        }
+    }
+
+    /// Finishes the pauses, resumes, cancels and retries that a coordinator stopped half-way
+    /// (SQLite writes them in short transactions: `sqlite/sweeps.rs`; Postgres in one, and has
+    /// none). Run when the coordinator starts, before it serves; the reaper finishes those whose
+    /// writer stopped while the coordinator runs. Returns the (sweep, operation) pairs finished.
+    pub async fn finish_unfinished_sweep_ops(&self) -> Result<Vec<(i64, String)>> {
+        match self {
+            Store::Postgres(_) => Ok(Vec::new()),
+            Store::Sqlite(p) => sqlite::sweeps::finish_unfinished(p, Duration::ZERO).await,
         }
     }
 

@@ -1,6 +1,7 @@
 //! A write made of many statements that must not hold SQLite's single write lock for long: a
 //! series of transactions, each committed once it has held the lock for `hold` (Postgres: `hold`
-//! None, one transaction). Used by big submits and their cleanup (`submit.rs`).
+//! None, one transaction). Used by big submits and their cleanup (`submit.rs`), and on SQLite by
+//! the pause, resume, cancel and retry of a sweep (`sqlite/sweeps.rs`).
 
 use super::error::Result;
 use super::pool_wait;

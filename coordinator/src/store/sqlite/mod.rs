@@ -4,8 +4,9 @@
 //! SQLite has no row locks: every write transaction begins `IMMEDIATE` ([`begin_write`]) and so
 //! holds the database's one write lock, which makes a read followed by a write in it atomic. The
 //! hot paths (claim, complete, record uploads) run a whole batch as a series of statements in one
-//! such transaction; a big write (a submit) is cut into short transactions (`paced.rs`) so that
-//! heartbeats and completions get the lock in between. The statements shared by several
+//! such transaction; a big write (a submit; a pause, resume, cancel or retry of a big sweep) is cut
+//! into short transactions (`paced.rs`, `sweeps.rs`) so that heartbeats and completions get the
+//! lock in between. The statements shared by several
 //! operations are the helpers below.
 
 /// The text of `coordinator/queries/sqlite/NAME.sql`, compiled into the binary.

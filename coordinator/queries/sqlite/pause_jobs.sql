@@ -1,1 +1,0 @@
-UPDATE jobs SET paused = true WHERE sweep_id = $1 AND state IN ('blocked', 'ready', 'running')

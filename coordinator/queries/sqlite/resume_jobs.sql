@@ -1,1 +1,0 @@
-UPDATE jobs SET paused = false WHERE sweep_id = $1 AND paused
