@@ -53,7 +53,7 @@ pub async fn run_reaper(store: Store, every: Duration, mut stop: tokio::sync::wa
             }
         }
         match store.vacuum_jobs_if_needed().await {
-            Ok(Some(v)) => tracing::debug!(dead_rows = v.dead_rows, took_ms = v.took.as_millis() as u64, "vacuumed the jobs table"),
+            Ok(Some(v)) => tracing::debug!(dead_rows = v.dead_rows, vacuumed = v.vacuumed, analyzed = v.analyzed, took_ms = v.took.as_millis() as u64, "vacuumed or analyzed the jobs table"),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "vacuum of the jobs table failed; autovacuum still runs"),
         }

@@ -264,11 +264,17 @@ pub struct ReapReport {
     pub event_watermark: i64,
 }
 
-/// A vacuum of the jobs table that [`Store::vacuum_jobs_if_needed`] ran.
+/// A vacuum or analyze of the jobs table that [`Store::vacuum_jobs_if_needed`] ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VacuumReport {
     /// Dead row versions Postgres counted before the vacuum.
     pub dead_rows: i64,
+    /// Whether the table was vacuumed (enough dead rows).
+    pub vacuumed: bool,
+    /// Whether its statistics were renewed (enough rows changed since the last analyze). Either
+    /// can happen without the other: page pruning removes dead HOT versions without a vacuum, so
+    /// the dead count can stay low while the changed count grows.
+    pub analyzed: bool,
     pub took: Duration,
 }
 

@@ -26,5 +26,5 @@ pub(crate) async fn vacuum_jobs_if_needed(pool: &PgPool) -> Result<Option<Vacuum
         (false, true) => sql!("analyze_jobs"),
     };
     sqlx::query(statement).execute(pool).await?;
-    Ok(Some(VacuumReport { dead_rows: dead, took: t.elapsed() }))
+    Ok(Some(VacuumReport { dead_rows: dead, vacuumed: vacuum, analyzed: analyze, took: t.elapsed() }))
 }
