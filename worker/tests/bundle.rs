@@ -492,7 +492,7 @@ fn every_builtin_model_steps_like_its_solo_members() {
             let max_abs = |t: &Tensor| t.abs().max().double_value(&[]);
             let scales: HashMap<&str, f64> = all.iter().map(|((n, _), (_, ts))| (n.as_str(), max_abs(ts))).collect();
             for ((n, tb), (_, ts)) in &all {
-                let scale = max_abs(ts).max(1e-12);
+                let scale = scales[n.as_str()].max(1e-12);
                 // Relative to the tensor's scale, except for VGG's conv biases: batch norm follows
                 // them, so their gradient is zero in exact arithmetic and what they hold is pure
                 // float rounding in both runs (measured: bundled and solo each ~1e-6 with a gap of
