@@ -80,9 +80,14 @@ impl ArtifactStore {
         }
     }
 
-    /// The object key of one attempt's file, so a stale attempt never overwrites a current one.
-    pub fn key_for(job_id: i64, attempt: i32, name: &str) -> String {
-        format!("jobs/{job_id}/attempt-{attempt}/{name}")
+    /// The object key of one upload of an attempt's file: each upload its own object, so a
+    /// stale attempt never overwrites a current one, and an upload never overwrites the file
+    /// already recorded under its name. An attempt uploads a checkpoint every few epochs; with
+    /// one key for all of them, one still in flight when the job died replaced the recorded
+    /// checkpoint's bytes (or, refused, deleted them), and the retry had to start over. The
+    /// record returns the object it replaced ([`crate::store::Recorded`]), which is then deleted.
+    pub fn key_for(job_id: i64, attempt: i32, name: &str, upload: &str) -> String {
+        format!("jobs/{job_id}/attempt-{attempt}/{name}.{upload}")
     }
 
     /// Streams `chunks` into `key`, hashing as it goes. The object is deleted again when the size

@@ -14,7 +14,7 @@
 //! is retried alone, so one bad item fails only its own caller.
 
 use crate::http::metrics::names as M;
-use crate::store::{ArtifactRecord, ClaimRequest, ClaimedJob, Completion, Store, StoreError};
+use crate::store::{ArtifactRecord, ClaimRequest, ClaimedJob, Completion, Recorded, Store, StoreError};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,7 +78,7 @@ pub struct GroupCommit {
     store: Store,
     claims: mpsc::UnboundedSender<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
     completions: mpsc::UnboundedSender<(Completion, Reply<()>)>,
-    records: mpsc::UnboundedSender<(ArtifactRecord, Reply<()>)>,
+    records: mpsc::UnboundedSender<(ArtifactRecord, Reply<Recorded>)>,
     claim_counters: Arc<Counters>,
     complete_counters: Arc<Counters>,
 }
@@ -125,7 +125,7 @@ impl GroupCommit {
     }
 
     /// One upload record, batched with concurrent ones ([`Store::record_artifacts`]).
-    pub async fn record_artifact(&self, rec: ArtifactRecord) -> Result<(), StoreError> {
+    pub async fn record_artifact(&self, rec: ArtifactRecord) -> Result<Recorded, StoreError> {
         enqueue(&self.records, rec, |rec| async move { self.store.record_artifacts(std::slice::from_ref(&rec)).await }).await
     }
 }

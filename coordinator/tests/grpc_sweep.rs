@@ -444,6 +444,72 @@ async fn a_result_that_is_not_numbers_is_refused_with_invalid_result() {
     stop().await.unwrap();
 }
 
+/// The checkpoints of one attempt over the wire. Each upload is its own object and replaces the
+/// one before, which is deleted, so the store holds one checkpoint file per job; an upload refused
+/// at its record because its attempt ended while it was in flight (the job process died, and the
+/// daemon failed the attempt) deletes only its own object, and the retry downloads the checkpoint
+/// recorded before, intact. With one object key per attempt and name, that refused upload deleted
+/// the recorded checkpoint and the retry started over (chaos `kill9_of_a_job_process`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_checkpoint_upload_leaves_the_recorded_one_for_the_retry() {
+    let (mut sweeps, mut w, _store, stop, dirs) = serve(ServiceOptions::default()).await;
+    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
+    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
+    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    let ckpt = |n: u32| weights_of(a.job_id, &format!("checkpoint {n}"));
+    let files = |attempt: u32| -> Vec<String> {
+        let dir = dirs[0].path().join(format!("jobs/{}/attempt-{attempt}", a.job_id));
+        let mut v: Vec<String> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        v.sort();
+        v
+    };
+    for n in 1..=3 {
+        let r = upload(&mut w, &a, "checkpoint", &ckpt(n), &sha(&ckpt(n))).await.unwrap();
+        assert_eq!(r.artifact.unwrap().sha256, sha(&ckpt(n)));
+        assert_eq!(files(a.attempt).len(), 1, "after checkpoint {n}, only the newest is kept: {:?}", files(a.attempt));
+    }
+
+    // Checkpoint 4 is in flight (its first chunk passed the lease check and is being stored: a
+    // staging file beside the recorded one) when the attempt fails; the rest arrives after.
+    let lease = pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ArtifactChunk>(4);
+    let mut uploader = w.clone();
+    let in_flight = tokio::spawn(async move { uploader.upload_artifact(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let four = ckpt(4);
+    let mut parts = four.chunks(1 << 20);
+    let head = parts.next().unwrap().to_vec();
+    tx.send(pb::ArtifactChunk { lease: Some(lease), name: "checkpoint".into(), data: head, sha256: sha(&four), total_bytes: four.len() as u64 }).await.unwrap();
+    let t0 = std::time::Instant::now();
+    while files(a.attempt).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the upload never started storing: {:?}", files(a.attempt));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.fail_job(pb::FailJobRequest { lease: Some(lease), error: "the job process ended with SIGKILL".into(), retryable: true, node_local: false }).await.unwrap();
+    for part in parts {
+        tx.send(pb::ArtifactChunk { data: part.to_vec(), ..Default::default() }).await.unwrap();
+    }
+    drop(tx);
+    let e = in_flight.await.unwrap().unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (tonic::Code::FailedPrecondition, Some(pb::ErrorReason::StaleLease)), "{}", e.message());
+    assert_eq!(files(a.attempt).len(), 1, "the refused upload removed only its own object: {:?}", files(a.attempt));
+    // One starting after the attempt ended is refused before it stores anything.
+    let e = upload(&mut w, &a, "checkpoint", &ckpt(4), &sha(&ckpt(4))).await.unwrap_err();
+    assert_eq!(reason(&e), Some(pb::ErrorReason::StaleLease), "{}", e.message());
+
+    let retry = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 4 }).await.unwrap().into_inner().jobs;
+    let retry = retry.into_iter().find(|j| j.job_id == a.job_id).expect("the failed job is claimable again");
+    assert_eq!(retry.attempt, a.attempt + 1);
+    let from = retry.resume_checkpoint.as_ref().expect("the retry resumes from a checkpoint");
+    assert_eq!(from.sha256, sha(&ckpt(3)), "the last checkpoint recorded before the attempt failed");
+    let (data, digest) = download(&mut w, a.job_id, "checkpoint").await;
+    assert_eq!((data == ckpt(3), digest), (true, sha(&ckpt(3))), "the checkpoint downloads intact");
+
+    // The retry's first checkpoint replaces (and deletes) the one it resumed from.
+    upload(&mut w, &retry, "checkpoint", &ckpt(5), &sha(&ckpt(5))).await.unwrap();
+    assert_eq!((files(a.attempt).len(), files(retry.attempt).len()), (0, 1), "{:?} {:?}", files(a.attempt), files(retry.attempt));
+    stop().await.unwrap();
+}
+
 /// Issue 9, failure 6: the grid-size cap, worker ids, artifact size and names, and pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_and_listings_come_in_pages() {

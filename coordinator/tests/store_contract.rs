@@ -28,6 +28,7 @@ contract!(
     group_commit_hands_each_job_out_once_and_finishes_the_sweep,
     completion_requires_this_attempts_uploads_and_claims_carry_them,
     artifact_records_in_one_batch_keep_their_own_outcome,
+    each_record_names_the_file_it_replaced_and_a_refused_one_keeps_the_recorded,
     controls_and_rate_schedules_are_stored_run_and_reused,
     results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
     retry_requeues_failed_jobs_and_their_descendants_with_fresh_attempts,
@@ -231,7 +232,7 @@ async fn stale_attempt_is_rejected_and_changes_nothing(store: Store) {
         images_per_second: 10.0,
     };
     assert!(is_fp(store.report_progress(stale, &p).await));
-    assert!(is_fp(store.record_artifact(stale, "weights", "file:///x", "00", 1).await));
+    assert!(is_fp(store.record_artifact(stale, "weights", "file:///x", "00", 1).await.map(drop)));
     assert!(!store.lease_is_current(stale).await.unwrap());
     let aborts = store.heartbeat("old", &[stale], LEASE).await.unwrap();
     assert_eq!(aborts, vec![(stale, AbortReason::LeaseLost)]);
@@ -598,6 +599,49 @@ async fn artifact_records_in_one_batch_keep_their_own_outcome(store: Store) {
         store.record_artifacts(std::slice::from_ref(r)).await.unwrap().pop().unwrap().unwrap();
     }
     assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts").await, 3);
+}
+
+/// What UploadArtifact deletes after a record: the file the record replaced (the attempt's
+/// previous checkpoint, an earlier attempt's file of the same name), never the new one, and
+/// nothing when the record is refused (a checkpoint still in flight when the attempt failed):
+/// the retry resumes from the checkpoint recorded before.
+async fn each_record_names_the_file_it_replaced_and_a_refused_one_keeps_the_recorded(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0, 1], 1);
+    store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let a = claim_one(&store, "w").await;
+    let b = claim_one(&store, "w").await;
+    let rec = |c: &lth_coordinator::store::ClaimedJob, attempt: i32, name: &str, n: u32| ArtifactRecord {
+        lease: Lease { job_id: c.job.id, attempt },
+        name: name.into(),
+        uri: format!("file:///a/{}/{attempt}/{name}.{n}", c.job.id),
+        sha256: format!("{n:02}").repeat(32),
+        bytes: 7,
+    };
+    let replaced = |r: &lth_coordinator::store::Recorded| r.replaced_uri.clone();
+    let first = store.record_artifacts(&[rec(&a, 1, "checkpoint", 1)]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(replaced(&first), None, "the first checkpoint replaces nothing");
+    // A batch: the second checkpoint of a beside b's first file.
+    let out = store.record_artifacts(&[rec(&a, 1, "checkpoint", 2), rec(&b, 1, "rewind", 1)]).await.unwrap();
+    let out: Vec<_> = out.into_iter().map(|o| o.unwrap()).collect();
+    assert_eq!(replaced(&out[0]), Some(rec(&a, 1, "checkpoint", 1).uri), "the second checkpoint replaces the first");
+    assert_eq!(replaced(&out[1]), None);
+    // The same file recorded again (a retried call whose answer was lost) replaces nothing to delete.
+    let again = store.record_artifacts(&[rec(&a, 1, "checkpoint", 2)]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(replaced(&again), None, "a file is never named as the one it replaced");
+
+    // The attempt fails; its third checkpoint arrives after and is refused, and the second stays.
+    store.fail_job(lease_of(&a), "the job process ended with SIGKILL", true).await.unwrap();
+    let late = store.record_artifacts(&[rec(&a, 1, "checkpoint", 3)]).await.unwrap().pop().unwrap();
+    assert!(matches!(late, Err(StoreError::StaleLease(_))), "{late:?}");
+    let retry = store.claim_jobs("w", 1, LEASE).await.unwrap().pop().expect("the failed job again");
+    assert_eq!((retry.job.id, retry.job.attempt), (a.job.id, 2));
+    let ckpt = retry.resume_checkpoint.as_ref().expect("the retry resumes from a checkpoint");
+    assert_eq!((ckpt.uri.as_str(), ckpt.sha256.as_str()), (rec(&a, 1, "checkpoint", 2).uri.as_str(), "02".repeat(32).as_str()));
+    // The retry's own first checkpoint replaces the one it resumed from.
+    let next = store.record_artifacts(&[rec(&a, 2, "checkpoint", 4)]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(replaced(&next), Some(rec(&a, 1, "checkpoint", 2).uri));
+    assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts").await, 2);
 }
 
 /// A worker that claims up to `n` jobs at a time through `gc` and completes them, until the sweep

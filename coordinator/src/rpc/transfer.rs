@@ -75,13 +75,22 @@ impl Coordinator {
             }
             Ok(c)
         });
-        let key = ArtifactStore::key_for(lease.job_id, lease.attempt, &name);
+        let key = ArtifactStore::key_for(lease.job_id, lease.attempt, &name, &unique_suffix());
         let stored = self.artifacts.put_verified(&key, &name, &first.sha256, declared_bytes, Box::pin(chunks)).await?;
         let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
         let rec = ArtifactRecord { lease, name: name.clone(), uri: stored.uri.clone(), sha256: stored.sha256.clone(), bytes: stored.bytes };
-        if let Err(e) = self.batcher.record_artifact(rec).await {
-            self.artifacts.delete_uri(&stored.uri).await;
-            return Err(status(e));
+        match self.batcher.record_artifact(rec).await {
+            // Deleted only after the new record committed: until then the old file is the one
+            // a retry resumes from (a checkpoint) or a dependent downloads.
+            Ok(recorded) => {
+                if let Some(old) = recorded.replaced_uri {
+                    self.artifacts.delete_uri(&old).await;
+                }
+            }
+            Err(e) => {
+                self.artifacts.delete_uri(&stored.uri).await;
+                return Err(status(e));
+            }
         }
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, name = %name, bytes = stored.bytes, "artifact stored");
         metrics::counter!(M::ARTIFACT_BYTES, "direction" => "in").increment(stored.bytes);

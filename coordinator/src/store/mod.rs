@@ -50,7 +50,7 @@ pub use rules::{layers_match, uploads_needed, FailRule, MAX_EXCLUDED_WORKERS};
 pub use types::{
     check_loss, stored_number, AccuracyRow, ArtifactInfo, ArtifactRecord, ArtifactRow, AttemptRow, ClaimRequest, ClaimedJob, CollapseWarning,
     Completion, EventRow, Failure, GpuRow, InputRow, JobCountRow, JobCounts, JobResult, JobRow, KeptCell, LayerResult, LayerStatsRow, Lease,
-    LostArtifact, OverlapCell, PoolStats, ProgressInput, ProgressPoint, ReapReport, LevelResult, ResultRow, RunningJob, ScrapeCounts,
+    LostArtifact, OverlapCell, PoolStats, ProgressInput, ProgressPoint, ReapReport, Recorded, LevelResult, ResultRow, RunningJob, ScrapeCounts,
     SubmitOutcome, SweepInfo, SweepListRow, Throughput, UnitStats, VacuumReport, WorkerRegistration, WorkerRow,
 };
 
@@ -469,18 +469,18 @@ impl Store {
     // -----------------------------------------------------------------------------------------
 
     /// Records an uploaded file, fenced by the lease. A later attempt's file of the same name
-    /// replaces an earlier attempt's.
-    pub async fn record_artifact(&self, lease: Lease, name: &str, uri: &str, sha256: &str, bytes: u64) -> Result<()> {
+    /// replaces an earlier attempt's, a checkpoint the attempt's previous one.
+    pub async fn record_artifact(&self, lease: Lease, name: &str, uri: &str, sha256: &str, bytes: u64) -> Result<Recorded> {
         let rec = ArtifactRecord { lease, name: name.into(), uri: uri.into(), sha256: sha256.into(), bytes };
         self.record_artifacts(std::slice::from_ref(&rec)).await?.pop().expect("one outcome per record")
     }
 
     /// Records several uploaded files, each fenced by its lease (a later attempt's file of the
-    /// same name replaces the earlier one's). One outcome per record, in order: a stale lease
-    /// records nothing. The same (job, name) twice in one batch fails the batch as a whole on
-    /// Postgres (one statement cannot upsert a row twice); the group committer then records them
-    /// one by one.
-    pub async fn record_artifacts(&self, recs: &[ArtifactRecord]) -> Result<Vec<Result<()>>> {
+    /// same name replaces the earlier one's; each outcome names the object it replaced, for the
+    /// caller to delete). One outcome per record, in order: a stale lease records nothing. The
+    /// same (job, name) twice in one batch fails the batch as a whole on Postgres (one statement
+    /// cannot upsert a row twice); the group committer then records them one by one.
+    pub async fn record_artifacts(&self, recs: &[ArtifactRecord]) -> Result<Vec<Result<Recorded>>> {
         if recs.is_empty() {
             return Ok(Vec::new());
         }
@@ -491,7 +491,10 @@ impl Store {
         };
         Ok(recs
             .iter()
-            .map(|r| if recorded.contains(&(r.lease.job_id, r.lease.attempt, r.name.clone())) { Ok(()) } else { Err(stale(r.lease)) })
+            .map(|r| match recorded.get(&(r.lease.job_id, r.lease.attempt, r.name.clone())) {
+                Some(replaced) => Ok(Recorded { replaced_uri: replaced.clone().filter(|u| *u != r.uri) }),
+                None => Err(stale(r.lease)),
+            })
             .collect())
     }
 

@@ -311,6 +311,15 @@ pub struct ArtifactRecord {
     pub bytes: u64,
 }
 
+/// What recording an upload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The object of the file this record replaced (the attempt's previous checkpoint, or an
+    /// earlier attempt's file of the same name). No row names it any more: the caller deletes it.
+    /// Every upload has its own object (`ArtifactStore::key_for`), so this is never the new file.
+    pub replaced_uri: Option<String>,
+}
+
 // Lost artifacts
 
 /// What [`Store::artifact_lost`] did.

@@ -4,11 +4,11 @@ use crate::store::error::{Result, StoreError};
 use crate::store::pool_wait;
 use crate::store::types::{ArtifactRecord, ArtifactRow};
 use sqlx::{FromRow, PgPool, Row};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Records the uploads whose leases are current, in one statement; returns the (job, attempt,
-/// name) of each one recorded.
-pub(crate) async fn record_batch(pool: &PgPool, recs: &[ArtifactRecord]) -> Result<HashSet<(i64, i32, String)>> {
+/// name) of each one recorded, with the uri of the file it replaced.
+pub(crate) async fn record_batch(pool: &PgPool, recs: &[ArtifactRecord]) -> Result<HashMap<(i64, i32, String), Option<String>>> {
     let job_ids: Vec<i64> = recs.iter().map(|r| r.lease.job_id).collect();
     let attempts: Vec<i32> = recs.iter().map(|r| r.lease.attempt).collect();
     let names: Vec<&str> = recs.iter().map(|r| r.name.as_str()).collect();
@@ -24,9 +24,9 @@ pub(crate) async fn record_batch(pool: &PgPool, recs: &[ArtifactRecord]) -> Resu
         .bind(&bytes)
         .fetch_all(&mut *pool_wait::acquire(pool, "record").await?)
         .await?;
-    let mut out = HashSet::with_capacity(rows.len());
+    let mut out = HashMap::with_capacity(rows.len());
     for r in &rows {
-        out.insert((r.try_get("job_id")?, r.try_get("attempt")?, r.try_get("name")?));
+        out.insert((r.try_get("job_id")?, r.try_get("attempt")?, r.try_get("name")?), r.try_get("replaced_uri")?);
     }
     Ok(out)
 }

@@ -4,14 +4,17 @@ use super::begin_write;
 use crate::store::error::{Result, StoreError};
 use crate::store::types::{ArtifactRecord, ArtifactRow};
 use sqlx::{FromRow, SqlitePool};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Records the uploads whose leases are current; returns the (job, attempt, name) of each one
-/// recorded.
-pub(crate) async fn record_batch(pool: &SqlitePool, recs: &[ArtifactRecord]) -> Result<HashSet<(i64, i32, String)>> {
+/// recorded, with the uri of the file it replaced.
+pub(crate) async fn record_batch(pool: &SqlitePool, recs: &[ArtifactRecord]) -> Result<HashMap<(i64, i32, String), Option<String>>> {
     let mut tx = begin_write(pool, "record").await?;
-    let mut out = HashSet::new();
+    let mut out = HashMap::new();
     for r in recs {
+        // Read in the write transaction, so no other record of this file comes between.
+        let replaced: Option<String> =
+            sqlx::query_scalar(sql!("artifact_uri")).bind(r.lease.job_id).bind(&r.name).fetch_optional(&mut *tx).await?;
         let done = sqlx::query(sql!("record_artifact"))
             .bind(r.lease.job_id)
             .bind(&r.name)
@@ -22,7 +25,7 @@ pub(crate) async fn record_batch(pool: &SqlitePool, recs: &[ArtifactRecord]) -> 
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() > 0 {
-            out.insert((r.lease.job_id, r.lease.attempt, r.name.clone()));
+            out.insert((r.lease.job_id, r.lease.attempt, r.name.clone()), replaced);
         }
     }
     tx.commit().await?;
