@@ -510,6 +510,64 @@ async fn a_refused_checkpoint_upload_leaves_the_recorded_one_for_the_retry() {
     stop().await.unwrap();
 }
 
+/// An upload whose client goes away once its last chunk is sent (a daemon stops its uploads when
+/// the job process dies) still ends as a whole: recorded, and the checkpoint it replaced deleted.
+/// The record is held back by a write lock on the database until the client has gone; run in the
+/// cancelled handler, the cleanup never ran and the replaced checkpoint stayed behind, named by
+/// no row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_client_leaves_before_the_answer_is_recorded_and_cleaned_up() {
+    let (mut sweeps, mut w, store, stop, dirs) = serve(ServiceOptions::default()).await;
+    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
+    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
+    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    let ckpt = |n: u32| weights_of(a.job_id, &format!("checkpoint {n}"));
+    let stored = || -> Vec<String> {
+        let dir = dirs[0].path().join(format!("jobs/{}/attempt-{}", a.job_id, a.attempt));
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.contains('#')).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    upload(&mut w, &a, "checkpoint", &ckpt(1), &sha(&ckpt(1))).await.unwrap();
+    assert_eq!(stored().len(), 1);
+
+    let Store::Sqlite(pool) = &store else { unreachable!("serve() runs on SQLite") };
+    let mut lock = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
+    let (mut leaving, a2, two) = (w.clone(), a.clone(), ckpt(2));
+    let client = tokio::spawn(async move { upload(&mut leaving, &a2, "checkpoint", &two, &sha(&two)).await });
+    let t0 = std::time::Instant::now();
+    while stored().len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "checkpoint 2 was never stored: {:?}", stored());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Stored, its record waiting for the lock: the client goes.
+    client.abort();
+    let _ = client.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut *lock).await.unwrap();
+    drop(lock);
+
+    let t0 = std::time::Instant::now();
+    loop {
+        let row: Option<String> = sqlx::query_scalar("SELECT sha256 FROM artifacts WHERE job_id = $1 AND name = 'checkpoint'")
+            .bind(a.job_id)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+        if row.as_deref() == Some(sha(&ckpt(2)).as_str()) && stored().len() == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "recorded {row:?} (checkpoint 2 is {}), objects {:?}", sha(&ckpt(2)), stored());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (data, _) = download(&mut w, a.job_id, "checkpoint").await;
+    assert!(data == ckpt(2), "the recorded checkpoint is the one the departed client sent");
+    stop().await.unwrap();
+}
+
 /// Issue 9, failure 6: the grid-size cap, worker ids, artifact size and names, and pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_and_listings_come_in_pages() {

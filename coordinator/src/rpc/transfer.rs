@@ -76,22 +76,32 @@ impl Coordinator {
             Ok(c)
         });
         let key = ArtifactStore::key_for(lease.job_id, lease.attempt, &name, &unique_suffix());
-        let stored = self.artifacts.put_verified(&key, &name, &first.sha256, declared_bytes, Box::pin(chunks)).await?;
-        let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
-        let rec = ArtifactRecord { lease, name: name.clone(), uri: stored.uri.clone(), sha256: stored.sha256.clone(), bytes: stored.bytes };
-        match self.batcher.record_artifact(rec).await {
-            // Deleted only after the new record committed: until then the old file is the one
-            // a retry resumes from (a checkpoint) or a dependent downloads.
-            Ok(recorded) => {
-                if let Some(old) = recorded.replaced_uri {
-                    self.artifacts.delete_uri(&old).await;
+        // Stored and recorded in a task of its own, so that it runs to its end: a client that goes
+        // away after its last chunk (a daemon stops its uploads when the job process dies) cancels
+        // this handler, and cut between the store and the record (or a refusal and its cleanup)
+        // it would leave an object that no row names. A client gone mid-stream ends the chunks
+        // with an error and the task with them.
+        let (artifacts, batcher, file, declared_sha256) = (self.artifacts.clone(), self.batcher.clone(), name.clone(), first.sha256.clone());
+        let store_and_record = async move {
+            let stored = artifacts.put_verified(&key, &file, &declared_sha256, declared_bytes, Box::pin(chunks)).await?;
+            let stored = stored.map_err(|e| Status::data_loss(e.to_string()))?;
+            let rec = ArtifactRecord { lease, name: file, uri: stored.uri.clone(), sha256: stored.sha256.clone(), bytes: stored.bytes };
+            match batcher.record_artifact(rec).await {
+                // Deleted only after the new record committed: until then the old file is the one
+                // a retry resumes from (a checkpoint) or a dependent downloads.
+                Ok(recorded) => {
+                    if let Some(old) = recorded.replaced_uri {
+                        artifacts.delete_uri(&old).await;
+                    }
+                    Ok(stored)
+                }
+                Err(e) => {
+                    artifacts.delete_uri(&stored.uri).await;
+                    Err(status(e))
                 }
             }
-            Err(e) => {
-                self.artifacts.delete_uri(&stored.uri).await;
-                return Err(status(e));
-            }
-        }
+        };
+        let stored = tokio::spawn(store_and_record).await.map_err(|e| Status::internal(format!("the upload's store task ended: {e}")))??;
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, name = %name, bytes = stored.bytes, "artifact stored");
         metrics::counter!(M::ARTIFACT_BYTES, "direction" => "in").increment(stored.bytes);
         audit(who, "upload_artifact", None, Some(lease.job_id));
