@@ -424,6 +424,21 @@ async fn serve(opts: ServiceOptions) -> (SweepServiceClient<Channel>, WorkerServ
     (SweepServiceClient::new(channel.clone()), WorkerServiceClient::new(channel), store, stop, vec![art_dir])
 }
 
+/// Submits `spec_proto()`, registers worker "w" and claims its first job.
+async fn first_claim(sweeps: &mut SweepServiceClient<Channel>, w: &mut WorkerServiceClient<Channel>) -> pb::JobAssignment {
+    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
+    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
+    w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0)
+}
+
+/// The files in the object store folder (under `root`) of one attempt of a job, sorted.
+fn objects_of(root: &std::path::Path, job_id: i64, attempt: u32) -> Vec<String> {
+    let dir = root.join(format!("jobs/{job_id}/attempt-{attempt}"));
+    let mut v: Vec<String> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
 fn reason(s: &tonic::Status) -> Option<pb::ErrorReason> {
     lth_proto::errors::error_reason(s)
 }
@@ -433,9 +448,7 @@ fn reason(s: &tonic::Status) -> Option<pb::ErrorReason> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_that_is_not_numbers_is_refused_with_invalid_result() {
     let (mut sweeps, mut w, _store, stop, _dirs) = serve(ServiceOptions::default()).await;
-    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
-    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
-    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    let a = first_claim(&mut sweeps, &mut w).await;
     let mut r = result_for(&a);
     r.train_loss = f64::NAN;
     let e = w.complete_job(pb::CompleteJobRequest { lease: Some(pb::JobLease { job_id: a.job_id, attempt: a.attempt }), result: Some(r), ..Default::default() }).await.unwrap_err();
@@ -453,16 +466,9 @@ async fn a_result_that_is_not_numbers_is_refused_with_invalid_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_checkpoint_upload_leaves_the_recorded_one_for_the_retry() {
     let (mut sweeps, mut w, _store, stop, dirs) = serve(ServiceOptions::default()).await;
-    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
-    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
-    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    let a = first_claim(&mut sweeps, &mut w).await;
     let ckpt = |n: u32| weights_of(a.job_id, &format!("checkpoint {n}"));
-    let files = |attempt: u32| -> Vec<String> {
-        let dir = dirs[0].path().join(format!("jobs/{}/attempt-{attempt}", a.job_id));
-        let mut v: Vec<String> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
-        v.sort();
-        v
-    };
+    let files = |attempt: u32| objects_of(dirs[0].path(), a.job_id, attempt);
     for n in 1..=3 {
         let r = upload(&mut w, &a, "checkpoint", &ckpt(n), &sha(&ckpt(n))).await.unwrap();
         assert_eq!(r.artifact.unwrap().sha256, sha(&ckpt(n)));
@@ -518,18 +524,10 @@ async fn a_refused_checkpoint_upload_leaves_the_recorded_one_for_the_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_client_leaves_before_the_answer_is_recorded_and_cleaned_up() {
     let (mut sweeps, mut w, store, stop, dirs) = serve(ServiceOptions::default()).await;
-    sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(spec_proto()), ..Default::default() }).await.unwrap();
-    w.register_worker(pb::RegisterWorkerRequest { worker_id: "w".into(), slots: 1, ..Default::default() }).await.unwrap();
-    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    let a = first_claim(&mut sweeps, &mut w).await;
     let ckpt = |n: u32| weights_of(a.job_id, &format!("checkpoint {n}"));
-    let stored = || -> Vec<String> {
-        let dir = dirs[0].path().join(format!("jobs/{}/attempt-{}", a.job_id, a.attempt));
-        let mut v: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.contains('#')).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
+    // Finished objects only: the object store stages an upload in a `#`-suffixed file beside them.
+    let stored = || -> Vec<String> { objects_of(dirs[0].path(), a.job_id, a.attempt).into_iter().filter(|n| !n.contains('#')).collect() };
     upload(&mut w, &a, "checkpoint", &ckpt(1), &sha(&ckpt(1))).await.unwrap();
     assert_eq!(stored().len(), 1);
 

@@ -562,6 +562,18 @@ async fn completion_requires_this_attempts_uploads_and_claims_carry_them(store: 
     assert_eq!(l3.rewind.as_ref().unwrap().job_id, d1.job.id, "through the reused dense job");
 }
 
+/// The record of upload `n` of file `name` by attempt `attempt` of job `c`: its own uri and
+/// digest, 7 bytes.
+fn upload_record(c: &lth_coordinator::store::ClaimedJob, attempt: i32, name: &str, n: u32) -> ArtifactRecord {
+    ArtifactRecord {
+        lease: Lease { job_id: c.job.id, attempt },
+        name: name.into(),
+        uri: format!("file:///a/{}/{attempt}/{name}.{n}", c.job.id),
+        sha256: format!("{n:02}").repeat(32),
+        bytes: 7,
+    }
+}
+
 /// Upload records batched as UploadArtifact's group commit does: each is fenced by its own lease,
 /// a stale one beside a current one of the same file records nothing, and a batch that names one
 /// file twice fails whole (the group committer then records them one by one).
@@ -571,13 +583,7 @@ async fn artifact_records_in_one_batch_keep_their_own_outcome(store: Store) {
     register(&store, "w").await;
     let a = claim_one(&store, "w").await;
     let b = claim_one(&store, "w").await;
-    let rec = |c: &lth_coordinator::store::ClaimedJob, attempt: i32, name: &str| ArtifactRecord {
-        lease: Lease { job_id: c.job.id, attempt },
-        name: name.into(),
-        uri: format!("file:///a/{}/{attempt}/{name}", c.job.id),
-        sha256: "cd".repeat(32),
-        bytes: 7,
-    };
+    let rec = |c: &lth_coordinator::store::ClaimedJob, attempt: i32, name: &str| upload_record(c, attempt, name, 0);
     let out = store
         .record_artifacts(&[rec(&a, 1, "weights"), rec(&a, 2, "weights"), rec(&b, 1, "rewind"), rec(&b, 5, "rewind")])
         .await
@@ -611,13 +617,7 @@ async fn each_record_names_the_file_it_replaced_and_a_refused_one_keeps_the_reco
     register(&store, "w").await;
     let a = claim_one(&store, "w").await;
     let b = claim_one(&store, "w").await;
-    let rec = |c: &lth_coordinator::store::ClaimedJob, attempt: i32, name: &str, n: u32| ArtifactRecord {
-        lease: Lease { job_id: c.job.id, attempt },
-        name: name.into(),
-        uri: format!("file:///a/{}/{attempt}/{name}.{n}", c.job.id),
-        sha256: format!("{n:02}").repeat(32),
-        bytes: 7,
-    };
+    let rec = upload_record;
     let replaced = |r: &lth_coordinator::store::Recorded| r.replaced_uri.clone();
     let first = store.record_artifacts(&[rec(&a, 1, "checkpoint", 1)]).await.unwrap().pop().unwrap().unwrap();
     assert_eq!(replaced(&first), None, "the first checkpoint replaces nothing");
