@@ -398,7 +398,14 @@ async fn check_views(store: &Store, sweep_id: i64) {
 
 /// A coordinator on 127.0.0.1:0 over SQLite with `opts`; returns the clients and what stops it.
 async fn serve(opts: ServiceOptions) -> (SweepServiceClient<Channel>, WorkerServiceClient<Channel>, Store, impl FnOnce() -> tokio::task::JoinHandle<()>, Vec<tempfile::TempDir>) {
-    let db = TestDb::sqlite().await;
+    serve_on(TestDb::sqlite().await, opts).await
+}
+
+/// [`serve`] on the given database.
+async fn serve_on(
+    db: TestDb,
+    opts: ServiceOptions,
+) -> (SweepServiceClient<Channel>, WorkerServiceClient<Channel>, Store, impl FnOnce() -> tokio::task::JoinHandle<()>, Vec<tempfile::TempDir>) {
     let store = db.store().await;
     let art_dir = tempfile::tempdir().unwrap();
     let artifacts = ArtifactStore::open(art_dir.path().to_str().unwrap()).unwrap();
@@ -514,6 +521,40 @@ async fn a_refused_checkpoint_upload_leaves_the_recorded_one_for_the_retry() {
     upload(&mut w, &retry, "checkpoint", &ckpt(5), &sha(&ckpt(5))).await.unwrap();
     assert_eq!((files(a.attempt).len(), files(retry.attempt).len()), (0, 1), "{:?} {:?}", files(a.attempt), files(retry.attempt));
     stop().await.unwrap();
+}
+
+/// An upload under a lease that ended without its worker's word (here its sweep was cancelled; a
+/// reaped lease is the same) is refused, STALE_LEASE, and leaves neither a record nor an object.
+/// The coordinator still holds the lease's kind from the claim (`rpc/leased.rs`) and looks
+/// nothing up, so it is the record statement that refuses it, after the bytes were stored, and
+/// the stored object is then deleted. On both backends: each has its own record statement.
+async fn an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing(db: TestDb) {
+    let (mut sweeps, mut w, store, stop, dirs) = serve_on(db, ServiceOptions::default()).await;
+    let a = first_claim(&mut sweeps, &mut w).await;
+    assert_eq!(a.kind, pb::JobKind::Dense as i32);
+    let data = weights_of(a.job_id, "weights");
+    sweeps.cancel_sweep(pb::SweepRef { sweep_id: a.sweep_id }).await.unwrap();
+    let e = upload(&mut w, &a, "weights", &data, &sha(&data)).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (tonic::Code::FailedPrecondition, Some(pb::ErrorReason::StaleLease)), "{}", e.message());
+    assert_eq!(objects_of(dirs[0].path(), a.job_id, a.attempt), Vec::<String>::new(), "the refused upload's object was deleted");
+    let recorded = store.find_artifact(a.job_id, "weights").await;
+    assert!(matches!(recorded, Err(lth_coordinator::store::StoreError::NotFound(_))), "nothing was recorded: {recorded:?}");
+    // A lease that never was (an attempt this coordinator did not hand out) is refused before a
+    // byte is stored, by the lookup.
+    let made_up = pb::JobAssignment { attempt: a.attempt + 5, ..a.clone() };
+    let e = upload(&mut w, &made_up, "weights", &data, &sha(&data)).await.unwrap_err();
+    assert_eq!(reason(&e), Some(pb::ErrorReason::StaleLease), "{}", e.message());
+    stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing_on_postgres() {
+    an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing_on_sqlite() {
+    an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing(TestDb::sqlite().await).await;
 }
 
 /// An upload whose client goes away once its last chunk is sent (a daemon stops its uploads when

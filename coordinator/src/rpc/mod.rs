@@ -26,9 +26,12 @@
 //! - `download.rs`: a download checked against its record as it streams (size and sha256; the
 //!   last chunk held back until both agree).
 //! - `masks.rs`: StreamMasks, a sweep's masks one layer per message, a few jobs per statement.
+//! - `leased.rs`: the kind of each lease handed out, so an upload needs no lookup of its own (the
+//!   record statement stays the fence).
 
 mod convert;
 mod download;
+mod leased;
 mod limits;
 mod masks;
 mod sweep_service;
@@ -95,13 +98,15 @@ pub struct Coordinator {
     /// keep them at hand. One cell per sweep, so the claims that race in after a restart read the
     /// spec once, not once each.
     specs: Mutex<HashMap<i64, Arc<tokio::sync::OnceCell<pb::SweepSpec>>>>,
+    /// The job kind of each lease handed out here and not yet ended (`leased.rs`).
+    leased: leased::LeasedKinds,
 }
 
 impl Coordinator {
     /// Needs a tokio runtime: it starts the group-commit batchers.
     pub fn new(store: Store, artifacts: ArtifactStore, opts: ServiceOptions) -> Arc<Coordinator> {
         let batcher = GroupCommit::start(store.clone(), opts.group_commit);
-        Arc::new(Coordinator { store, batcher, artifacts, opts, specs: Mutex::new(HashMap::new()) })
+        Arc::new(Coordinator { store, batcher, artifacts, opts, specs: Mutex::new(HashMap::new()), leased: Default::default() })
     }
 
     /// A file `dependent` needs was found lost (`what` names it for people): repairs it through

@@ -40,10 +40,14 @@ impl Coordinator {
         if first.sha256.len() != 64 || !first.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(lth_proto::errors::invalid_argument("the first chunk's sha256 must be the artifact's 64-digit hex digest"));
         }
-        let Some(kind) = self.store.running_job_kind(lease).await.map_err(status)? else {
-            return Err(status(StoreError::StaleLease(format!("lease {lease} is not current: the upload was refused"))));
+        // A lease handed out here needs no lookup; the record below is the fence either way.
+        let kind: JobKind = match self.leased.kind(lease) {
+            Some(kind) => kind,
+            None => match self.store.running_job_kind(lease).await.map_err(status)? {
+                Some(kind) => parse_state(&kind)?,
+                None => return Err(status(StoreError::StaleLease(format!("lease {lease} is not current: the upload was refused")))),
+            },
         };
-        let kind: JobKind = parse_state(&kind)?;
         let allowed = allowed_uploads(kind);
         if !allowed.contains(&name.as_str()) {
             return Err(lth_proto::errors::invalid_argument(format!(

@@ -99,6 +99,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
                 continue;
             }
             tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %r.worker_id, "job claimed");
+            self.0.leased.handed_out(Lease { job_id: c.job.id, attempt: c.job.attempt }, kind);
             jobs.push(self.assignment(c).await?);
         }
         Ok(Response::new(pb::ClaimJobsResponse { jobs }))
@@ -149,6 +150,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let done = self.0.batcher.complete(Completion { lease, result: input, require_uploads: true }).await;
         metrics::histogram!(M::COMPLETE_SECONDS, "outcome" => outcome(&done)).record(t0.elapsed().as_secs_f64());
         done.map_err(status)?;
+        self.0.leased.ended(lease);
         metrics::counter!(M::JOBS_COMPLETED).increment(1);
         if diverged {
             tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job finished; its training diverged (recorded as diverged)");
@@ -166,6 +168,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let how = crate::store::Failure { retryable: r.retryable, node_local: r.node_local };
         // A node-local failure goes to another worker, if one is alive (three missed heartbeats: lost).
         self.0.store.fail_job_on(lease, &r.error, how, self.0.opts.heartbeat * 3).await.map_err(status)?;
+        self.0.leased.ended(lease);
         metrics::counter!(M::JOB_FAILURES, "retryable" => if r.retryable { "true" } else { "false" }, "node_local" => if r.node_local { "true" } else { "false" }).increment(1);
         tracing::warn!(job_id = lease.job_id, attempt = lease.attempt, retryable = r.retryable, node_local = r.node_local, error = %r.error, "job attempt failed");
         audit(&who, "fail_job", None, Some(lease.job_id));
@@ -177,6 +180,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let lease = lease_of(r.lease)?;
         let reason: String = r.reason.chars().take(1000).collect();
         self.0.store.release_job(lease, &reason).await.map_err(status)?;
+        self.0.leased.ended(lease);
         metrics::counter!(M::JOBS_RELEASED).increment(1);
         tracing::info!(job_id = lease.job_id, attempt = lease.attempt, reason = %reason, "job released by its worker; claimable again");
         Ok(Response::new(pb::Ack {}))
