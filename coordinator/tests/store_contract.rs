@@ -28,6 +28,7 @@ contract!(
     group_commit_hands_each_job_out_once_and_finishes_the_sweep,
     completion_requires_this_attempts_uploads_and_claims_carry_them,
     artifact_records_in_one_batch_keep_their_own_outcome,
+    one_file_twice_in_a_batch_names_each_replaced_file_once,
     each_record_names_the_file_it_replaced_and_a_refused_one_keeps_the_recorded,
     controls_and_rate_schedules_are_stored_run_and_reused,
     results_that_are_not_numbers_are_refused_alike_and_diverged_runs_recorded,
@@ -642,6 +643,36 @@ async fn each_record_names_the_file_it_replaced_and_a_refused_one_keeps_the_reco
     let next = store.record_artifacts(&[rec(&a, 2, "checkpoint", 4)]).await.unwrap().pop().unwrap().unwrap();
     assert_eq!(replaced(&next), Some(rec(&a, 1, "checkpoint", 2).uri));
     assert_eq!(scalar(&store, "SELECT count(*) FROM artifacts").await, 2);
+}
+
+/// One file recorded twice in one batch (two uploads of one checkpoint, close together): each
+/// file that stops being current is named exactly once as replaced, so UploadArtifact deletes
+/// every one of them and none is left without a row. SQLite records the batch in one
+/// transaction; Postgres refuses it whole and the group committer records them one by one, as
+/// here. SQLite named only the second's predecessor, and the first upload's predecessor leaked.
+async fn one_file_twice_in_a_batch_names_each_replaced_file_once(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0], 1);
+    store.submit_sweep(&s, None).await.unwrap();
+    register(&store, "w").await;
+    let a = claim_one(&store, "w").await;
+    let rec = |n: u32| upload_record(&a, 1, "checkpoint", n);
+    store.record_artifacts(&[rec(1)]).await.unwrap().pop().unwrap().unwrap();
+    let twice = [rec(2), rec(3)];
+    let outcomes = match store.record_artifacts(&twice).await {
+        Ok(out) => out,
+        Err(e) => {
+            assert_eq!(store.backend_name(), "postgres", "only Postgres refuses the batch whole: {e}");
+            let mut out = Vec::new();
+            for r in &twice {
+                out.push(store.record_artifacts(std::slice::from_ref(r)).await.unwrap().pop().unwrap());
+            }
+            out
+        }
+    };
+    let mut replaced: Vec<String> = outcomes.into_iter().filter_map(|o| o.unwrap().replaced_uri).collect();
+    replaced.sort();
+    assert_eq!(replaced, vec![rec(1).uri, rec(2).uri], "every file that is no longer current is named once");
+    assert_eq!(store.find_artifact(a.job.id, "checkpoint").await.unwrap().uri, rec(3).uri, "the last one recorded is current");
 }
 
 /// A worker that claims up to `n` jobs at a time through `gc` and completes them, until the sweep

@@ -484,15 +484,16 @@ impl Store {
         if recs.is_empty() {
             return Ok(Vec::new());
         }
-        // Keyed by (job, attempt, name): a stale and a current record of one file may share a batch.
+        // One outcome per record, in order (None: its lease was stale).
         let recorded = match self {
             Store::Postgres(p) => postgres::artifacts::record_batch(p, recs).await?,
             Store::Sqlite(p) => sqlite::artifacts::record_batch(p, recs).await?,
         };
         Ok(recs
             .iter()
-            .map(|r| match recorded.get(&(r.lease.job_id, r.lease.attempt, r.name.clone())) {
-                Some(replaced) => Ok(Recorded { replaced_uri: replaced.clone().filter(|u| *u != r.uri) }),
+            .zip(recorded)
+            .map(|(r, outcome)| match outcome {
+                Some(replaced) => Ok(Recorded { replaced_uri: replaced.filter(|u| *u != r.uri) }),
                 None => Err(stale(r.lease)),
             })
             .collect())

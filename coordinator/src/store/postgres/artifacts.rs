@@ -6,9 +6,10 @@ use crate::store::types::{ArtifactRecord, ArtifactRow};
 use sqlx::{FromRow, PgPool, Row};
 use std::collections::HashMap;
 
-/// Records the uploads whose leases are current, in one statement; returns the (job, attempt,
-/// name) of each one recorded, with the uri of the file it replaced.
-pub(crate) async fn record_batch(pool: &PgPool, recs: &[ArtifactRecord]) -> Result<HashMap<(i64, i32, String), Option<String>>> {
+/// Records the uploads whose leases are current, in one statement; for each record, in order,
+/// None if its lease was stale, else the uri of the file it replaced. One file twice in a batch
+/// fails the statement (it cannot upsert a row twice), so each recorded file is one row.
+pub(crate) async fn record_batch(pool: &PgPool, recs: &[ArtifactRecord]) -> Result<Vec<Option<Option<String>>>> {
     let job_ids: Vec<i64> = recs.iter().map(|r| r.lease.job_id).collect();
     let attempts: Vec<i32> = recs.iter().map(|r| r.lease.attempt).collect();
     let names: Vec<&str> = recs.iter().map(|r| r.name.as_str()).collect();
@@ -24,11 +25,12 @@ pub(crate) async fn record_batch(pool: &PgPool, recs: &[ArtifactRecord]) -> Resu
         .bind(&bytes)
         .fetch_all(&mut *pool_wait::acquire(pool, "record").await?)
         .await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    // Keyed by (job, attempt, name): a stale and a current record of one file may share a batch.
+    let mut recorded: HashMap<(i64, i32, String), Option<String>> = HashMap::with_capacity(rows.len());
     for r in &rows {
-        out.insert((r.try_get("job_id")?, r.try_get("attempt")?, r.try_get("name")?), r.try_get("replaced_uri")?);
+        recorded.insert((r.try_get("job_id")?, r.try_get("attempt")?, r.try_get("name")?), r.try_get("replaced_uri")?);
     }
-    Ok(out)
+    Ok(recs.iter().map(|r| recorded.get(&(r.lease.job_id, r.lease.attempt, r.name.clone())).cloned()).collect())
 }
 
 /// The artifact `name` of `job_id`, following `reused_from` to the job that holds the file.

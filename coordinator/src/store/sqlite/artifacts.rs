@@ -4,13 +4,13 @@ use super::begin_write;
 use crate::store::error::{Result, StoreError};
 use crate::store::types::{ArtifactRecord, ArtifactRow};
 use sqlx::{FromRow, SqlitePool};
-use std::collections::HashMap;
 
-/// Records the uploads whose leases are current; returns the (job, attempt, name) of each one
-/// recorded, with the uri of the file it replaced.
-pub(crate) async fn record_batch(pool: &SqlitePool, recs: &[ArtifactRecord]) -> Result<HashMap<(i64, i32, String), Option<String>>> {
+/// Records the uploads whose leases are current, in order; for each record, None if its lease
+/// was stale, else the uri of the file it replaced. Positional, not keyed by file: one file twice
+/// in a batch replaces two files (the one before the batch, then the first of the two).
+pub(crate) async fn record_batch(pool: &SqlitePool, recs: &[ArtifactRecord]) -> Result<Vec<Option<Option<String>>>> {
     let mut tx = begin_write(pool, "record").await?;
-    let mut out = HashMap::new();
+    let mut out = Vec::with_capacity(recs.len());
     for r in recs {
         // Read in the write transaction, so no other record of this file comes between.
         let replaced: Option<String> =
@@ -24,9 +24,7 @@ pub(crate) async fn record_batch(pool: &SqlitePool, recs: &[ArtifactRecord]) -> 
             .bind(r.bytes as i64)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() > 0 {
-            out.insert((r.lease.job_id, r.lease.attempt, r.name.clone()), replaced);
-        }
+        out.push((done.rows_affected() > 0).then_some(replaced));
     }
     tx.commit().await?;
     Ok(out)
