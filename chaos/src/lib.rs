@@ -123,6 +123,11 @@ pub const SCENARIOS: &[Scenario] = &[
         test: Some("worker/tests/daemon_e2e.rs::a_daemon_stopped_during_a_claim_hands_the_claimed_job_back"),
     },
     Scenario {
+        fault: "SIGTERM to a daemon while a finished job's completion (which also claims the next job) is in flight: no job is left leased to it",
+        failure_mode: Some(8),
+        test: Some("worker/tests/daemon_e2e.rs::a_daemon_stopped_while_completing_leaves_no_job_leased_to_it"),
+    },
+    Scenario {
         fault: "a job failed for good (its process killed -9 under max_attempts = 1) and a daemon killed -9: the sweep fails, the dead daemon is listed as lost only by `lthctl workers --all`, `lthctl retry` reopens the sweep",
         failure_mode: Some(9),
         test: Some("chaos/tests/faults.rs::a_failed_sweep_is_retried_with_lthctl_and_a_dead_daemon_is_listed_as_lost"),

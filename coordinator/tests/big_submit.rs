@@ -166,7 +166,7 @@ async fn hot_path(url: String, stop: Arc<AtomicBool>) -> Calls {
                 }
             }
             let t = Instant::now();
-            let done = w.complete_job(pb::CompleteJobRequest { lease: Some(lease_of(a)), result: Some(small_result(a)) }).await;
+            let done = w.complete_job(pb::CompleteJobRequest { lease: Some(lease_of(a)), result: Some(small_result(a)), ..Default::default() }).await;
             calls.completions.push((t, t.elapsed()));
             if let Err(e) = done {
                 calls.errors.push(format!("CompleteJob: {e}"));

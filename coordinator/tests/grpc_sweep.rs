@@ -239,7 +239,7 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
             if !checked_failures {
                 checked_failures = true;
                 // Completing before uploading is refused; a corrupted upload is refused and discarded.
-                let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)) }).await.unwrap_err();
+                let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), ..Default::default() }).await.unwrap_err();
                 assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
                 let data = weights_of(a.job_id, "weights");
                 let e = upload(&mut w, a, "weights", &data, &sha(b"something else")).await.unwrap_err();
@@ -255,9 +255,9 @@ async fn scripted_worker_drives_a_sweep_to_completion_and_views_answer() {
                 let up = upload(&mut w, a, name, &data, &sha(&data)).await.unwrap();
                 assert_eq!(up.artifact.unwrap().sha256, sha(&data));
             }
-            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)) }).await.unwrap();
+            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), ..Default::default() }).await.unwrap();
             // A second completion of the same lease is stale.
-            let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)) }).await.unwrap_err();
+            let e = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(a)), ..Default::default() }).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::FailedPrecondition);
             done += 1;
         }
@@ -555,6 +555,102 @@ async fn an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing_on_sqlite() {
     an_upload_under_a_lease_ended_elsewhere_is_refused_and_leaves_nothing(TestDb::sqlite().await).await;
+}
+
+/// CompleteJob with `claim_next` hands the worker its next job in the same call: leased to it as
+/// a ClaimJobs would lease it (its heartbeat keeps it, no other claim gets it, a level job comes
+/// with its inputs), and a whole sweep runs on such completions alone. The claim is checked
+/// before the completion is applied (a bad worker id refuses the call and leaves the lease for
+/// the retry); a claim that fails after it (an unknown worker) leaves the completion acknowledged,
+/// with no jobs.
+async fn a_completion_can_bring_the_workers_next_job(db: TestDb) {
+    let (mut sweeps, mut w, _store, stop, _dirs) = serve_on(db, ServiceOptions::default()).await;
+    let first = first_claim(&mut sweeps, &mut w).await;
+    let sweep_id = first.sweep_id;
+    let c = sweeps.get_sweep(pb::GetSweepRequest { sweep_id }).await.unwrap().into_inner().jobs.unwrap();
+    let total = c.blocked + c.ready + c.running + c.succeeded + c.failed + c.cancelled;
+    let lease = |a: &pb::JobAssignment| pb::JobLease { job_id: a.job_id, attempt: a.attempt };
+    let complete = |a: &pb::JobAssignment, worker: &str, claim_next: u32| pb::CompleteJobRequest {
+        lease: Some(lease(a)),
+        result: Some(result_for(a)),
+        claim_next,
+        worker_id: worker.into(),
+    };
+    let mut current = Some(first);
+    let (mut done, mut brought, mut checked) = (0, 0, false);
+    while let Some(a) = current.take() {
+        let names: &[&str] = if a.kind == pb::JobKind::Dense as i32 { &["rewind", "weights"] } else { &["weights"] };
+        for name in names {
+            let data = weights_of(a.job_id, name);
+            upload(&mut w, &a, name, &data, &sha(&data)).await.unwrap();
+        }
+        if !checked {
+            checked = true;
+            // A worker id that could never claim: refused before the completion is applied.
+            let e = w.complete_job(complete(&a, "bad\nid", 1)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+        }
+        let mut next = w.complete_job(complete(&a, "w", 1)).await.expect("the lease was left for this completion").into_inner().jobs;
+        done += 1;
+        let e = w.complete_job(complete(&a, "w", 0)).await.unwrap_err();
+        assert_eq!(reason(&e), Some(pb::ErrorReason::StaleLease), "the completion was applied once: {}", e.message());
+        current = match next.pop() {
+            Some(b) => {
+                brought += 1;
+                assert!(next.is_empty(), "one slot asked for, one job brought");
+                assert_ne!(b.job_id, a.job_id);
+                assert_eq!(b.spec.as_ref().unwrap().name, "test");
+                if b.kind == pb::JobKind::Level as i32 {
+                    let inputs: Vec<&str> = b.inputs.iter().map(|i| i.name.as_str()).collect();
+                    assert_eq!(inputs, ["rewind", "weights"], "a level job comes with its inputs");
+                }
+                // Leased to "w": its heartbeat keeps it, and no other worker's claim gets it.
+                let hb = w.heartbeat(pb::HeartbeatRequest { worker_id: "w".into(), running: vec![lease(&b)], ..Default::default() }).await.unwrap().into_inner();
+                assert!(hb.abort.is_empty(), "{:?}", hb.abort);
+                Some(b)
+            }
+            None => w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.pop(),
+        };
+        if let Some(b) = &current {
+            w.register_worker(pb::RegisterWorkerRequest { worker_id: "other".into(), slots: 8, ..Default::default() }).await.unwrap();
+            let others = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "other".into(), free_slots: 8 }).await.unwrap().into_inner().jobs;
+            assert!(others.iter().all(|o| o.job_id != b.job_id), "job {} was handed out twice", b.job_id);
+            for o in others {
+                w.release_job(pb::ReleaseJobRequest { lease: Some(lease(&o)), reason: "test".into() }).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(done, total, "every job ran");
+    assert!(brought >= total - 3, "nearly every job came with a completion: {brought} of {total}");
+
+    // A claim that fails after the completion (nobody registered "ghost") leaves the completion
+    // acknowledged and the reply empty.
+    // Another seed: nothing of it can be reused from the first sweep.
+    let again = pb::SweepSpec::from(&spec(&["l1"], &[0.5], &[7], 1));
+    let sub = sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(again), ..Default::default() }).await.unwrap().into_inner();
+    let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
+    assert_eq!(a.sweep_id, sub.sweep_id);
+    for name in ["rewind", "weights"] {
+        let data = weights_of(a.job_id, name);
+        upload(&mut w, &a, name, &data, &sha(&data)).await.unwrap();
+    }
+    let reply = w.complete_job(complete(&a, "ghost", 1)).await.expect("the completion stands").into_inner();
+    assert!(reply.jobs.is_empty(), "{:?}", reply.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>());
+    let e = w.complete_job(complete(&a, "w", 0)).await.unwrap_err();
+    assert_eq!(reason(&e), Some(pb::ErrorReason::StaleLease), "{}", e.message());
+    let summary = sweeps.get_sweep(pb::GetSweepRequest { sweep_id }).await.unwrap().into_inner();
+    assert_eq!(summary.state, pb::SweepState::Succeeded as i32);
+    stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_can_bring_the_workers_next_job_on_postgres() {
+    a_completion_can_bring_the_workers_next_job(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_can_bring_the_workers_next_job_on_sqlite() {
+    a_completion_can_bring_the_workers_next_job(TestDb::sqlite().await).await;
 }
 
 /// An upload whose client goes away once its last chunk is sent (a daemon stops its uploads when

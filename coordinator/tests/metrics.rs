@@ -209,7 +209,7 @@ async fn metrics_count_a_sweep_and_need_a_viewer_token() {
                 uploaded += data.len() as u64;
                 upload(&mut w, &a, name, &data).await;
             }
-            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(&a)) }).await.unwrap();
+            w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result_for(&a)), ..Default::default() }).await.unwrap();
             completed += 1;
         }
     }

@@ -594,6 +594,68 @@ async fn a_daemon_stopped_during_a_claim_hands_the_claimed_job_back() {
     assert_nothing_left(&mut c, &pool).await;
 }
 
+/// A SIGTERM while a finished job's completion is on its way. A solo job's CompleteJob also
+/// claims the worker's next job (`claim_next`): one sent after the shutdown began would lease a
+/// job to a daemon that is leaving, to sit "running" until its lease expired. Now the shutdown
+/// closes that (the completion asks for nothing) and whatever a completion brought is handed
+/// back before the daemon exits.
+///
+/// Held deterministically as in the test above: the jobs table is locked (EXCLUSIVE) while the
+/// dense job trains, so its uploads' records (which lock the job row) wait; SIGTERM goes once they
+/// do, then the lock is let go. No checkpoints: their uploads would wait on the lock too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stopped_while_completing_leaves_no_job_leased_to_it() {
+    let mut c = Cluster::new(60).await;
+    let text = sweep_toml("e2e-complete-shutdown", "\"magnitude\"", "4", 1, "20ep").replace("checkpoint_every = \"10it\"", "checkpoint_every = \"1000ep\"");
+    let sweep_id = c.submit(&text).await;
+    let pool = c.db.pool().await;
+    c.start_worker("leaving");
+    let dense: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE sweep_id = $1 AND kind = 'dense'").bind(sweep_id).fetch_one(&pool).await.unwrap();
+    wait_until("the dense job to start on the leaving worker", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_attempts WHERE job_id = $1").bind(dense).fetch_one(&pool).await.unwrap();
+            n > 0
+        }
+    })
+    .await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    wait_until("the dense job's upload records to wait on the lock", Duration::from_secs(120), || {
+        let pool = pool.clone();
+        async move {
+            // coordinator/queries/postgres/record_artifacts.sql, by its leading comment.
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND wait_event_type = 'Lock' AND query LIKE '-- Records a batch of uploads%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting > 0
+        }
+    })
+    .await;
+    c.worker("leaving").signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    lock.rollback().await.unwrap();
+    let status = c.worker("leaving").wait_exit(Duration::from_secs(40)).expect("the daemon stops on SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+
+    // The finished job's result was kept; nothing else is leased to the daemon that left.
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(dense).fetch_one(&pool).await.unwrap();
+    assert_eq!(state, "succeeded", "the completion went through during the shutdown");
+    let held: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM jobs WHERE sweep_id = $1 AND state = 'running'").bind(sweep_id).fetch_all(&pool).await.unwrap();
+    assert!(held.is_empty(), "jobs left running on a worker that is gone: {held:?}");
+    let lost: i64 = sqlx::query_scalar("SELECT coalesce(sum(lost_count), 0) FROM jobs WHERE sweep_id = $1").bind(sweep_id).fetch_one(&pool).await.unwrap();
+    assert_eq!(lost, 0);
+
+    c.start_worker("staying");
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(50)).await;
+    assert_one_result_per_trial_level(&pool, sweep_id, 2).await;
+    assert_nothing_left(&mut c, &pool).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------------------------
@@ -680,6 +742,10 @@ async fn the_daemon_and_the_coordinator_export_metrics_of_a_real_job() {
     let (code, coord) = http_get(&http, "/metrics");
     assert_eq!(code, 200);
     assert_eq!(sample(&coord, "lth_jobs_completed_total", &[]), Some(2.0), "{coord}");
+    // The dense job's completion brought the level job it unblocked (one slot, one worker): the
+    // daemon ran it without a ClaimJobs.
+    assert_eq!(sample(&coord, "lth_jobs_claimed_total", &[]), Some(2.0), "{coord}");
+    assert_eq!(sample(&coord, "lth_jobs_claimed_with_completion_total", &[]), Some(1.0), "{coord}");
     assert_eq!(sample(&coord, "lth_jobs", &["state=\"succeeded\""]), Some(2.0), "{coord}");
     assert!(sample(&coord, "lth_complete_duration_seconds_count", &[]).unwrap() >= 2.0);
     assert!(sample(&coord, "lth_artifact_bytes_total", &["direction=\"in\""]).unwrap() > 0.0);

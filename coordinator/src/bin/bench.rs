@@ -111,6 +111,11 @@ struct Args {
     /// submitted over gRPC, and the simulated workers run in a `clients` process.
     #[arg(long)]
     coordinator_bin: Option<std::path::PathBuf>,
+    /// Over gRPC: each CompleteJob also claims the worker's next job (`claim_next`), as the worker
+    /// daemon does; ClaimJobs only when a completion brought none. The claim latency reported
+    /// for a job that came with a completion is that CompleteJob call's.
+    #[arg(long)]
+    claim_with_completion: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +159,9 @@ struct ClientsArgs {
     /// A label for the printed lines.
     #[arg(long, default_value = "clients")]
     tag: String,
+    /// Each CompleteJob also claims the next job (see the driver's flag).
+    #[arg(long)]
+    claim_with_completion: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +262,14 @@ struct Claimed {
     kind: &'static str,
 }
 
+fn claimed_of(a: &pb::JobAssignment) -> Claimed {
+    Claimed {
+        lease: Lease { job_id: a.job_id, attempt: a.attempt as i32 },
+        level: a.level as i32,
+        kind: if a.kind == pb::JobKind::Dense as i32 { "dense" } else { "level" },
+    }
+}
+
 /// The bytes every simulated upload sends, and their digest.
 const BLOB: &[u8] = &[0x5a; 4096];
 
@@ -274,19 +290,20 @@ impl Client {
             Client::Grpc(w, _) => {
                 let req = pb::ClaimJobsRequest { worker_id: worker.into(), free_slots: 1 };
                 let jobs = w.claim_jobs(req).await.expect("ClaimJobs").into_inner().jobs;
-                jobs.into_iter().next().map(|a| Claimed {
-                    lease: Lease { job_id: a.job_id, attempt: a.attempt as i32 },
-                    level: a.level as i32,
-                    kind: if a.kind == pb::JobKind::Dense as i32 { "dense" } else { "level" },
-                })
+                jobs.first().map(claimed_of)
             }
         }
     }
 
-    /// Completes the job; over gRPC, uploads what its dependents need first.
-    async fn finish(&mut self, c: &Claimed) {
+    /// Completes the job; over gRPC, uploads what its dependents need first and, with
+    /// `claim_next`, returns the job the completion brought and how long the CompleteJob call
+    /// took (that claim's latency).
+    async fn finish(&mut self, c: &Claimed, worker: &str, claim_next: bool) -> Option<(Claimed, Duration)> {
         match self {
-            Client::Store(p) => p.complete(c.lease, result(c.level)).await,
+            Client::Store(p) => {
+                p.complete(c.lease, result(c.level)).await;
+                None
+            }
             Client::Grpc(w, digest) => {
                 let lease = pb::JobLease { job_id: c.lease.job_id, attempt: c.lease.attempt as u32 };
                 for name in uploads_needed(c.kind) {
@@ -300,7 +317,11 @@ impl Client {
                     w.upload_artifact(tokio_stream::iter([chunk])).await.expect("UploadArtifact");
                 }
                 let result = pb::LevelResult::from(result(c.level));
-                w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result) }).await.expect("CompleteJob");
+                let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), claim_next: u32::from(claim_next), worker_id: worker.into() };
+                let t = Instant::now();
+                let jobs = w.complete_job(req).await.expect("CompleteJob").into_inner().jobs;
+                let took = t.elapsed();
+                jobs.into_iter().next().map(|a| (claimed_of(&a), took))
             }
         }
     }
@@ -333,7 +354,8 @@ impl Summary {
 }
 
 /// Runs the clients (one per worker, `bench-<i>`) until `total` jobs are done or `seconds` pass.
-async fn drive(clients: Vec<Client>, seconds: u64, total: u64) -> Summary {
+/// With `claim_next`, each completion also asks for the next job (gRPC only).
+async fn drive(clients: Vec<Client>, seconds: u64, total: u64, claim_next: bool) -> Summary {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -347,12 +369,20 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64) -> Summary {
             let mut later_claim_us = Vec::with_capacity(4096);
             let mut complete_us = Vec::with_capacity(4096);
             let mut empty = 0u64;
+            // The job the last completion brought, and that CompleteJob call's start and length.
+            let mut brought: Option<(Claimed, Instant, Duration)> = None;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let t = Instant::now();
-                let got = client.claim(&worker).await;
-                claim_us.push(t.elapsed().as_micros() as u64);
+                let (got, t, took) = match brought.take() {
+                    Some((job, t, took)) => (Some(job), t, took),
+                    None => {
+                        let t = Instant::now();
+                        let got = client.claim(&worker).await;
+                        (got, t, t.elapsed())
+                    }
+                };
+                claim_us.push(took.as_micros() as u64);
                 if t >= start + Duration::from_secs(5) {
-                    later_claim_us.push(t.elapsed().as_micros() as u64);
+                    later_claim_us.push(took.as_micros() as u64);
                 }
                 let Some(job) = got else {
                     empty += 1;
@@ -363,8 +393,10 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64) -> Summary {
                     continue;
                 };
                 let t = Instant::now();
-                client.finish(&job).await;
+                let next = client.finish(&job, &worker, claim_next && !stop.load(Ordering::Relaxed)).await;
                 complete_us.push(t.elapsed().as_micros() as u64);
+                // The CompleteJob call started after the uploads: its start is now less its length.
+                brought = next.map(|(job, took)| (job, Instant::now() - took, took));
                 if done.fetch_add(1, Ordering::Relaxed) + 1 >= total {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -445,7 +477,7 @@ async fn clients_main(a: ClientsArgs) -> anyhow::Result<()> {
             .register_worker(pb::RegisterWorkerRequest { worker_id: format!("bench-{w}"), host: "bench".into(), cpus: 1, slots: 1, ..Default::default() })
             .await?;
     }
-    let s = drive(clients, a.seconds, a.jobs).await;
+    let s = drive(clients, a.seconds, a.jobs, a.claim_with_completion).await;
     eprintln!("[{}] claim+complete per second, 5 s windows: {}", a.tag, s.windows.iter().map(|w| format!("{w:.0}")).collect::<Vec<_>>().join(" "));
     println!("RESULT {}", serde_json::to_string(&s)?);
     Ok(())
@@ -573,7 +605,8 @@ async fn complete_dense_jobs(store: &Store, seeds: u64) -> anyhow::Result<()> {
 
 /// Runs the simulated workers in a child process (this binary's `clients` subcommand) and reads
 /// its summary.
-async fn clients_process(url: &str, tag: &str, workers: usize, seconds: u64, jobs: u64, token: Option<&str>, tls_ca: Option<&std::path::Path>) -> anyhow::Result<Summary> {
+#[allow(clippy::too_many_arguments)]
+async fn clients_process(url: &str, tag: &str, workers: usize, seconds: u64, jobs: u64, token: Option<&str>, tls_ca: Option<&std::path::Path>, claim_next: bool) -> anyhow::Result<Summary> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.args(["clients", "--coordinator", url, "--tag", tag])
         .args(["--workers", &workers.to_string(), "--seconds", &seconds.to_string(), "--jobs", &jobs.to_string()])
@@ -585,6 +618,9 @@ async fn clients_process(url: &str, tag: &str, workers: usize, seconds: u64, job
     }
     if let Some(ca) = tls_ca {
         cmd.arg("--tls-ca").arg(ca);
+    }
+    if claim_next {
+        cmd.arg("--claim-with-completion");
     }
     let out = cmd.output().await?;
     anyhow::ensure!(out.status.success(), "the clients process failed ({})", out.status);
@@ -670,7 +706,7 @@ async fn run_binary(args: &Args, bin: &std::path::Path, mode: Mode) -> anyhow::R
         sqlx::query("VACUUM ANALYZE").execute(&mut c).await?;
     }
     let load_before = load_average();
-    let summary = clients_process(&url, &tag, args.workers, args.seconds, sub.jobs, None, None).await?;
+    let summary = clients_process(&url, &tag, args.workers, args.seconds, sub.jobs, None, None, args.claim_with_completion).await?;
     let load_after = load_average();
     print_summary(&tag, args, &summary, &load_before, &load_after);
     let info = sweeps.get_sweep(pb::GetSweepRequest { sweep_id: sub.sweep_id }).await?.into_inner();
@@ -809,12 +845,12 @@ async fn run(args: &Args, mode: Mode, secure: bool, queued: Option<u64>) -> anyh
     let summary = match (&server, in_process_clients) {
         (None, _) => {
             let clients = (0..args.workers).map(|_| Client::Store(path.clone().expect("in-process runs have a path"))).collect();
-            drive(clients, args.seconds, to_do).await
+            drive(clients, args.seconds, to_do, false).await
         }
-        (Some((_, url, opts)), true) => drive(grpc_clients(url, opts, args.workers).await?, args.seconds, to_do).await,
+        (Some((_, url, opts)), true) => drive(grpc_clients(url, opts, args.workers).await?, args.seconds, to_do, args.claim_with_completion).await,
         (Some((_, url, _)), false) => {
             let tls_ca = if secure { args.tls_dir.as_ref().map(|d| d.join("ca.pem")) } else { None };
-            clients_process(url, &tag, args.workers, args.seconds, to_do, worker_token.as_deref(), tls_ca.as_deref()).await?
+            clients_process(url, &tag, args.workers, args.seconds, to_do, worker_token.as_deref(), tls_ca.as_deref(), args.claim_with_completion).await?
         }
     };
     let load_after = load_average();

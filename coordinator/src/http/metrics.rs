@@ -43,6 +43,7 @@ const POOL_WAIT_BUCKETS: &[f64] = &[0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.0
 /// The recorded series' names (the scrape-time ones are written in [`scrape_section`]).
 pub mod names {
     pub const JOBS_CLAIMED: &str = "lth_jobs_claimed_total";
+    pub const JOBS_CLAIMED_WITH_COMPLETION: &str = "lth_jobs_claimed_with_completion_total";
     pub const JOBS_COMPLETED: &str = "lth_jobs_completed_total";
     pub const JOB_FAILURES: &str = "lth_job_failures_total";
     pub const JOBS_RELEASED: &str = "lth_jobs_released_total";
@@ -95,7 +96,8 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
-    describe_counter!(names::JOBS_CLAIMED, "Jobs handed to workers by ClaimJobs.");
+    describe_counter!(names::JOBS_CLAIMED, "Jobs handed to workers (by ClaimJobs, or in a CompleteJob reply).");
+    describe_counter!(names::JOBS_CLAIMED_WITH_COMPLETION, "Jobs handed to workers in a CompleteJob reply (claim_next); also counted in lth_jobs_claimed_total.");
     describe_counter!(names::JOBS_COMPLETED, "Jobs completed (CompleteJob accepted).");
     describe_counter!(names::JOB_FAILURES, "Job attempts reported failed by workers (FailJob), by whether they are retried.");
     describe_counter!(names::JOBS_RELEASED, "Jobs handed back by shutting-down workers (ReleaseJob).");

@@ -18,6 +18,34 @@ use tonic::{Request, Response, Status};
 pub struct WorkerSvc(pub Arc<Coordinator>);
 
 impl WorkerSvc {
+    /// Claims up to `free_slots` jobs for `worker_id` (ClaimJobs, and CompleteJob's
+    /// `claim_next`), batched with concurrent claims.
+    async fn claim(&self, worker_id: &str, free_slots: u32) -> Result<Vec<pb::JobAssignment>, Status> {
+        let t0 = std::time::Instant::now();
+        let claimed = self.0.batcher.claim(worker_id, free_slots.min(MAX_CLAIM), self.0.opts.lease).await;
+        metrics::histogram!(M::CLAIM_SECONDS, "outcome" => outcome(&claimed)).record(t0.elapsed().as_secs_f64());
+        let claimed = claimed.map_err(status)?;
+        metrics::counter!(M::JOBS_CLAIMED).increment(claimed.len() as u64);
+        let mut jobs = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            // A level job whose inputs have no record (a repair forgot a lost file while this
+            // job was already unblocked): hand it back to wait for the re-run instead of sending
+            // it off without them.
+            let missing = [("rewind", c.rewind.is_none()), ("weights", c.weights.is_none())].into_iter().find(|(_, none)| *none);
+            let kind: JobKind = parse_state(&c.job.kind)?;
+            if let (JobKind::Level, Some((name, _))) = (kind, missing) {
+                let lease = Lease { job_id: c.job.id, attempt: c.job.attempt };
+                let what = format!("the {name:?} input of job {}", c.job.id);
+                self.0.artifact_lost(lease, &what, name, None, "has no record (the file was lost)").await;
+                continue;
+            }
+            tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %worker_id, "job claimed");
+            self.0.leased.handed_out(Lease { job_id: c.job.id, attempt: c.job.attempt }, kind);
+            jobs.push(self.assignment(c).await?);
+        }
+        Ok(jobs)
+    }
+
     async fn assignment(&self, c: ClaimedJob) -> Result<pb::JobAssignment, Status> {
         let spec = self.0.spec_of(c.job.sweep_id, c.job.seed as u64).await?;
         let j = &c.job;
@@ -80,28 +108,7 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
 
     async fn claim_jobs(&self, req: Request<pb::ClaimJobsRequest>) -> Result<Response<pb::ClaimJobsResponse>, Status> {
         let r = req.into_inner();
-        let t0 = std::time::Instant::now();
-        let claimed = self.0.batcher.claim(&r.worker_id, r.free_slots.min(MAX_CLAIM), self.0.opts.lease).await;
-        metrics::histogram!(M::CLAIM_SECONDS, "outcome" => outcome(&claimed)).record(t0.elapsed().as_secs_f64());
-        let claimed = claimed.map_err(status)?;
-        metrics::counter!(M::JOBS_CLAIMED).increment(claimed.len() as u64);
-        let mut jobs = Vec::with_capacity(claimed.len());
-        for c in claimed {
-            // A level job whose inputs have no record (a repair forgot a lost file while this
-            // job was already unblocked): hand it back to wait for the re-run instead of sending
-            // it off without them.
-            let missing = [("rewind", c.rewind.is_none()), ("weights", c.weights.is_none())].into_iter().find(|(_, none)| *none);
-            let kind: JobKind = parse_state(&c.job.kind)?;
-            if let (JobKind::Level, Some((name, _))) = (kind, missing) {
-                let lease = Lease { job_id: c.job.id, attempt: c.job.attempt };
-                let what = format!("the {name:?} input of job {}", c.job.id);
-                self.0.artifact_lost(lease, &what, name, None, "has no record (the file was lost)").await;
-                continue;
-            }
-            tracing::info!(job_id = c.job.id, attempt = c.job.attempt, worker_id = %r.worker_id, "job claimed");
-            self.0.leased.handed_out(Lease { job_id: c.job.id, attempt: c.job.attempt }, kind);
-            jobs.push(self.assignment(c).await?);
-        }
+        let jobs = self.claim(&r.worker_id, r.free_slots).await?;
         Ok(Response::new(pb::ClaimJobsResponse { jobs }))
     }
 
@@ -137,10 +144,15 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn complete_job(&self, req: Request<pb::CompleteJobRequest>) -> Result<Response<pb::Ack>, Status> {
+    async fn complete_job(&self, req: Request<pb::CompleteJobRequest>) -> Result<Response<pb::CompleteJobResponse>, Status> {
         let who = caller(&req);
         let r = req.into_inner();
         let lease = lease_of(r.lease)?;
+        if r.claim_next > 0 {
+            // Checked before the completion: a request refused after it would be retried, and
+            // its retry would find the lease already ended.
+            check_worker_id(&r.worker_id).map_err(lth_proto::errors::invalid_argument)?;
+        }
         let result = r.result.ok_or_else(|| lth_proto::errors::invalid_argument("result is missing: send the level's result with the completion"))?;
         let input = LevelResult::from(result);
         let (accuracy, diverged) = (input.test_accuracy, input.diverged);
@@ -158,7 +170,22 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
         }
         audit(&who, "complete_job", None, Some(lease.job_id));
-        Ok(Response::new(pb::Ack {}))
+        if r.claim_next == 0 {
+            return Ok(Response::new(pb::CompleteJobResponse { jobs: Vec::new() }));
+        }
+        // The completion is committed and must be acknowledged as such: a claim that fails now
+        // leaves the reply without jobs, and the worker claims with ClaimJobs.
+        let jobs = match self.claim(&r.worker_id, r.claim_next).await {
+            Ok(jobs) => {
+                metrics::counter!(M::JOBS_CLAIMED_WITH_COMPLETION).increment(jobs.len() as u64);
+                jobs
+            }
+            Err(e) => {
+                tracing::warn!(job_id = lease.job_id, worker_id = %r.worker_id, code = ?e.code(), error = %e.message(), "the claim after a completion failed; the worker claims again with ClaimJobs");
+                Vec::new()
+            }
+        };
+        Ok(Response::new(pb::CompleteJobResponse { jobs }))
     }
 
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::Ack>, Status> {

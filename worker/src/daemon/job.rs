@@ -44,6 +44,38 @@ pub struct JobContext {
     /// This worker's id and host, named in the errors of node-local failures.
     pub worker_id: String,
     pub host: String,
+    /// The next jobs that completions brought (CompleteJob's `claim_next`).
+    pub handoff: Handoff,
+}
+
+/// A solo job's completion also claims the worker's next job (`claim_next` = 1), so the slot it
+/// frees is filled without a ClaimJobs round trip. The job task leaves what the reply brought
+/// here before it frees its slot; the main loop starts it in that slot, or hands it back when the
+/// daemon stopped taking work meanwhile.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// Set when the daemon stops taking work (shutdown, unhealthy): completions ask for nothing.
+    closed: std::sync::atomic::AtomicBool,
+    brought: std::sync::Mutex<Vec<pb::JobAssignment>>,
+}
+
+impl Handoff {
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_open(&self) -> bool {
+        !self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn put(&self, jobs: Vec<pb::JobAssignment>) {
+        self.brought.lock().unwrap().extend(jobs);
+    }
+
+    /// What completions brought since the last call.
+    pub fn take(&self) -> Vec<pb::JobAssignment> {
+        std::mem::take(&mut *self.brought.lock().unwrap())
+    }
 }
 
 impl JobContext {
@@ -121,6 +153,8 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
     let slot_label = slot.id.to_string();
     let mut last_progress: Option<(Instant, u64)> = None;
     let lease = pb::JobLease { job_id: job.job_id, attempt: job.attempt };
+    // A bundle member's slot frees only when the last member ends: its completion claims nothing.
+    let solo = seat.is_none();
     let workdir = ctx.jobs_dir.join(format!("job-{}-a{}", job.job_id, job.attempt));
     tracing::info!(job = job.job_id, attempt = job.attempt, level = job.level, seed = job.seed, slot = slot.id, gpu = ?slot.gpu, "job claimed");
     remove_earlier_attempts(&ctx.jobs_dir, job.job_id, &workdir);
@@ -264,7 +298,7 @@ async fn run_job(ctx: Arc<JobContext>, job: pb::JobAssignment, slot: Slot, mut s
 
     if let (Some(output), true) = (finished, status.success()) {
         uploader.abort();
-        return complete(&ctx, lease, &workdir, output, ctx.device_label(slot), &mut stop).await;
+        return complete(&ctx, lease, &workdir, output, ctx.device_label(slot), &mut stop, solo).await;
     }
 
     if shutdown_deadline.is_some() || matches!(*stop.borrow(), Some(Stop::Shutdown)) {
@@ -673,8 +707,9 @@ async fn upload_final_checkpoint(
     }
 }
 
-/// Uploads the step's outputs and reports the result. An abort meanwhile drops the job; a
-/// shutdown does not interrupt (the work is done, only the report remains).
+/// Uploads the step's outputs and reports the result (a solo job's report also claims the
+/// worker's next job, see [`Handoff`]). An abort during the uploads drops the job; a shutdown
+/// does not interrupt (the work is done, only the report remains).
 async fn complete(
     ctx: &JobContext,
     lease: pb::JobLease,
@@ -682,6 +717,7 @@ async fn complete(
     output: StepOutput,
     device: String,
     stop: &mut watch::Receiver<Option<Stop>>,
+    solo: bool,
 ) -> Outcome {
     let work = async {
         // The coordinator records each upload under the lease; CompleteJob then checks that the
@@ -694,16 +730,6 @@ async fn complete(
             })
             .await?;
         }
-        // The engine's result as the wire carries it (the domain's one conversion), with the slot's device.
-        let result = pb::LevelResult::from(lth_sweep::result::LevelResult { device: device.clone(), ..output.report.result.clone() });
-        let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result) };
-        rpc::retry_transient("CompleteJob", || {
-            let mut c = ctx.client.clone();
-            let req = req.clone();
-            async move { c.complete_job(req).await }
-        })
-        .await
-        .map_err(TransferError::Rpc)?;
         Ok::<(), TransferError>(())
     };
     let aborted = async {
@@ -717,9 +743,29 @@ async fn complete(
             }
         }
     };
-    let result = tokio::select! {
+    let uploaded = tokio::select! {
         r = work => r,
         reason = aborted => return finish_dropped(ctx, workdir, &format!("aborted while reporting the result ({})", reason.as_str_name())),
+    };
+    // Not cut short by an abort: the reply may carry a job leased to this worker, which would
+    // otherwise run nowhere until its lease ran out. A job aborted meanwhile is refused here
+    // (STALE_LEASE) and dropped below.
+    let result = match uploaded {
+        Ok(()) => {
+            // The engine's result as the wire carries it (the domain's one conversion), with the slot's device.
+            let result = pb::LevelResult::from(lth_sweep::result::LevelResult { device, ..output.report.result.clone() });
+            let claim_next = u32::from(solo && ctx.handoff.is_open());
+            let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), claim_next, worker_id: ctx.worker_id.clone() };
+            rpc::retry_transient("CompleteJob", || {
+                let mut c = ctx.client.clone();
+                let req = req.clone();
+                async move { c.complete_job(req).await }
+            })
+            .await
+            .map(|reply| ctx.handoff.put(reply.into_inner().jobs))
+            .map_err(TransferError::Rpc)
+        }
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => {

@@ -157,6 +157,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         gpu_names: inventory.gpus.iter().map(|g| (g.index, g.name.clone())).collect(),
         worker_id: worker_id.clone(),
         host: inventory.host.clone(),
+        handoff: job::Handoff::default(),
     });
 
     let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
@@ -173,7 +174,20 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         while jobs.try_join_next().is_some() {}
         if shared.health.lock().unwrap().unhealthy.is_some() {
             // No more claims (the job tasks logged why); heartbeats carry the reason.
-            let _ = shutdown_rx.changed().await;
+            ctx.handoff.close();
+            for assignment in ctx.handoff.take() {
+                hand_back_unstarted(&mut jobs, &ctx, assignment, "the worker stopped taking jobs (unhealthy)");
+            }
+            tokio::select! {
+                _ = shared.slot_freed.notified() => {}
+                _ = shutdown_rx.changed() => {}
+            }
+            continue;
+        }
+        // Jobs that completions brought, each with the slot its completion freed.
+        let brought = ctx.handoff.take();
+        if !brought.is_empty() {
+            start_groups(&mut jobs, &ctx, &shared, brought);
             continue;
         }
         let free = shared.free_slots.lock().unwrap().len();
@@ -209,24 +223,20 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 let assignments = reply.into_inner().jobs;
                 if *shutdown_rx.borrow() {
                     for assignment in assignments {
-                        hand_back_unstarted(&mut jobs, &ctx, assignment);
+                        hand_back_unstarted(&mut jobs, &ctx, assignment, "the worker shut down while claiming it");
                     }
                     break;
                 }
                 if assignments.is_empty() {
                     tokio::select! {
                         _ = tokio::time::sleep(poll) => {}
+                        // A completion may have brought a job meanwhile (its task frees the slot after).
+                        _ = shared.slot_freed.notified() => {}
                         _ = shutdown_rx.changed() => {}
                     }
                     continue;
                 }
-                for group in bundles_of(assignments) {
-                    if group.len() == 1 {
-                        start_job(&mut jobs, &ctx, &shared, group.into_iter().next().expect("one job"));
-                    } else {
-                        start_bundle(&mut jobs, &ctx, &shared, group);
-                    }
-                }
+                start_groups(&mut jobs, &ctx, &shared, assignments);
             }
             Err(status) => {
                 match rpc::classify(&status) {
@@ -248,6 +258,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
 
     // Shutdown: no more claims; every running job finishes or checkpoints and is handed back.
+    ctx.handoff.close();
     let running = shared.running.lock().unwrap().len();
     tracing::info!(running, "shutting down: no more claims; stopping running jobs");
     for r in shared.running.lock().unwrap().values() {
@@ -266,6 +277,15 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // What completions brought while the jobs stopped (their requests went out before the
+    // shutdown) was never started: hand it back.
+    let brought = ctx.handoff.take();
+    if !brought.is_empty() {
+        for assignment in brought {
+            hand_back_unstarted(&mut jobs, &ctx, assignment, "the worker shut down as its completion brought it");
+        }
+        while jobs.join_next().await.is_some() {}
+    }
     let _ = heartbeat_stop_tx.send(true);
     let _ = heartbeats.await;
     tracing::info!("lth-worker daemon stopped");
@@ -275,13 +295,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 /// How long one ClaimJobs may take, a shutdown included.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A job claimed while the daemon was already shutting down: released with ReleaseJob (claimable
-/// again at once, no attempt counted) without being started.
-fn hand_back_unstarted(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, assignment: pb::JobAssignment) {
+/// A job claimed while the daemon was already stopping (shutting down, or unhealthy): released
+/// with ReleaseJob (claimable again at once, no attempt counted) without being started.
+fn hand_back_unstarted(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, assignment: pb::JobAssignment, why: &'static str) {
     let lease = pb::JobLease { job_id: assignment.job_id, attempt: assignment.attempt };
-    tracing::info!(job = lease.job_id, attempt = lease.attempt, "claimed during shutdown; handing it back unstarted");
+    tracing::info!(job = lease.job_id, attempt = lease.attempt, "{why}; handing it back unstarted");
     let ctx = ctx.clone();
-    jobs.spawn(async move { job::release(&ctx, lease, "the worker shut down while claiming it").await });
+    jobs.spawn(async move { job::release(&ctx, lease, why).await });
+}
+
+/// Starts claimed jobs in free slots: each ticket bundle in one slot, every other job in its own.
+fn start_groups(jobs: &mut JoinSet<()>, ctx: &Arc<JobContext>, shared: &Arc<Shared>, assignments: Vec<pb::JobAssignment>) {
+    for group in bundles_of(assignments) {
+        if group.len() == 1 {
+            start_job(jobs, ctx, shared, group.into_iter().next().expect("one job"));
+        } else {
+            start_bundle(jobs, ctx, shared, group);
+        }
+    }
 }
 
 /// A claim's jobs grouped for the slots: the members of one ticket bundle (same nonzero

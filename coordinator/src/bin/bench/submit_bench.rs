@@ -108,7 +108,7 @@ async fn completer(url: String, stop: Arc<AtomicBool>) -> anyhow::Result<HotPath
             }
         }
         let result = pb::LevelResult::from(result(a.level as i32));
-        if let Err(e) = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result) }).await {
+        if let Err(e) = w.complete_job(pb::CompleteJobRequest { lease: Some(lease), result: Some(result), ..Default::default() }).await {
             out.errors.push(format!("CompleteJob: {e}"));
         }
         out.completions.push((t, t.elapsed()));
