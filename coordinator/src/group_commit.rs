@@ -42,6 +42,14 @@ impl Default for GroupCommitOptions {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// A completion, and the claim to run for its worker once it is committed (CompleteJob's
+/// `claim_next`).
+type CompleteThenClaim = (Completion, Option<ClaimRequest>);
+
+/// What the claim after a completion brought: None when none was asked for (or the completion
+/// was refused); its own error when it failed, which never fails the completion.
+pub type ClaimAfter = Option<Result<Vec<ClaimedJob>, StoreError>>;
+
 /// Counters of one batcher, for logs and benchmarks.
 #[derive(Debug, Default)]
 struct Counters {
@@ -77,7 +85,7 @@ impl Counters {
 pub struct GroupCommit {
     store: Store,
     claims: mpsc::UnboundedSender<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
-    completions: mpsc::UnboundedSender<(Completion, Reply<()>)>,
+    completions: mpsc::UnboundedSender<(CompleteThenClaim, Reply<ClaimAfter>)>,
     records: mpsc::UnboundedSender<(ArtifactRecord, Reply<Recorded>)>,
     claim_counters: Arc<Counters>,
     complete_counters: Arc<Counters>,
@@ -95,9 +103,9 @@ impl GroupCommit {
             async move { s.claim_jobs_batch(&reqs).await }
         }));
         let s = store.clone();
-        tokio::spawn(run_batcher(complete_rx, opts, complete_counters.clone(), "complete", move |items: Arc<[Completion]>| {
+        tokio::spawn(run_batcher(complete_rx, opts, complete_counters.clone(), "complete", move |items: Arc<[CompleteThenClaim]>| {
             let s = s.clone();
-            async move { s.complete_jobs(&items).await }
+            async move { complete_then_claim(&s, &items).await }
         }));
         let (records, record_rx) = mpsc::unbounded_channel();
         let s = store.clone();
@@ -121,7 +129,14 @@ impl GroupCommit {
 
     /// One completion, batched with concurrent completions ([`Store::complete_jobs`]).
     pub async fn complete(&self, item: Completion) -> Result<(), StoreError> {
-        enqueue(&self.completions, item, |item| async move { self.store.complete_jobs(std::slice::from_ref(&item)).await }).await
+        self.complete_then_claim(item, None).await.map(|_| ())
+    }
+
+    /// One completion and then, once its batch is committed, `claim` for its worker: the claims
+    /// of a batch's accepted completions run together as one [`Store::claim_jobs_batch`], in the
+    /// completion batch's own turn (not queued again behind the ClaimJobs batcher).
+    pub async fn complete_then_claim(&self, item: Completion, claim: Option<ClaimRequest>) -> Result<ClaimAfter, StoreError> {
+        enqueue(&self.completions, (item, claim), |item| async move { complete_then_claim(&self.store, std::slice::from_ref(&item)).await }).await
     }
 
     /// One upload record, batched with concurrent ones ([`Store::record_artifacts`]).
@@ -142,6 +157,37 @@ where
         Ok(()) => rx.await.unwrap_or_else(|_| Err(batcher_gone())),
         Err(mpsc::error::SendError((item, _))) => alone(item).await?.pop().expect("one outcome per call"),
     }
+}
+
+/// A completion batch, then one claim batch for the accepted completions that asked for one. Only
+/// the completion statement can fail the batch as a whole: a batch retried call by call after a
+/// failed claim would find its completions already committed.
+async fn complete_then_claim(store: &Store, items: &[CompleteThenClaim]) -> Result<Vec<Result<ClaimAfter, StoreError>>, StoreError> {
+    let completions: Vec<Completion> = items.iter().map(|(c, _)| c.clone()).collect();
+    let done = store.complete_jobs(&completions).await?;
+    let asking: Vec<usize> = done.iter().zip(items).enumerate().filter(|(_, (d, (_, claim)))| d.is_ok() && claim.is_some()).map(|(i, _)| i).collect();
+    let mut claimed: Vec<ClaimAfter> = (0..items.len()).map(|_| None).collect();
+    if !asking.is_empty() {
+        let reqs: Vec<ClaimRequest> = asking.iter().map(|&i| items[i].1.clone().expect("asked")).collect();
+        match store.claim_jobs_batch(&reqs).await {
+            Ok(outcomes) => {
+                for (&i, outcome) in asking.iter().zip(outcomes) {
+                    claimed[i] = Some(outcome);
+                }
+            }
+            // One bad claim (a database error) fails the whole statement: each claim alone.
+            Err(_) if reqs.len() > 1 => {
+                for (&i, req) in asking.iter().zip(reqs) {
+                    claimed[i] = Some(match store.claim_jobs_batch(std::slice::from_ref(&req)).await {
+                        Ok(mut v) => v.pop().expect("one outcome per call"),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            Err(e) => claimed[asking[0]] = Some(Err(e)),
+        }
+    }
+    Ok(done.into_iter().zip(claimed).map(|(d, c)| d.map(|()| c)).collect())
 }
 
 fn batcher_gone() -> StoreError {

@@ -26,6 +26,7 @@ contract!(
     bad_results_are_rejected,
     batches_keep_each_calls_outcome,
     group_commit_hands_each_job_out_once_and_finishes_the_sweep,
+    completions_that_claim_the_next_job_hand_each_job_out_once,
     completion_requires_this_attempts_uploads_and_claims_carry_them,
     artifact_records_in_one_batch_keep_their_own_outcome,
     one_file_twice_in_a_batch_names_each_replaced_file_once,
@@ -725,6 +726,74 @@ async fn group_commit_hands_each_job_out_once_and_finishes_the_sweep(store: Stor
     let (claims, completions) = gc.stats();
     assert_eq!(completions.calls, out.jobs);
     assert!(claims.calls >= out.jobs / 2 && claims.batches <= claims.calls);
+}
+
+/// [`work_through`], each completion also claiming the worker's next job (CompleteJob's
+/// `claim_next`); ClaimJobs only when one brought nothing. Returns the jobs run and how many came
+/// with a completion.
+async fn work_through_claiming_next(gc: &GroupCommit, store: &Store, worker: &str, sweep_id: i64) -> (Vec<i64>, usize) {
+    let (mut ran, mut brought) = (Vec::new(), 0);
+    let mut next = Vec::new();
+    loop {
+        let got = if next.is_empty() { gc.claim(worker, 1, LEASE).await.unwrap() } else { std::mem::take(&mut next) };
+        if got.is_empty() {
+            let c = store.get_sweep(sweep_id).await.unwrap().jobs;
+            if c.blocked + c.ready + c.running == 0 {
+                return (ran, brought);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        for j in got {
+            let claim = ClaimRequest { worker_id: worker.into(), n: 1, lease: LEASE };
+            let after = gc.complete_then_claim(Completion { lease: lease_of(&j), result: fabricated_result(&j), require_uploads: false }, Some(claim)).await.unwrap();
+            let came = after.expect("a claim was asked for").unwrap();
+            brought += came.len();
+            next.extend(came);
+            ran.push(j.job.id);
+        }
+    }
+}
+
+/// Eight workers whose completions claim their next jobs (the claims of a completion batch run
+/// together once it committed): every job runs exactly once and the sweep closes. A completion
+/// whose claim fails (its worker is not registered) stands, and the claim's own error comes back.
+async fn completions_that_claim_the_next_job_hand_each_job_out_once(store: Store) {
+    let s = spec(&["magnitude", "l1"], &[0.2], &(0..10).collect::<Vec<_>>(), 2);
+    let out = store.submit_sweep(&s, None).await.unwrap();
+    let gc = GroupCommit::start(store.clone(), GroupCommitOptions { max_batch: 8, in_flight: 2 });
+    register(&store, "w0").await;
+    let first = gc.claim("w0", 1, LEASE).await.unwrap().pop().unwrap();
+    let ghost = ClaimRequest { worker_id: "ghost".into(), n: 1, lease: LEASE };
+    let after = gc.complete_then_claim(Completion { lease: lease_of(&first), result: fabricated_result(&first), require_uploads: false }, Some(ghost)).await.unwrap();
+    assert!(matches!(after, Some(Err(StoreError::UnknownWorker(_)))), "{after:?}");
+    assert!(matches!(store.complete_job(lease_of(&first), &fabricated_result(&first)).await, Err(StoreError::StaleLease(_))), "the completion stood");
+    // A refused completion claims nothing.
+    let stale = ClaimRequest { worker_id: "w0".into(), n: 1, lease: LEASE };
+    let refused = gc.complete_then_claim(Completion { lease: lease_of(&first), result: fabricated_result(&first), require_uploads: false }, Some(stale)).await;
+    assert!(matches!(refused, Err(StoreError::StaleLease(_))), "{refused:?}");
+
+    for i in 1..8 {
+        register(&store, &format!("w{i}")).await;
+    }
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let (gc, store) = (gc.clone(), store.clone());
+        handles.push(tokio::spawn(async move { work_through_claiming_next(&gc, &store, &format!("w{i}"), out.sweep_id).await }));
+    }
+    let (mut all, mut brought) = (vec![first.job.id], 0);
+    for h in handles {
+        let (ran, b) = h.await.unwrap();
+        all.extend(ran);
+        brought += b;
+    }
+    let distinct: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!((all.len(), distinct.len()), (out.jobs as usize, out.jobs as usize), "each job ran exactly once");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM level_results").await, out.jobs as i64);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE attempt <> 1").await, 0);
+    assert!(brought >= out.jobs as usize / 2, "most jobs came with a completion: {brought} of {}", out.jobs);
+    store.reap().await.unwrap();
+    assert_eq!(store.get_sweep(out.sweep_id).await.unwrap().state, "succeeded");
 }
 
 /// Every pooled Postgres connection runs with JIT off and generic plans: with JIT on, the

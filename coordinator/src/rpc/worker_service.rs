@@ -8,7 +8,7 @@ use super::limits::{check_worker_id, MAX_CLAIM};
 use super::{audit, outcome, status, Coordinator};
 use crate::auth::caller;
 use crate::http::metrics::names as M;
-use crate::store::{ClaimedJob, Completion, GpuRow, Lease, ProgressInput, LevelResult, WorkerRegistration};
+use crate::store::{ClaimRequest, ClaimedJob, Completion, GpuRow, Lease, ProgressInput, LevelResult, WorkerRegistration};
 use lth_proto::v1 as pb;
 use lth_sweep::state::JobKind;
 use std::sync::Arc;
@@ -24,7 +24,11 @@ impl WorkerSvc {
         let t0 = std::time::Instant::now();
         let claimed = self.0.batcher.claim(worker_id, free_slots.min(MAX_CLAIM), self.0.opts.lease).await;
         metrics::histogram!(M::CLAIM_SECONDS, "outcome" => outcome(&claimed)).record(t0.elapsed().as_secs_f64());
-        let claimed = claimed.map_err(status)?;
+        self.hand_out(worker_id, claimed.map_err(status)?).await
+    }
+
+    /// The assignments of jobs just claimed for `worker_id`.
+    async fn hand_out(&self, worker_id: &str, claimed: Vec<ClaimedJob>) -> Result<Vec<pb::JobAssignment>, Status> {
         metrics::counter!(M::JOBS_CLAIMED).increment(claimed.len() as u64);
         let mut jobs = Vec::with_capacity(claimed.len());
         for c in claimed {
@@ -159,9 +163,10 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         // The store refuses, in the completing statement itself, a stale lease and a completion
         // whose attempt has not uploaded what the next levels download.
         let t0 = std::time::Instant::now();
-        let done = self.0.batcher.complete(Completion { lease, result: input, require_uploads: true }).await;
+        let claim = (r.claim_next > 0).then(|| ClaimRequest { worker_id: r.worker_id.clone(), n: r.claim_next.min(MAX_CLAIM), lease: self.0.opts.lease });
+        let done = self.0.batcher.complete_then_claim(Completion { lease, result: input, require_uploads: true }, claim).await;
         metrics::histogram!(M::COMPLETE_SECONDS, "outcome" => outcome(&done)).record(t0.elapsed().as_secs_f64());
-        done.map_err(status)?;
+        let claimed = done.map_err(status)?;
         self.0.leased.ended(lease);
         metrics::counter!(M::JOBS_COMPLETED).increment(1);
         if diverged {
@@ -170,12 +175,13 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             tracing::info!(job_id = lease.job_id, attempt = lease.attempt, accuracy, "job succeeded");
         }
         audit(&who, "complete_job", None, Some(lease.job_id));
-        if r.claim_next == 0 {
-            return Ok(Response::new(pb::CompleteJobResponse { jobs: Vec::new() }));
-        }
-        // The completion is committed and must be acknowledged as such: a claim that fails now
+        // The completion is committed and must be acknowledged as such: a claim that failed
         // leaves the reply without jobs, and the worker claims with ClaimJobs.
-        let jobs = match self.claim(&r.worker_id, r.claim_next).await {
+        let claimed = match claimed {
+            None => return Ok(Response::new(pb::CompleteJobResponse { jobs: Vec::new() })),
+            Some(c) => c.map_err(status),
+        };
+        let jobs = match async { self.hand_out(&r.worker_id, claimed?).await }.await {
             Ok(jobs) => {
                 metrics::counter!(M::JOBS_CLAIMED_WITH_COMPLETION).increment(jobs.len() as u64);
                 jobs
