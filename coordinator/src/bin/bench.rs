@@ -23,6 +23,13 @@
 //! binary's `clients` subcommand, so that the clients' CPU (tonic, encoding, the uploads) is not
 //! counted against the coordinator's runtime and the coordinator runs as it does in production.
 //!
+//! `--claim-with-completion` (with `--via grpc`) runs the protocol the worker daemon runs: each
+//! CompleteJob also claims the worker's next job (`claim_next`), so a cycle is UploadArtifact and
+//! CompleteJob, with a ClaimJobs only when a completion brought nothing. The claim latency of a
+//! job that came with a completion is that CompleteJob call's (which includes the completion).
+//! Either way the bench also reports a slot's wait between jobs: from the end of a job's uploads
+//! until the next job is in hand (CompleteJob plus ClaimJobs, or the one CompleteJob).
+//!
 //! `--queued 10000,100000,1000000` measures how the cost grows with work: for each size a fresh
 //! database with a sweep of that many level jobs ready to claim (their dense jobs completed first,
 //! through the store), then the measurement; a table at the end.
@@ -295,14 +302,15 @@ impl Client {
         }
     }
 
-    /// Completes the job; over gRPC, uploads what its dependents need first and, with
-    /// `claim_next`, returns the job the completion brought and how long the CompleteJob call
-    /// took (that claim's latency).
-    async fn finish(&mut self, c: &Claimed, worker: &str, claim_next: bool) -> Option<(Claimed, Duration)> {
+    /// Completes the job; over gRPC, uploads what its dependents need first. Returns how long
+    /// the completing call took (the uploads not counted) and, with `claim_next`, the job the
+    /// completion brought.
+    async fn finish(&mut self, c: &Claimed, worker: &str, claim_next: bool) -> (Duration, Option<Claimed>) {
         match self {
             Client::Store(p) => {
+                let t = Instant::now();
                 p.complete(c.lease, result(c.level)).await;
-                None
+                (t.elapsed(), None)
             }
             Client::Grpc(w, digest) => {
                 let lease = pb::JobLease { job_id: c.lease.job_id, attempt: c.lease.attempt as u32 };
@@ -320,8 +328,7 @@ impl Client {
                 let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), claim_next: u32::from(claim_next), worker_id: worker.into() };
                 let t = Instant::now();
                 let jobs = w.complete_job(req).await.expect("CompleteJob").into_inner().jobs;
-                let took = t.elapsed();
-                jobs.into_iter().next().map(|a| (claimed_of(&a), took))
+                (t.elapsed(), jobs.first().map(claimed_of))
             }
         }
     }
@@ -343,6 +350,12 @@ struct Summary {
     later_p99: f64,
     complete_p50: f64,
     complete_p99: f64,
+    /// A slot's wait between jobs: from the end of a job's uploads until the next job is in hand
+    /// (CompleteJob, then ClaimJobs unless the completion brought the next job).
+    #[serde(default)]
+    gap_p50: f64,
+    #[serde(default)]
+    gap_p99: f64,
     /// claim+complete per second in 5 s windows.
     windows: Vec<f64>,
 }
@@ -368,21 +381,32 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64, claim_next: bool)
             let mut claim_us = Vec::with_capacity(4096);
             let mut later_claim_us = Vec::with_capacity(4096);
             let mut complete_us = Vec::with_capacity(4096);
+            let mut gap_us = Vec::with_capacity(4096);
             let mut empty = 0u64;
-            // The job the last completion brought, and that CompleteJob call's start and length.
-            let mut brought: Option<(Claimed, Instant, Duration)> = None;
+            // The job the last completion brought, and that CompleteJob call's start.
+            let mut brought: Option<(Claimed, Instant)> = None;
+            // The slot's wait since the last job's uploads ended, while no job is in hand.
+            let mut waiting: Option<Duration> = None;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let (got, t, took) = match brought.take() {
-                    Some((job, t, took)) => (Some(job), t, took),
+                let (got, t, took, came) = match brought.take() {
+                    Some((job, t)) => (Some(job), t, waiting.unwrap_or_default(), true),
                     None => {
                         let t = Instant::now();
                         let got = client.claim(&worker).await;
-                        (got, t, t.elapsed())
+                        (got, t, t.elapsed(), false)
                     }
                 };
                 claim_us.push(took.as_micros() as u64);
                 if t >= start + Duration::from_secs(5) {
                     later_claim_us.push(took.as_micros() as u64);
+                }
+                if got.is_some() {
+                    if let Some(w) = waiting.take() {
+                        // Brought: the CompleteJob call was the whole wait; else the claim adds to it.
+                        gap_us.push(if came { w } else { w + took }.as_micros() as u64);
+                    }
+                } else if let Some(w) = waiting.as_mut() {
+                    *w += took;
                 }
                 let Some(job) = got else {
                     empty += 1;
@@ -393,15 +417,16 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64, claim_next: bool)
                     continue;
                 };
                 let t = Instant::now();
-                let next = client.finish(&job, &worker, claim_next && !stop.load(Ordering::Relaxed)).await;
+                let (completing, next) = client.finish(&job, &worker, claim_next && !stop.load(Ordering::Relaxed)).await;
                 complete_us.push(t.elapsed().as_micros() as u64);
+                waiting = Some(completing);
                 // The CompleteJob call started after the uploads: its start is now less its length.
-                brought = next.map(|(job, took)| (job, Instant::now() - took, took));
+                brought = next.map(|job| (job, Instant::now() - completing));
                 if done.fetch_add(1, Ordering::Relaxed) + 1 >= total {
                     stop.store(true, Ordering::Relaxed);
                 }
             }
-            (claim_us, later_claim_us, complete_us, empty)
+            (claim_us, later_claim_us, complete_us, gap_us, empty)
         }));
     }
     // Throughput per 5 s window: the dense phase (each completion unblocks 40 jobs) and the
@@ -420,12 +445,13 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64, claim_next: bool)
             windows
         })
     };
-    let (mut claim_us, mut later_claim_us, mut complete_us, mut empty) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut claim_us, mut later_claim_us, mut complete_us, mut gap_us, mut empty) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
     for h in handles {
-        let (c, l, d, e) = h.await.expect("a simulated worker panicked");
+        let (c, l, d, g, e) = h.await.expect("a simulated worker panicked");
         claim_us.extend(c);
         later_claim_us.extend(l);
         complete_us.extend(d);
+        gap_us.extend(g);
         empty += e;
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -434,6 +460,7 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64, claim_next: bool)
     claim_us.sort_unstable();
     later_claim_us.sort_unstable();
     complete_us.sort_unstable();
+    gap_us.sort_unstable();
     Summary {
         done: done.load(Ordering::Relaxed),
         elapsed,
@@ -447,6 +474,8 @@ async fn drive(clients: Vec<Client>, seconds: u64, total: u64, claim_next: bool)
         later_p99: percentile(&later_claim_us, 0.99),
         complete_p50: percentile(&complete_us, 0.5),
         complete_p99: percentile(&complete_us, 0.99),
+        gap_p50: percentile(&gap_us, 0.5),
+        gap_p99: percentile(&gap_us, 0.99),
         windows,
     }
 }
@@ -738,6 +767,10 @@ fn print_summary(tag: &str, args: &Args, summary: &Summary, load_before: &str, l
     println!(
         "[{tag}] claims started after the first 5 s: {} claims, p50 {:.2} ms p99 {:.2} ms",
         summary.later_claims, summary.later_p50, summary.later_p99
+    );
+    println!(
+        "[{tag}] a slot's wait between jobs (end of the uploads to the next job in hand): p50 {:.2} ms p99 {:.2} ms",
+        summary.gap_p50, summary.gap_p99
     );
 }
 
