@@ -2,7 +2,8 @@
 
 use lth_chaos::{split_test, SCENARIOS};
 use lth_testkit::process::{processes_mentioning, workspace_root};
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Every listed test exists under its name (`async fn NAME(` in the named file), no slot is left
@@ -27,14 +28,26 @@ fn every_listed_scenario_names_a_test_that_exists() {
 #[test]
 fn a_stray_process_naming_the_test_folder_is_found() {
     let dir = tempfile_dir();
-    let mut stray = Command::new("sh").args(["-c", "sleep 30", "lth-stray"]).arg(&dir).spawn().expect("start sh");
+    // In a process group of its own, with no pipe of the test's: the shell forks `sleep`, and
+    // killing the shell alone left that child holding the test's stdout until it ended (nextest
+    // flagged the test LEAKY).
+    let mut stray = Command::new("sh")
+        .args(["-c", "sleep 30", "lth-stray"])
+        .arg(&dir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sh");
     let pid = stray.id() as i32;
     let t0 = Instant::now();
     while !processes_mentioning(&dir).iter().any(|(p, _)| *p == pid) {
         assert!(t0.elapsed() < Duration::from_secs(5), "the stray process was not found");
         std::thread::sleep(Duration::from_millis(50));
     }
-    stray.kill().unwrap();
+    // SAFETY: kill(2) on the group this test started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0, "kill the stray's process group");
     stray.wait().unwrap();
     assert!(!processes_mentioning(&dir).iter().any(|(p, _)| *p == pid), "a reaped process is still listed");
 }
