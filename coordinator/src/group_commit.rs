@@ -9,6 +9,10 @@
 //! round trips and commits shrinks. This is what lets one Postgres on a small machine serve
 //! thousands of claims and completions a second (BENCHMARKS.md).
 //!
+//! A completion may also claim its worker's next job (CompleteJob's `claim_next`): once its batch
+//! committed, the claims of the batch's accepted completions run as one claim statement in that
+//! batch's turn ([`GroupCommit::complete_then_claim`]).
+//!
 //! Every caller still gets its reply only after its batch committed, so nothing is acknowledged
 //! that a crash could lose. When a batch fails as a whole (a database error), each of its calls
 //! is retried alone, so one bad item fails only its own caller.
