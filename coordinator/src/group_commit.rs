@@ -159,7 +159,7 @@ where
     let (tx, rx) = oneshot::channel();
     match queue.send((item, tx)) {
         Ok(()) => rx.await.unwrap_or_else(|_| Err(batcher_gone())),
-        Err(mpsc::error::SendError((item, _))) => alone(item).await?.pop().expect("one outcome per call"),
+        Err(mpsc::error::SendError((item, _))) => only_outcome(alone(item).await),
     }
 }
 
@@ -167,7 +167,7 @@ where
 /// the completion statement can fail the batch as a whole: a batch retried call by call after a
 /// failed claim would find its completions already committed.
 async fn complete_then_claim(store: &Store, items: &[CompleteThenClaim]) -> Result<Vec<Result<ClaimAfter, StoreError>>, StoreError> {
-    let completions: Vec<Completion> = items.iter().map(|(c, _)| c.clone()).collect();
+    let completions: Vec<&Completion> = items.iter().map(|(c, _)| c).collect();
     let done = store.complete_jobs(&completions).await?;
     let asking: Vec<usize> = done.iter().zip(items).enumerate().filter(|(_, (d, (_, claim)))| d.is_ok() && claim.is_some()).map(|(i, _)| i).collect();
     let mut claimed: Vec<ClaimAfter> = (0..items.len()).map(|_| None).collect();
@@ -179,19 +179,21 @@ async fn complete_then_claim(store: &Store, items: &[CompleteThenClaim]) -> Resu
                     claimed[i] = Some(outcome);
                 }
             }
+            Err(e) if reqs.len() == 1 => claimed[asking[0]] = Some(Err(e)),
             // One bad claim (a database error) fails the whole statement: each claim alone.
-            Err(_) if reqs.len() > 1 => {
-                for (&i, req) in asking.iter().zip(reqs) {
-                    claimed[i] = Some(match store.claim_jobs_batch(std::slice::from_ref(&req)).await {
-                        Ok(mut v) => v.pop().expect("one outcome per call"),
-                        Err(e) => Err(e),
-                    });
+            Err(_) => {
+                for (&i, req) in asking.iter().zip(&reqs) {
+                    claimed[i] = Some(only_outcome(store.claim_jobs_batch(std::slice::from_ref(req)).await));
                 }
             }
-            Err(e) => claimed[asking[0]] = Some(Err(e)),
         }
     }
     Ok(done.into_iter().zip(claimed).map(|(d, c)| d.map(|()| c)).collect())
+}
+
+/// The outcome of a batch of one.
+fn only_outcome<T>(batch: Result<Vec<Result<T, StoreError>>, StoreError>) -> Result<T, StoreError> {
+    batch.and_then(|mut v| v.pop().expect("one outcome per call"))
 }
 
 fn batcher_gone() -> StoreError {
@@ -249,11 +251,7 @@ where
                     counters.retried_alone.fetch_add(items.len() as u64, Ordering::Relaxed);
                     metrics::counter!(M::BATCH_RETRIED_ALONE, "kind" => kind).increment(items.len() as u64);
                     for (item, reply) in items.iter().zip(replies) {
-                        let outcome = match exec(Arc::from([item.clone()])).await {
-                            Ok(mut v) => v.pop().expect("one outcome per call"),
-                            Err(e) => Err(e),
-                        };
-                        let _ = reply.send(outcome);
+                        let _ = reply.send(only_outcome(exec(Arc::from([item.clone()])).await));
                     }
                 }
             }

@@ -321,7 +321,10 @@ impl Store {
     /// Completes several jobs: records each result and its masks, marks the job succeeded,
     /// unblocks its children, closes its trial (last level) and its sweep (last open job).
     /// Returns one outcome per completion, in order; a stale lease changes nothing.
-    pub async fn complete_jobs(&self, items: &[Completion]) -> Result<Vec<Result<()>>> {
+    /// Takes the completions by value or by reference (the batcher's items carry more than the
+    /// completion; a result's masks are not copied to make a batch).
+    pub async fn complete_jobs<C: std::borrow::Borrow<Completion> + Sync>(&self, items: &[C]) -> Result<Vec<Result<()>>> {
+        let items: Vec<&Completion> = items.iter().map(|c| c.borrow()).collect();
         let mut out: Vec<Option<Result<()>>> = items.iter().map(|c| types::CheckResult::check(&c.result).err().map(Err)).collect();
         // A lease twice in one batch: the first copy competes, later copies are stale by then.
         let mut seen = HashSet::new();
@@ -341,8 +344,8 @@ impl Store {
             // ran, and a level job's layers were checked against its model's (the layers its
             // dense job reported) in the same transaction.
             let mut refused: HashMap<Lease, Refusal> = match self {
-                Store::Postgres(p) => postgres::complete::complete(p, items, &todo).await?,
-                Store::Sqlite(p) => sqlite::complete::complete(p, items, &todo).await?,
+                Store::Postgres(p) => postgres::complete::complete(p, &items, &todo).await?,
+                Store::Sqlite(p) => sqlite::complete::complete(p, &items, &todo).await?,
             };
             for &i in &todo {
                 let l = items[i].lease;

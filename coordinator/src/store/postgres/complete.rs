@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 /// Completes `items[todo]`. Returns the leases that were refused and why; the others are now
 /// succeeded.
-pub(crate) async fn complete(pool: &PgPool, items: &[Completion], todo: &[usize]) -> Result<HashMap<Lease, Refusal>> {
+pub(crate) async fn complete(pool: &PgPool, items: &[&Completion], todo: &[usize]) -> Result<HashMap<Lease, Refusal>> {
     let n = todo.len();
     let (mut job_ids, mut attempts, mut require, mut diverged, mut device) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));

@@ -19,7 +19,7 @@ async fn model_layers(conn: &mut SqliteConnection, job_id: i64) -> Result<Vec<St
 
 /// Completes `items[todo]` and closes the sweeps they finish. Returns the leases that were
 /// refused and why; the others are now succeeded.
-pub(crate) async fn complete(pool: &SqlitePool, items: &[Completion], todo: &[usize]) -> Result<HashMap<Lease, Refusal>> {
+pub(crate) async fn complete(pool: &SqlitePool, items: &[&Completion], todo: &[usize]) -> Result<HashMap<Lease, Refusal>> {
     let mut tx = begin_write(pool, "complete").await?;
     let mut refused = HashMap::new();
     let mut sweeps = Vec::new();
