@@ -177,20 +177,16 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         audit(&who, "complete_job", None, Some(lease.job_id));
         // The completion is committed and must be acknowledged as such: a claim that failed
         // leaves the reply without jobs, and the worker claims with ClaimJobs.
-        let claimed = match claimed {
-            None => return Ok(Response::new(pb::CompleteJobResponse { jobs: Vec::new() })),
-            Some(c) => c.map_err(status),
+        let handed = match claimed {
+            None => Ok(Vec::new()),
+            Some(Ok(jobs)) => self.hand_out(&r.worker_id, jobs).await,
+            Some(Err(e)) => Err(status(e)),
         };
-        let jobs = match async { self.hand_out(&r.worker_id, claimed?).await }.await {
-            Ok(jobs) => {
-                metrics::counter!(M::JOBS_CLAIMED_WITH_COMPLETION).increment(jobs.len() as u64);
-                jobs
-            }
-            Err(e) => {
-                tracing::warn!(job_id = lease.job_id, worker_id = %r.worker_id, code = ?e.code(), error = %e.message(), "the claim after a completion failed; the worker claims again with ClaimJobs");
-                Vec::new()
-            }
-        };
+        let jobs = handed.unwrap_or_else(|e| {
+            tracing::warn!(job_id = lease.job_id, worker_id = %r.worker_id, code = ?e.code(), error = %e.message(), "the claim after a completion failed; the worker claims again with ClaimJobs");
+            Vec::new()
+        });
+        metrics::counter!(M::JOBS_CLAIMED_WITH_COMPLETION).increment(jobs.len() as u64);
         Ok(Response::new(pb::CompleteJobResponse { jobs }))
     }
 
