@@ -102,6 +102,16 @@ async fn upload(w: &mut WorkerServiceClient<Channel>, a: &pb::JobAssignment, nam
     w.upload_artifact(tokio_stream::iter(chunks)).await.map(|r| r.into_inner())
 }
 
+/// Uploads what a job's children download (`rewind` and `weights` for a dense job, `weights` for
+/// a level job), intact.
+async fn upload_outputs(w: &mut WorkerServiceClient<Channel>, a: &pb::JobAssignment) {
+    let kind = if a.kind == pb::JobKind::Dense as i32 { "dense" } else { "level" };
+    for name in lth_coordinator::store::uploads_needed(kind) {
+        let data = weights_of(a.job_id, name);
+        upload(w, a, name, &data, &sha(&data)).await.unwrap();
+    }
+}
+
 async fn download(w: &mut WorkerServiceClient<Channel>, job_id: i64, name: &str) -> (Vec<u8>, String) {
     let mut s = w.download_artifact(pb::DownloadArtifactRequest { job_id, name: name.into(), lease: None }).await.unwrap().into_inner();
     let mut data = Vec::new();
@@ -579,11 +589,7 @@ async fn a_completion_can_bring_the_workers_next_job(db: TestDb) {
     let mut current = Some(first);
     let (mut done, mut brought, mut checked) = (0, 0, false);
     while let Some(a) = current.take() {
-        let names: &[&str] = if a.kind == pb::JobKind::Dense as i32 { &["rewind", "weights"] } else { &["weights"] };
-        for name in names {
-            let data = weights_of(a.job_id, name);
-            upload(&mut w, &a, name, &data, &sha(&data)).await.unwrap();
-        }
+        upload_outputs(&mut w, &a).await;
         if !checked {
             checked = true;
             // A worker id that could never claim: refused before the completion is applied.
@@ -630,10 +636,7 @@ async fn a_completion_can_bring_the_workers_next_job(db: TestDb) {
     let sub = sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some(again), ..Default::default() }).await.unwrap().into_inner();
     let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);
     assert_eq!(a.sweep_id, sub.sweep_id);
-    for name in ["rewind", "weights"] {
-        let data = weights_of(a.job_id, name);
-        upload(&mut w, &a, name, &data, &sha(&data)).await.unwrap();
-    }
+    upload_outputs(&mut w, &a).await;
     let reply = w.complete_job(complete(&a, "ghost", 1)).await.expect("the completion stands").into_inner();
     assert!(reply.jobs.is_empty(), "{:?}", reply.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>());
     let e = w.complete_job(complete(&a, "w", 0)).await.unwrap_err();

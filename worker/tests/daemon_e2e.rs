@@ -80,6 +80,28 @@ where
 }
 
 /// Jobs of the sweep that are running and have reported progress (training has started).
+/// Waits until a statement matching one of `like` (LIKE patterns: pg_stat_activity keeps the
+/// first 1 kB of a statement, which for the store's query files is their leading comment) waits
+/// on a lock in this database.
+async fn wait_for_lock_waiter(pool: &sqlx::PgPool, what: &str, like: &[&str], within: Duration) {
+    let like: Vec<String> = like.iter().map(|l| l.to_string()).collect();
+    wait_until(&format!("{what} to wait on the lock"), within, || {
+        let (pool, like) = (pool.clone(), like.clone());
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND wait_event_type = 'Lock' AND query LIKE ANY($1)",
+            )
+            .bind(&like)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting > 0
+        }
+    })
+    .await;
+}
+
 async fn jobs_training(pool: &sqlx::PgPool, sweep_id: i64) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE sweep_id = $1 AND state = 'running' AND progress > 0")
         .bind(sweep_id)
@@ -545,22 +567,8 @@ async fn a_daemon_stopped_during_a_claim_hands_the_claimed_job_back() {
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE jobs IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
     c.start_worker("leaving");
-    wait_until("the daemon's ClaimJobs to wait on the lock", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        async move {
-            // The claim is coordinator/queries/postgres/claim.sql; pg_stat_activity keeps the first
-            // 1 kB of a statement, which for that file is its leading comment.
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                  AND wait_event_type = 'Lock' AND (query LIKE '-- Claims for a batch of workers%' OR query LIKE 'WITH req AS%')",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            waiting > 0
-        }
-    })
-    .await;
+    // The claim is coordinator/queries/postgres/claim.sql.
+    wait_for_lock_waiter(&pool, "the daemon's ClaimJobs", &["-- Claims for a batch of workers%", "WITH req AS%"], Duration::from_secs(60)).await;
     c.worker("leaving").signal(libc::SIGTERM);
     // Time for the old daemon to be gone before the claim goes through.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -621,21 +629,8 @@ async fn a_daemon_stopped_while_completing_leaves_no_job_leased_to_it() {
     .await;
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE jobs IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    wait_until("the dense job's upload records to wait on the lock", Duration::from_secs(120), || {
-        let pool = pool.clone();
-        async move {
-            // coordinator/queries/postgres/record_artifacts.sql, by its leading comment.
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                  AND wait_event_type = 'Lock' AND query LIKE '-- Records a batch of uploads%'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            waiting > 0
-        }
-    })
-    .await;
+    // coordinator/queries/postgres/record_artifacts.sql.
+    wait_for_lock_waiter(&pool, "the dense job's upload records", &["-- Records a batch of uploads%"], Duration::from_secs(120)).await;
     c.worker("leaving").signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_secs(1)).await;
     lock.rollback().await.unwrap();
