@@ -751,20 +751,7 @@ async fn complete(
     // otherwise run nowhere until its lease ran out. A job aborted meanwhile is refused here
     // (STALE_LEASE) and dropped below.
     let result = match uploaded {
-        Ok(()) => {
-            // The engine's result as the wire carries it (the domain's one conversion), with the slot's device.
-            let result = pb::LevelResult::from(lth_sweep::result::LevelResult { device, ..output.report.result.clone() });
-            let claim_next = u32::from(solo && ctx.handoff.is_open());
-            let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), claim_next, worker_id: ctx.worker_id.clone() };
-            rpc::retry_transient("CompleteJob", || {
-                let mut c = ctx.client.clone();
-                let req = req.clone();
-                async move { c.complete_job(req).await }
-            })
-            .await
-            .map(|reply| ctx.handoff.put(reply.into_inner().jobs))
-            .map_err(TransferError::Rpc)
-        }
+        Ok(()) => report(ctx, lease, &output, device, solo).await,
         Err(e) => Err(e),
     };
     match result {
@@ -789,6 +776,23 @@ async fn complete(
         }
         Err(e) => fail(ctx, lease, workdir, format!("the step finished but its result could not be stored: {e}"), true, false).await,
     }
+}
+
+/// CompleteJob with the engine's result as the wire carries it (the domain's one conversion) and
+/// the slot's device; a solo job's asks for the worker's next job, left in the [`Handoff`].
+async fn report(ctx: &JobContext, lease: pb::JobLease, output: &StepOutput, device: String, solo: bool) -> Result<(), TransferError> {
+    let result = pb::LevelResult::from(lth_sweep::result::LevelResult { device, ..output.report.result.clone() });
+    let claim_next = u32::from(solo && ctx.handoff.is_open());
+    let req = pb::CompleteJobRequest { lease: Some(lease), result: Some(result), claim_next, worker_id: ctx.worker_id.clone() };
+    let reply = rpc::retry_transient("CompleteJob", || {
+        let mut c = ctx.client.clone();
+        let req = req.clone();
+        async move { c.complete_job(req).await }
+    })
+    .await
+    .map_err(TransferError::Rpc)?;
+    ctx.handoff.put(reply.into_inner().jobs);
+    Ok(())
 }
 
 /// Reports a failed attempt. A node-local failure (this machine's fault, see `failure`) is sent
