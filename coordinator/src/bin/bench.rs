@@ -90,6 +90,11 @@ struct Args {
     /// Let Postgres re-plan statements per call (its default) instead of the store's generic plans.
     #[arg(long)]
     custom_plans: bool,
+    /// Postgres: reset `pg_stat_statements` when the measured window starts (after the setup),
+    /// so that the view holds the window's statements alone. Needs the extension in the admin
+    /// database's cluster (`shared_preload_libraries`, `CREATE EXTENSION pg_stat_statements`).
+    #[arg(long)]
+    reset_pg_stats: bool,
     /// Keep the bench databases afterwards.
     #[arg(long)]
     keep: bool,
@@ -817,6 +822,11 @@ async fn run(args: &Args, mode: Mode, secure: bool, queued: Option<u64>) -> anyh
     // Let autovacuum and the checkpointer settle after the bulk insert, as on a live coordinator.
     if let Store::Postgres(pool) = &store {
         sqlx::query("VACUUM ANALYZE").execute(pool).await?;
+        if args.reset_pg_stats {
+            sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await.map_err(|e| {
+                anyhow::anyhow!("--reset-pg-stats: {e} (load pg_stat_statements in shared_preload_libraries and CREATE EXTENSION pg_stat_statements)")
+            })?;
+        }
     }
     let to_do = sub.jobs - prefilled;
 
