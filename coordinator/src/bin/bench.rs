@@ -91,8 +91,9 @@ struct Args {
     #[arg(long)]
     custom_plans: bool,
     /// Postgres: reset `pg_stat_statements` when the measured window starts (after the setup),
-    /// so that the view holds the window's statements alone. Needs the extension in the admin
-    /// database's cluster (`shared_preload_libraries`, `CREATE EXTENSION pg_stat_statements`).
+    /// so that the view holds the window's statements alone. Needs the extension loaded
+    /// (`shared_preload_libraries`) and created in `template1`, which the bench's fresh
+    /// databases are copied from.
     #[arg(long)]
     reset_pg_stats: bool,
     /// Keep the bench databases afterwards.
@@ -723,6 +724,18 @@ async fn spawn_coordinator(bin: &std::path::Path, db_url: &str, pool: u32, max_b
 
 /// `--coordinator-bin`: the coordinator as a process of its own (this build's or an older
 /// one), the bench sweep submitted over gRPC, the simulated workers in a `clients` process.
+/// Before the measured window: VACUUM ANALYZE after the bulk insert (as autovacuum would settle
+/// it on a live coordinator) and, with `--reset-pg-stats`, empty statement statistics.
+async fn settle_postgres(conn: &mut sqlx::PgConnection, reset_stats: bool) -> anyhow::Result<()> {
+    sqlx::query("VACUUM ANALYZE").execute(&mut *conn).await?;
+    if reset_stats {
+        sqlx::query("SELECT pg_stat_statements_reset()").execute(&mut *conn).await.map_err(|e| {
+            anyhow::anyhow!("--reset-pg-stats: {e} (load pg_stat_statements in shared_preload_libraries and CREATE EXTENSION pg_stat_statements in template1)")
+        })?;
+    }
+    Ok(())
+}
+
 async fn run_binary(args: &Args, bin: &std::path::Path, mode: Mode) -> anyhow::Result<Outcome> {
     let tag = format!("{mode:?}, {} as a process, clients in a separate process", bin.display());
     let db = FreshDb::create(&args.admin_url, args.sqlite.as_deref(), &format!("bin-{mode:?}")).await?;
@@ -736,8 +749,7 @@ async fn run_binary(args: &Args, bin: &std::path::Path, mode: Mode) -> anyhow::R
     let sub = sweeps.submit_sweep(pb::SubmitSweepRequest { spec: Some((&spec).into()), client_token: String::new(), dry_run: false }).await?.into_inner();
     println!("[{tag}] submitted {} jobs ({} trials) over gRPC in {:.2} s", sub.jobs, sub.trials, t.elapsed().as_secs_f64());
     if db.pg.is_some() {
-        let mut c = sqlx::PgConnection::connect(&db.url).await?;
-        sqlx::query("VACUUM ANALYZE").execute(&mut c).await?;
+        settle_postgres(&mut sqlx::PgConnection::connect(&db.url).await?, args.reset_pg_stats).await?;
     }
     let load_before = load_average();
     let summary = clients_process(&url, &tag, args.workers, args.seconds, sub.jobs, None, None, args.claim_with_completion).await?;
@@ -819,14 +831,8 @@ async fn run(args: &Args, mode: Mode, secure: bool, queued: Option<u64>) -> anyh
     } else {
         0
     };
-    // Let autovacuum and the checkpointer settle after the bulk insert, as on a live coordinator.
     if let Store::Postgres(pool) = &store {
-        sqlx::query("VACUUM ANALYZE").execute(pool).await?;
-        if args.reset_pg_stats {
-            sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await.map_err(|e| {
-                anyhow::anyhow!("--reset-pg-stats: {e} (load pg_stat_statements in shared_preload_libraries and CREATE EXTENSION pg_stat_statements)")
-            })?;
-        }
+        settle_postgres(&mut *pool.acquire().await?, args.reset_pg_stats).await?;
     }
     let to_do = sub.jobs - prefilled;
 
@@ -948,6 +954,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(args.mode != Mode::Both, "--secure: pick one --mode (group is what the coordinator runs)");
     }
     anyhow::ensure!(args.clients == Clients::InProcess || args.via == Via::Grpc, "--clients process needs --via grpc");
+    anyhow::ensure!(!args.reset_pg_stats || args.sqlite.is_none(), "--reset-pg-stats resets Postgres's pg_stat_statements: drop --sqlite");
     if let Some(bin) = &args.coordinator_bin {
         anyhow::ensure!(args.mode != Mode::Both && args.secure == Secure::Off && args.queued.is_empty(), "--coordinator-bin: one --mode, plaintext, no --queued");
         run_binary(&args, bin, args.mode).await?;
