@@ -163,7 +163,9 @@ async fn count(store: &Store, sql: &str) -> i64 {
 async fn a_cancel_cut_short_is_finished_by_the_reaper() {
     let db = TestDb::sqlite().await;
     let store = db.store().await;
-    let (id, running) = big_sweep_with_a_running_job(&store, 125).await;
+    // Several holds' worth of cancelling (see the pause test below): 50,125 jobs left about half
+    // open on a fast host, 100,250 leave room.
+    let (id, running) = big_sweep_with_a_running_job(&store, 250).await;
     let s = store.clone();
     let begun = format!("SELECT count(*) FROM jobs WHERE sweep_id = {id} AND state = 'cancelled'");
     let outcome = cut_short(&db, store, async move { s.cancel_sweep(id).await }, &begun).await;
@@ -200,9 +202,11 @@ async fn a_cancel_cut_short_is_finished_by_the_reaper() {
 async fn a_pause_or_resume_cut_short_ends_whole() {
     let db = TestDb::sqlite().await;
     let store = db.store().await;
-    // A pause writes a job about three times faster than a cancel: twice the jobs, so that the
-    // store closes before the pause ends.
-    let (id, running) = big_sweep_with_a_running_job(&store, 250).await;
+    // The store closes after the pause's first commit, and the transaction it has open then runs
+    // to the end of its hold (50 ms): the sweep must be several holds' worth of pausing on the
+    // fastest host. One hold paused ~50,000 jobs on a 2026-12 host (100,250 jobs, used before,
+    // were paused whole there in 2 of 5 runs); 400,000 leave room.
+    let (id, running) = big_sweep_with_a_running_job(&store, 1000).await;
     let open = format!("SELECT count(*) FROM jobs WHERE sweep_id = {id} AND state IN ('blocked', 'ready', 'running')");
     let unpaused = format!("SELECT count(*) FROM jobs WHERE sweep_id = {id} AND state IN ('blocked', 'ready', 'running') AND NOT paused");
     let paused = format!("SELECT count(*) FROM jobs WHERE sweep_id = {id} AND paused");
