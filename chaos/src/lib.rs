@@ -58,6 +58,11 @@ pub const SCENARIOS: &[Scenario] = &[
         test: Some("worker/tests/daemon_e2e.rs::a_worker_killed_mid_job_loses_its_lease_and_the_other_finishes_the_job"),
     },
     Scenario {
+        fault: "kill -9 of a worker daemon mid-job, started again under the same worker id: its old job is re-queued when it registers, not after the lease; then a second daemon under that id supersedes it, and the superseded one stops with an error",
+        failure_mode: None,
+        test: Some("worker/tests/daemon_e2e.rs::a_daemon_restarted_under_its_worker_id_requeues_its_old_job_at_once_and_a_duplicate_supersedes_it"),
+    },
+    Scenario {
         fault: "kill -9 of a job process (exec-job) mid-job: the daemon fails the attempt as retryable and the retry resumes",
         failure_mode: None,
         test: Some("chaos/tests/faults.rs::kill9_of_a_job_process"),

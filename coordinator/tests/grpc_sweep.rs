@@ -730,6 +730,17 @@ async fn limits_hold_and_listings_come_in_pages() {
     for id in ["w-a", "w-b", "w-c"] {
         w.register_worker(pb::RegisterWorkerRequest { worker_id: id.into(), slots: 1, ..Default::default() }).await.unwrap();
     }
+    // Daemon-process ids: at most 64 printable characters; a newer process supersedes an older one.
+    for bad in ["x".repeat(65), "a b".to_string(), "a\tb".to_string()] {
+        let e = w.register_worker(pb::RegisterWorkerRequest { worker_id: "w-a".into(), instance: bad.clone(), slots: 1, ..Default::default() }).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e)), (tonic::Code::InvalidArgument, Some(pb::ErrorReason::InvalidArgument)), "{bad:?}");
+    }
+    for instance in ["p1", "p2"] {
+        w.register_worker(pb::RegisterWorkerRequest { worker_id: "w-a".into(), instance: instance.into(), slots: 1, ..Default::default() }).await.unwrap();
+    }
+    let e = w.heartbeat(pb::HeartbeatRequest { worker_id: "w-a".into(), instance: "p1".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (tonic::Code::FailedPrecondition, Some(pb::ErrorReason::WorkerSuperseded)), "{}", e.message());
+    w.heartbeat(pb::HeartbeatRequest { worker_id: "w-a".into(), instance: "p2".into(), ..Default::default() }).await.unwrap();
 
     // Artifacts: at most 1 MiB, and only the names a dense job uploads.
     let a = w.claim_jobs(pb::ClaimJobsRequest { worker_id: "w-a".into(), free_slots: 1 }).await.unwrap().into_inner().jobs.remove(0);

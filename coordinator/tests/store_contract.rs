@@ -16,6 +16,7 @@ contract!(
     grid_shares_level_zero_per_seed,
     no_job_claimed_twice_by_eight_claimers,
     expired_lease_requeues_as_lost,
+    a_new_daemon_process_under_a_worker_id_requeues_its_jobs_at_once_and_supersedes_the_old,
     a_released_job_is_claimable_at_once_and_costs_no_attempt,
     stale_attempt_is_rejected_and_changes_nothing,
     retry_limit_holds_then_fails_trial_and_descendants,
@@ -178,6 +179,59 @@ async fn expired_lease_requeues_as_lost(store: Store) {
     assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'lost'").await, 1);
     let again = claim_one(&store, "w").await;
     assert_eq!((again.job.id, again.job.attempt), (c.job.id, 2));
+}
+
+/// A worker id registered by another daemon process (its daemon restarted after kill -9, or a
+/// second daemon started under the same id): the jobs still leased to the id are re-queued at
+/// once, counted as lost like an expired lease, instead of after their leases; the earlier
+/// process's heartbeats are refused as superseded. The same process registering again (a retry,
+/// a store reset) and daemons that do not say which process they are change nothing.
+async fn a_new_daemon_process_under_a_worker_id_requeues_its_jobs_at_once_and_supersedes_the_old(store: Store) {
+    let s = spec(&["magnitude"], &[0.2], &[0, 1, 2], 1);
+    store.submit_sweep(&s, None).await.unwrap();
+    let reg = worker_registration("w");
+    assert!(store.register_worker_instance(&reg, "proc-a").await.unwrap().is_empty(), "a first registration re-queues nothing");
+    let held = store.claim_jobs("w", 2, LEASE).await.unwrap();
+    assert_eq!(held.len(), 2);
+    let leases: Vec<Lease> = held.iter().map(lease_of).collect();
+    assert!(store.heartbeat_with_health("w", "proc-a", &leases, LEASE, None).await.unwrap().is_empty());
+    // The same process again, and an older daemon that does not say: nothing happens.
+    assert!(store.register_worker_instance(&reg, "proc-a").await.unwrap().is_empty());
+    assert!(store.register_worker_instance(&reg, "").await.unwrap().is_empty());
+    assert_eq!(store.get_job(held[0].job.id).await.unwrap().state, "running");
+
+    // Another process: both jobs are ready again at once (their leases have 30 s left), as lost.
+    let mut requeued = store.register_worker_instance(&reg, "proc-b").await.unwrap();
+    requeued.sort_by_key(|l| l.job_id);
+    let mut want = leases.clone();
+    want.sort_by_key(|l| l.job_id);
+    assert_eq!(requeued, want);
+    for c in &held {
+        let j = store.get_job(c.job.id).await.unwrap();
+        assert_eq!((j.state.as_str(), j.lost_count, j.error_count, j.worker_id.clone()), ("ready", 1, 0, None));
+    }
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'lost' AND finished_at IS NOT NULL").await, 2);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM job_attempts WHERE outcome = 'running'").await, 0);
+
+    // The old process is told it was superseded (not "unknown": it must stop, not register again).
+    match store.heartbeat_with_health("w", "proc-a", &leases, LEASE, None).await {
+        Err(e @ StoreError::Superseded(_)) => assert_eq!(e.reason(), lth_proto::v1::ErrorReason::WorkerSuperseded),
+        other => panic!("expected Superseded, got {other:?}"),
+    }
+    // Its completion of a re-queued job is stale; the job runs again under the new process.
+    assert!(matches!(store.complete_job(leases[0], &fabricated_result(&held[0])).await, Err(StoreError::StaleLease(_))));
+    let again = store.claim_jobs("w", 3, LEASE).await.unwrap();
+    assert_eq!(again.len(), 3, "the two re-queued jobs and the third");
+    assert!(again.iter().filter(|c| leases.iter().any(|l| l.job_id == c.job.id)).all(|c| c.job.attempt == 2));
+    let now: Vec<Lease> = again.iter().map(lease_of).collect();
+    assert!(store.heartbeat_with_health("w", "proc-b", &now, LEASE, None).await.unwrap().is_empty());
+    assert!(store.heartbeat_with_health("w", "", &now, LEASE, None).await.unwrap().is_empty(), "a daemon that does not say is never refused");
+    assert!(matches!(store.heartbeat_with_health("w", "proc-a", &[], LEASE, None).await, Err(StoreError::Superseded(_))), "still superseded");
+    assert!(matches!(store.heartbeat_with_health("nobody", "proc-a", &[], LEASE, None).await, Err(StoreError::UnknownWorker(_))));
+    for c in &again {
+        store.complete_job(lease_of(c), &fabricated_result(c)).await.unwrap();
+    }
+    assert_eq!(scalar(&store, "SELECT count(*) FROM jobs WHERE state = 'succeeded'").await, 3);
 }
 
 /// ReleaseJob (issue 9, failure 8): a worker shutting down hands its job back; the job is
@@ -1419,8 +1473,8 @@ async fn a_node_local_failure_moves_the_job_to_another_worker_and_counts_once(st
     assert_eq!(scalar(&store, node_local_events).await, 2);
 
     // Health as the heartbeats report it.
-    store.heartbeat_with_health("bad", &[], LEASE, Some("3 different jobs in a row failed on this machine")).await.unwrap();
-    store.heartbeat_with_health("worse", &[], LEASE, Some("disk full")).await.unwrap();
+    store.heartbeat_with_health("bad", "", &[], LEASE, Some("3 different jobs in a row failed on this machine")).await.unwrap();
+    store.heartbeat_with_health("worse", "", &[], LEASE, Some("disk full")).await.unwrap();
     let workers = store.list_workers(ALIVE).await.unwrap();
     let health: Vec<(&str, Option<&str>)> = workers.iter().map(|w| (w.reg.worker_id.as_str(), w.unhealthy.as_deref())).collect();
     assert_eq!(health, [("bad", Some("3 different jobs in a row failed on this machine")), ("good", None), ("worse", Some("disk full"))]);

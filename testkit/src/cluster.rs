@@ -102,7 +102,14 @@ impl Cluster {
 
     /// [`Cluster::start_worker_with`] in folder `cwd` (its jobs resolve relative dataset paths there).
     pub fn start_worker_in(&mut self, id: &str, cwd: Option<&std::path::Path>, extra: &[&str]) {
-        let log = self.dir.path().join(format!("{id}.log"));
+        self.start_worker_process(id, id, cwd, extra);
+    }
+
+    /// A daemon process named `name` here (its log is `{name}.log`, [`Cluster::worker`] finds it
+    /// by that name) that registers as worker `id` with `id`'s cache folder: several processes
+    /// may share one worker id, as a restarted daemon, or a second daemon started by mistake.
+    pub fn start_worker_process(&mut self, name: &str, id: &str, cwd: Option<&std::path::Path>, extra: &[&str]) {
+        let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = Command::new(bin("lth-worker"));
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
@@ -113,7 +120,7 @@ impl Cluster {
             .arg(self.cache_dir(id))
             .args(["--job-threads", "1", "--poll-seconds", "0.2", "--progress-seconds", "0.5", "--kill-grace-seconds", "1"])
             .env("LTH_LOG", "info,lth_worker=debug");
-        self.workers.push(Proc::spawn(id, &mut cmd, &log));
+        self.workers.push(Proc::spawn(name, &mut cmd, &log));
     }
 
     /// The daemon `id`'s cache folder.

@@ -339,6 +339,100 @@ async fn a_worker_killed_mid_job_loses_its_lease_and_the_other_finishes_the_job(
     assert_nothing_left(&mut c, &pool).await;
 }
 
+/// The running job of the sweep on worker id `worker` that has reported progress, if any.
+async fn training_job_of(pool: &sqlx::PgPool, sweep_id: i64, worker: &str) -> Option<(i64, i32)> {
+    sqlx::query_as("SELECT id, attempt FROM jobs WHERE sweep_id = $1 AND state = 'running' AND worker_id = $2 AND progress > 0")
+        .bind(sweep_id)
+        .bind(worker)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+async fn attempt_outcome(pool: &sqlx::PgPool, (job_id, attempt): (i64, i32)) -> String {
+    sqlx::query_scalar("SELECT outcome FROM job_attempts WHERE job_id = $1 AND attempt = $2").bind(job_id).bind(attempt).fetch_one(pool).await.unwrap()
+}
+
+/// A daemon killed -9 and started again under the same worker id (a node rebooted, a crashed
+/// daemon restarted by systemd): its registration as a new process re-queues the job leased to
+/// the dead one at once, instead of after the lease (60 s here). Then a second daemon started
+/// under that id by mistake supersedes the running one: the running one's job is re-queued, it
+/// stops with an error saying why (its heartbeats are refused as WORKER_SUPERSEDED), and the
+/// newest finishes the sweep, equal to run-local bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restarted_under_its_worker_id_requeues_its_old_job_at_once_and_a_duplicate_supersedes_it() {
+    let lease = Duration::from_secs(60);
+    let mut c = Cluster::new(lease.as_secs() as u32).await;
+    c.start_worker_process("first", "w", None, &[]);
+    let text = sweep_toml("e2e-same-id", "\"l1\"", "5", 2, "60ep");
+    let sweep_file = c.dir.path().join("sweep.toml");
+    std::fs::write(&sweep_file, &text).unwrap();
+    let sweep_id = c.submit(&text).await;
+    let pool = c.db.pool().await;
+
+    let found = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let wait_training = |what: &'static str| {
+        let (pool, found) = (pool.clone(), found.clone());
+        async move {
+            wait_until(what, Duration::from_secs(180), || {
+                let (pool, found) = (pool.clone(), found.clone());
+                async move {
+                    let job = training_job_of(&pool, sweep_id, "w").await;
+                    *found.lock().unwrap() = job;
+                    job.is_some()
+                }
+            })
+            .await;
+            found.lock().unwrap().expect("found")
+        }
+    };
+    let first_job = wait_training("a job to train on the first daemon").await;
+    let first_pid = c.worker("first").pid();
+    let job_processes = children_of(first_pid);
+    c.worker("first").signal(libc::SIGKILL);
+    c.worker("first").wait_exit(Duration::from_secs(5)).expect("kill -9 ends the daemon");
+    wait_until("the killed daemon's job process to die", Duration::from_secs(5), || {
+        let alive = job_processes.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p));
+        async move { !alive }
+    })
+    .await;
+
+    // Restarted under the same id: the old job is re-queued when it registers, not in 60 s.
+    let restarted = Instant::now();
+    c.start_worker_process("second", "w", None, &[]);
+    wait_until("the dead process's job to be re-queued", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move { attempt_outcome(&pool, first_job).await == "lost" }
+    })
+    .await;
+    assert!(restarted.elapsed() < lease / 2, "re-queued after {:?}, a lease is {lease:?}", restarted.elapsed());
+    let second_job = wait_training("a job to train on the restarted daemon").await;
+    assert!(second_job != first_job, "{second_job:?} is a new attempt");
+
+    // A duplicate under the same id: the running daemon is superseded and stops with an error.
+    c.start_worker_process("third", "w", None, &[]);
+    let status = c.worker("second").wait_exit(Duration::from_secs(20)).expect("the superseded daemon stops");
+    assert!(!status.success(), "a superseded daemon exits with an error: {status:?}");
+    let log = c.worker("second").log_text();
+    assert!(log.contains("another daemon process registered as worker \"w\""), "the superseded daemon says why:\n{log}");
+    let outcome = attempt_outcome(&pool, second_job).await;
+    assert!(outcome == "lost" || outcome == "succeeded", "the superseded process's job was re-queued (or had just finished): {outcome}");
+    assert!(c.worker("third").is_running(), "the newest daemon runs on");
+
+    c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(300)).await;
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(&pool).await.unwrap();
+    assert_eq!(workers, 1, "one worker id, whichever process registered it last");
+    assert_one_result_per_trial_level(&pool, sweep_id, 3).await;
+    let stored = stored_results(&pool, sweep_id).await;
+    let local = run_local(c.dir.path(), &sweep_file, "l1", 5, 2);
+    assert_eq!(stored.len(), local.len());
+    for (d, l) in stored.iter().zip(&local) {
+        assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
+        assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
+    }
+    assert_nothing_left(&mut c, &pool).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_reconnect_to_a_restarted_coordinator_and_finish() {
     let mut c = Cluster::new(15).await;

@@ -79,6 +79,22 @@ pub(super) fn check_worker_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest daemon-process id (RegisterWorkerRequest.instance) accepted.
+pub(super) const MAX_INSTANCE_CHARS: usize = 64;
+
+/// The daemon-process id rule: empty (not said) or up to [`MAX_INSTANCE_CHARS`] printable
+/// characters (the daemons make 32 hex digits).
+pub(super) fn check_instance(instance: &str) -> Result<(), String> {
+    let n = instance.chars().count();
+    if n > MAX_INSTANCE_CHARS {
+        return Err(format!("instance has {n} characters; at most {MAX_INSTANCE_CHARS} are allowed (a random id of the daemon process)"));
+    }
+    if instance.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("instance contains white space or a control character: use printable characters only".into());
+    }
+    Ok(())
+}
+
 /// The artifacts a job of `kind` may upload: what its children download (`uploads_needed`),
 /// and the checkpoint it resumes from.
 pub(super) fn allowed_uploads(kind: JobKind) -> &'static [&'static str] {

@@ -171,7 +171,11 @@ fn status(e: StoreError) -> Status {
     let reason = e.reason();
     let code = match &e {
         StoreError::NotFound(_) => Code::NotFound,
-        StoreError::FailedPrecondition(_) | StoreError::UnknownWorker(_) | StoreError::StaleLease(_) | StoreError::MissingUploads(_) => {
+        StoreError::FailedPrecondition(_)
+        | StoreError::UnknownWorker(_)
+        | StoreError::Superseded(_)
+        | StoreError::StaleLease(_)
+        | StoreError::MissingUploads(_) => {
             Code::FailedPrecondition
         }
         StoreError::AlreadyExists(_) => Code::AlreadyExists,

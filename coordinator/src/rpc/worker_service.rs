@@ -4,7 +4,7 @@
 
 use super::convert::{abort_reason, artifact_ref, control_i32, job_kind, lease_of, metric_i32, parse_state, ts};
 use super::download::ChunkStream;
-use super::limits::{check_worker_id, MAX_CLAIM};
+use super::limits::{check_instance, check_worker_id, MAX_CLAIM};
 use super::{audit, outcome, status, Coordinator};
 use crate::auth::caller;
 use crate::http::metrics::names as M;
@@ -89,20 +89,37 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let who = caller(&req);
         let r = req.into_inner();
         check_worker_id(&r.worker_id).map_err(lth_proto::errors::invalid_argument)?;
-        self.0
+        check_instance(&r.instance).map_err(lth_proto::errors::invalid_argument)?;
+        let requeued = self
+            .0
             .store
-            .register_worker(&WorkerRegistration {
+            .register_worker_instance(
+                &WorkerRegistration {
                 worker_id: r.worker_id.clone(),
                 host: r.host,
                 gpus: r.gpus.into_iter().map(|g| GpuRow { index: g.index, name: g.name, memory_bytes: g.memory_bytes }).collect(),
                 cpus: r.cpus,
                 slots: r.slots,
-                libtorch_version: r.libtorch_version,
-                cuda_version: r.cuda_version,
-            })
+                    libtorch_version: r.libtorch_version,
+                    cuda_version: r.cuda_version,
+                },
+                &r.instance,
+            )
             .await
             .map_err(status)?;
-        tracing::info!(worker_id = %r.worker_id, "worker registered");
+        if !requeued.is_empty() {
+            for l in &requeued {
+                self.0.leased.ended(*l);
+            }
+            metrics::counter!(crate::http::metrics::names::LEASES_LOST).increment(requeued.len() as u64);
+            tracing::warn!(
+                worker_id = %r.worker_id,
+                instance = %r.instance,
+                jobs = ?requeued.iter().map(|l| l.job_id).collect::<Vec<_>>(),
+                "worker registered again as a new process: the jobs leased to its previous process were re-queued"
+            );
+        }
+        tracing::info!(worker_id = %r.worker_id, instance = %r.instance, "worker registered");
         audit(&who, "register_worker", None, None);
         Ok(Response::new(pb::RegisterWorkerResponse {
             lease_seconds: self.0.opts.lease.as_secs().max(1) as u32,
@@ -121,7 +138,12 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
         let leases: Vec<Lease> = r.running.iter().map(|l| Lease { job_id: l.job_id, attempt: l.attempt as i32 }).collect();
         // At most a line of text: it is shown in `lthctl workers` and the dashboard.
         let unhealthy: Option<String> = (!r.unhealthy.is_empty()).then(|| r.unhealthy.chars().take(500).collect());
-        let aborts = self.0.store.heartbeat_with_health(&r.worker_id, &leases, self.0.opts.lease, unhealthy.as_deref()).await.map_err(status)?;
+        let aborts = self
+            .0
+            .store
+            .heartbeat_with_health(&r.worker_id, &r.instance, &leases, self.0.opts.lease, unhealthy.as_deref())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::HeartbeatResponse {
             abort: aborts
                 .into_iter()

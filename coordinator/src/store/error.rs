@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The worker is not registered (never was, or the store was reset): register again.
     #[error("{0}")]
     UnknownWorker(String),
+    /// Another daemon process registered the worker id since this one did (the id is shared, or
+    /// this process was taken for dead): this process must stop.
+    #[error("{0}")]
+    Superseded(String),
     /// The caller's lease (job, attempt) is no longer the job's current running attempt.
     #[error("{0}")]
     StaleLease(String),
@@ -46,6 +50,7 @@ impl StoreError {
             StoreError::InvalidArgument(_) => R::InvalidArgument,
             StoreError::InvalidResult(_) => R::InvalidResult,
             StoreError::UnknownWorker(_) => R::UnknownWorker,
+            StoreError::Superseded(_) => R::WorkerSuperseded,
             StoreError::StaleLease(_) => R::StaleLease,
             StoreError::MissingUploads(_) => R::MissingUploads,
             StoreError::Connect(_) | StoreError::Migrate(_) | StoreError::Db(_) => R::StoreUnavailable,
@@ -65,6 +70,14 @@ pub(crate) fn stale(lease: Lease) -> StoreError {
 /// A worker the store does not know.
 pub(crate) fn unknown_worker(worker_id: &str) -> StoreError {
     StoreError::UnknownWorker(format!("worker {worker_id:?} is not registered: call RegisterWorker first"))
+}
+
+/// A heartbeat from a daemon process that another one replaced under the same worker id.
+pub(crate) fn superseded(worker_id: &str) -> StoreError {
+    StoreError::Superseded(format!(
+        "another daemon process registered as worker {worker_id:?} after this one, and the jobs leased to the id were re-queued: \
+         stop this daemon, and give each daemon its own --worker-id"
+    ))
 }
 
 /// The sweep does not exist.

@@ -201,12 +201,23 @@ impl Store {
         }
     }
 
+    /// Registers a worker id for a daemon that does not say which process it is (see
+    /// [`Store::register_worker_instance`]).
     pub async fn register_worker(&self, w: &WorkerRegistration) -> Result<()> {
+        self.register_worker_instance(w, "").await.map(|_| ())
+    }
+
+    /// Registers a worker id for the daemon process `instance` ('' = not said). When another
+    /// process registered the id before, the jobs still leased to the id are re-queued at once
+    /// (counted as lost) and returned; that process's heartbeats are refused from now on
+    /// ([`StoreError::Superseded`]).
+    pub async fn register_worker_instance(&self, w: &WorkerRegistration, instance: &str) -> Result<Vec<Lease>> {
         match self {
-            Store::Postgres(p) => postgres::workers::register(p, w).await,
-            Store::Sqlite(p) => sqlite::workers::register(p, w).await,
+            Store::Postgres(p) => postgres::workers::register(p, w, instance).await,
+            Store::Sqlite(p) => sqlite::workers::register(p, w, instance).await,
         }
     }
+
 
     /// Workers, with `alive` = seen within `alive_within`.
     pub async fn list_workers(&self, alive_within: Duration) -> Result<Vec<WorkerRow>> {
@@ -269,15 +280,24 @@ impl Store {
 
     /// Extends the leases the worker still holds and says which of its jobs to abort (and why).
     pub async fn heartbeat(&self, worker_id: &str, leases: &[Lease], lease: Duration) -> Result<Vec<(Lease, AbortReason)>> {
-        self.heartbeat_with_health(worker_id, leases, lease, None).await
+        self.heartbeat_with_health(worker_id, "", leases, lease, None).await
     }
 
-    /// [`Store::heartbeat`], recording the worker's health as it reports it: `unhealthy` is why
-    /// it stopped claiming, None while it is healthy.
-    pub async fn heartbeat_with_health(&self, worker_id: &str, leases: &[Lease], lease: Duration, unhealthy: Option<&str>) -> Result<Vec<(Lease, AbortReason)>> {
+    /// [`Store::heartbeat`] from the daemon process `instance` ('' = not said), recording the
+    /// worker's health as it reports it: `unhealthy` is why it stopped claiming, None while it is
+    /// healthy. Refused with [`StoreError::Superseded`] when another process registered the
+    /// worker id since `instance` did.
+    pub async fn heartbeat_with_health(
+        &self,
+        worker_id: &str,
+        instance: &str,
+        leases: &[Lease],
+        lease: Duration,
+        unhealthy: Option<&str>,
+    ) -> Result<Vec<(Lease, AbortReason)>> {
         match self {
-            Store::Postgres(p) => postgres::leases::heartbeat(p, worker_id, leases, lease, unhealthy).await,
-            Store::Sqlite(p) => sqlite::leases::heartbeat(p, worker_id, leases, lease, unhealthy).await,
+            Store::Postgres(p) => postgres::leases::heartbeat(p, worker_id, instance, leases, lease, unhealthy).await,
+            Store::Sqlite(p) => sqlite::leases::heartbeat(p, worker_id, instance, leases, lease, unhealthy).await,
         }
     }
 

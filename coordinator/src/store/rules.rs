@@ -116,6 +116,14 @@ impl Refusal {
     }
 }
 
+/// Whether a registration by daemon process `instance` replaces the process that registered the
+/// worker id before (`previous`), so that the jobs still leased to the id belong to no running
+/// process. A process that does not say ('' or NULL, older daemons) never replaces one and is
+/// never replaced: nothing can tell its restart from its retry.
+pub(crate) fn replaces_process(previous: Option<&str>, instance: &str) -> bool {
+    matches!(previous, Some(p) if !p.is_empty() && !instance.is_empty() && p != instance)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::types::{check_loss, stored_number};
@@ -173,5 +181,14 @@ mod tests {
             StoreError::InvalidResult(m) => assert!(m.contains("job 7") && m.contains("\"fc9.weight\" is not a layer"), "{m}"),
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn only_another_known_process_replaces_a_worker_ids_process() {
+        assert!(replaces_process(Some("a"), "b"), "a restart or a second daemon");
+        assert!(!replaces_process(Some("a"), "a"), "the same process registering again (a retry, a store reset)");
+        assert!(!replaces_process(None, "b"), "first registration, or the last one did not say");
+        assert!(!replaces_process(Some(""), "b"));
+        assert!(!replaces_process(Some("a"), ""), "an older daemon that does not say");
     }
 }

@@ -74,7 +74,9 @@ pub struct DaemonArgs {
     /// GPU node. Default: found through `python3 -c 'import torch'`.
     #[arg(long, env = "LTH_TORCH_LIB_DIR")]
     pub torch_lib_dir: Option<PathBuf>,
-    /// Stable name of this worker. Default: `<host>-cpu` or `<host>-gpu<indices>`.
+    /// Stable name of this worker. Default: `<host>-cpu` or `<host>-gpu<indices>`. One daemon per
+    /// name: a daemon started under a name in use takes it over (the jobs leased to it are
+    /// re-queued) and the other one stops with an error.
     #[arg(long, env = "LTH_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Torch intra-op threads per job: set from lth-worker's global `--threads`, the one thread

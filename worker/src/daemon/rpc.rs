@@ -44,6 +44,10 @@ pub enum Failure {
     LeaseLost,
     /// The coordinator does not know this worker (e.g. its store was reset): register again.
     UnknownWorker,
+    /// Another daemon process registered under this worker id after this one (a second daemon
+    /// with the same id, or this one taken for dead and restarted): the jobs leased to the id were
+    /// re-queued. This daemon must stop.
+    Superseded,
     /// A download found its file lost from the object store: the coordinator re-runs the job
     /// that made it and has taken the downloading job back. Drop the attempt; it is not a failure.
     ArtifactLost,
@@ -58,6 +62,7 @@ pub fn classify(status: &Status) -> Failure {
     if let Some(reason) = lth_proto::errors::error_reason(status) {
         return match reason {
             R::UnknownWorker => Failure::UnknownWorker,
+            R::WorkerSuperseded => Failure::Superseded,
             R::StaleLease => Failure::LeaseLost,
             R::ArtifactLost => Failure::ArtifactLost,
             R::StoreUnavailable => Failure::Transient,

@@ -26,6 +26,11 @@ struct Running {
 
 struct Shared {
     worker_id: String,
+    /// This process (RegisterWorkerRequest.instance).
+    instance: String,
+    /// Set when the coordinator said another process registered under this worker id since
+    /// (WORKER_SUPERSEDED): why this daemon stops.
+    superseded: Mutex<Option<String>>,
     registration: pb::RegisterWorkerRequest,
     running: Mutex<HashMap<i64, Running>>,
     free_slots: Mutex<Vec<Slot>>,
@@ -102,7 +107,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         println!("lth-worker metrics on {bound}");
     }
 
+    let instance = process_instance_id();
     let registration = pb::RegisterWorkerRequest {
+        instance: instance.clone(),
         worker_id: worker_id.clone(),
         host: inventory.host.clone(),
         gpus: inventory.gpus.clone(),
@@ -113,6 +120,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         worker = %worker_id,
+        instance = %instance,
         coordinator = %args.coordinator,
         slots = slots.len(),
         gpus = inventory.gpus.len(),
@@ -137,6 +145,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared {
         worker_id: worker_id.clone(),
+        instance,
+        superseded: Mutex::new(None),
         registration,
         running: Mutex::new(HashMap::new()),
         free_slots: Mutex::new(slots.iter().rev().copied().collect()),
@@ -161,7 +171,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     });
 
     let (heartbeat_stop_tx, heartbeat_stop_rx) = watch::channel(false);
-    let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), shared.clone(), heartbeat, heartbeat_stop_rx));
+    let heartbeats = tokio::spawn(heartbeat_loop(client.clone(), shared.clone(), heartbeat, heartbeat_stop_rx, shutdown_tx.clone()));
 
     let mut jobs: JoinSet<()> = JoinSet::new();
     let poll = Duration::from_secs_f64(args.poll_seconds.max(0.05));
@@ -257,12 +267,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Shutdown: no more claims; every running job finishes or checkpoints and is handed back.
+    // Shutdown: no more claims; every running job finishes or checkpoints and is handed back
+    // (superseded: aborted at once, since their leases were re-queued).
     ctx.handoff.close();
+    let superseded = shared.superseded.lock().unwrap().clone();
     let running = shared.running.lock().unwrap().len();
     tracing::info!(running, "shutting down: no more claims; stopping running jobs");
-    for r in shared.running.lock().unwrap().values() {
-        let _ = r.stop.send(Some(Stop::Shutdown));
+    let mut leases = Vec::new();
+    for (id, r) in shared.running.lock().unwrap().iter() {
+        let _ = r.stop.send(Some(if superseded.is_some() { Stop::Abort(pb::AbortReason::LeaseLost) } else { Stop::Shutdown }));
+        leases.push(pb::JobLease { job_id: *id, attempt: r.attempt });
+    }
+    if superseded.is_some() {
+        // What was leased at the takeover is re-queued already (its release is refused as stale);
+        // what this process claimed since, before a heartbeat told it, is handed back here.
+        for lease in leases {
+            let ctx = ctx.clone();
+            jobs.spawn(async move { job::release(&ctx, lease, "the worker's daemon was superseded by another under the same worker id").await });
+        }
     }
     // A second signal means "now": abort everything.
     let mut second = shutdown_signal_count();
@@ -288,8 +310,31 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let _ = heartbeat_stop_tx.send(true);
     let _ = heartbeats.await;
+    if let Some(why) = superseded {
+        anyhow::bail!("lth-worker daemon stopped: {why}");
+    }
     tracing::info!("lth-worker daemon stopped");
     Ok(())
+}
+
+/// A random id for this daemon process (32 hex digits), sent with its registration and
+/// heartbeats: the coordinator tells a restart, or a second daemon under the same worker id, from
+/// this process registering again.
+fn process_instance_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: unique enough from the process, the clock and std's random hash keys.
+        use sha2::Digest;
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let digest = sha2::Sha256::digest(format!("{}:{}:{}", std::process::id(), now.as_nanos(), h.finish()));
+        bytes.copy_from_slice(&digest[..16]);
+    }
+    hex::encode(bytes)
 }
 
 /// How long one ClaimJobs may take, a shutdown included.
@@ -453,7 +498,7 @@ async fn register(client: &Client, req: &pb::RegisterWorkerRequest) -> anyhow::R
     Ok(reply.into_inner())
 }
 
-async fn heartbeat_loop(client: Client, shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>) {
+async fn heartbeat_loop(client: Client, shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>, shutdown: watch::Sender<bool>) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
@@ -470,7 +515,7 @@ async fn heartbeat_loop(client: Client, shared: Arc<Shared>, every: Duration, mu
             .map(|(id, r)| pb::JobLease { job_id: *id, attempt: r.attempt })
             .collect();
         let unhealthy = shared.health.lock().unwrap().unhealthy.clone().unwrap_or_default();
-        let req = pb::HeartbeatRequest { worker_id: shared.worker_id.clone(), running, unhealthy };
+        let req = pb::HeartbeatRequest { worker_id: shared.worker_id.clone(), running, unhealthy, instance: shared.instance.clone() };
         let reply = tokio::time::timeout(every.max(Duration::from_secs(2)) * 2, client.clone().heartbeat(req)).await;
         match reply {
             Ok(Ok(reply)) => {
@@ -494,6 +539,13 @@ async fn heartbeat_loop(client: Client, shared: Arc<Shared>, every: Duration, mu
                     Failure::UnknownWorker => {
                         tracing::warn!(error = %status.message(), "the coordinator does not know this worker; registering again");
                         let _ = tokio::time::timeout(every * 2, register(&client, &shared.registration)).await;
+                    }
+                    Failure::Superseded => {
+                        tracing::error!(worker = %shared.worker_id, error = %status.message(), "another daemon registered under this worker id; stopping");
+                        *shared.superseded.lock().unwrap() = Some(status.message().to_string());
+                        let _ = shutdown.send(true);
+                        // Nothing of this process's is leased any more: no more heartbeats.
+                        return;
                     }
                     _ if failures == 1 || failures % 10 == 0 => {
                         tracing::warn!(code = ?status.code(), error = %status.message(), failures, "heartbeat failed; running jobs continue");

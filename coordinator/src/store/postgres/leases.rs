@@ -2,7 +2,7 @@
 //! upload path.
 
 use super::begin_write;
-use crate::store::error::{stale, unknown_worker, Result};
+use crate::store::error::{stale, superseded, unknown_worker, Result};
 use crate::store::types::{Lease, ProgressInput};
 use lth_sweep::state::{abort_reason, AbortReason};
 use sqlx::types::Json;
@@ -10,19 +10,25 @@ use sqlx::{PgPool, Row};
 use std::time::Duration;
 
 /// Extends the leases the worker still holds (recording its health) and says which of its jobs to
-/// abort, and why.
+/// abort, and why. Refused with [`superseded`] when `instance` is not the process that registered
+/// the worker id last.
 pub(crate) async fn heartbeat(
     pool: &PgPool,
     worker_id: &str,
+    instance: &str,
     leases: &[Lease],
     lease: Duration,
     unhealthy: Option<&str>,
 ) -> Result<Vec<(Lease, AbortReason)>> {
     let secs = lease.as_secs_f64();
     let mut tx = begin_write(pool, "heartbeat").await?;
-    let seen = sqlx::query(sql!("touch_worker")).bind(worker_id).bind(unhealthy).execute(&mut *tx).await?;
+    let seen = sqlx::query(sql!("touch_worker")).bind(worker_id).bind(unhealthy).bind(instance).execute(&mut *tx).await?;
     if seen.rows_affected() == 0 {
-        return Err(unknown_worker(worker_id));
+        let registered: Option<Option<String>> = sqlx::query_scalar(sql!("worker_instance")).bind(worker_id).fetch_optional(&mut *tx).await?;
+        return Err(match registered {
+            Some(_) => superseded(worker_id),
+            None => unknown_worker(worker_id),
+        });
     }
     let mut aborts = Vec::new();
     for l in leases {

@@ -1,12 +1,21 @@
 //! Registering and listing workers.
 
+use super::{begin_write, close_attempt, insert_job_event};
 use crate::store::error::Result;
-use crate::store::types::{WorkerRecord, WorkerRegistration, WorkerRow};
+use crate::store::rules::replaces_process;
+use crate::store::types::{Lease, WorkerRecord, WorkerRegistration, WorkerRow};
 use sqlx::types::Json;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgPool, Row};
 use std::time::Duration;
 
-pub(crate) async fn register(pool: &PgPool, w: &WorkerRegistration) -> Result<()> {
+/// Registers (or registers again) a worker id for the daemon process `instance` ('' = not
+/// said). When another process registered the id before, the jobs still leased to the id are
+/// re-queued in the same transaction, counted as lost: the process they were leased to is gone
+/// (restarted) or superseded by this one (a second daemon under the same id; its heartbeats are
+/// refused from now on). Returns those jobs' leases.
+pub(crate) async fn register(pool: &PgPool, w: &WorkerRegistration, instance: &str) -> Result<Vec<Lease>> {
+    let mut tx = begin_write(pool, "write").await?;
+    let previous: Option<Option<String>> = sqlx::query_scalar(sql!("worker_instance")).bind(&w.worker_id).fetch_optional(&mut *tx).await?;
     sqlx::query(sql!("register_worker"))
         .bind(&w.worker_id)
         .bind(&w.host)
@@ -15,9 +24,22 @@ pub(crate) async fn register(pool: &PgPool, w: &WorkerRegistration) -> Result<()
         .bind(w.slots as i32)
         .bind(&w.libtorch_version)
         .bind(&w.cuda_version)
-        .execute(pool)
+        .bind(instance)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    let mut requeued = Vec::new();
+    if replaces_process(previous.flatten().as_deref(), instance) {
+        let rows = sqlx::query(sql!("requeue_worker_jobs")).bind(&w.worker_id).fetch_all(&mut *tx).await?;
+        for r in &rows {
+            let l = Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? };
+            let sweep_id: i64 = r.try_get("sweep_id")?;
+            close_attempt(&mut tx, l, "lost", "its worker's daemon registered again as a new process (restarted, or superseded by another daemon under the same worker id)").await?;
+            insert_job_event(&mut tx, sweep_id, l.job_id, "ready", l.attempt, None, None).await?;
+            requeued.push(l);
+        }
+    }
+    tx.commit().await?;
+    Ok(requeued)
 }
 
 /// Up to `limit` workers whose ids sort after `after`; without `all`, only those seen within
