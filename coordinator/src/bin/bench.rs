@@ -341,29 +341,42 @@ impl Client {
 }
 
 /// What a set of simulated workers measured, as the `clients` process reports it to the driver.
+/// A percentile of no samples is NaN, which JSON writes as null (claims after the first 5 s of a
+/// queue that ran out before then): read back as NaN.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Summary {
     done: u64,
     elapsed: f64,
     claims: usize,
     empty: u64,
+    #[serde(deserialize_with = "nan_if_null")]
     claim_p50: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     claim_p99: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     claim_max: f64,
     /// Claims that started after the first 5 s (past the dense phase, or the warm-up).
     later_claims: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     later_p50: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     later_p99: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     complete_p50: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     complete_p99: f64,
     /// A slot's wait between jobs: from the end of a job's uploads until the next job is in hand
     /// (CompleteJob, then ClaimJobs unless the completion brought the next job).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     gap_p50: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     gap_p99: f64,
     /// claim+complete per second in 5 s windows.
     windows: Vec<f64>,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Summary {
