@@ -39,6 +39,32 @@ pub fn detect() -> Inventory {
     }
 }
 
+/// Which CPU kernels libtorch runs on this machine, for the start-up log: results on CPU are bit
+/// for bit the same only between machines that run the same kernels (ENGINE.md, "Same numbers on
+/// every node"). `ATEN_CPU_CAPABILITY` when set (libtorch's own override, inherited by the job
+/// processes); else what this CPU offers libtorch's dispatch (AVX-512 VL/BW/DQ with FMA, or AVX2
+/// with FMA, or neither).
+pub fn cpu_kernels() -> String {
+    if let Some(v) = std::env::var("ATEN_CPU_CAPABILITY").ok().filter(|v| !v.trim().is_empty()) {
+        return format!("{} (ATEN_CPU_CAPABILITY)", v.trim());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fma = std::arch::is_x86_feature_detected!("fma");
+        if fma
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            return "avx512 (this CPU's best; pin with ATEN_CPU_CAPABILITY=avx2 on a mixed fleet)".into();
+        }
+        if fma && std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2 (this CPU's best)".into();
+        }
+    }
+    "default (this CPU's best)".into()
+}
+
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.

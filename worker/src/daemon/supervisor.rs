@@ -126,6 +126,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         gpus = inventory.gpus.len(),
         cpus = inventory.cpus,
         libtorch = %inventory.libtorch_version,
+        cpu_kernels = %host::cpu_kernels(),
         cache = %cache_dir.display(),
         "lth-worker daemon starting"
     );
