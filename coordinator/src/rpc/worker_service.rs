@@ -95,11 +95,11 @@ impl pb::worker_service_server::WorkerService for WorkerSvc {
             .store
             .register_worker_instance(
                 &WorkerRegistration {
-                worker_id: r.worker_id.clone(),
-                host: r.host,
-                gpus: r.gpus.into_iter().map(|g| GpuRow { index: g.index, name: g.name, memory_bytes: g.memory_bytes }).collect(),
-                cpus: r.cpus,
-                slots: r.slots,
+                    worker_id: r.worker_id.clone(),
+                    host: r.host,
+                    gpus: r.gpus.into_iter().map(|g| GpuRow { index: g.index, name: g.name, memory_bytes: g.memory_bytes }).collect(),
+                    cpus: r.cpus,
+                    slots: r.slots,
                     libtorch_version: r.libtorch_version,
                     cuda_version: r.cuda_version,
                 },
