@@ -90,6 +90,21 @@ pub(super) async fn close_attempt(conn: &mut PgConnection, lease: Lease, outcome
     Ok(())
 }
 
+/// For jobs just re-queued as lost (`rows`: `id, attempt, sweep_id` RETURNING rows of
+/// `reap_expired` or `requeue_worker_jobs`): closes each attempt as lost with `why` and writes the
+/// job's ready event. Returns their leases.
+pub(super) async fn record_lost(conn: &mut PgConnection, rows: &[sqlx::postgres::PgRow], why: &str) -> Result<Vec<Lease>> {
+    let mut lost = Vec::with_capacity(rows.len());
+    for r in rows {
+        let l = Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? };
+        let sweep_id: i64 = r.try_get("sweep_id")?;
+        close_attempt(conn, l, "lost", why).await?;
+        insert_job_event(conn, sweep_id, l.job_id, "ready", l.attempt, None, None).await?;
+        lost.push(l);
+    }
+    Ok(lost)
+}
+
 /// The sweep's state, its row locked until the transaction ends; NotFound when it does not exist.
 pub(super) async fn sweep_state_for_update(conn: &mut PgConnection, sweep_id: i64) -> Result<SweepState> {
     let s: Option<SweepState> = sqlx::query_scalar(sql!("sweep_state_for_update")).bind(sweep_id).fetch_optional(conn).await?;

@@ -1,9 +1,9 @@
 //! The reaper's pass: expired leases, and trials and sweeps that completions left open.
 
-use super::{begin_write, close_attempt, finalize_sweeps, insert_job_event};
+use super::{begin_write, finalize_sweeps, record_lost};
 use crate::store::error::Result;
 use crate::store::types::Lease;
-use sqlx::{SqlitePool, Row};
+use sqlx::SqlitePool;
 
 /// Re-queues jobs whose lease expired (counted as lost) and closes what is done; trials only
 /// among those with a job that succeeded after event `since` (None: every running trial).
@@ -14,14 +14,7 @@ pub(crate) async fn reap(pool: &SqlitePool, since: Option<i64>, closed_through: 
     let mut tx = begin_write(pool, "write").await?;
     let watermark: i64 = sqlx::query_scalar(sql!("newest_event_id")).fetch_one(&mut *tx).await?;
     let rows = sqlx::query(sql!("reap_expired")).fetch_all(&mut *tx).await?;
-    let mut lost = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let l = Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? };
-        let sweep_id: i64 = r.try_get("sweep_id")?;
-        close_attempt(&mut tx, l, "lost", "lease expired").await?;
-        insert_job_event(&mut tx, sweep_id, l.job_id, "ready", l.attempt, None, None).await?;
-        lost.push(l);
-    }
+    let lost = record_lost(&mut tx, &rows, "lease expired").await?;
     match since {
         None => {
             sqlx::query(sql!("close_finished_trials")).execute(&mut *tx).await?;

@@ -1,11 +1,11 @@
 //! Registering and listing workers.
 
-use super::{begin_write, close_attempt, insert_job_event};
+use super::{begin_write, record_lost};
 use crate::store::error::Result;
 use crate::store::rules::replaces_process;
 use crate::store::types::{Lease, WorkerRecord, WorkerRegistration, WorkerRow};
 use sqlx::types::Json;
-use sqlx::{FromRow, SqlitePool, Row};
+use sqlx::{FromRow, SqlitePool};
 use std::time::Duration;
 
 /// Registers (or registers again) a worker id for the daemon process `instance` ('' = not
@@ -30,13 +30,8 @@ pub(crate) async fn register(pool: &SqlitePool, w: &WorkerRegistration, instance
     let mut requeued = Vec::new();
     if replaces_process(previous.flatten().as_deref(), instance) {
         let rows = sqlx::query(sql!("requeue_worker_jobs")).bind(&w.worker_id).fetch_all(&mut *tx).await?;
-        for r in &rows {
-            let l = Lease { job_id: r.try_get("id")?, attempt: r.try_get("attempt")? };
-            let sweep_id: i64 = r.try_get("sweep_id")?;
-            close_attempt(&mut tx, l, "lost", "its worker's daemon registered again as a new process (restarted, or superseded by another daemon under the same worker id)").await?;
-            insert_job_event(&mut tx, sweep_id, l.job_id, "ready", l.attempt, None, None).await?;
-            requeued.push(l);
-        }
+        let why = "its worker's daemon registered again as a new process (restarted, or superseded by another daemon under the same worker id)";
+        requeued = record_lost(&mut tx, &rows, why).await?;
     }
     tx.commit().await?;
     Ok(requeued)
