@@ -297,17 +297,7 @@ async fn a_worker_killed_mid_job_loses_its_lease_and_the_other_finishes_the_job(
     })
     .await;
     let victim = found.load(std::sync::atomic::Ordering::SeqCst);
-    let doomed_pid = c.worker("doomed").pid();
-    let job_processes = children_of(doomed_pid);
-    assert_eq!(job_processes.len(), 1, "one exec-job child under the daemon");
-    c.worker("doomed").signal(libc::SIGKILL);
-    c.worker("doomed").wait_exit(Duration::from_secs(5)).expect("kill -9 ends the daemon");
-    // Its job process dies with it (PR_SET_PDEATHSIG), not training on as an orphan.
-    wait_until("the orphaned job process to die", Duration::from_secs(5), || {
-        let alive = job_processes.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p));
-        async move { !alive }
-    })
-    .await;
+    kill9_with_its_job_process(&mut c, "doomed").await;
     c.start_worker("survivor");
     c.wait_for_state(sweep_id, pb::SweepState::Succeeded, Duration::from_secs(240)).await;
 
@@ -337,6 +327,20 @@ async fn a_worker_killed_mid_job_loses_its_lease_and_the_other_finishes_the_job(
         assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
     }
     assert_nothing_left(&mut c, &pool).await;
+}
+
+/// `kill -9` of daemon `name` while it runs one job: the daemon is gone, and its job process
+/// dies with it (PR_SET_PDEATHSIG) rather than training on as an orphan.
+async fn kill9_with_its_job_process(c: &mut Cluster, name: &str) {
+    let job_processes = children_of(c.worker(name).pid());
+    assert_eq!(job_processes.len(), 1, "one exec-job child under the daemon");
+    c.worker(name).signal(libc::SIGKILL);
+    c.worker(name).wait_exit(Duration::from_secs(5)).expect("kill -9 ends the daemon");
+    wait_until("the orphaned job process to die", Duration::from_secs(5), || {
+        let alive = job_processes.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p));
+        async move { !alive }
+    })
+    .await;
 }
 
 /// The running job of the sweep on worker id `worker` that has reported progress, if any.
@@ -387,15 +391,7 @@ async fn a_daemon_restarted_under_its_worker_id_requeues_its_old_job_at_once_and
         }
     };
     let first_job = wait_training("a job to train on the first daemon").await;
-    let first_pid = c.worker("first").pid();
-    let job_processes = children_of(first_pid);
-    c.worker("first").signal(libc::SIGKILL);
-    c.worker("first").wait_exit(Duration::from_secs(5)).expect("kill -9 ends the daemon");
-    wait_until("the killed daemon's job process to die", Duration::from_secs(5), || {
-        let alive = job_processes.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p));
-        async move { !alive }
-    })
-    .await;
+    kill9_with_its_job_process(&mut c, "first").await;
 
     // Restarted under the same id: the old job is re-queued when it registers, not in 60 s.
     let restarted = Instant::now();
@@ -423,13 +419,7 @@ async fn a_daemon_restarted_under_its_worker_id_requeues_its_old_job_at_once_and
     let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(&pool).await.unwrap();
     assert_eq!(workers, 1, "one worker id, whichever process registered it last");
     assert_one_result_per_trial_level(&pool, sweep_id, 3).await;
-    let stored = stored_results(&pool, sweep_id).await;
-    let local = run_local(c.dir.path(), &sweep_file, "l1", 5, 2);
-    assert_eq!(stored.len(), local.len());
-    for (d, l) in stored.iter().zip(&local) {
-        assert_eq!(d.test_accuracy.to_bits(), l.test_accuracy.to_bits(), "level {}: accuracy", l.level);
-        assert_eq!(d.layers, l.layers, "level {}: masks", l.level);
-    }
+    lth_testkit::results::assert_same_results(&stored_results(&pool, sweep_id).await, &run_local(c.dir.path(), &sweep_file, "l1", 5, 2));
     assert_nothing_left(&mut c, &pool).await;
 }
 

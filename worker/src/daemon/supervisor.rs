@@ -320,22 +320,15 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
 /// A random id for this daemon process (32 hex digits), sent with its registration and
 /// heartbeats: the coordinator tells a restart, or a second daemon under the same worker id, from
-/// this process registering again.
+/// this process registering again. std's `RandomState` keys come from the OS's random source.
 fn process_instance_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        // No /dev/urandom: unique enough from the process, the clock and std's random hash keys.
-        use sha2::Digest;
-        use std::hash::{BuildHasher, Hasher};
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let digest = sha2::Sha256::digest(format!("{}:{}:{}", std::process::id(), now.as_nanos(), h.finish()));
-        bytes.copy_from_slice(&digest[..16]);
-    }
-    hex::encode(bytes)
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }
 
 /// How long one ClaimJobs may take, a shutdown included.
